@@ -1,0 +1,36 @@
+# Two entry points for a fresh machine (Python 3.11 + apt):
+#   make quickstart   set up a virtualenv and run the main job on embedded defaults
+#   make test         set up everything the tests need and run the whole suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.modelyard-installed
+PYTEST_ARGS ?=
+
+.PHONY: quickstart test system-deps venv bench clean
+
+venv: $(STAMP)
+
+# torch comes first, pinned, so the range in the `quickstart` extra is already met and pip
+# never reaches for a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev,quickstart]'
+	touch $(STAMP)
+
+quickstart: $(STAMP)
+	$(VENV)/bin/modelyard quickstart
+
+system-deps:
+	bash scripts/system-deps.sh
+
+test: system-deps $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/registry_bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

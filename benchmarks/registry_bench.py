@@ -1,0 +1,333 @@
+#!/usr/bin/env python3
+"""Registry benchmark: a real server process, an async HTTP load generator on the same machine.
+
+Phases: start-up, create models, create versions (concurrency 16), upload small
+artifacts, set aliases, resolve aliases and get versions (concurrency 16 and 64,
+beside /healthz as the framework's floor), filtered searches, and a large
+artifact upload and download with the server's peak RSS growth.
+
+Run on SQLite (always) and, with --postgres (a throwaway cluster) or --pg-dsn,
+on PostgreSQL too; the backends are printed side by side with their ratios.
+
+    python benchmarks/registry_bench.py                 # SQLite, 20 s phases, 1 GiB artifact
+    python benchmarks/registry_bench.py --postgres      # + PostgreSQL, side by side
+    python benchmarks/registry_bench.py --quick         # 2 s phases, 64 MiB: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+MiB = 1 << 20
+
+
+@dataclass
+class Phase:
+    name: str
+    ops: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.ops / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, db_url: str, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "MODELYARD_DB_URL": db_url, "MODELYARD_ARTIFACTS": str(workdir / "artifacts"),
+               "MODELYARD_MIGRATE_ON_START": "true", "MODELYARD_HOME": str(workdir)}
+        started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "modelyard.registry.cli.main", "registry", "serve", "--port", str(self.port),
+             "--log-level", "warning"], env=env)
+        self.ps = psutil.Process(self.process.pid)
+        import httpx
+
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError("registry exited during start-up")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.01)
+        self.startup = time.perf_counter() - started
+
+    def rss(self) -> int:
+        return self.ps.memory_info().rss
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+async def run_fixed(session: aiohttp.ClientSession, name: str, requests: list[tuple[str, str, dict]],
+                    concurrency: int) -> Phase:
+    """Send a fixed list of requests with ``concurrency`` workers."""
+    phase = Phase(name)
+    queue = list(reversed(requests))
+
+    async def worker() -> None:
+        while queue:
+            method, url, kwargs = queue.pop()
+            t0 = time.perf_counter()
+            async with session.request(method, url, **kwargs) as response:
+                await response.read()
+                if response.status >= 400:
+                    phase.errors += 1
+            phase.latencies.append(time.perf_counter() - t0)
+            phase.ops += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    phase.seconds = time.perf_counter() - started
+    return phase
+
+
+async def run_timed(session: aiohttp.ClientSession, name: str, urls: list[str], concurrency: int,
+                    seconds: float) -> Phase:
+    """GET ``urls`` round-robin for ``seconds`` with ``concurrency`` workers (bounded by time)."""
+    phase = Phase(name)
+    deadline = time.perf_counter() + seconds
+
+    async def worker(offset: int) -> None:
+        i = offset
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            async with session.get(urls[i % len(urls)]) as response:
+                await response.read()
+                if response.status >= 400:
+                    phase.errors += 1
+            phase.latencies.append(time.perf_counter() - t0)
+            phase.ops += 1
+            i += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(k * 7) for k in range(concurrency)))
+    phase.seconds = time.perf_counter() - started
+    return phase
+
+
+def digest_header(data: bytes) -> str:
+    return "sha-256=:" + base64.b64encode(hashlib.sha256(data).digest()).decode() + ":"
+
+
+async def big_artifact(session: aiohttp.ClientSession, server: Server, api: str, size: int) -> list[Phase]:
+    block = os.urandom(MiB)
+    blocks = size // MiB
+    hasher = hashlib.sha256()
+    for _ in range(blocks):
+        hasher.update(block)
+    header = "sha-256=:" + base64.b64encode(hasher.digest()).decode() + ":"
+    async with session.post(f"{api}/models", json={"name": "big-artifact"}) as r:
+        await r.read()
+    async with session.post(f"{api}/models/big-artifact/versions") as r:
+        version = (await r.json())["version"]
+
+    peak = {"rss": server.rss()}
+    baseline = peak["rss"]
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            peak["rss"] = max(peak["rss"], server.rss())
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+
+    async def body():  # noqa: ANN202
+        for _ in range(blocks):
+            yield block
+
+    upload = Phase(f"upload {size // MiB} MiB")
+    t0 = time.perf_counter()
+    async with session.put(f"{api}/models/big-artifact/versions/{version}/artifact", data=body(),
+                           headers={"Content-Digest": header},
+                           timeout=aiohttp.ClientTimeout(total=1800)) as r:
+        await r.read()
+        upload.errors += r.status != 200
+    upload.seconds, upload.ops = time.perf_counter() - t0, 1
+    sampling.set()
+    sampler.join()
+    upload.extra = {"MB/s": size / 1e6 / upload.seconds, "rss_growth_MiB": (peak["rss"] - baseline) / MiB}
+
+    download = Phase(f"download {size // MiB} MiB")
+    check = hashlib.sha256()
+    t0 = time.perf_counter()
+    async with session.get(f"{api}/models/big-artifact/versions/{version}/artifact",
+                           timeout=aiohttp.ClientTimeout(total=1800)) as r:
+        async for chunk in r.content.iter_chunked(MiB):
+            check.update(chunk)
+    download.seconds, download.ops = time.perf_counter() - t0, 1
+    download.errors += check.digest() != hasher.digest()
+    download.extra = {"MB/s": size / 1e6 / download.seconds}
+    return [upload, download]
+
+
+async def bench_backend(label: str, db_url: str, args: argparse.Namespace) -> tuple[list[Phase], dict[str, float]]:
+    workdir = Path(tempfile.mkdtemp(prefix=f"modelyard-bench-{label}-"))
+    server = Server(db_url, workdir)
+    facts = {"startup_s": server.startup}
+    time.sleep(0.5)
+    facts["idle_rss_MiB"] = server.rss() / MiB
+    api = f"{server.url}/api/v1"
+    phases: list[Phase] = []
+    n_models = args.models
+    try:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            names = [f"model-{i:04d}" for i in range(n_models)]
+            phases.append(await run_fixed(session, f"create {n_models} models (c=16)", [
+                ("POST", f"{api}/models", {"json": {"name": n, "tags": {"team": f"t{i % 10}"}}})
+                for i, n in enumerate(names)], 16))
+            phases.append(await run_fixed(session, f"create {n_models * 5} versions (c=16)", [
+                ("POST", f"{api}/models/{n}/versions", {"json": {"metrics": {"acc": 0.9}}})
+                for _ in range(5) for n in names], 16))
+            payload = b"small-model-weights"
+            phases.append(await run_fixed(session, f"upload {n_models} small artifacts (c=16)", [
+                ("PUT", f"{api}/models/{n}/versions/5/artifact",
+                 {"data": payload, "headers": {"Content-Digest": digest_header(payload)}}) for n in names], 16))
+            phases.append(await run_fixed(session, f"set {n_models} aliases (c=16)", [
+                ("PUT", f"{api}/models/{n}/aliases/production", {"json": {"version": 5}}) for n in names], 16))
+            alias_urls = [f"{api}/models/{n}/aliases/production" for n in names]
+            version_urls = [f"{api}/models/{n}/versions/5" for n in names]
+            for concurrency in (16, 64):
+                phases.append(await run_timed(session, f"resolve alias (c={concurrency})", alias_urls,
+                                              concurrency, args.duration))
+                phases.append(await run_timed(session, f"get version (c={concurrency})", version_urls,
+                                              concurrency, args.duration))
+            phases.append(await run_timed(session, "floor: GET /healthz (c=64)", [f"{server.url}/healthz"], 64,
+                                          args.duration / 2))
+            phases.append(await run_fixed(session, "200 filtered searches (c=16)", [
+                ("GET", f"{api}/models", {"params": {"prefix": "model-0", "tag": f"team=t{i % 10}", "limit": "50"}})
+                for i in range(200)], 16))
+            facts["rss_after_load_MiB"] = server.rss() / MiB
+            phases += await big_artifact(session, server, api, args.artifact_mib * MiB)
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return phases, facts
+
+
+def print_table(results: dict[str, tuple[list[Phase], dict[str, float]]]) -> None:
+    labels = list(results)
+    print()
+    header = f"{'phase':38}" + "".join(f"{lab + ' ops/s':>16}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'err':>5}"
+                                       for lab in labels)
+    if len(labels) == 2:
+        header += f"{labels[1] + '/' + labels[0]:>14}"
+    print(header)
+    print("-" * len(header))
+    for i, phase in enumerate(results[labels[0]][0]):
+        row = f"{phase.name:38}"
+        for lab in labels:
+            p = results[lab][0][i]
+            if p.extra.get("MB/s"):
+                row += f"{p.extra['MB/s']:>12.0f} MB/s{'':>9}{'':>9}{'':>9}{p.errors:>5}"
+            else:
+                row += f"{p.rate:>16.0f}{p.pct(.5):>9.1f}{p.pct(.95):>9.1f}{p.pct(.99):>9.1f}{p.errors:>5}"
+        if len(labels) == 2:
+            a, b = results[labels[0]][0][i], results[labels[1]][0][i]
+            ra = a.extra.get("MB/s", a.rate)
+            rb = b.extra.get("MB/s", b.rate)
+            row += f"{(rb / ra if ra else float('nan')):>13.2f}x"
+        print(row)
+    print()
+    for lab in labels:
+        phases, facts = results[lab]
+        by_name = {p.name: p for p in phases}
+        floor = by_name["floor: GET /healthz (c=64)"].rate
+        resolve = by_name["resolve alias (c=64)"]
+        upload = next(p for p in phases if p.name.startswith("upload ") and "MiB" in p.name)
+        print(f"[{lab}] start→/readyz {facts['startup_s']:.2f} s · idle RSS {facts['idle_rss_MiB']:.0f} MiB · "
+              f"RSS after load {facts['rss_after_load_MiB']:.0f} MiB · "
+              f"RSS growth during upload {upload.extra['rss_growth_MiB']:.1f} MiB")
+        print(f"[{lab}] resolve alias at c=64: {resolve.rate:.0f} ops/s = {resolve.rate / floor:.2f}x "
+              f"the framework floor ({floor:.0f} req/s on /healthz), p99 {resolve.pct(.99):.1f} ms")
+    print()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per timed phase")
+    parser.add_argument("--models", type=int, default=200)
+    parser.add_argument("--artifact-mib", type=int, default=1024)
+    parser.add_argument("--postgres", action="store_true", help="also run on a throwaway PostgreSQL cluster")
+    parser.add_argument("--pg-dsn", help="also run on this (empty) PostgreSQL database")
+    parser.add_argument("--quick", action="store_true", help="2 s phases, 40 models, 64 MiB artifact")
+    args = parser.parse_args()
+    if args.quick:
+        args.duration, args.models, args.artifact_mib = 2.0, 40, 64
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    print(f"registry benchmark · {os.cpu_count()} CPUs · load generator in this process (aiohttp)")
+    results: dict[str, tuple[list[Phase], dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        results["sqlite"] = asyncio.run(bench_backend("sqlite", f"sqlite:///{tmp}/registry.db", args))
+    cluster = None
+    if args.postgres and not args.pg_dsn:
+        from tests.support.postgres import PostgresCluster, find_pg_bin
+
+        bin_dir = find_pg_bin()
+        if bin_dir is None:
+            sys.exit("PostgreSQL not found: run scripts/system-deps.sh")
+        cluster = PostgresCluster(bin_dir)
+        cluster.init()
+        cluster.start()
+        args.pg_dsn = cluster.create_database()
+    try:
+        if args.pg_dsn:
+            results["postgres"] = asyncio.run(bench_backend("postgres", args.pg_dsn, args))
+    finally:
+        if cluster:
+            cluster.destroy()
+    print_table(results)
+
+
+if __name__ == "__main__":
+    main()

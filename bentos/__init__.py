@@ -1,0 +1,1 @@
+"""Packaging registry model versions as BentoML services, and the pod runtime (later issues)."""

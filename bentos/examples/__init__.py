@@ -1,0 +1,1 @@
+"""Small example models made in code (no hub downloads)."""

@@ -1,0 +1,202 @@
+"""Client commands: push, pull, models, versions, alias."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from modelyard.registry.cli.common import (
+    DEFAULT_URL, JsonOption, RegistryOption, TokenOption, client, console, human_size, parse_metrics, parse_pairs,
+    print_json,
+)
+from modelyard.registry.client import file_sha256
+from modelyard.registry.errors import RegistryError, Unavailable
+from modelyard.registry.names import check_alias, check_model_name, parse_model_ref
+
+FORMAT_BY_SUFFIX = {".pt2": "torch-export", ".bento": "bento"}
+
+models_app = typer.Typer(help="Registered models.", no_args_is_help=True)
+versions_app = typer.Typer(help="Model versions.", no_args_is_help=True)
+alias_app = typer.Typer(help="Aliases (movable names such as 'production').", no_args_is_help=True)
+
+
+def _bytes_progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeRemainingColumn(), console=console, transient=True)
+
+
+def push(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="artifact to upload")],
+    model: Annotated[str, typer.Option("--model", "-m", help="registered model name (created if missing)")],
+    alias: Annotated[str | None, typer.Option("--alias", "-a", help="point this alias at the new version")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="KEY=VALUE, repeatable")] = None,
+    metric: Annotated[list[str] | None, typer.Option("--metric", help="KEY=NUMBER, repeatable")] = None,
+    format: Annotated[str | None, typer.Option("--format", help="torch-export | torchscript | bento")] = None,
+    description: Annotated[str, typer.Option("--description", "-d")] = "",
+    source: Annotated[str | None, typer.Option("--source", help="lineage: commit, run id, dataset …")] = None,
+    registry: RegistryOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Upload FILE as a new version of MODEL (streamed, digest-checked) and print it."""
+    tags, metrics = parse_pairs(tag, "--tag"), parse_metrics(metric)
+    with client(registry, token) as registry_client:
+        check_model_name(model)
+        if alias:
+            check_alias(alias)
+        size = file.stat().st_size
+        with _bytes_progress() as progress:
+            task = progress.add_task("hashing", total=size)
+            digest = file_sha256(file, lambda n: progress.advance(task, n))
+            registry_client.ensure_model(model)
+            version = registry_client.create_version(
+                model, format=format or FORMAT_BY_SUFFIX.get(file.suffix), description=description,
+                metrics=metrics, tags=tags, source=source,
+                metadata={"filename": file.name},
+            )
+            progress.update(task, description=f"uploading {model}:{version.version}", completed=0)
+            try:
+                version = registry_client.upload_artifact(model, version.version, file, sha256=digest,
+                                                          progress=lambda n: progress.advance(task, n))
+            except RegistryError as exc:
+                if not isinstance(exc, Unavailable):  # leave no pending version behind when we can say so
+                    try:
+                        registry_client.delete_version(model, version.version)
+                    except RegistryError:
+                        pass
+                raise
+        console.print(f"pushed [bold]{model}:{version.version}[/bold] {version.digest} ({human_size(version.size)})",
+                      highlight=False)
+        if alias:
+            registry_client.set_alias(model, alias, version.version)
+            console.print(f"alias [bold]{model}@{alias}[/bold] → {version.version}", highlight=False)
+
+
+def pull(
+    ref: Annotated[str, typer.Argument(help="NAME@ALIAS or NAME:VERSION")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="file to write")],
+    registry: RegistryOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Download a version's artifact to a file, verifying its sha256."""
+    with client(registry, token) as registry_client:
+        version = registry_client.resolve(parse_model_ref(ref))
+        with _bytes_progress() as progress:
+            task = progress.add_task(f"downloading {version.model}:{version.version}", total=version.size)
+            registry_client.download_artifact(version.model, version.version, output,
+                                              progress=lambda n: progress.advance(task, n))
+        console.print(f"pulled [bold]{version.model}:{version.version}[/bold] {version.digest} → {output}",
+                      highlight=False)
+
+
+@models_app.command("ls")
+def models_ls(
+    prefix: Annotated[str | None, typer.Option("--prefix", help="name prefix")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="KEY=VALUE filter, repeatable")] = None,
+    alias: Annotated[str | None, typer.Option("--alias", help="only models with this alias")] = None,
+    as_json: JsonOption = False,
+    registry: RegistryOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """List registered models."""
+    with client(registry, token) as registry_client:
+        found = list(registry_client.list_models(prefix=prefix, tags=parse_pairs(tag, "--tag"), alias=alias))
+    if as_json:
+        print_json([m.model_dump(mode="json") for m in found])
+        return
+    table = Table("NAME", "LATEST", "ALIASES", "TAGS", "UPDATED", box=None)
+    for m in found:
+        table.add_row(m.name, str(m.latest_version or "-"),
+                      ", ".join(f"{a}→{v}" for a, v in m.aliases.items()) or "-",
+                      ", ".join(f"{k}={v}" for k, v in m.tags.items()) or "-", m.updated_at.strftime("%Y-%m-%d %H:%M"))
+    console.print(table)
+
+
+@models_app.command("delete")
+def models_delete(
+    name: Annotated[str, typer.Argument(help="model name")],
+    registry: RegistryOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Delete a model and all its versions (refused while it has aliases)."""
+    with client(registry, token) as registry_client:
+        registry_client.delete_model(name)
+    console.print(f"deleted model {name}")
+
+
+@versions_app.command("ls")
+def versions_ls(
+    name: Annotated[str, typer.Argument(help="model name")],
+    status: Annotated[str | None, typer.Option("--status", help="pending | ready | failed")] = None,
+    as_json: JsonOption = False,
+    registry: RegistryOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """List a model's versions, newest first."""
+    with client(registry, token) as registry_client:
+        found = list(registry_client.list_versions(name, order="desc", status=status))
+    if as_json:
+        print_json([v.model_dump(mode="json") for v in found])
+        return
+    table = Table("VERSION", "STATUS", "DIGEST", "SIZE", "FORMAT", "ALIASES", "METRICS", "CREATED", box=None)
+    for v in found:
+        table.add_row(str(v.version), v.status.value, (v.digest or "-")[:19], human_size(v.size),
+                      v.format.value if v.format else "-", ", ".join(v.aliases) or "-",
+                      ", ".join(f"{k}={val:g}" for k, val in v.metrics.items()) or "-",
+                      v.created_at.strftime("%Y-%m-%d %H:%M"))
+    console.print(table)
+
+
+@versions_app.command("show")
+def versions_show(
+    ref: Annotated[str, typer.Argument(help="NAME@ALIAS or NAME:VERSION")],
+    registry: RegistryOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Print one version as JSON."""
+    with client(registry, token) as registry_client:
+        print_json(registry_client.resolve(parse_model_ref(ref)).model_dump(mode="json"))
+
+
+@alias_app.command("set")
+def alias_set(
+    name: Annotated[str, typer.Argument(help="model name")],
+    alias: Annotated[str, typer.Argument(help="alias, e.g. production")],
+    version: Annotated[int, typer.Argument(help="version number", min=1)],
+    registry: RegistryOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Point ALIAS at VERSION (deployments following it roll the version out)."""
+    with client(registry, token) as registry_client:
+        answer = registry_client.set_alias(name, alias, version)
+    console.print(f"alias [bold]{answer.model}@{answer.alias}[/bold] → {answer.version} ({answer.digest})",
+                  highlight=False)
+
+
+@alias_app.command("get")
+def alias_get(
+    name: Annotated[str, typer.Argument(help="model name")],
+    alias: Annotated[str, typer.Argument(help="alias")],
+    registry: RegistryOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Print the version an alias points at."""
+    with client(registry, token) as registry_client:
+        answer = registry_client.get_alias(name, alias)
+    console.print(f"{answer.model}@{answer.alias} → {answer.version} ({answer.digest})", highlight=False)
+
+
+@alias_app.command("rm")
+def alias_rm(
+    name: Annotated[str, typer.Argument(help="model name")],
+    alias: Annotated[str, typer.Argument(help="alias")],
+    registry: RegistryOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Delete an alias."""
+    with client(registry, token) as registry_client:
+        registry_client.delete_alias(name, alias)
+    console.print(f"deleted alias {name}@{alias}")

@@ -1,0 +1,77 @@
+"""Options and error handling shared by every client command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from modelyard.registry.client import RegistryClient
+from modelyard.registry.errors import RegistryError
+from modelyard.registry.names import InvalidName
+from modelyard.registry.settings import DEFAULT_REGISTRY_URL
+
+console = Console()
+errors = Console(stderr=True)
+
+RegistryOption = Annotated[str, typer.Option("--registry", envvar="MODELYARD_REGISTRY_URL",
+                                             help="registry URL", show_default=True)]
+TokenOption = Annotated[str | None, typer.Option("--token", envvar="MODELYARD_TOKEN", help="bearer token",
+                                                 show_default=False)]
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+DEFAULT_URL = DEFAULT_REGISTRY_URL
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """Turn registry and input errors into one red line on stderr and exit status 1."""
+    try:
+        yield
+    except (RegistryError, InvalidName, ValueError, OSError) as exc:
+        errors.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+@contextmanager
+def client(registry: str, token: str | None) -> Iterator[RegistryClient]:
+    with reported_errors(), RegistryClient(registry, token) as registry_client:
+        yield registry_client
+
+
+def parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=what)
+        pairs[key] = value
+    return pairs
+
+
+def parse_metrics(items: list[str] | None) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for key, value in parse_pairs(items, "--metric").items():
+        try:
+            metrics[key] = float(value)
+        except ValueError:
+            raise typer.BadParameter(f"metric {key!r} needs a number, got {value!r}", param_hint="--metric") from None
+    return metrics
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+def human_size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024  # type: ignore[assignment]
+    return str(size)

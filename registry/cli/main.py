@@ -1,0 +1,30 @@
+"""``modelyard``: one command line for the registry, packaging, serving and the operator.
+
+Later parts of the product add their command groups here.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from modelyard.registry.cli import client_cmds
+from modelyard.registry.cli.quickstart import quickstart
+from modelyard.registry.cli.registry_cmds import registry_app
+
+app = typer.Typer(
+    name="modelyard",
+    help="Modelyard: a model registry, BentoML packaging and a Kubernetes operator.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(registry_app, name="registry")
+app.command()(client_cmds.push)
+app.command()(client_cmds.pull)
+app.add_typer(client_cmds.models_app, name="models")
+app.add_typer(client_cmds.versions_app, name="versions")
+app.add_typer(client_cmds.alias_app, name="alias")
+app.command()(quickstart)
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,115 @@
+"""``modelyard registry …``: run and administer the registry server."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from modelyard.registry.cli.common import console, reported_errors
+from modelyard.registry.settings import RegistrySettings, default_artifacts_url, default_db_url
+
+registry_app = typer.Typer(help="Run and administer the registry server.", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens (scopes: read < write < admin).", no_args_is_help=True)
+registry_app.add_typer(token_app, name="token")
+
+DbOption = Annotated[str | None, typer.Option("--db", envvar="MODELYARD_DB_URL",
+                                              help="SQLAlchemy URL [default: SQLite under MODELYARD_HOME]",
+                                              show_default=False)]
+
+
+@registry_app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8080,
+    db: DbOption = None,
+    artifacts: Annotated[str | None, typer.Option("--artifacts", envvar="MODELYARD_ARTIFACTS",
+                                                  help="directory or s3://bucket/prefix", show_default=False)] = None,
+    anonymous_read: Annotated[bool | None, typer.Option("--anonymous-read/--no-anonymous-read",
+                                                        help="let clients without a token read "
+                                                             "[default: only while no token exists]",
+                                                        show_default=False)] = None,
+    migrate: Annotated[bool | None, typer.Option("--migrate/--no-migrate",
+                                                 help="upgrade the schema on start [default: SQLite only]",
+                                                 show_default=False)] = None,
+    workers: Annotated[int, typer.Option(min=1, help="server processes")] = 1,
+    log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+) -> None:
+    """Serve the REST API (on SQLite and local disk unless told otherwise)."""
+    import uvicorn
+
+    settings = RegistrySettings(db_url=db or default_db_url(), artifacts_url=artifacts or default_artifacts_url(),
+                                anonymous_read=anonymous_read, migrate_on_start=migrate)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    common = {"host": host, "port": port, "log_level": log_level, "access_log": False, "timeout_graceful_shutdown": 10}
+    with reported_errors():
+        if workers == 1:
+            from modelyard.registry.server.app import create_app
+
+            uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
+        else:
+            from modelyard.registry.server.app import prepare_database
+
+            prepare_database(settings)  # migrate once, before the workers start
+            os.environ.update(settings.to_env())
+            uvicorn.run("modelyard.registry.server.app:create_app_from_env", factory=True, workers=workers,
+                        **common)  # type: ignore[arg-type]
+
+
+@registry_app.command("migrate")
+def migrate(db: DbOption = None) -> None:
+    """Create or upgrade the database schema to this version's."""
+    from modelyard.registry.db.engine import create_db_engine
+    from modelyard.registry.db.migrate import current_revision, upgrade
+
+    with reported_errors():
+        engine = create_db_engine(db or default_db_url())
+        before = current_revision(engine)
+        upgrade(engine)
+        after = current_revision(engine)
+    console.print(f"schema at revision {after}" + ("" if before == after else f" (was {before or 'empty'})"))
+
+
+def _store(db: str | None):  # noqa: ANN202 - internal helper
+    from modelyard.registry.server.app import prepare_database
+
+    return prepare_database(RegistrySettings(db_url=db or default_db_url(), migrate_on_start=True))
+
+
+@token_app.command("create")
+def token_create(
+    scope: Annotated[str, typer.Option(help="read | write | admin")] = "read",
+    name: Annotated[str, typer.Option(help="who or what holds it")] = "token",
+    db: DbOption = None,
+) -> None:
+    """Create a token and print it (shown once; only its hash is stored).
+
+    The first token turns authentication on for the whole registry.
+    """
+    with reported_errors():
+        token, info = _store(db).create_token(name, scope)
+    console.print(f"created token {info.id} ({info.name}, scope {info.scope}); store it now, it is not shown again:",
+                  highlight=False)
+    print(token)
+
+
+@token_app.command("ls")
+def token_ls(db: DbOption = None) -> None:
+    """List tokens (never their values)."""
+    with reported_errors():
+        tokens = _store(db).list_tokens()
+    table = Table("ID", "NAME", "SCOPE", "CREATED", "REVOKED", box=None)
+    for t in tokens:
+        table.add_row(str(t.id), t.name, t.scope, t.created_at.strftime("%Y-%m-%d %H:%M"), "yes" if t.revoked else "")
+    console.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: Annotated[int, typer.Argument(help="token id (see `token ls`)")], db: DbOption = None) -> None:
+    """Revoke a token (servers stop accepting it within seconds)."""
+    with reported_errors():
+        _store(db).revoke_token(token_id)
+    console.print(f"revoked token {token_id}")

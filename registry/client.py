@@ -1,0 +1,263 @@
+"""A typed Python client for the registry's REST API.
+
+Answers are parsed into the same Pydantic shapes the server uses
+(``modelyard.registry.schemas``); errors are raised as the same typed
+exceptions (``modelyard.registry.errors``) carrying the server's problem
+detail.  Connection failures are retried by the transport; uploads and
+downloads stream, so artifacts of any size go through bounded memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import httpx
+
+from modelyard.registry import schemas
+from modelyard.registry.artifacts.digests import format_content_digest, parse_digest
+from modelyard.registry.errors import Conflict, DigestMismatch, NotFound, RegistryError, Unavailable, error_from_problem
+from modelyard.registry.names import ModelRef, parse_model_ref
+from modelyard.registry.settings import DEFAULT_REGISTRY_URL
+
+CHUNK = 1 << 20
+Progress = Callable[[int], None]
+"""Called with the number of bytes just moved."""
+
+
+def _default_url() -> str:
+    return os.environ.get("MODELYARD_REGISTRY_URL") or DEFAULT_REGISTRY_URL
+
+
+def file_sha256(path: Path, progress: Progress | None = None) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK):
+            hasher.update(block)
+            if progress:
+                progress(len(block))
+    return hasher.hexdigest()
+
+
+class RegistryClient:
+    """Synchronous client; use as a context manager or call :meth:`close`."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 30.0,
+                 retries: int = 3, transport: httpx.BaseTransport | None = None) -> None:
+        token = token if token is not None else os.environ.get("MODELYARD_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.url = (url or _default_url()).rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.url + "/api/v1", headers=headers, timeout=timeout,
+            transport=transport or httpx.HTTPTransport(retries=retries),
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- plumbing -----------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise Unavailable(f"cannot reach the registry at {self.url}: {exc}") from exc
+        self._raise_for_problem(response)
+        return response
+
+    @staticmethod
+    def _raise_for_problem(response: httpx.Response) -> None:
+        if response.is_success or response.status_code == 304:
+            return
+        response.read()
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        raise error_from_problem(response.status_code, body if isinstance(body, dict) else None,
+                                 f"HTTP {response.status_code} from {response.request.method} {response.request.url}")
+
+    # -- models ---------------------------------------------------------------------
+
+    def create_model(self, name: str, description: str = "", tags: dict[str, str] | None = None) -> schemas.Model:
+        body = schemas.ModelCreate(name=name, description=description, tags=tags or {})
+        return schemas.Model.model_validate_json(self._request("POST", "/models", json=body.model_dump()).content)
+
+    def ensure_model(self, name: str) -> schemas.Model:
+        """Get the model, creating it first if it does not exist yet."""
+        try:
+            return self.get_model(name)
+        except NotFound:
+            pass
+        try:
+            return self.create_model(name)
+        except Conflict:  # created concurrently: fine
+            return self.get_model(name)
+
+    def get_model(self, name: str) -> schemas.Model:
+        return schemas.Model.model_validate_json(self._request("GET", f"/models/{name}").content)
+
+    def list_models(self, *, prefix: str | None = None, tags: dict[str, str] | None = None,
+                    alias: str | None = None, page_size: int = 100) -> Iterator[schemas.Model]:
+        params: dict[str, Any] = {"limit": page_size, "tag": [f"{k}={v}" for k, v in (tags or {}).items()]}
+        if prefix:
+            params["prefix"] = prefix
+        if alias:
+            params["alias"] = alias
+        yield from self._pages("/models", params, schemas.Page[schemas.Model])
+
+    def update_model(self, name: str, *, description: str | None = None,
+                     tags: dict[str, str] | None = None) -> schemas.Model:
+        body = schemas.ModelUpdate(description=description, tags=tags).model_dump(exclude_none=True)
+        return schemas.Model.model_validate_json(self._request("PATCH", f"/models/{name}", json=body).content)
+
+    def delete_model(self, name: str) -> None:
+        self._request("DELETE", f"/models/{name}")
+
+    def _pages(self, path: str, params: dict[str, Any], page_type: Any) -> Iterator[Any]:
+        while True:
+            page = page_type.model_validate_json(self._request("GET", path, params=params).content)
+            yield from page.items
+            if not page.next_cursor:
+                return
+            params = {**params, "cursor": page.next_cursor}
+
+    # -- versions -------------------------------------------------------------------
+
+    def create_version(self, name: str, *, format: str | None = None, description: str = "",
+                       metadata: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
+                       tags: dict[str, str] | None = None, source: str | None = None) -> schemas.Version:
+        body = schemas.VersionCreate(format=format, description=description, metadata=metadata or {},
+                                     metrics=metrics or {}, tags=tags or {}, source=source)
+        answer = self._request("POST", f"/models/{name}/versions", json=body.model_dump(mode="json"))
+        return schemas.Version.model_validate_json(answer.content)
+
+    def get_version(self, name: str, version: int) -> schemas.Version:
+        return schemas.Version.model_validate_json(self._request("GET", f"/models/{name}/versions/{version}").content)
+
+    def list_versions(self, name: str, *, order: str = "asc", status: str | None = None,
+                      tags: dict[str, str] | None = None, page_size: int = 100) -> Iterator[schemas.Version]:
+        params: dict[str, Any] = {"limit": page_size, "order": order,
+                                  "tag": [f"{k}={v}" for k, v in (tags or {}).items()]}
+        if status:
+            params["status"] = status
+        yield from self._pages(f"/models/{name}/versions", params, schemas.Page[schemas.Version])
+
+    def latest_version(self, name: str) -> schemas.Version | None:
+        answer = self._request("GET", f"/models/{name}/versions", params={"order": "desc", "limit": 1})
+        items = schemas.Page[schemas.Version].model_validate_json(answer.content).items
+        return items[0] if items else None
+
+    def update_version(self, name: str, version: int, *, description: str | None = None,
+                       metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None) -> schemas.Version:
+        body = schemas.VersionUpdate(description=description, metrics=metrics, tags=tags).model_dump(exclude_none=True)
+        answer = self._request("PATCH", f"/models/{name}/versions/{version}", json=body)
+        return schemas.Version.model_validate_json(answer.content)
+
+    def delete_version(self, name: str, version: int) -> None:
+        self._request("DELETE", f"/models/{name}/versions/{version}")
+
+    # -- artifacts --------------------------------------------------------------------
+
+    def upload_artifact(self, name: str, version: int, source: Path | str | BinaryIO, *,
+                        sha256: str | None = None, progress: Progress | None = None) -> schemas.Version:
+        """Stream a file to the version; its sha256 is computed first when not given."""
+        if isinstance(source, (str, Path)):
+            path = Path(source)
+            hex_digest = sha256 or file_sha256(path)
+            with open(path, "rb") as handle:
+                return self._upload(name, version, handle, hex_digest, progress, path.stat().st_size)
+        if sha256 is None:
+            raise ValueError("uploading from a stream needs its sha256")
+        return self._upload(name, version, source, parse_digest(sha256), progress, None)
+
+    def _upload(self, name: str, version: int, handle: BinaryIO, hex_digest: str, progress: Progress | None,
+                size: int | None) -> schemas.Version:
+        def body() -> Iterator[bytes]:
+            while block := handle.read(CHUNK):
+                if progress:
+                    progress(len(block))
+                yield block
+
+        headers = {"Content-Digest": format_content_digest(hex_digest), "Content-Type": "application/octet-stream"}
+        if size is not None:
+            headers["Content-Length"] = str(size)
+        answer = self._request("PUT", f"/models/{name}/versions/{version}/artifact", content=body(),
+                               headers=headers, timeout=httpx.Timeout(30.0, read=600.0))
+        return schemas.Version.model_validate_json(answer.content)
+
+    def download_artifact(self, name: str, version: int, destination: Path | str, *,
+                          progress: Progress | None = None) -> schemas.Version:
+        """Stream the artifact to ``destination`` atomically, verifying its digest.
+
+        The bytes go to a temporary file beside the destination, which replaces it
+        only after the sha256 matched the version's digest.
+        """
+        found = self.get_version(name, version)
+        if not found.digest:
+            raise RegistryError(f"{name}:{version} is {found.status.value}: it has no artifact yet")
+        expected = parse_digest(found.digest)
+        destination = Path(destination)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        hasher = hashlib.sha256()
+        fd, temp_name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                try:
+                    with self._http.stream("GET", f"/models/{name}/versions/{version}/artifact",
+                                           timeout=httpx.Timeout(30.0, read=600.0)) as response:
+                        self._raise_for_problem(response)
+                        for block in response.iter_bytes(CHUNK):
+                            hasher.update(block)
+                            out.write(block)
+                            if progress:
+                                progress(len(block))
+                except httpx.TransportError as exc:
+                    raise Unavailable(f"download of {name}:{version} from {self.url} failed: {exc}") from exc
+                out.flush()
+                os.fsync(out.fileno())
+            if hasher.hexdigest() != expected:
+                raise DigestMismatch(f"downloaded {name}:{version} has sha256:{hasher.hexdigest()}, "
+                                     f"the registry records {found.digest}; the file was discarded")
+            os.replace(temp_name, destination)
+        finally:
+            if os.path.exists(temp_name):
+                os.unlink(temp_name)
+        return found
+
+    # -- aliases --------------------------------------------------------------------
+
+    def set_alias(self, name: str, alias: str, version: int) -> schemas.Alias:
+        answer = self._request("PUT", f"/models/{name}/aliases/{alias}", json={"version": version})
+        return schemas.Alias.model_validate_json(answer.content)
+
+    def get_alias(self, name: str, alias: str) -> schemas.Alias:
+        return schemas.Alias.model_validate_json(self._request("GET", f"/models/{name}/aliases/{alias}").content)
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self._request("DELETE", f"/models/{name}/aliases/{alias}")
+
+    def resolve(self, ref: str | ModelRef) -> schemas.Version:
+        """``NAME@ALIAS`` or ``NAME:VERSION`` → that version."""
+        ref = parse_model_ref(ref) if isinstance(ref, str) else ref
+        number = self.get_alias(ref.name, ref.alias).version if ref.alias else ref.version
+        assert number is not None
+        return self.get_version(ref.name, number)
+
+    # -- events ---------------------------------------------------------------------
+
+    def events(self, after: int = 0, *, timeout: float = 0, limit: int = 1000) -> schemas.EventPage:
+        """Events after ``after``; with ``timeout`` > 0 the server holds the request until one happens."""
+        answer = self._request("GET", "/events", params={"after": after, "timeout": timeout, "limit": limit},
+                               timeout=httpx.Timeout(30.0, read=timeout + 30.0))
+        return schemas.EventPage.model_validate_json(answer.content)

@@ -1,0 +1,1 @@
+"""Database layer: ORM tables, engine set-up and migrations."""

@@ -1,0 +1,169 @@
+"""The REST API's JSON shapes (Pydantic), used by the server for validation and
+OpenAPI, and by the client to parse answers: one definition, no drift."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from enum import Enum
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from modelyard.registry.names import ALIAS_PATTERN, NAME_PATTERN, check_tag_key
+
+ModelName = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=63)]
+AliasName = Annotated[str, StringConstraints(pattern=ALIAS_PATTERN, max_length=63)]
+VersionNumber = Annotated[int, Field(ge=1, le=2_147_483_647)]
+
+
+def _check_tags(tags: dict[str, str]) -> dict[str, str]:
+    if len(tags) > 64:
+        raise ValueError("at most 64 tags")
+    for key in tags:
+        check_tag_key(key)
+    return tags
+
+
+def _check_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    if len(metrics) > 256:
+        raise ValueError("at most 256 metrics")
+    for key, value in metrics.items():
+        check_tag_key(key)
+        if not math.isfinite(value):
+            raise ValueError(f"metric {key!r} must be a finite number")
+    return metrics
+
+
+def _check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    import orjson
+
+    if len(orjson.dumps(metadata)) > 64 * 1024:
+        raise ValueError("metadata must serialize to at most 64 KiB of JSON")
+    return metadata
+
+
+Metadata = Annotated[dict[str, Any], AfterValidator(_check_metadata)]
+Tags = Annotated[dict[str, Annotated[str, StringConstraints(max_length=256)]], AfterValidator(_check_tags)]
+Metrics = Annotated[dict[str, float], AfterValidator(_check_metrics)]
+Description = Annotated[str, StringConstraints(max_length=4096)]
+
+
+class VersionStatus(str, Enum):
+    pending = "pending"
+    ready = "ready"
+    failed = "failed"
+
+
+class ArtifactFormat(str, Enum):
+    torch_export = "torch-export"
+    torchscript = "torchscript"
+    bento = "bento"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelCreate(_Strict):
+    name: ModelName
+    description: Description = ""
+    tags: Tags = {}
+
+
+class ModelUpdate(_Strict):
+    description: Description | None = None
+    tags: Tags | None = None
+
+
+class Model(BaseModel):
+    name: str
+    description: str
+    tags: dict[str, str]
+    latest_version: int | None = Field(description="highest version number handed out, or null")
+    aliases: dict[str, int] = Field(description="alias → version")
+    created_at: datetime
+    updated_at: datetime
+
+
+class VersionCreate(_Strict):
+    format: ArtifactFormat | None = None
+    description: Description = ""
+    metadata: Metadata = {}
+    metrics: Metrics = {}
+    tags: Tags = {}
+    source: Annotated[str, StringConstraints(max_length=4096)] | None = None
+
+
+class VersionUpdate(_Strict):
+    description: Description | None = None
+    metrics: Metrics | None = None
+    tags: Tags | None = None
+
+
+class Version(BaseModel):
+    model: str
+    version: int
+    status: VersionStatus
+    digest: str | None = Field(description='"sha256:<hex>" once the artifact is uploaded')
+    size: int | None
+    format: ArtifactFormat | None
+    description: str = ""
+    metadata: dict[str, Any]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    aliases: list[str]
+    source: str | None
+    created_by: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class AliasSet(_Strict):
+    version: VersionNumber
+
+
+class Alias(BaseModel):
+    model: str
+    alias: str
+    version: int
+    digest: str | None
+
+
+EventType = Literal[
+    "model.created", "model.deleted", "version.created", "version.ready",
+    "version.deleted", "alias.set", "alias.deleted",
+]
+
+
+class Event(BaseModel):
+    id: int
+    type: EventType
+    model: str
+    version: int | None = None
+    alias: str | None = None
+    time: datetime
+
+
+class EventPage(BaseModel):
+    events: list[Event]
+    next: int = Field(description="pass as ?after= to continue")
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = None
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, as every error is answered."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    instance: str | None = None

@@ -1,0 +1,83 @@
+"""Assemble the registry's FastAPI application."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from modelyard.registry.artifacts import open_artifact_store
+from modelyard.registry.db.engine import create_db_engine, is_sqlite
+from modelyard.registry.db.migrate import current_revision, head_revision, upgrade
+from modelyard.registry.server import aliases_api, artifacts_api, events_api, health_api, models_api, versions_api
+from modelyard.registry.server.auth import Authenticator
+from modelyard.registry.server.metrics import MetricsMiddleware, RegistryMetrics
+from modelyard.registry.server.notify import EventNotifier
+from modelyard.registry.server.problems import install_problem_handlers
+from modelyard.registry.settings import RegistrySettings
+from modelyard.registry.store import RegistryStore
+
+log = logging.getLogger("modelyard.registry")
+API_PREFIX = "/api/v1"
+
+
+class SchemaNotMigrated(RuntimeError):
+    """The database's schema is behind this server's; run ``modelyard registry migrate``."""
+
+
+def prepare_database(settings: RegistrySettings) -> RegistryStore:
+    engine = create_db_engine(settings.db_url)
+    migrate = settings.migrate_on_start if settings.migrate_on_start is not None else is_sqlite(settings.db_url)
+    if migrate:
+        upgrade(engine)
+    elif current_revision(engine) != head_revision():
+        raise SchemaNotMigrated(
+            f"database schema is at {current_revision(engine) or 'nothing'}, this server needs {head_revision()}: "
+            "run `modelyard registry migrate --db …` first (or set MODELYARD_MIGRATE_ON_START=true)"
+        )
+    return RegistryStore(engine)
+
+
+def create_app(settings: RegistrySettings | None = None) -> FastAPI:
+    settings = settings or RegistrySettings()
+    store = prepare_database(settings)
+    artifacts = open_artifact_store(settings.artifacts_url)
+    notifier = EventNotifier()
+    metrics = RegistryMetrics()
+    store.event_listeners.append(notifier.notify)
+    store.event_listeners.append(metrics.events.inc)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        notifier.bind(asyncio.get_running_loop())
+        log.info("registry ready: database %s, artifacts %s", store.engine.url.render_as_string(hide_password=True),
+                 artifacts.describe())
+        yield
+        store.engine.dispose()
+
+    app = FastAPI(
+        title="Modelyard registry",
+        version="1",
+        description="Models, versions, artifacts and aliases for Modelyard deployments.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.artifacts = artifacts
+    app.state.notifier = notifier
+    app.state.metrics = metrics
+    app.state.auth = Authenticator(store, settings.anonymous_read)
+    install_problem_handlers(app)
+    for module in (models_api, versions_api, artifacts_api, aliases_api, events_api):
+        app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(health_api.router)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` and multi-worker serving (settings from env)."""
+    return create_app(RegistrySettings())

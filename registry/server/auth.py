@@ -1,0 +1,81 @@
+"""Bearer-token authentication with scopes read < write < admin.
+
+Policy: while no token exists the registry is open (the embedded single-user
+default); creating the first token turns authentication on.  Then anonymous
+clients get nothing, or read access when ``anonymous_read`` is set.
+
+Lookups are cached for a few seconds because every request, including the
+operator's alias hot path, passes through here; a revoked token therefore stops
+working within ``TOKEN_CACHE_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from fastapi import Request
+
+from modelyard.registry.errors import Forbidden, Unauthorized
+from modelyard.registry.store import RegistryStore, scope_allows
+
+TOKEN_CACHE_SECONDS = 5.0
+OPEN_MODE_CACHE_SECONDS = 1.0
+_CACHE_LIMIT = 10_000
+
+
+class Authenticator:
+    def __init__(self, store: RegistryStore, anonymous_read: bool | None) -> None:
+        self.store = store
+        self.anonymous_read = anonymous_read
+        self._open_until = 0.0
+        self._open = True
+        self._scopes: dict[str, tuple[float, str | None]] = {}
+
+    def _is_open(self) -> bool:
+        now = time.monotonic()
+        if now >= self._open_until:
+            self._open = not self.store.any_tokens()
+            self._open_until = now + OPEN_MODE_CACHE_SECONDS
+        return self._open
+
+    def _scope_of(self, token: str) -> str | None:
+        now = time.monotonic()
+        cached = self._scopes.get(token)
+        if cached and cached[0] > now:
+            return cached[1]
+        scope = self.store.token_scope(token)
+        if len(self._scopes) >= _CACHE_LIMIT:
+            self._scopes.clear()
+        self._scopes[token] = (now + TOKEN_CACHE_SECONDS, scope)
+        return scope
+
+    def authorize(self, authorization: str | None, needed: str) -> str:
+        """Return the caller's identity, or raise 401/403."""
+        if authorization:
+            kind, _, token = authorization.partition(" ")
+            if kind.lower() != "bearer" or not token:
+                raise Unauthorized("use 'Authorization: Bearer <token>'")
+            scope = self._scope_of(token.strip())
+            if scope is None:
+                raise Unauthorized("unknown or revoked token")
+            if not scope_allows(scope, needed):
+                raise Forbidden(f"this token has scope {scope!r}; this request needs {needed!r}")
+            return f"token:{scope}"
+        if self._is_open():
+            return "anonymous"
+        if needed == "read" and self.anonymous_read:
+            return "anonymous"
+        raise Unauthorized("authentication required: pass 'Authorization: Bearer <token>' "
+                           "(create one with `modelyard registry token create`)")
+
+
+def require(scope: str) -> Callable[[Request], str]:
+    """A FastAPI dependency that admits callers holding ``scope`` (or more)."""
+
+    def dependency(request: Request) -> str:
+        auth: Authenticator = request.app.state.auth
+        return auth.authorize(request.headers.get("authorization"), scope)
+
+    dependency.__name__ = f"require_{scope}"
+    return dependency

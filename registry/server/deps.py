@@ -1,0 +1,46 @@
+"""Shared request dependencies and path/query parameter types."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Path, Query, Request
+
+from modelyard.registry.artifacts import ArtifactStore
+from modelyard.registry.errors import Invalid
+from modelyard.registry.names import ALIAS_PATTERN, NAME_PATTERN, check_tag_key
+from modelyard.registry.server.auth import require
+from modelyard.registry.store import RegistryStore
+
+ModelPath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=63, description="model name (DNS label)")]
+AliasPath = Annotated[str, Path(pattern=ALIAS_PATTERN, max_length=63, description="alias name")]
+VersionPath = Annotated[int, Path(ge=1, le=2_147_483_647, description="version number")]
+Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
+Cursor = Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")]
+TagFilter = Annotated[list[str], Query(description="repeatable key=value tag filter", max_length=16)]
+
+Reader = Annotated[str, Depends(require("read"))]
+Writer = Annotated[str, Depends(require("write"))]
+Admin = Annotated[str, Depends(require("admin"))]
+
+
+def get_store(request: Request) -> RegistryStore:
+    return request.app.state.store
+
+
+def get_artifacts(request: Request) -> ArtifactStore:
+    return request.app.state.artifacts
+
+
+Store = Annotated[RegistryStore, Depends(get_store)]
+Artifacts = Annotated[ArtifactStore, Depends(get_artifacts)]
+
+
+def parse_tag_filters(raw: list[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for item in raw:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise Invalid(f"invalid tag filter {item!r}: expected key=value")
+        pairs.append((check_tag_key(key), value))
+    return pairs

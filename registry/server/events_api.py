@@ -1,0 +1,36 @@
+"""``/events``: the ordered change feed, long-polled by operators."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import anyio.to_thread
+from fastapi import APIRouter, Query, Request
+
+from modelyard.registry import schemas
+from modelyard.registry.server.deps import Reader, Store
+
+router = APIRouter(tags=["events"])
+
+RECHECK_SECONDS = 0.5
+"""How often a long-poll re-reads the log for events committed by other processes."""
+
+
+@router.get("/events", response_model=schemas.EventPage)
+async def list_events(
+    request: Request, store: Store, _: Reader,
+    after: Annotated[int, Query(ge=0, le=2**62, description="return events with a larger id")] = 0,
+    timeout: Annotated[float, Query(ge=0, le=60, description="seconds to wait for an event")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+) -> schemas.EventPage:
+    """Events after ``after``, oldest first; waits up to ``timeout`` seconds for one to happen."""
+    notifier = request.app.state.notifier
+    deadline = time.monotonic() + timeout
+    while True:
+        changed = notifier.current()  # taken before reading, so a commit in between is not missed
+        events = await anyio.to_thread.run_sync(store.events_after, after, limit)
+        remaining = deadline - time.monotonic()
+        if events or remaining <= 0 or await request.is_disconnected():
+            return schemas.EventPage(events=events, next=events[-1].id if events else after)
+        await notifier.wait(changed, min(remaining, RECHECK_SECONDS))

@@ -1,0 +1,52 @@
+"""Where the registry keeps its data, from flags or the environment.
+
+Defaults are the embedded single-machine set-up: SQLite and a local artifact
+directory under ``MODELYARD_HOME`` (``~/.modelyard``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_REGISTRY_URL = "http://127.0.0.1:8080"
+
+
+def modelyard_home() -> Path:
+    return Path(os.environ.get("MODELYARD_HOME", "~/.modelyard")).expanduser()
+
+
+def default_db_url() -> str:
+    return os.environ.get("MODELYARD_DB_URL") or f"sqlite:///{modelyard_home() / 'registry.db'}"
+
+
+def default_artifacts_url() -> str:
+    return os.environ.get("MODELYARD_ARTIFACTS") or str(modelyard_home() / "artifacts")
+
+
+def _env_flag(name: str) -> bool | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    return value.lower() in ("1", "true", "yes", "on")
+
+
+@dataclass
+class RegistrySettings:
+    db_url: str = field(default_factory=default_db_url)
+    artifacts_url: str = field(default_factory=default_artifacts_url)
+    # None: anonymous clients may read only while no token exists at all.
+    anonymous_read: bool | None = field(default_factory=lambda: _env_flag("MODELYARD_ANONYMOUS_READ"))
+    # SQLite migrates itself; a shared PostgreSQL is migrated by `modelyard registry migrate`
+    # (one job, not every replica racing), unless this is set.
+    migrate_on_start: bool | None = field(default_factory=lambda: _env_flag("MODELYARD_MIGRATE_ON_START"))
+
+    def to_env(self) -> dict[str, str]:
+        """The same settings as environment variables, for worker processes."""
+        env = {"MODELYARD_DB_URL": self.db_url, "MODELYARD_ARTIFACTS": self.artifacts_url}
+        if self.anonymous_read is not None:
+            env["MODELYARD_ANONYMOUS_READ"] = "true" if self.anonymous_read else "false"
+        if self.migrate_on_start is not None:
+            env["MODELYARD_MIGRATE_ON_START"] = "true" if self.migrate_on_start else "false"
+        return env

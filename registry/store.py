@@ -1,0 +1,473 @@
+"""The registry store: every registry operation as one database transaction.
+
+No HTTP here (that is ``server``) and no bytes (that is ``artifacts``): the
+store answers with the API's shapes from ``schemas`` and raises the typed errors
+from ``errors``.  Write transactions are marked so SQLite starts them with
+``BEGIN IMMEDIATE`` (see ``db.engine``); on PostgreSQL, events are appended
+under a transaction-scoped advisory lock so that they commit in id order and a
+reader following ``/events?after=N`` can never skip one that committed late.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Engine, and_, delete, func, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from modelyard.registry import schemas
+from modelyard.registry.db import models as db
+from modelyard.registry.db.engine import WRITE_OPTION
+from modelyard.registry.errors import BadRequest, Conflict, NotFound
+
+SCOPES = ("read", "write", "admin")
+"""Each scope includes the ones before it."""
+
+EVENT_LOCK_KEY = 0x6D6F64656C  # "model": any constant shared by all registry replicas
+
+
+def scope_allows(granted: str, needed: str) -> bool:
+    return SCOPES.index(granted) >= SCOPES.index(needed)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def encode_cursor(value: str | int) -> str:
+    return base64.urlsafe_b64encode(str(value).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        return base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"invalid cursor {cursor!r}: pass back the next_cursor of a previous page") from exc
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    id: int
+    name: str
+    scope: str
+    created_at: datetime
+    revoked: bool
+
+
+class RegistryStore:
+    """Registry operations over a SQLAlchemy engine (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.event_listeners: list[Callable[[], None]] = []
+        """Called (from the writing thread) after a transaction that appended events commits."""
+        self._reader = sessionmaker(engine, expire_on_commit=False)
+        self._writer = sessionmaker(engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False)
+        self._ordered_events = engine.dialect.name == "postgresql"
+
+    # -- sessions -----------------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with self._reader() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with self._writer() as session:
+            with session.begin():
+                yield session
+            if session.info.get("emitted"):
+                for listener in self.event_listeners:
+                    listener()
+
+    def ping(self) -> None:
+        """Raise if the database cannot answer (``/readyz``)."""
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _emit(self, session: Session, type_: str, model: str, version: int | None = None,
+              alias: str | None = None) -> None:
+        if self._ordered_events:
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": EVENT_LOCK_KEY})
+        session.info["emitted"] = True
+        session.add(db.Event(type=type_, model=model, version=version, alias=alias))
+
+    @staticmethod
+    def _model_row(session: Session, name: str, *, lock: bool = False) -> db.RegisteredModel:
+        query = select(db.RegisteredModel).where(db.RegisteredModel.name == name)
+        if lock:
+            query = query.with_for_update()
+        row = session.scalars(query).one_or_none()
+        if row is None:
+            raise NotFound(f"model {name!r} does not exist")
+        return row
+
+    @staticmethod
+    def _version_row(session: Session, model: db.RegisteredModel, version: int) -> db.ModelVersion:
+        row = session.scalars(
+            select(db.ModelVersion).where(db.ModelVersion.model_id == model.id, db.ModelVersion.version == version)
+        ).one_or_none()
+        if row is None:
+            raise NotFound(f"version {version} of model {model.name!r} does not exist")
+        return row
+
+    @staticmethod
+    def _aliases_of_model(session: Session, model_id: int) -> dict[str, int]:
+        rows = session.execute(
+            select(db.Alias.alias, db.ModelVersion.version)
+            .join(db.ModelVersion, db.Alias.version_id == db.ModelVersion.id)
+            .where(db.Alias.model_id == model_id)
+            .order_by(db.Alias.alias)
+        )
+        return {alias: version for alias, version in rows}
+
+    @staticmethod
+    def _aliases_by_version(session: Session, version_ids: Sequence[int]) -> dict[int, list[str]]:
+        result: dict[int, list[str]] = {vid: [] for vid in version_ids}
+        if version_ids:
+            rows = session.execute(
+                select(db.Alias.version_id, db.Alias.alias)
+                .where(db.Alias.version_id.in_(version_ids))
+                .order_by(db.Alias.alias)
+            )
+            for version_id, alias in rows:
+                result[version_id].append(alias)
+        return result
+
+    @staticmethod
+    def _to_model(row: db.RegisteredModel, aliases: dict[str, int]) -> schemas.Model:
+        return schemas.Model(
+            name=row.name, description=row.description, tags=row.tags,
+            latest_version=row.last_version or None, aliases=aliases,
+            created_at=row.created_at, updated_at=row.updated_at,
+        )
+
+    @staticmethod
+    def _to_version(model_name: str, row: db.ModelVersion, aliases: list[str]) -> schemas.Version:
+        return schemas.Version(
+            model=model_name, version=row.version, status=row.status, digest=row.digest, size=row.size,
+            format=row.format, description=row.description, metadata=row.meta, metrics=row.metrics,
+            tags=row.tags, aliases=aliases, source=row.source, created_by=row.created_by,
+            created_at=row.created_at, updated_at=row.updated_at,
+        )
+
+    # -- models ---------------------------------------------------------------------
+
+    def create_model(self, body: schemas.ModelCreate) -> schemas.Model:
+        try:
+            with self._write() as session:
+                row = db.RegisteredModel(name=body.name, description=body.description, tags=dict(body.tags))
+                session.add(row)
+                session.flush()
+                self._emit(session, "model.created", body.name)
+        except IntegrityError as exc:
+            raise Conflict(f"model {body.name!r} already exists") from exc
+        return self._to_model(row, {})
+
+    def get_model(self, name: str) -> schemas.Model:
+        with self._read() as session:
+            row = self._model_row(session, name)
+            return self._to_model(row, self._aliases_of_model(session, row.id))
+
+    def list_models(self, *, prefix: str | None = None, tags: Sequence[tuple[str, str]] = (),
+                    alias: str | None = None, limit: int = 100,
+                    cursor: str | None = None) -> schemas.Page[schemas.Model]:
+        query = select(db.RegisteredModel).order_by(db.RegisteredModel.name).limit(limit + 1)
+        if prefix:
+            escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            query = query.where(db.RegisteredModel.name.like(escaped + "%", escape="\\"))
+        for key, value in tags:
+            query = query.where(db.RegisteredModel.tags[key].as_string() == value)
+        if alias:
+            query = query.where(
+                select(db.Alias.id)
+                .where(and_(db.Alias.model_id == db.RegisteredModel.id, db.Alias.alias == alias))
+                .exists()
+            )
+        if cursor:
+            query = query.where(db.RegisteredModel.name > decode_cursor(cursor))
+        with self._read() as session:
+            rows = list(session.scalars(query))
+            more = len(rows) > limit
+            rows = rows[:limit]
+            alias_map: dict[int, dict[str, int]] = {row.id: {} for row in rows}
+            if rows:
+                for model_id, alias_name, version in session.execute(
+                    select(db.Alias.model_id, db.Alias.alias, db.ModelVersion.version)
+                    .join(db.ModelVersion, db.Alias.version_id == db.ModelVersion.id)
+                    .where(db.Alias.model_id.in_(alias_map))
+                    .order_by(db.Alias.alias)
+                ):
+                    alias_map[model_id][alias_name] = version
+            items = [self._to_model(row, alias_map[row.id]) for row in rows]
+        return schemas.Page[schemas.Model](
+            items=items, next_cursor=encode_cursor(rows[-1].name) if more else None
+        )
+
+    def update_model(self, name: str, body: schemas.ModelUpdate) -> schemas.Model:
+        with self._write() as session:
+            row = self._model_row(session, name)
+            if body.description is not None:
+                row.description = body.description
+            if body.tags is not None:
+                row.tags = dict(body.tags)
+            row.updated_at = db.utcnow()
+            return self._to_model(row, self._aliases_of_model(session, row.id))
+
+    def delete_model(self, name: str) -> list[str]:
+        """Delete a model and its versions; refused while any alias exists.
+
+        Returns the artifact digests no remaining version refers to, for the
+        caller to remove from the artifact store once the rows are gone.
+        """
+        with self._write() as session:
+            row = self._model_row(session, name)
+            aliases = self._aliases_of_model(session, row.id)
+            if aliases:
+                listed = ", ".join(f"{a} → {v}" for a, v in aliases.items())
+                raise Conflict(f"model {name!r} still has aliases ({listed}); delete them first",
+                               extra={"aliases": aliases})
+            digests = set(session.scalars(
+                select(db.ModelVersion.digest).where(db.ModelVersion.model_id == row.id,
+                                                     db.ModelVersion.digest.is_not(None))
+            ))
+            session.execute(delete(db.ModelVersion).where(db.ModelVersion.model_id == row.id))
+            session.delete(row)
+            self._emit(session, "model.deleted", name)
+            session.flush()
+            return self._orphaned(session, digests)
+
+    @staticmethod
+    def _orphaned(session: Session, digests: set[str]) -> list[str]:
+        if not digests:
+            return []
+        still_used = set(session.scalars(
+            select(db.ModelVersion.digest).where(db.ModelVersion.digest.in_(digests))
+        ))
+        return sorted(digests - still_used)
+
+    # -- versions ---------------------------------------------------------------------
+
+    def create_version(self, name: str, body: schemas.VersionCreate,
+                       created_by: str | None = None) -> schemas.Version:
+        with self._write() as session:
+            allocated = session.execute(
+                update(db.RegisteredModel)
+                .where(db.RegisteredModel.name == name)
+                .values(last_version=db.RegisteredModel.last_version + 1, updated_at=db.utcnow())
+                .returning(db.RegisteredModel.id, db.RegisteredModel.last_version)
+            ).one_or_none()
+            if allocated is None:
+                raise NotFound(f"model {name!r} does not exist")
+            model_id, number = allocated
+            row = db.ModelVersion(
+                model_id=model_id, version=number, status=schemas.VersionStatus.pending.value,
+                format=body.format.value if body.format else None, description=body.description,
+                meta=dict(body.metadata), metrics=dict(body.metrics), tags=dict(body.tags),
+                source=body.source, created_by=created_by,
+            )
+            session.add(row)
+            session.flush()
+            self._emit(session, "version.created", name, number)
+            return self._to_version(name, row, [])
+
+    def get_version(self, name: str, version: int) -> schemas.Version:
+        with self._read() as session:
+            row = self._version_row(session, self._model_row(session, name), version)
+            return self._to_version(name, row, self._aliases_by_version(session, [row.id])[row.id])
+
+    def list_versions(self, name: str, *, order: str = "asc", status: str | None = None,
+                      tags: Sequence[tuple[str, str]] = (), limit: int = 100,
+                      cursor: str | None = None) -> schemas.Page[schemas.Version]:
+        descending = order == "desc"
+        number = db.ModelVersion.version
+        with self._read() as session:
+            model = self._model_row(session, name)
+            query = (select(db.ModelVersion).where(db.ModelVersion.model_id == model.id)
+                     .order_by(number.desc() if descending else number.asc()).limit(limit + 1))
+            if status:
+                query = query.where(db.ModelVersion.status == status)
+            for key, value in tags:
+                query = query.where(db.ModelVersion.tags[key].as_string() == value)
+            if cursor:
+                raw = decode_cursor(cursor)
+                if not raw.isdigit():
+                    raise BadRequest(f"invalid cursor {cursor!r}")
+                query = query.where(number < int(raw) if descending else number > int(raw))
+            rows = list(session.scalars(query))
+            more = len(rows) > limit
+            rows = rows[:limit]
+            aliases = self._aliases_by_version(session, [row.id for row in rows])
+            items = [self._to_version(name, row, aliases[row.id]) for row in rows]
+        return schemas.Page[schemas.Version](
+            items=items, next_cursor=encode_cursor(rows[-1].version) if more else None
+        )
+
+    def update_version(self, name: str, version: int, body: schemas.VersionUpdate) -> schemas.Version:
+        with self._write() as session:
+            row = self._version_row(session, self._model_row(session, name), version)
+            if body.description is not None:
+                row.description = body.description
+            if body.metrics is not None:
+                row.metrics = dict(body.metrics)
+            if body.tags is not None:
+                row.tags = dict(body.tags)
+            row.updated_at = db.utcnow()
+            return self._to_version(name, row, self._aliases_by_version(session, [row.id])[row.id])
+
+    def delete_version(self, name: str, version: int) -> list[str]:
+        """Delete one version; refused (409) while an alias points at it.
+
+        Returns its digest when no other version shares the artifact.
+        """
+        with self._write() as session:
+            model = self._model_row(session, name)
+            row = self._version_row(session, model, version)
+            aliases = self._aliases_by_version(session, [row.id])[row.id]
+            if aliases:
+                raise Conflict(
+                    f"version {version} of model {name!r} is the target of alias(es) {', '.join(aliases)}; "
+                    "move or delete the alias first", extra={"aliases": aliases},
+                )
+            digest = row.digest
+            session.delete(row)
+            self._emit(session, "version.deleted", name, version)
+            session.flush()
+            return self._orphaned(session, {digest} if digest else set())
+
+    def check_uploadable(self, name: str, version: int) -> schemas.Version:
+        """The version an upload targets; 409 when its artifact is already in place."""
+        current = self.get_version(name, version)
+        if current.status == schemas.VersionStatus.ready:
+            raise Conflict(f"version {version} of model {name!r} already has its artifact ({current.digest}); "
+                           "artifacts are immutable: create a new version")
+        return current
+
+    def mark_ready(self, name: str, version: int, digest: str, size: int) -> schemas.Version:
+        """Record a verified artifact and make the version ``ready`` (emits ``version.ready``)."""
+        with self._write() as session:
+            row = self._version_row(session, self._model_row(session, name), version)
+            if row.status == schemas.VersionStatus.ready.value:
+                if row.digest != digest:
+                    raise Conflict(f"version {version} of model {name!r} became ready with another artifact "
+                                   f"({row.digest}) during this upload")
+            else:
+                row.status, row.digest, row.size = schemas.VersionStatus.ready.value, digest, size
+                row.updated_at = db.utcnow()
+                self._emit(session, "version.ready", name, version)
+            return self._to_version(name, row, self._aliases_by_version(session, [row.id])[row.id])
+
+    def digest_in_use(self, digest: str) -> bool:
+        with self._read() as session:
+            return session.scalar(
+                select(func.count()).select_from(db.ModelVersion).where(db.ModelVersion.digest == digest)
+            ) > 0
+
+    # -- aliases ------------------------------------------------------------------------
+
+    def set_alias(self, name: str, alias: str, version: int) -> schemas.Alias:
+        """Point ``alias`` at a ready version; a no-op (no event) when it already does."""
+        with self._write() as session:
+            model = self._model_row(session, name)
+            target = self._version_row(session, model, version)
+            if target.status != schemas.VersionStatus.ready.value:
+                raise Conflict(f"version {version} of model {name!r} is {target.status}: "
+                               "only a version whose artifact is uploaded can be aliased")
+            row = session.scalars(
+                select(db.Alias).where(db.Alias.model_id == model.id, db.Alias.alias == alias)
+            ).one_or_none()
+            if row is None:
+                session.add(db.Alias(model_id=model.id, alias=alias, version_id=target.id))
+                self._emit(session, "alias.set", name, version, alias)
+            elif row.version_id != target.id:
+                row.version_id, row.updated_at = target.id, db.utcnow()
+                self._emit(session, "alias.set", name, version, alias)
+            return schemas.Alias(model=name, alias=alias, version=version, digest=target.digest)
+
+    def get_alias(self, name: str, alias: str) -> schemas.Alias:
+        """The operator's hot path: one indexed join, no ORM object building."""
+        with self._reader() as session:
+            found = session.execute(
+                select(db.ModelVersion.version, db.ModelVersion.digest)
+                .select_from(db.Alias)
+                .join(db.RegisteredModel, db.Alias.model_id == db.RegisteredModel.id)
+                .join(db.ModelVersion, db.Alias.version_id == db.ModelVersion.id)
+                .where(db.RegisteredModel.name == name, db.Alias.alias == alias)
+            ).one_or_none()
+            if found is None:
+                self._model_row(session, name)  # 404 names the model when it is the model that is missing
+                raise NotFound(f"model {name!r} has no alias {alias!r}")
+        return schemas.Alias(model=name, alias=alias, version=found[0], digest=found[1])
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        with self._write() as session:
+            model = self._model_row(session, name)
+            row = session.scalars(
+                select(db.Alias).where(db.Alias.model_id == model.id, db.Alias.alias == alias)
+            ).one_or_none()
+            if row is None:
+                raise NotFound(f"model {name!r} has no alias {alias!r}")
+            version = session.scalar(select(db.ModelVersion.version).where(db.ModelVersion.id == row.version_id))
+            session.delete(row)
+            self._emit(session, "alias.deleted", name, version, alias)
+
+    # -- events -----------------------------------------------------------------------
+
+    def events_after(self, after: int, limit: int = 1000) -> list[schemas.Event]:
+        with self._reader() as session:
+            rows = session.scalars(select(db.Event).where(db.Event.id > after).order_by(db.Event.id).limit(limit))
+            return [schemas.Event(id=r.id, type=r.type, model=r.model, version=r.version, alias=r.alias,
+                                  time=r.time) for r in rows]
+
+    def last_event_id(self) -> int:
+        with self._reader() as session:
+            return session.scalar(select(func.coalesce(func.max(db.Event.id), 0))) or 0
+
+    # -- tokens -----------------------------------------------------------------------
+
+    def create_token(self, name: str, scope: str) -> tuple[str, TokenInfo]:
+        """Create a token; the plain text is returned once and never stored."""
+        if scope not in SCOPES:
+            raise BadRequest(f"unknown scope {scope!r}: use one of {', '.join(SCOPES)}")
+        token = "my_" + secrets.token_urlsafe(32)
+        with self._write() as session:
+            row = db.ApiToken(name=name, token_hash=hash_token(token), scope=scope)
+            session.add(row)
+            session.flush()
+            return token, TokenInfo(row.id, row.name, row.scope, row.created_at, False)
+
+    def token_scope(self, token: str) -> str | None:
+        """The scope of a valid, unrevoked token, else None."""
+        with self._reader() as session:
+            return session.scalar(
+                select(db.ApiToken.scope).where(db.ApiToken.token_hash == hash_token(token),
+                                                db.ApiToken.revoked_at.is_(None))
+            )
+
+    def any_tokens(self) -> bool:
+        with self._reader() as session:
+            return session.scalar(select(db.ApiToken.id).where(db.ApiToken.revoked_at.is_(None)).limit(1)) is not None
+
+    def list_tokens(self) -> list[TokenInfo]:
+        with self._reader() as session:
+            return [TokenInfo(r.id, r.name, r.scope, r.created_at, r.revoked_at is not None)
+                    for r in session.scalars(select(db.ApiToken).order_by(db.ApiToken.id))]
+
+    def revoke_token(self, token_id: int) -> None:
+        with self._write() as session:
+            row = session.get(db.ApiToken, token_id)
+            if row is None:
+                raise NotFound(f"token {token_id} does not exist")
+            row.revoked_at = row.revoked_at or datetime.now(timezone.utc)
+

@@ -1,0 +1,71 @@
+"""Fixtures: a real PostgreSQL cluster (session), fresh databases, real registry servers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modelyard.registry.db.engine import create_db_engine
+from modelyard.registry.db.migrate import upgrade
+from modelyard.registry.settings import RegistrySettings
+from modelyard.registry.store import RegistryStore
+from tests.support.postgres import PostgresCluster, find_pg_bin
+from tests.support.servers import ThreadedRegistry
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    """Start PostgreSQL once for the session.  Missing PostgreSQL fails the suite
+    (it never silently skips): run the README's test command, which installs it."""
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        pytest.fail("PostgreSQL server binaries not found: install Debian's 'postgresql' package "
+                    "(`make test` does) or set MODELYARD_PG_BIN")
+    cluster = PostgresCluster(bin_dir)
+    cluster.init()
+    cluster.start()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'registry.db'}"
+    return request.getfixturevalue("pg_cluster").create_database()
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[RegistryStore]:
+    engine = create_db_engine(db_url, pool_size=70)
+    upgrade(engine)
+    yield RegistryStore(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def registry_settings(db_url: str, tmp_path: Path) -> RegistrySettings:
+    return RegistrySettings(db_url=db_url, artifacts_url=str(tmp_path / "artifacts"), migrate_on_start=True)
+
+
+@pytest.fixture
+def registry(registry_settings: RegistrySettings) -> Iterator[ThreadedRegistry]:
+    """A real registry over HTTP on 127.0.0.1, on each database backend."""
+    with ThreadedRegistry(registry_settings) as server:
+        yield server
+
+
+@pytest.fixture
+def sqlite_registry(tmp_path: Path) -> Iterator[ThreadedRegistry]:
+    """A real registry on the embedded defaults only (tests of HTTP behaviour, not of the database)."""
+    settings = RegistrySettings(db_url=f"sqlite:///{tmp_path / 'registry.db'}",
+                                artifacts_url=str(tmp_path / "artifacts"), migrate_on_start=True)
+    with ThreadedRegistry(settings) as server:
+        yield server
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    os.environ.setdefault("MODELYARD_HOME", str(Path(session.config.rootpath) / ".pytest_cache" / "modelyard-home"))

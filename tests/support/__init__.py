@@ -1,0 +1,1 @@
+"""Real servers for the tests: PostgreSQL, the registry (in a thread or a process), S3."""

@@ -1,0 +1,61 @@
+"""Bearer tokens and scopes, against a real server."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from modelyard.registry.server import auth
+from modelyard.registry.settings import RegistrySettings
+from tests.support.servers import ThreadedRegistry
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> RegistrySettings:
+    return RegistrySettings(db_url=f"sqlite:///{tmp_path / 'r.db'}", artifacts_url=str(tmp_path / "a"),
+                            migrate_on_start=True)
+
+
+def test_open_until_the_first_token_then_scoped(settings: RegistrySettings, monkeypatch) -> None:
+    monkeypatch.setattr(auth, "OPEN_MODE_CACHE_SECONDS", 0.0)
+    with ThreadedRegistry(settings) as server:
+        api = server.url + "/api/v1"
+        assert httpx.post(f"{api}/models", json={"name": "open"}).status_code == 201  # no token yet: open
+        read, _ = server.store.create_token("reader", "read")
+        write, _ = server.store.create_token("writer", "write")
+        admin, _ = server.store.create_token("admin", "admin")
+        anonymous = httpx.get(f"{api}/models")
+        assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"].startswith("Bearer")
+        assert anonymous.headers["content-type"] == "application/problem+json"
+        as_reader = {"Authorization": f"Bearer {read}"}
+        assert httpx.get(f"{api}/models", headers=as_reader).status_code == 200
+        refused = httpx.post(f"{api}/models", json={"name": "x"}, headers=as_reader)
+        assert refused.status_code == 403 and "write" in refused.json()["detail"]
+        as_writer = {"Authorization": f"Bearer {write}"}
+        assert httpx.post(f"{api}/models", json={"name": "x"}, headers=as_writer).status_code == 201
+        created = httpx.post(f"{api}/models/x/versions", headers=as_writer).json()
+        assert created["created_by"] == "token:write"
+        assert httpx.delete(f"{api}/models/x", headers=as_writer).status_code == 403  # model deletion is admin
+        assert httpx.delete(f"{api}/models/x", headers={"Authorization": f"Bearer {admin}"}).status_code == 204
+        assert httpx.get(f"{api}/models", headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert httpx.get(f"{api}/models", headers={"Authorization": "Basic abc"}).status_code == 401
+        assert httpx.get(f"{server.url}/healthz").status_code == 200  # probes need no token
+
+
+def test_anonymous_read_setting_and_revocation(settings: RegistrySettings, monkeypatch) -> None:
+    monkeypatch.setattr(auth, "TOKEN_CACHE_SECONDS", 0.2)
+    settings.anonymous_read = True
+    with ThreadedRegistry(settings) as server:
+        api = server.url + "/api/v1"
+        write, info = server.store.create_token("writer", "write")
+        time.sleep(1.1)  # past the open-mode cache
+        assert httpx.get(f"{api}/models").status_code == 200
+        assert httpx.post(f"{api}/models", json={"name": "y"}).status_code == 401
+        headers = {"Authorization": f"Bearer {write}"}
+        assert httpx.post(f"{api}/models", json={"name": "y"}, headers=headers).status_code == 201
+        server.store.revoke_token(info.id)
+        time.sleep(0.3)
+        assert httpx.post(f"{api}/models", json={"name": "z"}, headers=headers).status_code == 401

@@ -1,0 +1,171 @@
+"""The store on SQLite and on PostgreSQL: the same behaviour on both."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from modelyard.registry import schemas
+from modelyard.registry.errors import BadRequest, Conflict, NotFound
+from modelyard.registry.store import RegistryStore
+
+HEX = "ab" * 32
+
+
+def make_ready(store: RegistryStore, name: str, digest_hex: str = HEX) -> schemas.Version:
+    version = store.create_version(name, schemas.VersionCreate())
+    return store.mark_ready(name, version.version, f"sha256:{digest_hex}", 10)
+
+
+def test_model_crud(store: RegistryStore) -> None:
+    created = store.create_model(schemas.ModelCreate(name="digits", description="d", tags={"team": "vision"}))
+    assert created.latest_version is None and created.aliases == {}
+    with pytest.raises(Conflict):
+        store.create_model(schemas.ModelCreate(name="digits"))
+    updated = store.update_model("digits", schemas.ModelUpdate(description="new"))
+    assert updated.description == "new" and updated.tags == {"team": "vision"}
+    assert updated.created_at.tzinfo is not None
+    store.delete_model("digits")
+    with pytest.raises(NotFound):
+        store.get_model("digits")
+
+
+def test_version_numbers_are_consecutive_and_never_reused(store: RegistryStore) -> None:
+    store.create_model(schemas.ModelCreate(name="m"))
+    numbers = [store.create_version("m", schemas.VersionCreate()).version for _ in range(3)]
+    assert numbers == [1, 2, 3]
+    store.delete_version("m", 3)
+    assert store.create_version("m", schemas.VersionCreate()).version == 4
+    assert store.get_model("m").latest_version == 4
+    with pytest.raises(NotFound):
+        store.create_version("missing", schemas.VersionCreate())
+
+
+def test_64_concurrent_version_creations_yield_1_to_64(store: RegistryStore) -> None:
+    store.create_model(schemas.ModelCreate(name="race"))
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        numbers = list(pool.map(lambda _: store.create_version("race", schemas.VersionCreate()).version, range(64)))
+    assert sorted(numbers) == list(range(1, 65))
+    listed = [v.version for v in store.list_versions("race", limit=1000).items]
+    assert listed == list(range(1, 65))
+    assert [e.version for e in store.events_after(0) if e.type == "version.created"] == sorted(numbers)
+
+
+def test_alias_rules(store: RegistryStore) -> None:
+    store.create_model(schemas.ModelCreate(name="m"))
+    pending = store.create_version("m", schemas.VersionCreate())
+    with pytest.raises(Conflict, match="pending"):
+        store.set_alias("m", "production", pending.version)
+    ready = store.mark_ready("m", pending.version, f"sha256:{HEX}", 10)
+    alias = store.set_alias("m", "production", ready.version)
+    assert (alias.version, alias.digest) == (1, f"sha256:{HEX}")
+    assert store.get_alias("m", "production") == alias
+    assert store.get_version("m", 1).aliases == ["production"]
+    with pytest.raises(Conflict, match="production"):
+        store.delete_version("m", 1)
+    with pytest.raises(Conflict, match="production"):
+        store.delete_model("m")
+    with pytest.raises(NotFound, match="no alias 'staging'"):
+        store.get_alias("m", "staging")
+    with pytest.raises(NotFound, match="model 'nope'"):
+        store.get_alias("nope", "production")
+    store.delete_alias("m", "production")
+    store.delete_version("m", 1)
+
+
+def test_setting_an_alias_to_its_current_version_emits_no_event(store: RegistryStore) -> None:
+    store.create_model(schemas.ModelCreate(name="m"))
+    make_ready(store, "m")
+    store.set_alias("m", "production", 1)
+    count = len(store.events_after(0))
+    store.set_alias("m", "production", 1)
+    assert len(store.events_after(0)) == count
+    make_ready(store, "m")
+    store.set_alias("m", "production", 2)
+    last = store.events_after(0)[-1]
+    assert (last.type, last.version, last.alias) == ("alias.set", 2, "production")
+
+
+def test_event_feed_is_ordered_and_complete(store: RegistryStore) -> None:
+    store.create_model(schemas.ModelCreate(name="m"))
+    make_ready(store, "m")
+    store.set_alias("m", "prod", 1)
+    store.delete_alias("m", "prod")
+    store.delete_version("m", 1)
+    store.delete_model("m")
+    events = store.events_after(0)
+    assert [e.type for e in events] == ["model.created", "version.created", "version.ready", "alias.set",
+                                        "alias.deleted", "version.deleted", "model.deleted"]
+    assert [e.id for e in events] == sorted(e.id for e in events)
+    assert store.events_after(events[2].id)[0].type == "alias.set"
+    assert store.last_event_id() == events[-1].id
+
+
+def test_listing_models_paginates_and_filters(store: RegistryStore) -> None:
+    for i in range(7):
+        store.create_model(schemas.ModelCreate(name=f"m{i}", tags={"team": "a" if i % 2 else "b"}))
+    store.create_model(schemas.ModelCreate(name="other"))
+    make_ready(store, "m3")
+    store.set_alias("m3", "production", 1)
+    names, cursor = [], None
+    while True:
+        page = store.list_models(prefix="m", limit=3, cursor=cursor)
+        names += [m.name for m in page.items]
+        if not page.next_cursor:
+            break
+        cursor = page.next_cursor
+    assert names == [f"m{i}" for i in range(7)]
+    assert [m.name for m in store.list_models(tags=[("team", "a")]).items] == ["m1", "m3", "m5"]
+    assert [m.name for m in store.list_models(alias="production").items] == ["m3"]
+    assert store.list_models(alias="production").items[0].aliases == {"production": 1}
+    assert store.list_models(prefix="m_").items == []  # '_' is literal, not a LIKE wildcard
+    with pytest.raises(BadRequest):
+        store.list_models(cursor="%%%")
+
+
+def test_listing_versions_orders_and_filters(store: RegistryStore) -> None:
+    store.create_model(schemas.ModelCreate(name="m"))
+    for i in range(5):
+        store.create_version("m", schemas.VersionCreate(tags={"stage": "x" if i < 2 else "y"}))
+    store.mark_ready("m", 4, f"sha256:{HEX}", 1)
+    assert store.list_versions("m", order="desc", limit=1).items[0].version == 5
+    page = store.list_versions("m", order="desc", limit=2)
+    assert [v.version for v in page.items] == [5, 4]
+    assert [v.version for v in store.list_versions("m", order="desc", cursor=page.next_cursor).items] == [3, 2, 1]
+    assert [v.version for v in store.list_versions("m", status="ready").items] == [4]
+    assert [v.version for v in store.list_versions("m", tags=[("stage", "x")]).items] == [1, 2]
+
+
+def test_mark_ready_is_idempotent_but_refuses_another_artifact(store: RegistryStore) -> None:
+    store.create_model(schemas.ModelCreate(name="m"))
+    make_ready(store, "m")
+    events = len(store.events_after(0))
+    assert store.mark_ready("m", 1, f"sha256:{HEX}", 10).status == "ready"
+    assert len(store.events_after(0)) == events
+    with pytest.raises(Conflict):
+        store.mark_ready("m", 1, "sha256:" + "cd" * 32, 10)
+    with pytest.raises(Conflict, match="immutable"):
+        store.check_uploadable("m", 1)
+
+
+def test_deleting_returns_only_unshared_digests(store: RegistryStore) -> None:
+    store.create_model(schemas.ModelCreate(name="a"))
+    store.create_model(schemas.ModelCreate(name="b"))
+    make_ready(store, "a")
+    make_ready(store, "b")
+    assert store.delete_version("a", 1) == []  # b:1 still uses it
+    assert store.delete_version("b", 1) == [f"sha256:{HEX}"]
+
+
+def test_tokens_are_hashed_scoped_and_revocable(store: RegistryStore) -> None:
+    assert not store.any_tokens()
+    token, info = store.create_token("ci", "write")
+    assert store.any_tokens()
+    assert store.token_scope(token) == "write"
+    assert store.token_scope(token + "x") is None
+    assert token not in repr(store.list_tokens())
+    store.revoke_token(info.id)
+    assert store.token_scope(token) is None and not store.any_tokens()
+    with pytest.raises(BadRequest):
+        store.create_token("x", "root")
