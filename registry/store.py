@@ -11,21 +11,24 @@ reader following ``/events?after=N`` can never skip one that committed late.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import secrets
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, select, text, update
+from sqlalchemy import Connection, Engine, Row, and_, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelyard.registry import schemas
 from modelyard.registry.db import models as db
 from modelyard.registry.db.engine import WRITE_OPTION
+from modelyard.registry.db.fast_reads import SqliteFastReader
 from modelyard.registry.errors import BadRequest, Conflict, NotFound
 
 SCOPES = ("read", "write", "admin")
@@ -53,6 +56,55 @@ def decode_cursor(cursor: str) -> str:
         raise BadRequest(f"invalid cursor {cursor!r}: pass back the next_cursor of a previous page") from exc
 
 
+# Hot-path statements are built once: constructing a select costs more than running it on SQLite.
+_VERSION_COLUMNS = (
+    db.ModelVersion.id, db.ModelVersion.version, db.ModelVersion.status, db.ModelVersion.digest,
+    db.ModelVersion.size, db.ModelVersion.format, db.ModelVersion.description, db.ModelVersion.meta,
+    db.ModelVersion.metrics, db.ModelVersion.tags, db.ModelVersion.source, db.ModelVersion.created_by,
+    db.ModelVersion.created_at, db.ModelVersion.updated_at,
+)
+_SELECT_ALIAS = (
+    select(db.ModelVersion.version, db.ModelVersion.digest)
+    .select_from(db.Alias)
+    .join(db.RegisteredModel, db.Alias.model_id == db.RegisteredModel.id)
+    .join(db.ModelVersion, db.Alias.version_id == db.ModelVersion.id)
+    .where(db.RegisteredModel.name == bindparam("model_name"), db.Alias.alias == bindparam("alias_name"))
+)
+_SELECT_MODEL_ID = select(db.RegisteredModel.id).where(db.RegisteredModel.name == bindparam("model_name"))
+_SELECT_VERSION = (
+    select(*_VERSION_COLUMNS)
+    .join(db.RegisteredModel, db.ModelVersion.model_id == db.RegisteredModel.id)
+    .where(db.RegisteredModel.name == bindparam("model_name"), db.ModelVersion.version == bindparam("number"))
+)
+_SELECT_VERSION_ALIASES = (
+    select(db.Alias.alias).where(db.Alias.version_id == bindparam("version_id")).order_by(db.Alias.alias)
+)
+_ALLOCATE_VERSION = (
+    update(db.RegisteredModel)
+    .where(db.RegisteredModel.name == bindparam("model_name"))
+    .values(last_version=db.RegisteredModel.last_version + 1, updated_at=bindparam("now"))
+    .returning(db.RegisteredModel.id, db.RegisteredModel.last_version)
+)
+# Inserts get their values as execution parameters, so the statement is compiled once.
+_INSERT_MODEL = insert(db.RegisteredModel.__table__)
+_INSERT_VERSION = insert(db.ModelVersion.__table__)
+_INSERT_EVENT = insert(db.Event.__table__)
+_SELECT_TOKEN_SCOPE = select(db.ApiToken.scope).where(
+    db.ApiToken.token_hash == bindparam("token_hash"), db.ApiToken.revoked_at.is_(None))
+_SELECT_ANY_TOKEN = select(db.ApiToken.id).where(db.ApiToken.revoked_at.is_(None)).limit(1)
+_SELECT_EVENTS = (select(db.Event.id, db.Event.type, db.Event.model, db.Event.version, db.Event.alias, db.Event.time)
+                  .where(db.Event.id > bindparam("after")).order_by(db.Event.id).limit(bindparam("limit")))
+
+
+def _version_from_row(model_name: str, row: Row[Any], aliases: list[str]) -> schemas.Version:
+    return schemas.Version(
+        model=model_name, version=row.version, status=row.status, digest=row.digest, size=row.size,
+        format=row.format, description=row.description, metadata=row.metadata, metrics=row.metrics,
+        tags=row.tags, aliases=aliases, source=row.source, created_by=row.created_by,
+        created_at=row.created_at, updated_at=row.updated_at,
+    )
+
+
 @dataclass(frozen=True)
 class TokenInfo:
     id: int
@@ -69,9 +121,18 @@ class RegistryStore:
         self.engine = engine
         self.event_listeners: list[Callable[[], None]] = []
         """Called (from the writing thread) after a transaction that appended events commits."""
+        self._write_engine = engine.execution_options(**{WRITE_OPTION: True})
         self._reader = sessionmaker(engine, expire_on_commit=False)
-        self._writer = sessionmaker(engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False)
+        self._writer = sessionmaker(self._write_engine, expire_on_commit=False)
         self._ordered_events = engine.dialect.name == "postgresql"
+        # SQLite has one writer at a time.  Queueing writers on a lock in this process is
+        # far faster than letting them collide in SQLite, whose busy handler sleeps in
+        # steps of up to 100 ms; other processes are still handled by the busy timeout.
+        self._write_lock: threading.Lock | contextlib.nullcontext[None] = (
+            threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext())
+        self.inline_reads = engine.dialect.name == "sqlite"
+        self._fast = SqliteFastReader(engine) if engine.dialect.name == "sqlite" else None
+        """Reads are local-file lookups of microseconds: cheaper run in place than handed to a thread."""
 
     # -- sessions -----------------------------------------------------------------
 
@@ -82,12 +143,28 @@ class RegistryStore:
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
-        with self._writer() as session:
+        """An ORM write transaction (for the less frequent, multi-row operations)."""
+        with self._write_lock, self._writer() as session:
             with session.begin():
                 yield session
-            if session.info.get("emitted"):
-                for listener in self.event_listeners:
-                    listener()
+        if session.info.get("emitted"):
+            self._notify()
+
+    @contextmanager
+    def _write_core(self) -> Iterator[Connection]:
+        """A Core write transaction, for the frequent writes (no unit-of-work overhead)."""
+        emitted = False
+        with self._write_lock, self._write_engine.connect() as connection:
+            connection.info.pop("emitted", None)
+            with connection.begin():
+                yield connection
+            emitted = bool(connection.info.pop("emitted", False))
+        if emitted:
+            self._notify()
+
+    def _notify(self) -> None:
+        for listener in self.event_listeners:
+            listener()
 
     def ping(self) -> None:
         """Raise if the database cannot answer (``/readyz``)."""
@@ -96,12 +173,14 @@ class RegistryStore:
 
     # -- helpers --------------------------------------------------------------------
 
-    def _emit(self, session: Session, type_: str, model: str, version: int | None = None,
+    def _emit(self, session: Session | Connection, type_: str, model: str, version: int | None = None,
               alias: str | None = None) -> None:
+        """Append an event inside the caller's write transaction (ORM session or Core connection)."""
         if self._ordered_events:
             session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": EVENT_LOCK_KEY})
         session.info["emitted"] = True
-        session.add(db.Event(type=type_, model=model, version=version, alias=alias))
+        session.execute(_INSERT_EVENT, {"type": type_, "model": model, "version": version, "alias": alias,
+                                        "time": db.utcnow()})
 
     @staticmethod
     def _model_row(session: Session, name: str, *, lock: bool = False) -> db.RegisteredModel:
@@ -165,15 +244,17 @@ class RegistryStore:
     # -- models ---------------------------------------------------------------------
 
     def create_model(self, body: schemas.ModelCreate) -> schemas.Model:
+        now = db.utcnow()
         try:
-            with self._write() as session:
-                row = db.RegisteredModel(name=body.name, description=body.description, tags=dict(body.tags))
-                session.add(row)
-                session.flush()
-                self._emit(session, "model.created", body.name)
+            with self._write_core() as connection:
+                connection.execute(_INSERT_MODEL, {
+                    "name": body.name, "description": body.description, "tags": dict(body.tags), "last_version": 0,
+                    "created_at": now, "updated_at": now})
+                self._emit(connection, "model.created", body.name)
         except IntegrityError as exc:
             raise Conflict(f"model {body.name!r} already exists") from exc
-        return self._to_model(row, {})
+        return schemas.Model(name=body.name, description=body.description, tags=dict(body.tags), latest_version=None,
+                             aliases={}, created_at=now, updated_at=now)
 
     def get_model(self, name: str) -> schemas.Model:
         with self._read() as session:
@@ -261,31 +342,31 @@ class RegistryStore:
 
     def create_version(self, name: str, body: schemas.VersionCreate,
                        created_by: str | None = None) -> schemas.Version:
-        with self._write() as session:
-            allocated = session.execute(
-                update(db.RegisteredModel)
-                .where(db.RegisteredModel.name == name)
-                .values(last_version=db.RegisteredModel.last_version + 1, updated_at=db.utcnow())
-                .returning(db.RegisteredModel.id, db.RegisteredModel.last_version)
-            ).one_or_none()
+        now = db.utcnow()
+        values = {
+            "status": schemas.VersionStatus.pending.value, "digest": None, "size": None,
+            "format": body.format.value if body.format else None, "description": body.description,
+            "metadata": dict(body.metadata), "metrics": dict(body.metrics), "tags": dict(body.tags),
+            "source": body.source, "created_by": created_by, "created_at": now, "updated_at": now,
+        }
+        with self._write_core() as connection:
+            allocated = connection.execute(_ALLOCATE_VERSION, {"model_name": name, "now": now}).first()
             if allocated is None:
                 raise NotFound(f"model {name!r} does not exist")
             model_id, number = allocated
-            row = db.ModelVersion(
-                model_id=model_id, version=number, status=schemas.VersionStatus.pending.value,
-                format=body.format.value if body.format else None, description=body.description,
-                meta=dict(body.metadata), metrics=dict(body.metrics), tags=dict(body.tags),
-                source=body.source, created_by=created_by,
-            )
-            session.add(row)
-            session.flush()
-            self._emit(session, "version.created", name, number)
-            return self._to_version(name, row, [])
+            connection.execute(_INSERT_VERSION, {"model_id": model_id, "version": number, **values})
+            self._emit(connection, "version.created", name, number)
+        return schemas.Version(model=name, version=number, aliases=[], **values)
 
     def get_version(self, name: str, version: int) -> schemas.Version:
-        with self._read() as session:
-            row = self._version_row(session, self._model_row(session, name), version)
-            return self._to_version(name, row, self._aliases_by_version(session, [row.id])[row.id])
+        with self.engine.connect() as connection:
+            row = connection.execute(_SELECT_VERSION, {"model_name": name, "number": version}).first()
+            if row is None:
+                if connection.execute(_SELECT_MODEL_ID, {"model_name": name}).first() is None:
+                    raise NotFound(f"model {name!r} does not exist")
+                raise NotFound(f"version {version} of model {name!r} does not exist")
+            aliases = list(connection.scalars(_SELECT_VERSION_ALIASES, {"version_id": row.id}))
+        return _version_from_row(name, row, aliases)
 
     def list_versions(self, name: str, *, order: str = "asc", status: str | None = None,
                       tags: Sequence[tuple[str, str]] = (), limit: int = 100,
@@ -396,19 +477,23 @@ class RegistryStore:
             return schemas.Alias(model=name, alias=alias, version=version, digest=target.digest)
 
     def get_alias(self, name: str, alias: str) -> schemas.Alias:
-        """The operator's hot path: one indexed join, no ORM object building."""
-        with self._reader() as session:
-            found = session.execute(
-                select(db.ModelVersion.version, db.ModelVersion.digest)
-                .select_from(db.Alias)
-                .join(db.RegisteredModel, db.Alias.model_id == db.RegisteredModel.id)
-                .join(db.ModelVersion, db.Alias.version_id == db.ModelVersion.id)
-                .where(db.RegisteredModel.name == name, db.Alias.alias == alias)
-            ).one_or_none()
-            if found is None:
-                self._model_row(session, name)  # 404 names the model when it is the model that is missing
-                raise NotFound(f"model {name!r} has no alias {alias!r}")
-        return schemas.Alias(model=name, alias=alias, version=found[0], digest=found[1])
+        """The operator's hot path: one prepared, indexed join."""
+        params = {"model_name": name, "alias_name": alias}
+        if self._fast is not None:
+            found = self._fast.one(_SELECT_ALIAS, params)
+        else:
+            with self.engine.connect() as connection:
+                found = connection.execute(_SELECT_ALIAS, params).first()
+        if found is None:
+            self._raise_missing_alias(name, alias)
+        version, digest = found
+        return schemas.Alias(model=name, alias=alias, version=version, digest=digest)
+
+    def _raise_missing_alias(self, name: str, alias: str) -> None:
+        with self.engine.connect() as connection:
+            if connection.execute(_SELECT_MODEL_ID, {"model_name": name}).first() is None:
+                raise NotFound(f"model {name!r} does not exist")
+        raise NotFound(f"model {name!r} has no alias {alias!r}")
 
     def delete_alias(self, name: str, alias: str) -> None:
         with self._write() as session:
@@ -425,8 +510,8 @@ class RegistryStore:
     # -- events -----------------------------------------------------------------------
 
     def events_after(self, after: int, limit: int = 1000) -> list[schemas.Event]:
-        with self._reader() as session:
-            rows = session.scalars(select(db.Event).where(db.Event.id > after).order_by(db.Event.id).limit(limit))
+        with self.engine.connect() as connection:
+            rows = connection.execute(_SELECT_EVENTS, {"after": after, "limit": limit})
             return [schemas.Event(id=r.id, type=r.type, model=r.model, version=r.version, alias=r.alias,
                                   time=r.time) for r in rows]
 
@@ -449,15 +534,12 @@ class RegistryStore:
 
     def token_scope(self, token: str) -> str | None:
         """The scope of a valid, unrevoked token, else None."""
-        with self._reader() as session:
-            return session.scalar(
-                select(db.ApiToken.scope).where(db.ApiToken.token_hash == hash_token(token),
-                                                db.ApiToken.revoked_at.is_(None))
-            )
+        with self.engine.connect() as connection:
+            return connection.scalar(_SELECT_TOKEN_SCOPE, {"token_hash": hash_token(token)})
 
     def any_tokens(self) -> bool:
-        with self._reader() as session:
-            return session.scalar(select(db.ApiToken.id).where(db.ApiToken.revoked_at.is_(None)).limit(1)) is not None
+        with self.engine.connect() as connection:
+            return connection.scalar(_SELECT_ANY_TOKEN) is not None
 
     def list_tokens(self) -> list[TokenInfo]:
         with self._reader() as session:

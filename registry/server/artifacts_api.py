@@ -11,7 +11,8 @@ from fastapi.responses import StreamingResponse
 from modelyard.registry import schemas
 from modelyard.registry.artifacts import format_content_digest, parse_content_digest, parse_digest
 from modelyard.registry.errors import Conflict, NotFound, RangeNotSatisfiable
-from modelyard.registry.server.deps import Artifacts, ModelPath, Reader, Store, VersionPath, Writer
+from modelyard.registry.server.calls import run_write
+from modelyard.registry.server.deps import Artifacts, ModelPath, Reader, Store, VersionPath, Writer, run_read
 from modelyard.registry.server.problems import problem_response
 from modelyard.registry.server.ranges import parse_range
 
@@ -36,10 +37,10 @@ async def upload_artifact(
     published, and the version made ``ready``, only when its sha256 matches
     ``Content-Digest``; on mismatch nothing is stored and the answer is 422."""
     expected = parse_content_digest(content_digest)
-    await anyio.to_thread.run_sync(store.check_uploadable, name, version)
+    await run_read(store, store.check_uploadable, name, version)
     stored = await artifacts.put(expected, request.stream())
     request.app.state.metrics.artifact_bytes.labels("in").inc(stored.size)
-    return await anyio.to_thread.run_sync(store.mark_ready, name, version, f"sha256:{stored.digest}", stored.size)
+    return await run_write(store, store.mark_ready, name, version, f"sha256:{stored.digest}", stored.size)
 
 
 _DOWNLOAD_RESPONSES: dict[int | str, dict] = {
@@ -54,7 +55,7 @@ async def download_artifact(
     name: ModelPath, version: VersionPath, request: Request, store: Store, artifacts: Artifacts, _: Reader,
 ) -> Response:
     """Stream the artifact back; ETag is its digest, and single byte ``Range``s are honoured."""
-    found = await anyio.to_thread.run_sync(store.get_version, name, version)
+    found = await run_read(store, store.get_version, name, version)
     if found.status != schemas.VersionStatus.ready or not found.digest:
         raise Conflict(f"version {version} of model {name!r} is {found.status.value}: its artifact is not uploaded")
     hex_digest = parse_digest(found.digest)

@@ -12,12 +12,13 @@ working within ``TOKEN_CACHE_SECONDS``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 
 from modelyard.registry.errors import Forbidden, Unauthorized
 from modelyard.registry.store import RegistryStore, scope_allows
+from modelyard.registry.server.calls import run_read
 
 TOKEN_CACHE_SECONDS = 5.0
 OPEN_MODE_CACHE_SECONDS = 1.0
@@ -32,37 +33,37 @@ class Authenticator:
         self._open = True
         self._scopes: dict[str, tuple[float, str | None]] = {}
 
-    def _is_open(self) -> bool:
+    async def _is_open(self) -> bool:
         now = time.monotonic()
         if now >= self._open_until:
-            self._open = not self.store.any_tokens()
+            self._open = not await run_read(self.store, self.store.any_tokens)
             self._open_until = now + OPEN_MODE_CACHE_SECONDS
         return self._open
 
-    def _scope_of(self, token: str) -> str | None:
+    async def _scope_of(self, token: str) -> str | None:
         now = time.monotonic()
         cached = self._scopes.get(token)
         if cached and cached[0] > now:
             return cached[1]
-        scope = self.store.token_scope(token)
+        scope = await run_read(self.store, self.store.token_scope, token)
         if len(self._scopes) >= _CACHE_LIMIT:
             self._scopes.clear()
         self._scopes[token] = (now + TOKEN_CACHE_SECONDS, scope)
         return scope
 
-    def authorize(self, authorization: str | None, needed: str) -> str:
+    async def authorize(self, authorization: str | None, needed: str) -> str:
         """Return the caller's identity, or raise 401/403."""
         if authorization:
             kind, _, token = authorization.partition(" ")
             if kind.lower() != "bearer" or not token:
                 raise Unauthorized("use 'Authorization: Bearer <token>'")
-            scope = self._scope_of(token.strip())
+            scope = await self._scope_of(token.strip())
             if scope is None:
                 raise Unauthorized("unknown or revoked token")
             if not scope_allows(scope, needed):
                 raise Forbidden(f"this token has scope {scope!r}; this request needs {needed!r}")
             return f"token:{scope}"
-        if self._is_open():
+        if await self._is_open():
             return "anonymous"
         if needed == "read" and self.anonymous_read:
             return "anonymous"
@@ -70,12 +71,12 @@ class Authenticator:
                            "(create one with `modelyard registry token create`)")
 
 
-def require(scope: str) -> Callable[[Request], str]:
+def require(scope: str) -> Callable[[Request], Awaitable[str]]:
     """A FastAPI dependency that admits callers holding ``scope`` (or more)."""
 
-    def dependency(request: Request) -> str:
+    async def dependency(request: Request) -> str:
         auth: Authenticator = request.app.state.auth
-        return auth.authorize(request.headers.get("authorization"), scope)
+        return await auth.authorize(request.headers.get("authorization"), scope)
 
     dependency.__name__ = f"require_{scope}"
     return dependency

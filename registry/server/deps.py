@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Path, Query, Request
+from fastapi import Depends, Path, Query, Request, Response
+from pydantic import BaseModel
 
 from modelyard.registry.artifacts import ArtifactStore
 from modelyard.registry.errors import Invalid
 from modelyard.registry.names import ALIAS_PATTERN, NAME_PATTERN, check_tag_key
 from modelyard.registry.server.auth import require
+from modelyard.registry.server.calls import run_read  # noqa: F401 - re-exported for the routers
 from modelyard.registry.store import RegistryStore
 
 ModelPath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=63, description="model name (DNS label)")]
@@ -24,11 +26,13 @@ Writer = Annotated[str, Depends(require("write"))]
 Admin = Annotated[str, Depends(require("admin"))]
 
 
-def get_store(request: Request) -> RegistryStore:
+# Dependencies are ``async def``: FastAPI runs plain ``def`` dependencies in a worker
+# thread, a hop that costs more than the alias lookup itself.
+async def get_store(request: Request) -> RegistryStore:
     return request.app.state.store
 
 
-def get_artifacts(request: Request) -> ArtifactStore:
+async def get_artifacts(request: Request) -> ArtifactStore:
     return request.app.state.artifacts
 
 
@@ -44,3 +48,9 @@ def parse_tag_filters(raw: list[str]) -> list[tuple[str, str]]:
             raise Invalid(f"invalid tag filter {item!r}: expected key=value")
         pairs.append((check_tag_key(key), value))
     return pairs
+
+
+def created(body: BaseModel, location: str) -> Response:
+    """201 with ``Location``, serialized once (the body is already a validated model)."""
+    return Response(body.model_dump_json(), status_code=201, media_type="application/json",
+                    headers={"Location": location})

@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-import anyio.to_thread
 from fastapi import APIRouter, Query, Request
 
 from modelyard.registry import schemas
-from modelyard.registry.server.deps import Reader, Store
+from modelyard.registry.server.deps import Reader, Store, run_read
 
 router = APIRouter(tags=["events"])
 
@@ -29,7 +28,7 @@ async def list_events(
     deadline = time.monotonic() + timeout
     while True:
         changed = notifier.current()  # taken before reading, so a commit in between is not missed
-        events = await anyio.to_thread.run_sync(store.events_after, after, limit)
+        events = await run_read(store, store.events_after, after, limit)
         remaining = deadline - time.monotonic()
         if events or remaining <= 0 or await request.is_disconnected():
             return schemas.EventPage(events=events, next=events[-1].id if events else after)

@@ -9,45 +9,48 @@ from fastapi import APIRouter, Query, Response
 
 from modelyard.registry import schemas
 from modelyard.registry.names import ALIAS_PATTERN
+from modelyard.registry.server.calls import run_write
+from modelyard.registry.server.deps import created
 from modelyard.registry.server.deps import (
-    Admin, Artifacts, Cursor, Limit, ModelPath, Reader, Store, TagFilter, Writer, parse_tag_filters,
+    Admin, Artifacts, Cursor, Limit, ModelPath, Reader, Store, TagFilter, Writer, parse_tag_filters, run_read,
 )
 
 router = APIRouter(prefix="/models", tags=["models"])
 
 
-@router.post("", status_code=201, response_model=schemas.Model)
-def create_model(body: schemas.ModelCreate, store: Store, response: Response, _: Writer) -> schemas.Model:
-    model = store.create_model(body)
-    response.headers["Location"] = f"/api/v1/models/{model.name}"
-    return model
+@router.post("", status_code=201, response_model=None, responses={201: {"model": schemas.Model}})
+async def create_model(body: schemas.ModelCreate, store: Store, _: Writer) -> Response:
+    model = await run_write(store, store.create_model, body)
+    return created(model, f"/api/v1/models/{model.name}")
 
 
 @router.get("", response_model=schemas.Page[schemas.Model])
-def list_models(
+async def list_models(
     store: Store, _: Reader, limit: Limit = 100, cursor: Cursor = None,
     prefix: Annotated[str | None, Query(max_length=63, description="name prefix")] = None,
     tag: TagFilter = [],  # noqa: B006 - FastAPI copies defaults
     alias: Annotated[str | None, Query(pattern=ALIAS_PATTERN, max_length=63,
                                        description="only models having this alias")] = None,
 ) -> schemas.Page[schemas.Model]:
-    return store.list_models(prefix=prefix, tags=parse_tag_filters(tag), alias=alias, limit=limit, cursor=cursor)
+    tags = parse_tag_filters(tag)
+    return await run_read(store, lambda: store.list_models(prefix=prefix, tags=tags, alias=alias, limit=limit,
+                                                           cursor=cursor))
 
 
 @router.get("/{name}", response_model=schemas.Model)
-def get_model(name: ModelPath, store: Store, _: Reader) -> schemas.Model:
-    return store.get_model(name)
+async def get_model(name: ModelPath, store: Store, _: Reader) -> schemas.Model:
+    return await run_read(store, store.get_model, name)
 
 
 @router.patch("/{name}", response_model=schemas.Model)
-def update_model(name: ModelPath, body: schemas.ModelUpdate, store: Store, _: Writer) -> schemas.Model:
-    return store.update_model(name, body)
+async def update_model(name: ModelPath, body: schemas.ModelUpdate, store: Store, _: Writer) -> schemas.Model:
+    return await run_write(store, store.update_model, name, body)
 
 
 @router.delete("/{name}", status_code=204, response_class=Response)
 async def delete_model(name: ModelPath, store: Store, artifacts: Artifacts, _: Admin) -> Response:
     """Delete a model with all its versions (admin scope); refused while it has aliases."""
-    orphaned = await anyio.to_thread.run_sync(store.delete_model, name)
+    orphaned = await run_write(store, store.delete_model, name)
     for digest in orphaned:
         await anyio.to_thread.run_sync(artifacts.delete, digest.removeprefix("sha256:"))
     return Response(status_code=204)
