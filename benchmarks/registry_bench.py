@@ -290,15 +290,17 @@ def print_table(results: dict[str, tuple[list[Phase], dict[str, float]]]) -> Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds per timed phase")
-    parser.add_argument("--models", type=int, default=200)
-    parser.add_argument("--artifact-mib", type=int, default=1024)
+    parser.add_argument("--duration", type=float, help="seconds per timed phase [20]")
+    parser.add_argument("--models", type=int, help="models to create [200]")
+    parser.add_argument("--artifact-mib", type=int, help="size of the large artifact [1024]")
     parser.add_argument("--postgres", action="store_true", help="also run on a throwaway PostgreSQL cluster")
     parser.add_argument("--pg-dsn", help="also run on this (empty) PostgreSQL database")
     parser.add_argument("--quick", action="store_true", help="2 s phases, 40 models, 64 MiB artifact")
     args = parser.parse_args()
-    if args.quick:
-        args.duration, args.models, args.artifact_mib = 2.0, 40, 64
+    defaults = (2.0, 40, 64) if args.quick else (20.0, 200, 1024)
+    for name, default in zip(("duration", "models", "artifact_mib"), defaults):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     try:
         import uvloop
 
@@ -327,6 +329,9 @@ def main() -> None:
         if cluster:
             cluster.destroy()
     print_table(results)
+    failed = [f"{label}: {p.name} ({p.errors})" for label, (phases, _) in results.items() for p in phases if p.errors]
+    if failed:
+        sys.exit("requests failed in: " + "; ".join(failed))
 
 
 if __name__ == "__main__":

@@ -42,9 +42,13 @@ class RegistrySettings:
     # (one job, not every replica racing), unless this is set.
     migrate_on_start: bool | None = field(default_factory=lambda: _env_flag("MODELYARD_MIGRATE_ON_START"))
 
+    # The server's process count; with one process on SQLite, writes run in place.
+    workers: int = field(default_factory=lambda: int(os.environ.get("MODELYARD_WORKERS") or 1))
+
     def to_env(self) -> dict[str, str]:
         """The same settings as environment variables, for worker processes."""
-        env = {"MODELYARD_DB_URL": self.db_url, "MODELYARD_ARTIFACTS": self.artifacts_url}
+        env = {"MODELYARD_DB_URL": self.db_url, "MODELYARD_ARTIFACTS": self.artifacts_url,
+               "MODELYARD_WORKERS": str(self.workers)}
         if self.anonymous_read is not None:
             env["MODELYARD_ANONYMOUS_READ"] = "true" if self.anonymous_read else "false"
         if self.migrate_on_start is not None:

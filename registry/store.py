@@ -131,8 +131,10 @@ class RegistryStore:
         self._write_lock: threading.Lock | contextlib.nullcontext[None] = (
             threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext())
         self.inline_reads = engine.dialect.name == "sqlite"
-        self._fast = SqliteFastReader(engine) if engine.dialect.name == "sqlite" else None
         """Reads are local-file lookups of microseconds: cheaper run in place than handed to a thread."""
+        self.inline_writes = False
+        """Set by a server that is the database's only writer process (see ``server.calls``)."""
+        self._fast = SqliteFastReader(engine) if engine.dialect.name == "sqlite" else None
 
     # -- sessions -----------------------------------------------------------------
 
@@ -184,6 +186,10 @@ class RegistryStore:
 
     @staticmethod
     def _model_row(session: Session, name: str, *, lock: bool = False) -> db.RegisteredModel:
+        """The model's row; ``lock`` (in write transactions) takes its row lock on PostgreSQL,
+        so concurrent writes to one model's versions and aliases run one after another
+        (a version cannot be deleted while an alias is being pointed at it).  SQLite
+        writers are serialized anyway."""
         query = select(db.RegisteredModel).where(db.RegisteredModel.name == name)
         if lock:
             query = query.with_for_update()
@@ -298,7 +304,7 @@ class RegistryStore:
 
     def update_model(self, name: str, body: schemas.ModelUpdate) -> schemas.Model:
         with self._write() as session:
-            row = self._model_row(session, name)
+            row = self._model_row(session, name, lock=True)
             if body.description is not None:
                 row.description = body.description
             if body.tags is not None:
@@ -313,7 +319,7 @@ class RegistryStore:
         caller to remove from the artifact store once the rows are gone.
         """
         with self._write() as session:
-            row = self._model_row(session, name)
+            row = self._model_row(session, name, lock=True)
             aliases = self._aliases_of_model(session, row.id)
             if aliases:
                 listed = ", ".join(f"{a} → {v}" for a, v in aliases.items())
@@ -397,7 +403,7 @@ class RegistryStore:
 
     def update_version(self, name: str, version: int, body: schemas.VersionUpdate) -> schemas.Version:
         with self._write() as session:
-            row = self._version_row(session, self._model_row(session, name), version)
+            row = self._version_row(session, self._model_row(session, name, lock=True), version)
             if body.description is not None:
                 row.description = body.description
             if body.metrics is not None:
@@ -413,7 +419,7 @@ class RegistryStore:
         Returns its digest when no other version shares the artifact.
         """
         with self._write() as session:
-            model = self._model_row(session, name)
+            model = self._model_row(session, name, lock=True)
             row = self._version_row(session, model, version)
             aliases = self._aliases_by_version(session, [row.id])[row.id]
             if aliases:
@@ -438,7 +444,7 @@ class RegistryStore:
     def mark_ready(self, name: str, version: int, digest: str, size: int) -> schemas.Version:
         """Record a verified artifact and make the version ``ready`` (emits ``version.ready``)."""
         with self._write() as session:
-            row = self._version_row(session, self._model_row(session, name), version)
+            row = self._version_row(session, self._model_row(session, name, lock=True), version)
             if row.status == schemas.VersionStatus.ready.value:
                 if row.digest != digest:
                     raise Conflict(f"version {version} of model {name!r} became ready with another artifact "
@@ -460,7 +466,7 @@ class RegistryStore:
     def set_alias(self, name: str, alias: str, version: int) -> schemas.Alias:
         """Point ``alias`` at a ready version; a no-op (no event) when it already does."""
         with self._write() as session:
-            model = self._model_row(session, name)
+            model = self._model_row(session, name, lock=True)
             target = self._version_row(session, model, version)
             if target.status != schemas.VersionStatus.ready.value:
                 raise Conflict(f"version {version} of model {name!r} is {target.status}: "
@@ -497,7 +503,7 @@ class RegistryStore:
 
     def delete_alias(self, name: str, alias: str) -> None:
         with self._write() as session:
-            model = self._model_row(session, name)
+            model = self._model_row(session, name, lock=True)
             row = session.scalars(
                 select(db.Alias).where(db.Alias.model_id == model.id, db.Alias.alias == alias)
             ).one_or_none()

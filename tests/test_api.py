@@ -198,3 +198,22 @@ def test_health_readiness_metrics_and_openapi(sqlite_registry: ThreadedRegistry)
     spec = httpx.get(f"{url}/openapi.json").json()
     assert "/api/v1/models/{name}/aliases/{alias}" in spec["paths"]
     assert httpx.get(f"{url}/docs").status_code == 200
+
+
+@pytest.mark.slow
+def test_two_worker_processes_on_sqlite_share_one_numbering(tmp_path) -> None:  # noqa: ANN001
+    """With --workers 2, SQLite writes from two processes still give exactly 1..64."""
+    from tests.support.servers import ProcessRegistry
+
+    with ProcessRegistry(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "a", args=("--workers", "2")) as server:
+        base = server.url + "/api/v1"
+        httpx.post(f"{base}/models", json={"name": "race"}).raise_for_status()
+
+        def create(_: int) -> int:
+            answer = httpx.post(f"{base}/models/race/versions", timeout=60)
+            answer.raise_for_status()
+            return answer.json()["version"]
+
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            numbers = list(pool.map(create, range(64)))
+        assert sorted(numbers) == list(range(1, 65))

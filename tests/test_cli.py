@@ -96,3 +96,21 @@ def test_migrate_command(tmp_path: Path) -> None:
     first = run("registry", "migrate", "--db", db).stdout
     assert "was empty" in first
     assert "was" not in run("registry", "migrate", "--db", db).stdout
+
+
+def test_serve_refuses_an_unmigrated_postgres_with_a_clear_message(pg_cluster) -> None:  # noqa: ANN001
+    db = pg_cluster.create_database()
+    refused = run("registry", "serve", "--db", db, "--port", "1", ok=False)
+    assert refused.returncode == 1 and "registry migrate" in refused.stderr and "Traceback" not in refused.stderr
+    down = run("registry", "migrate", "--db", "postgresql+psycopg://postgres@127.0.0.1:9/none", ok=False)
+    assert down.returncode == 1 and "database" in down.stderr and "Traceback" not in down.stderr
+
+
+def test_environment_settings_reach_the_server(pg_cluster, tmp_path: Path) -> None:  # noqa: ANN001
+    from tests.support.servers import ProcessRegistry
+
+    db = pg_cluster.create_database()
+    with ProcessRegistry(db, tmp_path / "artifacts", {"MODELYARD_MIGRATE_ON_START": "true"}) as server:
+        import httpx
+
+        assert httpx.get(f"{server.url}/api/v1/models").json() == {"items": [], "next_cursor": None}

@@ -169,3 +169,32 @@ def test_tokens_are_hashed_scoped_and_revocable(store: RegistryStore) -> None:
     assert store.token_scope(token) is None and not store.any_tokens()
     with pytest.raises(BadRequest):
         store.create_token("x", "root")
+
+
+def test_racing_alias_set_and_version_delete_stay_consistent(store: RegistryStore) -> None:
+    """Either the alias lands (and the delete is refused) or the version goes (and the alias is refused)."""
+    store.create_model(schemas.ModelCreate(name="m"))
+    for _ in range(15):
+        version = make_ready(store, "m").version
+        outcomes: list[str] = []
+
+        def set_alias(number: int = version) -> None:
+            try:
+                store.set_alias("m", "prod", number)
+                outcomes.append("aliased")
+            except (Conflict, NotFound) as exc:
+                outcomes.append(type(exc).__name__)
+
+        def delete(number: int = version) -> None:
+            try:
+                store.delete_version("m", number)
+                outcomes.append("deleted")
+            except (Conflict, NotFound) as exc:
+                outcomes.append(type(exc).__name__)
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(lambda f: f(), [set_alias, delete]))
+        assert sorted(outcomes) in (["Conflict", "aliased"], ["NotFound", "deleted"]), outcomes
+        alias = store.get_alias("m", "prod") if "aliased" in outcomes else None
+        if alias is not None:
+            assert store.get_version("m", alias.version).version == version

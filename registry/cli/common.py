@@ -30,10 +30,15 @@ DEFAULT_URL = DEFAULT_REGISTRY_URL
 @contextmanager
 def reported_errors() -> Iterator[None]:
     """Turn registry and input errors into one red line on stderr and exit status 1."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         yield
     except (RegistryError, InvalidName, ValueError, OSError) as exc:
         errors.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except SQLAlchemyError as exc:  # e.g. the database is down or the URL is wrong
+        errors.print(f"[red]error:[/red] database: {str(exc).splitlines()[0]}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from modelyard.registry.cli.common import console, reported_errors
-from modelyard.registry.settings import RegistrySettings, default_artifacts_url, default_db_url
+from modelyard.registry.settings import RegistrySettings, default_db_url
 
 registry_app = typer.Typer(help="Run and administer the registry server.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens (scopes: read < write < admin).", no_args_is_help=True)
@@ -41,8 +41,14 @@ def serve(
     """Serve the REST API (on SQLite and local disk unless told otherwise)."""
     import uvicorn
 
-    settings = RegistrySettings(db_url=db or default_db_url(), artifacts_url=artifacts or default_artifacts_url(),
-                                anonymous_read=anonymous_read, migrate_on_start=migrate)
+    settings = RegistrySettings()  # environment first, flags override
+    settings.db_url = db or settings.db_url
+    settings.artifacts_url = artifacts or settings.artifacts_url
+    if anonymous_read is not None:
+        settings.anonymous_read = anonymous_read
+    if migrate is not None:
+        settings.migrate_on_start = migrate
+    settings.workers = workers
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     common = {"host": host, "port": port, "log_level": log_level, "access_log": False, "timeout_graceful_shutdown": 10}
     with reported_errors():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,9 +24,10 @@ from modelyard.registry.store import RegistryStore
 
 log = logging.getLogger("modelyard.registry")
 API_PREFIX = "/api/v1"
+GIL_SWITCH_INTERVAL = 0.0005
 
 
-class SchemaNotMigrated(RuntimeError):
+class SchemaNotMigrated(ValueError):
     """The database's schema is behind this server's; run ``modelyard registry migrate``."""
 
 
@@ -45,6 +47,7 @@ def prepare_database(settings: RegistrySettings) -> RegistryStore:
 def create_app(settings: RegistrySettings | None = None) -> FastAPI:
     settings = settings or RegistrySettings()
     store = prepare_database(settings)
+    store.inline_writes = store.inline_reads and settings.workers == 1
     artifacts = open_artifact_store(settings.artifacts_url)
     notifier = EventNotifier()
     metrics = RegistryMetrics()
@@ -55,6 +58,9 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         notifier.bind(asyncio.get_running_loop())
         gc.freeze()  # start-up objects never need collecting: shorter GC pauses under load
+        # A database call releases the GIL and must win it back from the busy event loop;
+        # at the default 5 ms switch interval each write waits several ms for that.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         log.info("registry ready: database %s, artifacts %s", store.engine.url.render_as_string(hide_password=True),
                  artifacts.describe())
         yield

@@ -66,7 +66,9 @@ class ThreadedRegistry:
 class ProcessRegistry:
     """``modelyard registry serve`` as a child process (for crash tests and the CLI)."""
 
-    def __init__(self, db_url: str, artifacts: Path | str, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, db_url: str, artifacts: Path | str, extra_env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> None:
+        self.args = args
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "MODELYARD_DB_URL": db_url, "MODELYARD_ARTIFACTS": str(artifacts),
@@ -76,7 +78,7 @@ class ProcessRegistry:
     def start(self) -> ProcessRegistry:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "modelyard.registry.cli.main", "registry", "serve", "--port", str(self.port),
-             "--log-level", "warning"], env=self.env,
+             "--log-level", "warning", *self.args], env=self.env,
         )
         wait_ready(self.url, process=self.process)
         return self
