@@ -22,9 +22,6 @@ import base64
 import hashlib
 import os
 import shutil
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -60,45 +57,25 @@ class Phase:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Server:
-    def __init__(self, db_url: str, workdir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "MODELYARD_DB_URL": db_url, "MODELYARD_ARTIFACTS": str(workdir / "artifacts"),
-               "MODELYARD_MIGRATE_ON_START": "true", "MODELYARD_HOME": str(workdir)}
-        started = time.perf_counter()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "modelyard.registry.cli.main", "registry", "serve", "--port", str(self.port),
-             "--log-level", "warning"], env=env)
-        self.ps = psutil.Process(self.process.pid)
-        import httpx
+    """The registry in its own process (as deployed), with its RSS readable."""
 
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError("registry exited during start-up")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.01)
-        self.startup = time.perf_counter() - started
+    def __init__(self, db_url: str, workdir: Path) -> None:
+        from modelyard.registry.local import RegistryProcess
+
+        self.registry = RegistryProcess.on(db_url, workdir / "artifacts",
+                                           {"MODELYARD_MIGRATE_ON_START": "true", "MODELYARD_HOME": str(workdir)})
+        started = time.perf_counter()
+        self.registry.start()
+        self.startup = time.perf_counter() - started  # process start included
+        self.url = self.registry.url
+        self.ps = psutil.Process(self.registry.process.pid)
 
     def rss(self) -> int:
         return self.ps.memory_info().rss
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        self.registry.stop()
 
 
 async def run_fixed(session: aiohttp.ClientSession, name: str, requests: list[tuple[str, str, dict]],
@@ -298,7 +275,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 s phases, 40 models, 64 MiB artifact")
     args = parser.parse_args()
     defaults = (2.0, 40, 64) if args.quick else (20.0, 200, 1024)
-    for name, default in zip(("duration", "models", "artifact_mib"), defaults):
+    for name, default in zip(("duration", "models", "artifact_mib"), defaults, strict=True):
         if getattr(args, name) is None:
             setattr(args, name, default)
     try:

@@ -13,7 +13,7 @@ FOLDERS = {"registry": "modelyard.registry", "bentos": "modelyard.bentos", "oper
 
 def test_every_package_folder_is_listed_in_pyproject() -> None:
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = set()
+    found = set(FOLDERS.values())  # the roots, with or without __init__.py
     for folder, package in FOLDERS.items():
         for init in (ROOT / folder).rglob("__init__.py"):
             relative = init.parent.relative_to(ROOT / folder)
@@ -21,12 +21,25 @@ def test_every_package_folder_is_listed_in_pyproject() -> None:
     assert found == listed
 
 
+def test_the_operator_folder_is_never_a_regular_package() -> None:
+    """With an __init__.py, `operator/` would shadow the standard library whenever the
+    repository root is on sys.path (as with any `python -m …` run from it)."""
+    assert not (ROOT / "operator" / "__init__.py").exists()
+
+
 def test_operator_does_not_shadow_the_standard_library() -> None:
-    code = ("import operator, modelyard.operator; assert operator.add(2, 3) == 5; "
-            "assert 'site-packages' not in operator.__file__ and 'lib/python' in operator.__file__; "
-            "print(modelyard.operator.__name__)")
-    answer = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", check=True)
-    assert answer.stdout.strip() == "modelyard.operator"
+    code = ("import sys, operator, collections, modelyard.operator.about; "
+            "assert operator.add(2, 3) == 5 and not operator.__file__.startswith(sys.argv[1]), operator.__file__; "
+            "print(modelyard.operator.about.__name__)")
+    for cwd in ("/", str(ROOT)):  # from ROOT, '' (the repository root) comes first on sys.path
+        answer = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, cwd=cwd)
+        assert answer.returncode == 0, answer.stderr
+        assert answer.stdout.strip() == "modelyard.operator.about"
+    # What broke `make` when operator/ had an __init__.py: a fresh venv's `python -m pip`
+    # run from the repository root, before any .pth file had imported collections (-S).
+    base = getattr(sys, "_base_executable", sys.executable)
+    bare = subprocess.run([base, "-S", "-m", "json.tool", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert bare.returncode == 0, bare.stderr
 
 
 def test_registry_core_does_not_import_heavy_extras() -> None:

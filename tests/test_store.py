@@ -178,14 +178,14 @@ def test_racing_alias_set_and_version_delete_stay_consistent(store: RegistryStor
         version = make_ready(store, "m").version
         outcomes: list[str] = []
 
-        def set_alias(number: int = version) -> None:
+        def set_alias(number: int = version, outcomes: list[str] = outcomes) -> None:
             try:
                 store.set_alias("m", "prod", number)
                 outcomes.append("aliased")
             except (Conflict, NotFound) as exc:
                 outcomes.append(type(exc).__name__)
 
-        def delete(number: int = version) -> None:
+        def delete(number: int = version, outcomes: list[str] = outcomes) -> None:
             try:
                 store.delete_version("m", number)
                 outcomes.append("deleted")

@@ -10,43 +10,18 @@ like the trained one, and stops the registry.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 import typer
 
 from modelyard.registry.cli.common import console, human_size, reported_errors
 from modelyard.registry.client import RegistryClient
+from modelyard.registry.local import RegistryProcess
 from modelyard.registry.settings import modelyard_home
 
 MODEL = "digits-cnn"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> float:
-    """Poll ``/readyz`` until it answers 200; return the seconds it took."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if process.poll() is not None:
-            raise RuntimeError(f"the registry exited with status {process.returncode} before it was ready")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
-                return time.monotonic() - started
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"the registry at {url} was not ready after {timeout:.0f} s")
 
 
 def quickstart(
@@ -57,28 +32,14 @@ def quickstart(
 ) -> None:
     """Run the registry loop end to end on this machine and shut down cleanly."""
     home = (home or modelyard_home()).expanduser()
-    port = port or free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "MODELYARD_HOME": str(home)}
-    env.pop("MODELYARD_DB_URL", None)
-    env.pop("MODELYARD_ARTIFACTS", None)
+    # The embedded defaults under `home`, whatever a shell may have exported.
+    server = RegistryProcess({"MODELYARD_HOME": str(home), "MODELYARD_DB_URL": "", "MODELYARD_ARTIFACTS": ""},
+                             port=port)
     console.rule("[bold]Modelyard quickstart")
     console.print(f"registry data in {home} (SQLite + local artifacts)", highlight=False)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "modelyard.registry.cli.main", "registry", "serve", "--port", str(port),
-         "--log-level", "warning"], env=env,
-    )
-    with reported_errors():
-        try:
-            took = wait_ready(url, server)
-            console.print(f"[green]✓[/green] registry ready at {url} in {took:.2f} s")
-            _run_loop(url, epochs)
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
+    with reported_errors(), server:
+        console.print(f"[green]✓[/green] registry ready at {server.url} in {server.startup_seconds:.2f} s")
+        _run_loop(server.url, epochs)
     console.print("[green]✓[/green] registry stopped; done")
 
 

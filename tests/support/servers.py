@@ -2,39 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
-import httpx
 import uvicorn
 
+from modelyard.registry.local import RegistryProcess, free_port, wait_ready
 from modelyard.registry.server.app import create_app
 from modelyard.registry.settings import RegistrySettings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(url: str, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"registry exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"registry at {url} not ready after {timeout} s")
 
 
 class ThreadedRegistry:
@@ -63,37 +38,7 @@ class ThreadedRegistry:
         return self.app.state.store
 
 
-class ProcessRegistry:
+def ProcessRegistry(db_url: str, artifacts: Path | str, extra_env: dict[str, str] | None = None,  # noqa: N802
+                    args: tuple[str, ...] = ()) -> RegistryProcess:
     """``modelyard registry serve`` as a child process (for crash tests and the CLI)."""
-
-    def __init__(self, db_url: str, artifacts: Path | str, extra_env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = ()) -> None:
-        self.args = args
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "MODELYARD_DB_URL": db_url, "MODELYARD_ARTIFACTS": str(artifacts),
-                    **(extra_env or {})}
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> ProcessRegistry:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "modelyard.registry.cli.main", "registry", "serve", "--port", str(self.port),
-             "--log-level", "warning", *self.args], env=self.env,
-        )
-        wait_ready(self.url, process=self.process)
-        return self
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def __enter__(self) -> ProcessRegistry:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
+    return RegistryProcess.on(db_url, artifacts, extra_env, args)
