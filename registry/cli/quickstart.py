@@ -39,11 +39,11 @@ def quickstart(
     console.print(f"registry data in {home} (SQLite + local artifacts)", highlight=False)
     with reported_errors(), server:
         console.print(f"[green]✓[/green] registry ready at {server.url} in {server.startup_seconds:.2f} s")
-        _run_loop(server.url, epochs)
+        _run_loop(server.url, epochs, home)
     console.print("[green]✓[/green] registry stopped; done")
 
 
-def _run_loop(url: str, epochs: int) -> None:
+def _run_loop(url: str, epochs: int, home: Path) -> None:
     import torch
 
     from modelyard.bentos.examples import digits
@@ -78,5 +78,5 @@ def _run_loop(url: str, epochs: int) -> None:
             raise RuntimeError(f"the pulled model predicts {predicted}, the trained one {expected}")
         console.print(f"[green]✓[/green] pulled model predicts {predicted} for labels "
                       f"{trained.test_labels[:8].tolist()}", highlight=False)
-        console.print(f"\nNext: `modelyard versions ls {MODEL} --registry {url}` while a registry runs "
-                      "(`modelyard registry serve`).", highlight=False)
+        console.print(f"\nNext: `MODELYARD_HOME={home} modelyard registry serve` serves this registry again; "
+                      f"then `modelyard versions ls {MODEL}`.", highlight=False)

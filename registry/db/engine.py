@@ -47,7 +47,9 @@ def create_db_engine(url: str, *, pool_size: int = 20) -> Engine:
         parsed,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,  # recover by itself after the database restarts
+        # No pre-ping: it would double the round trips of every request.  A connection
+        # that died with the server raises a disconnect error once; SQLAlchemy then
+        # drops the whole pool, and the next request connects afresh (tests/test_db_outage.py).
         pool_recycle=1800,
     )
 
