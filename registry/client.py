@@ -172,17 +172,26 @@ class RegistryClient:
     def upload_artifact(self, name: str, version: int, source: Path | str | BinaryIO, *,
                         sha256: str | None = None, progress: Progress | None = None) -> schemas.Version:
         """Stream a file to the version; its sha256 is computed first when not given."""
+        return self._upload(f"/models/{name}/versions/{version}/artifact", {}, source, sha256, progress)
+
+    def upload_bento(self, name: str, version: int, source: Path | str | BinaryIO, tag: str, *,
+                     sha256: str | None = None, progress: Progress | None = None) -> schemas.Version:
+        """Record an exported ``.bento`` as the version's packaged form."""
+        return self._upload(f"/models/{name}/versions/{version}/bento", {"tag": tag}, source, sha256, progress)
+
+    def _upload(self, path: str, params: dict[str, str], source: Path | str | BinaryIO, sha256: str | None,
+                progress: Progress | None) -> schemas.Version:
         if isinstance(source, (str, Path)):
-            path = Path(source)
-            hex_digest = sha256 or file_sha256(path)
-            with open(path, "rb") as handle:
-                return self._upload(name, version, handle, hex_digest, progress, path.stat().st_size)
+            file = Path(source)
+            hex_digest = parse_digest(sha256) if sha256 else file_sha256(file)
+            with open(file, "rb") as handle:
+                return self._put_stream(path, params, handle, hex_digest, progress, file.stat().st_size)
         if sha256 is None:
             raise ValueError("uploading from a stream needs its sha256")
-        return self._upload(name, version, source, parse_digest(sha256), progress, None)
+        return self._put_stream(path, params, source, parse_digest(sha256), progress, None)
 
-    def _upload(self, name: str, version: int, handle: BinaryIO, hex_digest: str, progress: Progress | None,
-                size: int | None) -> schemas.Version:
+    def _put_stream(self, path: str, params: dict[str, str], handle: BinaryIO, hex_digest: str,
+                    progress: Progress | None, size: int | None) -> schemas.Version:
         def body() -> Iterator[bytes]:
             while block := handle.read(CHUNK):
                 if progress:
@@ -192,30 +201,41 @@ class RegistryClient:
         headers = {"Content-Digest": format_content_digest(hex_digest), "Content-Type": "application/octet-stream"}
         if size is not None:
             headers["Content-Length"] = str(size)
-        answer = self._request("PUT", f"/models/{name}/versions/{version}/artifact", content=body(),
-                               headers=headers, timeout=httpx.Timeout(30.0, read=600.0))
+        answer = self._request("PUT", path, params=params, content=body(), headers=headers,
+                               timeout=httpx.Timeout(30.0, read=600.0))
         return schemas.Version.model_validate_json(answer.content)
 
     def download_artifact(self, name: str, version: int, destination: Path | str, *,
                           progress: Progress | None = None) -> schemas.Version:
-        """Stream the artifact to ``destination`` atomically, verifying its digest.
-
-        The bytes go to a temporary file beside the destination, which replaces it
-        only after the sha256 matched the version's digest.
-        """
+        """Stream the artifact to ``destination`` atomically, verifying its digest."""
         found = self.get_version(name, version)
         if not found.digest:
             raise RegistryError(f"{name}:{version} is {found.status.value}: it has no artifact yet")
-        expected = parse_digest(found.digest)
-        destination = Path(destination)
+        self._download(f"/models/{name}/versions/{version}/artifact", found.digest, Path(destination), progress,
+                       f"{name}:{version}")
+        return found
+
+    def download_bento(self, name: str, version: int, destination: Path | str, *,
+                       progress: Progress | None = None) -> schemas.Version:
+        """Stream the version's ``.bento`` to ``destination`` atomically, verifying its digest."""
+        found = self.get_version(name, version)
+        if found.bento is None:
+            raise NotFound(f"{name}:{version} is not packaged yet")
+        self._download(f"/models/{name}/versions/{version}/bento", found.bento.digest, Path(destination), progress,
+                       f"the Bento of {name}:{version}")
+        return found
+
+    def _download(self, path: str, digest: str, destination: Path, progress: Progress | None, what: str) -> None:
+        """The bytes go to a temporary file beside ``destination``, which replaces it only
+        after their sha256 matched ``digest``."""
+        expected = parse_digest(digest)
         destination.parent.mkdir(parents=True, exist_ok=True)
         hasher = hashlib.sha256()
         fd, temp_name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as out:
                 try:
-                    with self._http.stream("GET", f"/models/{name}/versions/{version}/artifact",
-                                           timeout=httpx.Timeout(30.0, read=600.0)) as response:
+                    with self._http.stream("GET", path, timeout=httpx.Timeout(30.0, read=600.0)) as response:
                         self._raise_for_problem(response)
                         for block in response.iter_bytes(CHUNK):
                             hasher.update(block)
@@ -223,17 +243,16 @@ class RegistryClient:
                             if progress:
                                 progress(len(block))
                 except httpx.TransportError as exc:
-                    raise Unavailable(f"download of {name}:{version} from {self.url} failed: {exc}") from exc
+                    raise Unavailable(f"download of {what} from {self.url} failed: {exc}") from exc
                 out.flush()
                 os.fsync(out.fileno())
             if hasher.hexdigest() != expected:
-                raise DigestMismatch(f"downloaded {name}:{version} has sha256:{hasher.hexdigest()}, "
-                                     f"the registry records {found.digest}; the file was discarded")
+                raise DigestMismatch(f"downloaded {what} has sha256:{hasher.hexdigest()}, the registry records "
+                                     f"{digest}; the file was discarded")
             os.replace(temp_name, destination)
         finally:
             if os.path.exists(temp_name):
                 os.unlink(temp_name)
-        return found
 
     # -- aliases --------------------------------------------------------------------
 

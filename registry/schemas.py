@@ -38,7 +38,11 @@ def _check_metrics(metrics: dict[str, float]) -> dict[str, float]:
 def _check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     import orjson
 
-    if len(orjson.dumps(metadata)) > 64 * 1024:
+    try:
+        encoded = orjson.dumps(metadata)
+    except TypeError as exc:  # e.g. an integer beyond 64 bits: not portable JSON
+        raise ValueError(f"metadata is not portable JSON: {exc}") from None
+    if len(encoded) > 64 * 1024:
         raise ValueError("metadata must serialize to at most 64 KiB of JSON")
     return metadata
 
@@ -101,6 +105,18 @@ class VersionUpdate(_Strict):
     tags: Tags | None = None
 
 
+BENTO_TAG_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?(:[A-Za-z0-9._-]{1,63})?$"
+BentoTag = Annotated[str, StringConstraints(pattern=BENTO_TAG_PATTERN, max_length=128)]
+
+
+class Bento(BaseModel):
+    """The version packaged as a BentoML service: an exported ``.bento`` in the artifact store."""
+
+    tag: str
+    digest: str
+    size: int
+
+
 class Version(BaseModel):
     model: str
     version: int
@@ -114,6 +130,7 @@ class Version(BaseModel):
     tags: dict[str, str]
     aliases: list[str]
     source: str | None
+    bento: Bento | None = Field(default=None, description="set once the version is packaged")
     created_by: str | None
     created_at: datetime
     updated_at: datetime
@@ -131,7 +148,7 @@ class Alias(BaseModel):
 
 
 EventType = Literal[
-    "model.created", "model.deleted", "version.created", "version.ready",
+    "model.created", "model.deleted", "version.created", "version.ready", "version.packaged",
     "version.deleted", "alias.set", "alias.deleted",
 ]
 

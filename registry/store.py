@@ -61,7 +61,8 @@ _VERSION_COLUMNS = (
     db.ModelVersion.id, db.ModelVersion.version, db.ModelVersion.status, db.ModelVersion.digest,
     db.ModelVersion.size, db.ModelVersion.format, db.ModelVersion.description, db.ModelVersion.meta,
     db.ModelVersion.metrics, db.ModelVersion.tags, db.ModelVersion.source, db.ModelVersion.created_by,
-    db.ModelVersion.created_at, db.ModelVersion.updated_at,
+    db.ModelVersion.created_at, db.ModelVersion.updated_at, db.ModelVersion.bento_tag,
+    db.ModelVersion.bento_digest, db.ModelVersion.bento_size,
 )
 _SELECT_ALIAS = (
     select(db.ModelVersion.version, db.ModelVersion.digest)
@@ -96,11 +97,17 @@ _SELECT_EVENTS = (select(db.Event.id, db.Event.type, db.Event.model, db.Event.ve
                   .where(db.Event.id > bindparam("after")).order_by(db.Event.id).limit(bindparam("limit")))
 
 
+def _bento(row: Any) -> schemas.Bento | None:
+    if row.bento_digest is None:
+        return None
+    return schemas.Bento(tag=row.bento_tag, digest=row.bento_digest, size=row.bento_size)
+
+
 def _version_from_row(model_name: str, row: Row[Any], aliases: list[str]) -> schemas.Version:
     return schemas.Version(
         model=model_name, version=row.version, status=row.status, digest=row.digest, size=row.size,
         format=row.format, description=row.description, metadata=row.metadata, metrics=row.metrics,
-        tags=row.tags, aliases=aliases, source=row.source, created_by=row.created_by,
+        tags=row.tags, aliases=aliases, source=row.source, bento=_bento(row), created_by=row.created_by,
         created_at=row.created_at, updated_at=row.updated_at,
     )
 
@@ -243,7 +250,7 @@ class RegistryStore:
         return schemas.Version(
             model=model_name, version=row.version, status=row.status, digest=row.digest, size=row.size,
             format=row.format, description=row.description, metadata=row.meta, metrics=row.metrics,
-            tags=row.tags, aliases=aliases, source=row.source, created_by=row.created_by,
+            tags=row.tags, aliases=aliases, source=row.source, bento=_bento(row), created_by=row.created_by,
             created_at=row.created_at, updated_at=row.updated_at,
         )
 
@@ -325,10 +332,9 @@ class RegistryStore:
                 listed = ", ".join(f"{a} → {v}" for a, v in aliases.items())
                 raise Conflict(f"model {name!r} still has aliases ({listed}); delete them first",
                                extra={"aliases": aliases})
-            digests = set(session.scalars(
-                select(db.ModelVersion.digest).where(db.ModelVersion.model_id == row.id,
-                                                     db.ModelVersion.digest.is_not(None))
-            ))
+            digests = {digest for pair in session.execute(
+                select(db.ModelVersion.digest, db.ModelVersion.bento_digest).where(db.ModelVersion.model_id == row.id)
+            ) for digest in pair if digest}
             session.execute(delete(db.ModelVersion).where(db.ModelVersion.model_id == row.id))
             session.delete(row)
             self._emit(session, "model.deleted", name)
@@ -337,10 +343,13 @@ class RegistryStore:
 
     @staticmethod
     def _orphaned(session: Session, digests: set[str]) -> list[str]:
+        """Those of ``digests`` that no version refers to any more, as artifact or as Bento."""
         if not digests:
             return []
         still_used = set(session.scalars(
             select(db.ModelVersion.digest).where(db.ModelVersion.digest.in_(digests))
+        )) | set(session.scalars(
+            select(db.ModelVersion.bento_digest).where(db.ModelVersion.bento_digest.in_(digests))
         ))
         return sorted(digests - still_used)
 
@@ -416,7 +425,7 @@ class RegistryStore:
     def delete_version(self, name: str, version: int) -> list[str]:
         """Delete one version; refused (409) while an alias points at it.
 
-        Returns its digest when no other version shares the artifact.
+        Returns its artifact and Bento digests that no other version shares.
         """
         with self._write() as session:
             model = self._model_row(session, name, lock=True)
@@ -427,11 +436,11 @@ class RegistryStore:
                     f"version {version} of model {name!r} is the target of alias(es) {', '.join(aliases)}; "
                     "move or delete the alias first", extra={"aliases": aliases},
                 )
-            digest = row.digest
+            digests = {d for d in (row.digest, row.bento_digest) if d}
             session.delete(row)
             self._emit(session, "version.deleted", name, version)
             session.flush()
-            return self._orphaned(session, {digest} if digest else set())
+            return self._orphaned(session, digests)
 
     def check_uploadable(self, name: str, version: int) -> schemas.Version:
         """The version an upload targets; 409 when its artifact is already in place."""
@@ -455,11 +464,37 @@ class RegistryStore:
                 self._emit(session, "version.ready", name, version)
             return self._to_version(name, row, self._aliases_by_version(session, [row.id])[row.id])
 
-    def digest_in_use(self, digest: str) -> bool:
-        with self._read() as session:
-            return session.scalar(
-                select(func.count()).select_from(db.ModelVersion).where(db.ModelVersion.digest == digest)
-            ) > 0
+    def mark_packaged(self, name: str, version: int, tag: str, digest: str, size: int) -> schemas.Version:
+        """Record the version's verified Bento (emits ``version.packaged``).
+
+        Packaging is deterministic per version, so a second identical upload is a
+        no-op; a different Bento is refused until the recorded one is removed.
+        """
+        with self._write() as session:
+            row = self._version_row(session, self._model_row(session, name, lock=True), version)
+            if row.status != schemas.VersionStatus.ready.value:
+                raise Conflict(f"version {version} of model {name!r} is {row.status}: package it once its "
+                               "artifact is uploaded")
+            if row.bento_digest is not None and row.bento_digest != digest:
+                raise Conflict(f"{name}:{version} is already packaged as {row.bento_tag} ({row.bento_digest}); "
+                               "delete that Bento first to replace it")
+            if row.bento_digest is None:
+                row.bento_tag, row.bento_digest, row.bento_size = tag, digest, size
+                row.updated_at = db.utcnow()
+                self._emit(session, "version.packaged", name, version)
+            return self._to_version(name, row, self._aliases_by_version(session, [row.id])[row.id])
+
+    def clear_bento(self, name: str, version: int) -> list[str]:
+        """Forget the version's Bento; returns its digest when nothing else uses it."""
+        with self._write() as session:
+            row = self._version_row(session, self._model_row(session, name, lock=True), version)
+            if row.bento_digest is None:
+                raise NotFound(f"{name}:{version} has no Bento")
+            digest = row.bento_digest
+            row.bento_tag = row.bento_digest = row.bento_size = None
+            row.updated_at = db.utcnow()
+            session.flush()
+            return self._orphaned(session, {digest})
 
     # -- aliases ------------------------------------------------------------------------
 

@@ -217,3 +217,13 @@ def test_two_worker_processes_on_sqlite_share_one_numbering(tmp_path) -> None:  
         with ThreadPoolExecutor(max_workers=32) as pool:
             numbers = list(pool.map(create, range(64)))
         assert sorted(numbers) == list(range(1, 65))
+
+
+def test_metadata_must_be_portable_json(http: httpx.Client) -> None:
+    """Found by the fuzzer: an integer beyond 64 bits in metadata was a 500."""
+    http.post("/models", json={"name": "m"})
+    answer = http.post("/models/m/versions", content=b'{"metadata": {"n": 123456789012345678901234567890}}',
+                       headers={"Content-Type": "application/json"})
+    assert_problem(answer, 422, "portable JSON")
+    big = http.post("/models/m/versions", json={"metadata": {"blob": "x" * 70_000}})
+    assert_problem(big, 422, "64 KiB")

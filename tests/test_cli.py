@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -29,19 +30,24 @@ def run(*args: str, registry: ThreadedRegistry | None = None, env: dict[str, str
 
 @pytest.fixture
 def artifact(tmp_path: Path) -> Path:
+    """The container layout of a torch.export archive around random bytes (the registry never loads it)."""
     path = tmp_path / "model.pt2"
-    path.write_bytes(os.urandom(300_000))
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("model/archive_format", "pt2")
+        archive.writestr("model/data/weights/weight_0", os.urandom(300_000))
     return path
 
 
 def test_push_list_alias_pull(sqlite_registry: ThreadedRegistry, artifact: Path, tmp_path: Path) -> None:
     pushed = run("push", str(artifact), "--model", "digits", "--alias", "production", "--tag", "team=cv",
-                 "--metric", "accuracy=0.97", registry=sqlite_registry)
+                 "--metric", "accuracy=0.97", "--input-shape", "-1,1,8,8", "--labels", "a,b", registry=sqlite_registry)
     assert "digits:1" in pushed.stdout and sha256(artifact.read_bytes()) in pushed.stdout
     assert "digits@production" in pushed.stdout
     version = sqlite_registry.store.get_version("digits", 1)
     assert (version.format.value, version.metrics, version.tags) == ("torch-export", {"accuracy": 0.97},
                                                                       {"team": "cv"})
+    assert version.metadata["input"] == {"shape": [-1, 1, 8, 8], "dtype": "float32"}
+    assert version.metadata["output"] == {"kind": "logits", "labels": ["a", "b"]}
     run("push", str(artifact), "--model", "digits", registry=sqlite_registry)
     listed = json.loads(run("versions", "ls", "digits", "--json", registry=sqlite_registry).stdout)
     assert [v["version"] for v in listed] == [2, 1] and listed[1]["aliases"] == ["production"]
@@ -69,6 +75,17 @@ def test_errors_are_one_line_and_exit_non_zero(sqlite_registry: ThreadedRegistry
     bad_metric = run("push", str(artifact), "--model", "m", "--metric", "acc=high", registry=sqlite_registry,
                      ok=False)
     assert bad_metric.returncode == 2 and "acc" in bad_metric.stderr
+    pickle = tmp_path / "model.pt"
+    with zipfile.ZipFile(pickle, "w") as archive:
+        archive.writestr("model/data.pkl", b"\x80\x04N.")
+    refused = run("push", str(pickle), "--model", "m", registry=sqlite_registry, ok=False)
+    assert refused.returncode == 1 and "torch.export" in refused.stderr and "pickle" in refused.stderr
+    mislabelled = run("push", str(artifact), "--model", "m", "--format", "torchscript", registry=sqlite_registry,
+                      ok=False)
+    assert mislabelled.returncode == 1 and "is a torch-export artifact" in mislabelled.stderr
+    bad_shape = run("push", str(artifact), "--model", "m", "--input-shape", "1,8", registry=sqlite_registry, ok=False)
+    assert bad_shape.returncode == 1 and "batch" in bad_shape.stderr
+    assert not _model_exists(sqlite_registry, "m")  # nothing was created by refused pushes
     down = run("models", "ls", "--registry", "http://127.0.0.1:9", ok=False)
     assert down.returncode == 1 and "cannot reach the registry" in down.stderr
     assert not (tmp_path / "x").exists()

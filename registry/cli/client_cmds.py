@@ -15,9 +15,8 @@ from modelyard.registry.cli.common import (
 )
 from modelyard.registry.client import file_sha256
 from modelyard.registry.errors import RegistryError, Unavailable
+from modelyard.registry.formats import signature_metadata, sniff_format
 from modelyard.registry.names import check_alias, check_model_name, parse_model_ref
-
-FORMAT_BY_SUFFIX = {".pt2": "torch-export", ".bento": "bento"}
 
 models_app = typer.Typer(help="Registered models.", no_args_is_help=True)
 versions_app = typer.Typer(help="Model versions.", no_args_is_help=True)
@@ -35,27 +34,39 @@ def push(
     alias: Annotated[str | None, typer.Option("--alias", "-a", help="point this alias at the new version")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="KEY=VALUE, repeatable")] = None,
     metric: Annotated[list[str] | None, typer.Option("--metric", help="KEY=NUMBER, repeatable")] = None,
-    format: Annotated[str | None, typer.Option("--format", help="torch-export | torchscript | bento")] = None,
+    format: Annotated[str | None, typer.Option("--format", help="torch-export | torchscript | bento "
+                                                                "[default: read from the file]")] = None,
+    input_shape: Annotated[str | None, typer.Option("--input-shape", help="e.g. -1,1,8,8 (batch first)")] = None,
+    input_dtype: Annotated[str | None, typer.Option("--input-dtype", help="e.g. float32")] = None,
+    labels: Annotated[str | None, typer.Option("--labels", help="comma-separated output class labels")] = None,
     description: Annotated[str, typer.Option("--description", "-d")] = "",
     source: Annotated[str | None, typer.Option("--source", help="lineage: commit, run id, dataset …")] = None,
     registry: RegistryOption = DEFAULT_URL,
     token: TokenOption = None,
 ) -> None:
-    """Upload FILE as a new version of MODEL (streamed, digest-checked) and print it."""
+    """Upload FILE as a new version of MODEL (streamed, digest-checked) and print it.
+
+    FILE must be a self-contained program: a torch.export archive (.pt2), TorchScript or
+    an exported .bento; a torch.save pickle is refused (it needs your code to load).
+    """
     tags, metrics = parse_pairs(tag, "--tag"), parse_metrics(metric)
     with client(registry, token) as registry_client:
         check_model_name(model)
         if alias:
             check_alias(alias)
+        detected = sniff_format(file)
+        if format and format != detected:
+            raise ValueError(f"{file.name} is a {detected} artifact, not {format}")
+        metadata = {"filename": file.name, **signature_metadata(
+            input_shape, input_dtype, [label.strip() for label in labels.split(",")] if labels else None)}
         size = file.stat().st_size
         with _bytes_progress() as progress:
             task = progress.add_task("hashing", total=size)
             digest = file_sha256(file, lambda n: progress.advance(task, n))
             registry_client.ensure_model(model)
             version = registry_client.create_version(
-                model, format=format or FORMAT_BY_SUFFIX.get(file.suffix), description=description,
-                metrics=metrics, tags=tags, source=source,
-                metadata={"filename": file.name},
+                model, format=detected, description=description, metrics=metrics, tags=tags, source=source,
+                metadata=metadata,
             )
             progress.update(task, description=f"uploading {model}:{version.version}", completed=0)
             try:

@@ -74,6 +74,10 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     tags: Mapped[dict[str, Any]] = mapped_column(default=dict)
     source: Mapped[str | None] = mapped_column(Text, default=None)
+    # The version packaged as a BentoML service (an exported .bento in the artifact store).
+    bento_tag: Mapped[str | None] = mapped_column(String(128), default=None)
+    bento_digest: Mapped[str | None] = mapped_column(String(71), default=None, index=True)
+    bento_size: Mapped[int | None] = mapped_column(BigInteger, default=None)
     created_by: Mapped[str | None] = mapped_column(String(128), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
