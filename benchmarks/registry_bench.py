@@ -26,7 +26,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -34,27 +33,10 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from loadgen import Phase, run_timed  # noqa: E402
 MiB = 1 << 20
-
-
-@dataclass
-class Phase:
-    name: str
-    ops: int = 0
-    seconds: float = 0.0
-    latencies: list[float] = field(default_factory=list)
-    errors: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def rate(self) -> float:
-        return self.ops / self.seconds if self.seconds else 0.0
-
-    def pct(self, q: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
 class Server:
@@ -101,28 +83,10 @@ async def run_fixed(session: aiohttp.ClientSession, name: str, requests: list[tu
     return phase
 
 
-async def run_timed(session: aiohttp.ClientSession, name: str, urls: list[str], concurrency: int,
-                    seconds: float) -> Phase:
-    """GET ``urls`` round-robin for ``seconds`` with ``concurrency`` workers (bounded by time)."""
-    phase = Phase(name)
-    deadline = time.perf_counter() + seconds
-
-    async def worker(offset: int) -> None:
-        i = offset
-        while time.perf_counter() < deadline:
-            t0 = time.perf_counter()
-            async with session.get(urls[i % len(urls)]) as response:
-                await response.read()
-                if response.status >= 400:
-                    phase.errors += 1
-            phase.latencies.append(time.perf_counter() - t0)
-            phase.ops += 1
-            i += 1
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(k * 7) for k in range(concurrency)))
-    phase.seconds = time.perf_counter() - started
-    return phase
+async def run_get(session: aiohttp.ClientSession, name: str, urls: list[str], concurrency: int,
+                  seconds: float) -> Phase:
+    """GET ``urls`` round-robin for ``seconds`` with ``concurrency`` workers."""
+    return await run_timed(session, name, [("GET", url, {}) for url in urls], concurrency, seconds)
 
 
 def digest_header(data: bytes) -> str:
@@ -210,11 +174,11 @@ async def bench_backend(label: str, db_url: str, args: argparse.Namespace) -> tu
             alias_urls = [f"{api}/models/{n}/aliases/production" for n in names]
             version_urls = [f"{api}/models/{n}/versions/5" for n in names]
             for concurrency in (16, 64):
-                phases.append(await run_timed(session, f"resolve alias (c={concurrency})", alias_urls,
+                phases.append(await run_get(session, f"resolve alias (c={concurrency})", alias_urls,
                                               concurrency, args.duration))
-                phases.append(await run_timed(session, f"get version (c={concurrency})", version_urls,
+                phases.append(await run_get(session, f"get version (c={concurrency})", version_urls,
                                               concurrency, args.duration))
-            phases.append(await run_timed(session, "floor: GET /healthz (c=64)", [f"{server.url}/healthz"], 64,
+            phases.append(await run_get(session, "floor: GET /healthz (c=64)", [f"{server.url}/healthz"], 64,
                                           args.duration / 2))
             phases.append(await run_fixed(session, "200 filtered searches (c=16)", [
                 ("GET", f"{api}/models", {"params": {"prefix": "model-0", "tag": f"team=t{i % 10}", "limit": "50"}})

@@ -205,6 +205,9 @@ class RegistryClient:
                                timeout=httpx.Timeout(30.0, read=600.0))
         return schemas.Version.model_validate_json(answer.content)
 
+    def delete_bento(self, name: str, version: int) -> None:
+        self._request("DELETE", f"/models/{name}/versions/{version}/bento")
+
     def download_artifact(self, name: str, version: int, destination: Path | str, *,
                           progress: Progress | None = None) -> schemas.Version:
         """Stream the artifact to ``destination`` atomically, verifying its digest."""

@@ -88,12 +88,23 @@ def push(
 
 def pull(
     ref: Annotated[str, typer.Argument(help="NAME@ALIAS or NAME:VERSION")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="file to write")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write the artifact to this file")] = None,
+    to: Annotated[Path | None, typer.Option("--to", help="fetch the version's Bento into this cache directory "
+                                                          "(what a model pod's init container runs)")] = None,
     registry: RegistryOption = DEFAULT_URL,
     token: TokenOption = None,
 ) -> None:
-    """Download a version's artifact to a file, verifying its sha256."""
+    """Download a version's artifact (-o FILE) or its Bento (--to DIR), verifying the sha256."""
+    if (output is None) == (to is None):
+        raise typer.BadParameter("give exactly one of --output FILE or --to DIR")
     with client(registry, token) as registry_client:
+        if to is not None:
+            from modelyard.bentos.runtime import describe, fetch
+
+            fetched = fetch(registry_client, parse_model_ref(ref), to.expanduser())
+            console.print(f"pulled {describe(fetched)} → {fetched.directory}", highlight=False, soft_wrap=True)
+            return
+        assert output is not None
         version = registry_client.resolve(parse_model_ref(ref))
         with _bytes_progress() as progress:
             task = progress.add_task(f"downloading {version.model}:{version.version}", total=version.size)

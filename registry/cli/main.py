@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import typer
 
+from modelyard.bentos import cli as bento_cmds
+from modelyard.bentos.quickstart import quickstart
 from modelyard.registry.cli import client_cmds
-from modelyard.registry.cli.quickstart import quickstart
 from modelyard.registry.cli.registry_cmds import registry_app
 
 app = typer.Typer(
@@ -24,6 +25,8 @@ app.command()(client_cmds.pull)
 app.add_typer(client_cmds.models_app, name="models")
 app.add_typer(client_cmds.versions_app, name="versions")
 app.add_typer(client_cmds.alias_app, name="alias")
+app.command()(bento_cmds.package)
+app.command()(bento_cmds.serve)
 app.command()(quickstart)
 
 if __name__ == "__main__":

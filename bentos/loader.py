@@ -1,0 +1,78 @@
+"""Load a model program (torch.export or TorchScript) onto the best device, and check it."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from modelyard.bentos.signature import InputSpec
+from modelyard.bentos.spec import ModelSpec
+
+log = logging.getLogger("bentoml.modelyard")  # under "bentoml" so the server's log config shows it
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be served; the message says why."""
+
+
+FAILURE_FILE_ENV = "MODELYARD_FAILURE_FILE"
+
+
+def report_failure(exc: BaseException) -> None:
+    """Tell the supervising runtime why the model cannot be served (see ``runtime.supervise``)."""
+    log.error("cannot serve the model: %s", exc)
+    path = os.environ.get(FAILURE_FILE_ENV)
+    if path:
+        Path(path).write_text(str(exc))
+
+
+def pick_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def verify_digest(path: Path, digest: str) -> None:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            hasher.update(block)
+    if f"sha256:{hasher.hexdigest()}" != digest:
+        raise ModelLoadError(f"{path.name} has sha256:{hasher.hexdigest()}, expected {digest}: refusing to serve it")
+
+
+def load_program(spec: ModelSpec, root: Path, device: str, threads: int) -> Any:
+    """The callable module, on ``device``, verified and warmed up with one example batch."""
+    import torch
+
+    torch.set_num_threads(threads)
+    path = root / spec.file
+    if not path.exists():
+        raise ModelLoadError(f"model file {path} is missing")
+    verify_digest(path, spec.digest)
+    try:
+        if spec.format == "torch-export":
+            module = torch.export.load(str(path)).module().to(device)
+        elif spec.format == "torchscript":
+            module = torch.jit.load(str(path), map_location=device)
+            module.eval()
+        else:
+            raise ModelLoadError(f"format {spec.format!r} cannot be served by the generic service")
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any loader failure is reported with its reason
+        raise ModelLoadError(f"cannot load {spec.model}:{spec.version} ({spec.format}): {exc}") from exc
+    input_spec = InputSpec.from_metadata(spec.metadata)
+    if input_spec is not None:
+        try:
+            with torch.inference_mode():
+                module(torch.from_numpy(input_spec.example(1)).to(device))
+        except Exception as exc:  # noqa: BLE001
+            raise ModelLoadError(f"{spec.model}:{spec.version} fails on an example input of shape "
+                                 f"{list(input_spec.shape)}: {exc}") from exc
+    log.info("serving %s:%s %s on %s (%s, %d threads)", spec.model, spec.version, spec.digest, device,
+             spec.format, threads)
+    return module

@@ -1,0 +1,85 @@
+"""The generic BentoML service for registry models (torch.export / TorchScript).
+
+A model Bento holds only the program and ``modelyard-model.json``; this module
+is the code, imported by the Bento's two-line ``service.py``.  Settings come
+from the environment (``modelyard.bentos.config``) because the operator sets
+them per deployment on the pod.  Requests are validated against the input
+spec in the version's metadata: a wrong shape or dtype is a 400 that says what
+was expected.
+"""
+
+# No `from __future__ import annotations`: BentoML reads these annotations at runtime.
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+import numpy as np
+from bentoml.validators import DType
+from pydantic import AfterValidator
+
+from modelyard.bentos.config import ServingConfig, torch_threads
+from modelyard.bentos.signature import InputSpec
+from modelyard.bentos.spec import ModelSpec
+
+log = logging.getLogger("modelyard.bentos")
+
+BENTO_DIR = Path(os.environ.get("MODELYARD_BENTO_DIR") or Path.cwd())
+SPEC = ModelSpec.read(BENTO_DIR)
+CONFIG = ServingConfig.from_env()
+INPUT = InputSpec.from_metadata(SPEC.metadata)
+BATCH_CHUNK = 1024
+
+if INPUT is not None:
+    Inputs = Annotated[np.ndarray, DType(INPUT.dtype), AfterValidator(INPUT.check)]
+else:
+    Inputs = np.ndarray  # type: ignore[misc]
+
+
+@bentoml.service(
+    name="modelyard-model",
+    workers=CONFIG.workers,
+    resources=CONFIG.bentoml_resources(),
+    traffic={"timeout": 60},
+)
+class ModelService:
+    """Serves one model version: ``POST /predict {"inputs": [...]}`` → ``[...]`` (model outputs)."""
+
+    def __init__(self) -> None:
+        from modelyard.bentos.loader import load_program, pick_device, report_failure
+
+        self.device = pick_device()
+        try:
+            self.module = load_program(SPEC, BENTO_DIR, self.device, torch_threads(CONFIG))
+        except Exception as exc:
+            report_failure(exc)  # BentoML would restart the worker forever; the runtime stops instead
+            raise
+        self.spec = SPEC
+
+    @bentoml.api(batchable=CONFIG.batching, max_batch_size=CONFIG.max_batch_size,
+                 max_latency_ms=CONFIG.max_latency_ms)
+    def predict(self, inputs: Inputs) -> np.ndarray:
+        """For many small requests: BentoML gathers them into batches of up to
+        ``max_batch_size`` examples (a request larger than that is refused)."""
+        return self._forward(inputs)
+
+    @bentoml.api(route="/predict_batch")
+    def predict_batch(self, inputs: Inputs) -> np.ndarray:
+        """For one large request: any number of examples, run in chunks as they come."""
+        return np.concatenate([self._forward(inputs[start:start + BATCH_CHUNK])
+                               for start in range(0, len(inputs), BATCH_CHUNK)])
+
+    def _forward(self, inputs: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            output = self.module(torch.from_numpy(np.ascontiguousarray(inputs)).to(self.device))
+        return output.detach().cpu().numpy()
+
+    @bentoml.api(route="/model")
+    def model(self) -> dict[str, Any]:
+        """Which version is served, on which device."""
+        return {"model": self.spec.model, "version": self.spec.version, "digest": self.spec.digest,
+                "format": self.spec.format, "device": self.device, "metadata": self.spec.metadata}

@@ -1,0 +1,61 @@
+"""Pure parts of the serving runtime: settings, CPU limits, the input contract, Bento tags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelyard.bentos.config import ServingConfig, cpu_limit, torch_threads
+from modelyard.bentos.packager import bento_tag
+from modelyard.bentos.signature import InputSpec
+from modelyard.registry.schemas import BENTO_TAG_PATTERN
+
+
+def test_config_from_env_and_back() -> None:
+    config = ServingConfig.from_env({"MODELYARD_MAX_BATCH_SIZE": "64", "MODELYARD_MAX_LATENCY_MS": "5",
+                                     "MODELYARD_BATCHING": "off", "MODELYARD_SERVE_WORKERS": "2",
+                                     "MODELYARD_GPUS": "1"})
+    assert (config.max_batch_size, config.max_latency_ms, config.batching, config.workers, config.gpus) == (
+        64, 5, False, 2, 1)
+    assert config.bentoml_resources() == {"gpu": 1}
+    assert ServingConfig.from_env(config.to_env()) == config
+    assert ServingConfig.from_env({}) == ServingConfig()
+    assert ServingConfig().bentoml_resources() == {}
+    with pytest.raises(ValueError, match="MODELYARD_MAX_BATCH_SIZE"):
+        ServingConfig.from_env({"MODELYARD_MAX_BATCH_SIZE": "0"})
+    with pytest.raises(ValueError, match="not an integer"):
+        ServingConfig.from_env({"MODELYARD_GPUS": "two"})
+
+
+def test_cpu_limit_follows_the_cgroup_quota(tmp_path: Path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("200000 100000\n")
+    assert cpu_limit(cpu_max) == 2
+    cpu_max.write_text("50000 100000\n")
+    assert cpu_limit(cpu_max) == 1
+    cpu_max.write_text("max 100000\n")
+    assert cpu_limit(cpu_max, fallback=16) == 16
+    assert cpu_limit(tmp_path / "missing", fallback=3) == 3
+    assert torch_threads(ServingConfig(threads=5)) == 5
+
+
+def test_input_spec_checks_shape_exactly() -> None:
+    spec = InputSpec.from_metadata({"input": {"shape": [-1, 1, 8, 8], "dtype": "float32"}})
+    assert spec is not None
+    good = np.zeros((3, 1, 8, 8), dtype="float32")
+    assert spec.check(good) is good
+    for bad in (np.zeros((64,)), np.zeros((1, 64)), np.zeros((1, 8, 8)), np.zeros((0, 1, 8, 8))):
+        with pytest.raises(ValueError, match=r"\[-1, 1, 8, 8\]|empty"):
+            spec.check(bad)
+    assert spec.example(2).shape == (2, 1, 8, 8) and spec.example().dtype == np.float32
+    assert InputSpec.from_metadata({}) is None
+
+
+def test_bento_tags_are_deterministic_and_accepted_by_the_registry() -> None:
+    import re
+
+    tag = bento_tag("digits-cnn", 7, "sha256:" + "ab" * 32)
+    assert tag == "digits-cnn:v7-abababababab"
+    assert re.match(BENTO_TAG_PATTERN, tag)
