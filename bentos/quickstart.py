@@ -141,7 +141,7 @@ spec:
   model: {{name: {MODEL}, alias: production}}   # version {version} today; moving the alias rolls out
   replicas: 2
   resources: {{cpu: "1", memory: 1Gi}}           # add gpu: 1 for a GPU node
-  serving: {{maxBatchSize: 32, maxLatencyMs: 10}}
+  serving: {{maxBatchSize: 32, maxLatencyMs: 1000}}
 """, highlight=False, markup=False, soft_wrap=True)
     console.print("""helm install modelyard charts/modelyard -n modelyard --create-namespace
 kubectl create namespace ml && kubectl apply -f digits.yaml

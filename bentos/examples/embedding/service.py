@@ -14,7 +14,7 @@ import numpy as np
 # The same knobs as Modelyard's generic service, so a ModelDeployment's `serving` settings apply.
 BATCHING = os.environ.get("MODELYARD_BATCHING", "on").lower() not in ("off", "false", "0", "no")
 MAX_BATCH_SIZE = int(os.environ.get("MODELYARD_MAX_BATCH_SIZE") or 64)
-MAX_LATENCY_MS = int(os.environ.get("MODELYARD_MAX_LATENCY_MS") or 20)
+MAX_LATENCY_MS = int(os.environ.get("MODELYARD_MAX_LATENCY_MS") or 1000)
 
 
 @bentoml.service(name="text-embedding", traffic={"timeout": 60})
