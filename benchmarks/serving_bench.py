@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import shutil
 import subprocess
@@ -50,9 +51,11 @@ class Case:
     ref: str
     route: str  # adaptive-batching endpoint
     batch_route: str  # many examples per call
+    lean_route: str | None  # the lean micro-batching route, where the service has one
     single: dict  # one example
     batch: dict  # BATCH examples
     batch_size: int
+    single_npy: bytes = b""
     raw_b1: float = 0.0
     raw_b32: float = 0.0
 
@@ -133,6 +136,12 @@ async def served_phases(url: str, case: Case, seconds: float, label: str) -> lis
         single = await run_timed(session, f"{case.name}: single, c=32, {label}",
                                  [("POST", f"{url}{case.route}", {"json": case.single})], 32, seconds)
         phases = [single]
+        if label == "batching on" and case.lean_route:
+            phases.append(await run_timed(session, f"{case.name}: single, c=32, lean /v2 JSON",
+                                          [("POST", f"{url}{case.lean_route}", {"json": case.single})], 32, seconds))
+            phases.append(await run_timed(session, f"{case.name}: single, c=32, lean /v2 .npy",
+                                          [("POST", f"{url}{case.lean_route}", {"data": case.single_npy,
+                                            "headers": {"content-type": "application/x-npy"}})], 32, seconds))
         if label == "batching on":
             phases.append(await run_timed(session, f"{case.name}: batch of {case.batch_size}, c=4",
                                           [("POST", f"{url}{case.batch_route}", {"json": case.batch})], 4, seconds,
@@ -157,15 +166,17 @@ def prepare(registry: RegistryProcess, workdir: Path, only: str | None) -> list[
             client.upload_artifact("digits", version.version, program)
             package_version(client, f"digits:{version.version}")
             images = np.random.default_rng(0).random((256, 1, 8, 8), dtype=np.float32)
-            case = Case("digits CNN", f"digits:{version.version}", "/predict", "/predict_batch",
-                        {"inputs": images[:1].tolist()}, {"inputs": images.tolist()}, 256)
+            buffer = io.BytesIO()
+            np.save(buffer, images[:1])
+            case = Case("digits CNN", f"digits:{version.version}", "/predict", "/predict_batch", "/v2/predict",
+                        {"inputs": images[:1].tolist()}, {"inputs": images.tolist()}, 256, buffer.getvalue())
             case.raw_b1, case.raw_b32 = raw_digits(program, 3)
             cases.append(case)
         if only in (None, "embedding"):
             version = package_service(client, str(ROOT / "bentos/examples/embedding/service.py:TextEmbedding"),
                                       "minilm")
             texts = (TEXTS * 11)[:64]
-            case = Case("MiniLM embedding", f"minilm:{version.version}", "/embed", "/embed",
+            case = Case("MiniLM embedding", f"minilm:{version.version}", "/embed", "/embed", None,
                         {"texts": texts[:1]}, {"texts": texts}, 64)
             case.raw_b1, case.raw_b32 = raw_embedding(3)
             cases.append(case)

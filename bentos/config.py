@@ -38,6 +38,7 @@ class ServingConfig:
     workers: int = 1
     gpus: int = 0
     threads: int | None = None  # torch intra-op threads; None: from the CPU limit
+    access_log: bool = False  # BentoML's per-request log line (MODELYARD_ACCESS_LOG=on)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ServingConfig:
@@ -50,6 +51,7 @@ class ServingConfig:
             workers=_int(env, "MODELYARD_SERVE_WORKERS", 1, 1),
             gpus=_int(env, "MODELYARD_GPUS", 0, 0),
             threads=threads or None,
+            access_log=env.get("MODELYARD_ACCESS_LOG", "off").lower() in ("on", "true", "1", "yes"),
         )
 
     def bentoml_resources(self) -> dict[str, object]:
@@ -65,6 +67,8 @@ class ServingConfig:
         }
         if self.threads:
             env["MODELYARD_TORCH_THREADS"] = str(self.threads)
+        if self.access_log:
+            env["MODELYARD_ACCESS_LOG"] = "on"
         return env
 
 

@@ -21,6 +21,7 @@ from bentoml.validators import DType
 from pydantic import AfterValidator
 
 from modelyard.bentos.config import ServingConfig, torch_threads
+from modelyard.bentos.fastpath import build_app
 from modelyard.bentos.signature import InputSpec
 from modelyard.bentos.spec import ModelSpec
 
@@ -38,11 +39,25 @@ else:
     Inputs = np.ndarray  # type: ignore[misc]
 
 
+_LOADED: list["ModelService"] = []  # the instance in this worker process, for the lean route
+
+
+def _loaded() -> "ModelService | None":
+    return _LOADED[0] if _LOADED else None
+
+
+FAST_APP = build_app(_loaded, INPUT.check if INPUT is not None else None,
+                     INPUT.dtype if INPUT is not None else "float32", CONFIG.max_batch_size)
+
+
+@bentoml.asgi_app(FAST_APP, path="/v2")
 @bentoml.service(
     name="modelyard-model",
     workers=CONFIG.workers,
     resources=CONFIG.bentoml_resources(),
     traffic={"timeout": 60},
+    # A log line per request costs as much CPU as a small model's forward pass; on demand.
+    logging={"access": {"enabled": CONFIG.access_log}},
 )
 class ModelService:
     """Serves one model version: ``POST /predict {"inputs": [...]}`` → ``[...]`` (model outputs)."""
@@ -57,6 +72,7 @@ class ModelService:
             report_failure(exc)  # BentoML would restart the worker forever; the runtime stops instead
             raise
         self.spec = SPEC
+        _LOADED.append(self)
 
     @bentoml.api(batchable=CONFIG.batching, max_batch_size=CONFIG.max_batch_size,
                  max_latency_ms=CONFIG.max_latency_ms)

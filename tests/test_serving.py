@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -111,6 +112,20 @@ def test_served_predictions_match_the_model_and_bad_input_is_a_400(served: Serve
         assert wrong_shape.status_code == 400 and "[-1, 1, 8, 8]" in wrong_shape.text
         not_numbers = httpx.post(f"{url}/predict", json={"inputs": [[["x"] * 8] * 8]}, timeout=30)
         assert not_numbers.status_code == 400
+        lean = httpx.post(f"{url}/v2/predict", json={"inputs": served.images.tolist()}, timeout=30)
+        assert lean.status_code == 200, lean.text
+        np.testing.assert_allclose(np.array(lean.json()["outputs"]), served.expected, rtol=1e-4, atol=1e-5)
+        buffer = io.BytesIO()
+        np.save(buffer, served.images)
+        binary = httpx.post(f"{url}/v2/predict", content=buffer.getvalue(),
+                            headers={"Content-Type": "application/x-npy"}, timeout=30)
+        assert binary.status_code == 200 and binary.headers["content-type"] == "application/x-npy"
+        np.testing.assert_allclose(np.load(io.BytesIO(binary.content)), served.expected, rtol=1e-4, atol=1e-5)
+        lean_bad = httpx.post(f"{url}/v2/predict", json={"inputs": [[1.0] * 64]}, timeout=30)
+        assert lean_bad.status_code == 400 and "[-1, 1, 8, 8]" in lean_bad.json()["error"]
+        assert httpx.post(f"{url}/v2/predict", content=b"{oops", timeout=30).status_code == 400
+        too_many = np.zeros((33, 1, 8, 8), dtype=np.float32).tolist()
+        assert httpx.post(f"{url}/v2/predict", json={"inputs": too_many}, timeout=30).status_code == 413
         about = httpx.post(f"{url}/model", json={}, timeout=30).json()
         assert (about["model"], about["version"], about["device"]) == ("digits", 1, "cpu")
     finally:
