@@ -23,7 +23,7 @@ import typer
 
 from modelyard.registry.cli.common import console, human_size, reported_errors
 from modelyard.registry.client import RegistryClient
-from modelyard.registry.local import RegistryProcess, free_port
+from modelyard.registry.local import RegistryProcess, free_port, wait_ready
 from modelyard.registry.settings import modelyard_home
 
 MODEL = "digits-cnn"
@@ -94,7 +94,11 @@ def _serve_and_query(url: str, home: Path, trained) -> None:  # noqa: ANN001 - d
         text=True,
     )
     try:
-        _wait_serving(server, server_url)
+        try:
+            wait_ready(server_url, server, timeout=120)
+        except RuntimeError as exc:
+            raise RuntimeError(f"model server: {exc}: {(server.stderr.read() if server.stderr else '')[-2000:]}") \
+                from None
         console.print(f"[green]✓[/green] serving {MODEL}@production at {server_url} "
                       f"(first prediction possible after {time.monotonic() - t0:.1f} s)", highlight=False)
         images, labels = trained.test_images.numpy(), trained.test_labels.tolist()
@@ -115,21 +119,6 @@ def _serve_and_query(url: str, home: Path, trained) -> None:  # noqa: ANN001 - d
         except subprocess.TimeoutExpired:
             server.kill()
     console.print("[green]✓[/green] model server stopped")
-
-
-def _wait_serving(server: subprocess.Popen[str], url: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the model server exited with {server.returncode}: "
-                               f"{(server.stderr.read() if server.stderr else '')[-2000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"the model server at {url} was not ready after {timeout:.0f} s")
 
 
 def _print_deployment(version: int) -> None:

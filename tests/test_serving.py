@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from modelyard.bentos.examples import digits
 from modelyard.bentos.packager import package_version
 from modelyard.registry.client import RegistryClient
 from modelyard.registry.settings import RegistrySettings
-from tests.support.servers import ThreadedRegistry, free_port
+from tests.support.servers import ThreadedRegistry, free_port, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -69,17 +68,10 @@ def start_serving(served: Served, cache: Path, ref: str = "digits@production",
 
 
 def wait_serving(process: subprocess.Popen[str], url: str, log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"not ready after {timeout} s:\n{log.read_text()[-3000:]}")
+    try:
+        wait_ready(url, process, timeout)
+    except RuntimeError as exc:
+        raise AssertionError(f"{exc}:\n{log.read_text()[-3000:]}") from None
 
 
 def stop(process: subprocess.Popen[str]) -> None:
