@@ -57,7 +57,8 @@ def fetch(client: RegistryClient, ref: str | ModelRef, cache: Path, *, package: 
         if not package:
             raise NotFound(f"{version.model}:{version.version} has no Bento; run `modelyard package "
                            f"{version.model}:{version.version}` first")
-        version = package_version(client, ref).version
+        # The resolved number, not the alias: it may move while we package.
+        version = package_version(client, f"{version.model}:{version.version}").version
     assert version.bento is not None
     hex_digest = version.bento.digest.removeprefix("sha256:")
     directory = cache / "bentos" / hex_digest
