@@ -56,6 +56,7 @@ class Case:
     batch: dict  # BATCH examples
     batch_size: int
     single_npy: bytes = b""
+    batch_npy: bytes = b""
     raw_b1: float = 0.0
     raw_b32: float = 0.0
 
@@ -142,6 +143,11 @@ async def served_phases(url: str, case: Case, seconds: float, label: str) -> lis
             phases.append(await run_timed(session, f"{case.name}: single, c=32, lean /v2 .npy",
                                           [("POST", f"{url}{case.lean_route}", {"data": case.single_npy,
                                             "headers": {"content-type": "application/x-npy"}})], 32, seconds))
+        if label == "batching on" and case.lean_route:
+            phases.append(await run_timed(session, f"{case.name}: batch of {case.batch_size}, c=4, /v2 .npy",
+                                          [("POST", f"{url}{case.lean_route}", {"data": case.batch_npy,
+                                            "headers": {"content-type": "application/x-npy"}})], 4, seconds,
+                                          examples_per_request=case.batch_size))
         if label == "batching on":
             phases.append(await run_timed(session, f"{case.name}: batch of {case.batch_size}, c=4",
                                           [("POST", f"{url}{case.batch_route}", {"json": case.batch})], 4, seconds,
@@ -166,10 +172,12 @@ def prepare(registry: RegistryProcess, workdir: Path, only: str | None) -> list[
             client.upload_artifact("digits", version.version, program)
             package_version(client, f"digits:{version.version}")
             images = np.random.default_rng(0).random((256, 1, 8, 8), dtype=np.float32)
-            buffer = io.BytesIO()
-            np.save(buffer, images[:1])
+            one, many = io.BytesIO(), io.BytesIO()
+            np.save(one, images[:1])
+            np.save(many, images)
             case = Case("digits CNN", f"digits:{version.version}", "/predict", "/predict_batch", "/v2/predict",
-                        {"inputs": images[:1].tolist()}, {"inputs": images.tolist()}, 256, buffer.getvalue())
+                        {"inputs": images[:1].tolist()}, {"inputs": images.tolist()}, 256, one.getvalue(),
+                        many.getvalue())
             case.raw_b1, case.raw_b32 = raw_digits(program, 3)
             cases.append(case)
         if only in (None, "embedding"):

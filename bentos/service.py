@@ -84,6 +84,9 @@ class ModelService:
     @bentoml.api(route="/predict_batch")
     def predict_batch(self, inputs: Inputs) -> np.ndarray:
         """For one large request: any number of examples, run in chunks as they come."""
+        return self._forward_chunked(inputs)
+
+    def _forward_chunked(self, inputs: np.ndarray) -> np.ndarray:
         return np.concatenate([self._forward(inputs[start:start + BATCH_CHUNK])
                                for start in range(0, len(inputs), BATCH_CHUNK)])
 

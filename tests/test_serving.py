@@ -116,8 +116,14 @@ def test_served_predictions_match_the_model_and_bad_input_is_a_400(served: Serve
         lean_bad = httpx.post(f"{url}/v2/predict", json={"inputs": [[1.0] * 64]}, timeout=30)
         assert lean_bad.status_code == 400 and "[-1, 1, 8, 8]" in lean_bad.json()["error"]
         assert httpx.post(f"{url}/v2/predict", content=b"{oops", timeout=30).status_code == 400
-        too_many = np.zeros((33, 1, 8, 8), dtype=np.float32).tolist()
-        assert httpx.post(f"{url}/v2/predict", json={"inputs": too_many}, timeout=30).status_code == 413
+        many = np.concatenate([served.images] * 8)  # 40 examples: more than max_batch_size, run directly
+        buffer = io.BytesIO()
+        np.save(buffer, many)
+        big = httpx.post(f"{url}/v2/predict", content=buffer.getvalue(), headers={"Content-Type": "application/x-npy"},
+                         timeout=30)
+        assert big.status_code == 200, big.text
+        np.testing.assert_allclose(np.load(io.BytesIO(big.content)), np.concatenate([served.expected] * 8),
+                                   rtol=1e-4, atol=1e-5)
         about = httpx.post(f"{url}/model", json={}, timeout=30).json()
         assert (about["model"], about["version"], about["device"]) == ("digits", 1, "cpu")
     finally:
