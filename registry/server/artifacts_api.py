@@ -19,7 +19,9 @@ from modelyard.registry.artifacts import (
 )
 from modelyard.registry.errors import Conflict, NotFound, RangeNotSatisfiable
 from modelyard.registry.server.calls import run_write
-from modelyard.registry.server.deps import Artifacts, ModelPath, Reader, Store, VersionPath, Writer, run_read
+from modelyard.registry.server.deps import (
+    Artifacts, ModelPath, Reader, Store, VersionPath, Writer, delete_blobs, run_read,
+)
 from modelyard.registry.server.problems import problem_response
 from modelyard.registry.server.ranges import parse_range
 
@@ -145,6 +147,5 @@ async def download_bento(name: ModelPath, version: VersionPath, request: Request
 async def delete_bento(name: ModelPath, version: VersionPath, store: Store, artifacts: Artifacts,
                        _: Writer) -> Response:
     """Forget the version's Bento (to package it again)."""
-    for digest in await run_write(store, store.clear_bento, name, version):
-        await anyio.to_thread.run_sync(artifacts.delete, digest.removeprefix("sha256:"))
+    await delete_blobs(artifacts, await run_write(store, store.clear_bento, name, version))
     return Response(status_code=204)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import anyio.to_thread
+
 from fastapi import Depends, Path, Query, Request, Response
 from pydantic import BaseModel
 
@@ -54,3 +56,9 @@ def created(body: BaseModel, location: str) -> Response:
     """201 with ``Location``, serialized once (the body is already a validated model)."""
     return Response(body.model_dump_json(), status_code=201, media_type="application/json",
                     headers={"Location": location})
+
+
+async def delete_blobs(artifacts: ArtifactStore, digests: list[str]) -> None:
+    """Remove artifacts that no version refers to any more (called once their rows are gone)."""
+    for digest in digests:
+        await anyio.to_thread.run_sync(artifacts.delete, digest.removeprefix("sha256:"))

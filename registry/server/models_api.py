@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import anyio.to_thread
 from fastapi import APIRouter, Query, Response
 
 from modelyard.registry import schemas
 from modelyard.registry.names import ALIAS_PATTERN
 from modelyard.registry.server.calls import run_write
-from modelyard.registry.server.deps import created
 from modelyard.registry.server.deps import (
-    Admin, Artifacts, Cursor, Limit, ModelPath, Reader, Store, TagFilter, Writer, parse_tag_filters, run_read,
+    Admin, Artifacts, Cursor, Limit, ModelPath, Reader, Store, TagFilter, Writer, created, delete_blobs,
+    parse_tag_filters, run_read,
 )
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -50,7 +49,5 @@ async def update_model(name: ModelPath, body: schemas.ModelUpdate, store: Store,
 @router.delete("/{name}", status_code=204, response_class=Response)
 async def delete_model(name: ModelPath, store: Store, artifacts: Artifacts, _: Admin) -> Response:
     """Delete a model with all its versions (admin scope); refused while it has aliases."""
-    orphaned = await run_write(store, store.delete_model, name)
-    for digest in orphaned:
-        await anyio.to_thread.run_sync(artifacts.delete, digest.removeprefix("sha256:"))
+    await delete_blobs(artifacts, await run_write(store, store.delete_model, name))
     return Response(status_code=204)

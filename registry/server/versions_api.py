@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-import anyio.to_thread
 from fastapi import APIRouter, Query, Request, Response
 
 from modelyard.registry import schemas
 from modelyard.registry.server.calls import run_write
-from modelyard.registry.server.deps import created
 from modelyard.registry.server.deps import (
-    Artifacts, Cursor, Limit, ModelPath, Reader, Store, TagFilter, VersionPath, Writer, parse_tag_filters, run_read,
+    Artifacts, Cursor, Limit, ModelPath, Reader, Store, TagFilter, VersionPath, Writer, created, delete_blobs,
+    parse_tag_filters, run_read,
 )
 
 router = APIRouter(prefix="/models/{name}/versions", tags=["versions"])
@@ -55,6 +54,5 @@ async def update_version(name: ModelPath, version: VersionPath, body: schemas.Ve
 async def delete_version(name: ModelPath, version: VersionPath, store: Store, artifacts: Artifacts,
                          _: Writer) -> Response:
     """Delete a version; refused (409) while an alias points at it."""
-    for digest in await run_write(store, store.delete_version, name, version):
-        await anyio.to_thread.run_sync(artifacts.delete, digest.removeprefix("sha256:"))
+    await delete_blobs(artifacts, await run_write(store, store.delete_version, name, version))
     return Response(status_code=204)
