@@ -114,7 +114,8 @@ def token_ls(db: DbOption = None) -> None:
 
 
 @token_app.command("revoke")
-def token_revoke(token_id: Annotated[int, typer.Argument(help="token id (see `token ls`)")], db: DbOption = None) -> None:
+def token_revoke(token_id: Annotated[int, typer.Argument(help="token id (see `token ls`)")],
+                 db: DbOption = None) -> None:
     """Revoke a token (servers stop accepting it within seconds)."""
     with reported_errors():
         _store(db).revoke_token(token_id)
