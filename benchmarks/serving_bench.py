@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from loadgen import Phase, run_timed  # noqa: E402
 
 from modelyard.registry.client import RegistryClient  # noqa: E402
-from modelyard.registry.local import RegistryProcess, free_port  # noqa: E402
+from modelyard.registry.local import RegistryProcess, free_port, stop_process  # noqa: E402
 
 TEXTS = ["a cat sits on the mat", "the quarterly report shows growth", "how do I reset my password",
          "a kitten is sitting on a rug", "stock markets fell sharply today", "the weather is sunny and warm"]
@@ -125,11 +125,7 @@ def first_prediction(process: subprocess.Popen, url: str, case: Case, t0: float,
 
 
 def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    stop_process(process, timeout=30)
 
 
 async def served_phases(url: str, case: Case, seconds: float, label: str) -> list[Phase]:

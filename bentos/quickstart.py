@@ -23,7 +23,7 @@ import typer
 
 from modelyard.registry.cli.common import console, human_size, reported_errors
 from modelyard.registry.client import RegistryClient
-from modelyard.registry.local import RegistryProcess, free_port, wait_ready
+from modelyard.registry.local import RegistryProcess, free_port, stop_process, wait_ready
 from modelyard.registry.settings import modelyard_home
 
 MODEL = "digits-cnn"
@@ -113,11 +113,7 @@ def _serve_and_query(url: str, home: Path, trained) -> None:  # noqa: ANN001 - d
         console.print(f"[green]✓[/green] served accuracy on {len(labels)} test images: {hits / len(labels):.3f} "
                       f"(in process: {trained.accuracy:.3f})", highlight=False)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server, timeout=30)
     console.print("[green]✓[/green] model server stopped")
 
 

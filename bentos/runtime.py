@@ -26,6 +26,7 @@ from modelyard.bentos.packager import package_version
 from modelyard.bentos.spec import ModelSpec
 from modelyard.registry import schemas
 from modelyard.registry.client import RegistryClient
+from modelyard.registry.local import stop_process
 from modelyard.registry.errors import NotFound
 from modelyard.registry.names import ModelRef, parse_model_ref
 
@@ -117,12 +118,7 @@ def supervise(argv: list[str], env: dict[str, str], failure_file: Path, poll: fl
                 pass
             if failure_file.exists():
                 log.error("model failed to load: %s", failure_file.read_text().strip())
-                child.terminate()
-                try:
-                    child.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
+                stop_process(child, timeout=30)
                 return 1
     finally:
         for sig, handler in previous.items():

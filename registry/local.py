@@ -33,6 +33,18 @@ def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, timeout
     raise RuntimeError(f"the registry at {url} was not ready after {timeout:.0f} s")
 
 
+def stop_process(process: subprocess.Popen, timeout: float = 15.0) -> None:  # type: ignore[type-arg]
+    """Ask a child to stop (SIGTERM), wait ``timeout`` seconds for it, then kill it."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class RegistryProcess:
     """``modelyard registry serve`` in a child process; stopped (only it) on exit."""
 
@@ -64,13 +76,8 @@ class RegistryProcess:
         return self
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process:
+            stop_process(self.process)
 
     def __enter__(self) -> RegistryProcess:
         return self.start()

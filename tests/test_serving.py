@@ -19,6 +19,7 @@ import torch
 from modelyard.bentos.examples import digits
 from modelyard.bentos.packager import package_version
 from modelyard.registry.client import RegistryClient
+from modelyard.registry.local import stop_process
 from modelyard.registry.settings import RegistrySettings
 from tests.support.servers import ThreadedRegistry, free_port, wait_ready
 
@@ -75,12 +76,7 @@ def wait_serving(process: subprocess.Popen[str], url: str, log: Path, timeout: f
 
 
 def stop(process: subprocess.Popen[str]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    stop_process(process, timeout=30)
 
 
 def test_packaging_records_the_bento_once(served: Served) -> None:
