@@ -101,6 +101,29 @@ class MicroBatcher:
             start = end
 
 
+class LeanRouteMetrics:
+    """Prometheus counters for the lean route, on BentoML's own ``/metrics``.
+
+    BentoML's metrics and tracing middleware are skipped for this route (they
+    cost about a fifth of its throughput), so it counts its own requests: one
+    counter and one histogram, a few mmap writes per request.  prometheus_client
+    is imported on first use because BentoML sets its multiprocess directory
+    only after the service module is imported.
+    """
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Histogram
+
+        self.requests = Counter("modelyard_lean_requests_total", "Requests on /v2/predict by status code",
+                                ["status"])
+        self.seconds = Histogram("modelyard_lean_request_duration_seconds", "Latency of /v2/predict",
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+
+    def observe(self, status: int, started: float) -> None:
+        self.requests.labels(str(status)).inc()
+        self.seconds.observe(time.perf_counter() - started)
+
+
 def _error(status: int, detail: str) -> Response:
     return Response(orjson.dumps({"error": detail}), status_code=status, media_type="application/json")
 
@@ -109,8 +132,17 @@ def build_app(service_ref: Callable[[], object], check: Callable[[np.ndarray], n
               dtype: str, max_batch: int) -> Starlette:
     """The ASGI app; ``service_ref()`` returns the loaded service (it exists once BentoML started it)."""
     batchers: dict[int, MicroBatcher] = {}
+    metrics: list[LeanRouteMetrics] = []
 
     async def predict(request: Request) -> Response:
+        started = time.perf_counter()
+        if not metrics:
+            metrics.append(LeanRouteMetrics())
+        response = await _predict(request)
+        metrics[0].observe(response.status_code, started)
+        return response
+
+    async def _predict(request: Request) -> Response:
         service = service_ref()
         if service is None:
             return _error(503, "the model is still loading")

@@ -50,6 +50,22 @@ FAST_APP = build_app(_loaded, INPUT.check if INPUT is not None else None,
                      INPUT.dtype if INPUT is not None else "float32", CONFIG.max_batch_size)
 
 
+def quiet_garbage_collector() -> None:
+    """Keep full collections off the request path.
+
+    torch leaves a few hundred thousand long-lived objects behind; every full
+    collection walks them all, which showed up as 200+ ms p99 spikes under load.
+    Freezing moves them out of the collector's view, and a short switch interval
+    lets the event loop take the GIL back quickly from the forward-pass thread.
+    """
+    import gc
+    import sys
+
+    gc.collect()
+    gc.freeze()
+    sys.setswitchinterval(0.0005)
+
+
 @bentoml.asgi_app(FAST_APP, path="/v2")
 @bentoml.service(
     name="modelyard-model",
@@ -57,7 +73,9 @@ FAST_APP = build_app(_loaded, INPUT.check if INPUT is not None else None,
     resources=CONFIG.bentoml_resources(),
     traffic={"timeout": 60},
     # A log line per request costs as much CPU as a small model's forward pass; on demand.
-    logging={"access": {"enabled": CONFIG.access_log}},
+    # The lean route skips BentoML's tracing and per-request metrics middleware too.
+    logging={"access": {"enabled": CONFIG.access_log, "skip_paths": ["/v2/predict"]}},
+    tracing={"excluded_urls": ["/v2/predict"]},
 )
 class ModelService:
     """Serves one model version: ``POST /predict {"inputs": [...]}`` → ``[...]`` (model outputs)."""
@@ -73,6 +91,7 @@ class ModelService:
             raise
         self.spec = SPEC
         _LOADED.append(self)
+        quiet_garbage_collector()
 
     @bentoml.api(batchable=CONFIG.batching, max_batch_size=CONFIG.max_batch_size,
                  max_latency_ms=CONFIG.max_latency_ms)

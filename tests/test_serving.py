@@ -122,6 +122,9 @@ def test_served_predictions_match_the_model_and_bad_input_is_a_400(served: Serve
                                    rtol=1e-4, atol=1e-5)
         about = httpx.post(f"{url}/model", json={}, timeout=30).json()
         assert (about["model"], about["version"], about["device"]) == ("digits", 1, "cpu")
+        metrics = httpx.get(f"{url}/metrics", timeout=30).text  # the lean route counts itself
+        assert 'modelyard_lean_requests_total{status="200"} 3.0' in metrics
+        assert 'modelyard_lean_requests_total{status="400"} 2.0' in metrics
     finally:
         stop(process)
     text = log.read_text()
