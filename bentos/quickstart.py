@@ -117,9 +117,9 @@ def _serve_and_query(url: str, home: Path, trained) -> None:  # noqa: ANN001 - d
     console.print("[green]✓[/green] model server stopped")
 
 
-def _print_deployment(version: int) -> None:
-    console.print("\nTo run it on a cluster, point a ModelDeployment at the alias:\n")
-    console.print(f"""apiVersion: modelyard.io/v1alpha1
+def deployment_yaml(version: int) -> str:
+    """The ModelDeployment the quickstart suggests (tests check the CRD accepts it)."""
+    return f"""apiVersion: modelyard.io/v1alpha1
 kind: ModelDeployment
 metadata: {{name: digits, namespace: ml}}
 spec:
@@ -127,7 +127,12 @@ spec:
   replicas: 2
   resources: {{cpu: "1", memory: 1Gi}}           # add gpu: 1 for a GPU node
   serving: {{maxBatchSize: 32, maxLatencyMs: 1000}}
-""", highlight=False, markup=False, soft_wrap=True)
+"""
+
+
+def _print_deployment(version: int) -> None:
+    console.print("\nTo run it on a cluster, point a ModelDeployment at the alias:\n")
+    console.print(deployment_yaml(version), highlight=False, markup=False, soft_wrap=True)
     console.print("""helm install modelyard charts/modelyard -n modelyard --create-namespace
 kubectl create namespace ml && kubectl apply -f digits.yaml
 kubectl get md -n ml""", highlight=False, markup=False, soft_wrap=True)

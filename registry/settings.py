@@ -32,6 +32,14 @@ def _env_flag(name: str) -> bool | None:
     return value.lower() in ("1", "true", "yes", "on")
 
 
+# Environment variables that seed a token of a scope at start-up (values from Secrets).
+SEED_TOKEN_ENV = {"MODELYARD_ADMIN_TOKEN": ("admin", "admin"), "MODELYARD_OPERATOR_TOKEN": ("operator", "write")}
+
+
+def seed_tokens_from_env() -> dict[str, tuple[str, str]]:
+    return {name: (scope, os.environ[env]) for env, (name, scope) in SEED_TOKEN_ENV.items() if os.environ.get(env)}
+
+
 @dataclass
 class RegistrySettings:
     db_url: str = field(default_factory=default_db_url)
@@ -41,6 +49,9 @@ class RegistrySettings:
     # SQLite migrates itself; a shared PostgreSQL is migrated by `modelyard registry migrate`
     # (one job, not every replica racing), unless this is set.
     migrate_on_start: bool | None = field(default_factory=lambda: _env_flag("MODELYARD_MIGRATE_ON_START"))
+
+    # Tokens handed in by the deployment (the Helm chart's generated Secrets): name → (scope, token).
+    seed_tokens: dict[str, tuple[str, str]] = field(default_factory=lambda: seed_tokens_from_env())
 
     # The server's process count; with one process on SQLite, writes run in place.
     workers: int = field(default_factory=lambda: int(os.environ.get("MODELYARD_WORKERS") or 1))

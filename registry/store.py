@@ -573,6 +573,26 @@ class RegistryStore:
             session.flush()
             return token, TokenInfo(row.id, row.name, row.scope, row.created_at, False)
 
+    def ensure_token(self, name: str, scope: str, token: str) -> bool:
+        """Register a token chosen outside the registry (a Helm-generated Secret); True if added.
+
+        Idempotent, also when several replicas start at once: the hash is unique.
+        A token that was revoked stays revoked.
+        """
+        if scope not in SCOPES:
+            raise BadRequest(f"unknown scope {scope!r}: use one of {', '.join(SCOPES)}")
+        if len(token) < 16:
+            raise BadRequest(f"the {name} token is too short: use at least 16 random characters")
+        with self.engine.connect() as connection:
+            if connection.scalar(select(db.ApiToken.id).where(db.ApiToken.token_hash == hash_token(token))):
+                return False
+        try:
+            with self._write() as session:
+                session.add(db.ApiToken(name=name, token_hash=hash_token(token), scope=scope))
+        except IntegrityError:
+            return False  # another replica added it first
+        return True
+
     def token_scope(self, token: str) -> str | None:
         """The scope of a valid, unrevoked token, else None."""
         with self.engine.connect() as connection:

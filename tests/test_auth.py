@@ -59,3 +59,26 @@ def test_anonymous_read_setting_and_revocation(settings: RegistrySettings, monke
         server.store.revoke_token(info.id)
         time.sleep(0.3)
         assert httpx.post(f"{api}/models", json={"name": "z"}, headers=headers).status_code == 401
+
+
+def test_tokens_from_the_environment_are_seeded_once(settings: RegistrySettings, monkeypatch) -> None:
+    """The Helm chart generates the admin and operator tokens into a Secret and hands them in by env."""
+    admin, operator = "my_" + "a" * 40, "my_" + "o" * 40
+    monkeypatch.setenv("MODELYARD_ADMIN_TOKEN", admin)
+    monkeypatch.setenv("MODELYARD_OPERATOR_TOKEN", operator)
+    seeded = RegistrySettings(db_url=settings.db_url, artifacts_url=settings.artifacts_url, migrate_on_start=True)
+    assert seeded.seed_tokens == {"admin": ("admin", admin), "operator": ("write", operator)}
+    with ThreadedRegistry(seeded) as server:
+        api = server.url + "/api/v1"
+        assert httpx.get(f"{api}/models").status_code == 401  # tokens exist: authentication is on
+        as_operator = {"Authorization": f"Bearer {operator}"}
+        assert httpx.post(f"{api}/models", json={"name": "m"}, headers=as_operator).status_code == 201
+        refused = httpx.delete(f"{api}/models/m", headers=as_operator)
+        assert refused.status_code == 403
+        assert httpx.delete(f"{api}/models/m", headers={"Authorization": f"Bearer {admin}"}).status_code == 204
+        assert [t.name for t in server.store.list_tokens()] == ["admin", "operator"]
+    with ThreadedRegistry(seeded) as server:  # a restart (or a second replica) adds nothing
+        assert [t.name for t in server.store.list_tokens()] == ["admin", "operator"]
+        assert server.store.ensure_token("admin", "admin", admin) is False
+        with pytest.raises(Exception, match="too short"):
+            server.store.ensure_token("weak", "read", "short")

@@ -48,6 +48,9 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
     settings = settings or RegistrySettings()
     store = prepare_database(settings)
     store.inline_writes = store.inline_reads and settings.workers == 1
+    for name, (scope, token) in settings.seed_tokens.items():
+        if store.ensure_token(name, scope, token):
+            log.info("registered the %s token from the environment (scope %s)", name, scope)
     artifacts = open_artifact_store(settings.artifacts_url)
     notifier = EventNotifier()
     metrics = RegistryMetrics()

@@ -1,0 +1,17 @@
+# The registry and the operator (one image, two commands: `modelyard registry serve`,
+# `modelyard operator run`).  No torch here: neither needs it.  From the repository root:
+#   docker build -f docker/modelyard.Dockerfile -t ghcr.io/modelyard/modelyard:0.1.0 .
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HOME=/tmp
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY registry registry
+COPY bentos bentos
+COPY operator operator
+RUN pip install '.[postgres,s3,operator]' && rm -rf /src
+RUN useradd --uid 10001 --no-create-home modelyard && mkdir -p /data && chown 10001:10001 /data
+USER 10001
+WORKDIR /data
+EXPOSE 8080
+CMD ["modelyard", "registry", "serve", "--host", "0.0.0.0"]

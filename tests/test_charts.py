@@ -1,0 +1,296 @@
+"""The Helm charts, linted and rendered by real Helm (the Helm SDK in process), with every
+rendered object validated against the Kubernetes OpenAPI schemas and its important
+fields asserted: GPU limits, probes, labels, security context."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import helm_python as helm
+import pytest
+
+from tests.support.charts import MODEL_SERVER, MODELYARD, by_kind, load, notes, one, render, validate_kubernetes
+
+DIGEST = "sha256:" + "ab" * 32
+BASE: dict[str, Any] = {"model": {"name": "digits-cnn", "version": 7, "digest": DIGEST, "alias": "production"},
+                        "registry": {"url": "http://modelyard-registry.modelyard:8080",
+                                     "tokenSecretRef": {"name": "registry-token", "key": "token"}}}
+
+
+def values(**overrides: Any) -> dict[str, Any]:
+    merged = copy.deepcopy(BASE)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+MATRIX = {
+    "cpu-only": values(),
+    "1-gpu-typed": values(resources={"gpu": 1, "gpuType": "nvidia-h100-80gb", "cpu": "4", "memory": "16Gi"}),
+    "8-gpus-typed": values(resources={"gpu": 8, "gpuType": "nvidia-a100-sxm4-80gb", "cpu": "32", "memory": "256Gi"},
+                           replicas=2),
+    "autoscaling": values(autoscaling={"enabled": True, "minReplicas": 2, "maxReplicas": 8,
+                                       "targetCPUUtilization": 60}),
+    "canary": values(replicas=3, rollout={"strategy": "Canary"},
+                     canary={"enabled": True, "model": {"version": 8, "digest": DIGEST}, "replicas": 1}),
+    "pvc-cache": values(cache={"persistentVolumeClaim": {"enabled": True, "size": "50Gi",
+                                                         "storageClassName": "fast"}}),
+    "service-monitor": values(serviceMonitor={"enabled": True, "interval": "15s", "labels": {"release": "prom"}}),
+}
+
+
+@pytest.mark.parametrize("chart", [MODEL_SERVER, MODELYARD], ids=["model-server", "modelyard"])
+def test_charts_lint_clean_in_strict_mode(chart) -> None:  # noqa: ANN001
+    lint_values = BASE if chart == MODEL_SERVER else {}
+    report = helm.lint(chart, lint_values, strict=True, kube_version="v1.30.0")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert report["total_charts_linted"] == 1 and not report["errors"] and not problems, report
+
+
+@pytest.mark.parametrize("case", sorted(MATRIX))
+def test_model_server_renders_valid_kubernetes_objects(case: str) -> None:
+    objects = render(MODEL_SERVER, MATRIX[case])
+    assert validate_kubernetes(objects) >= 2
+    deployment = one(objects, "Deployment", "digits")
+    pod = deployment["spec"]["template"]["spec"]
+    main = pod["containers"][0]
+    init = pod["initContainers"][0]
+    # The init container pulls exactly the resolved version into the cache; the server serves it.
+    assert init["command"][:3] == ["modelyard", "pull", "digits-cnn:7"] and "/cache" in init["command"]
+    assert main["command"][:3] == ["modelyard", "serve", "digits-cnn:7"]
+    assert main["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert main["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert main["readinessProbe"] != main["livenessProbe"]
+    assert main["lifecycle"]["preStop"] and pod["terminationGracePeriodSeconds"] >= 5
+    # Security: non-root, read-only root, no escalation, no capabilities; token from a Secret.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    for container in (main, init):
+        context = container["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True and context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"]["drop"] == ["ALL"]
+        token = next(e for e in container["env"] if e["name"] == "MODELYARD_TOKEN")
+        assert token == {"name": "MODELYARD_TOKEN",
+                         "valueFrom": {"secretKeyRef": {"name": "registry-token", "key": "token"}}}
+    # Labels on every object.
+    for obj in objects:
+        labels = obj["metadata"]["labels"]
+        for key in ("name", "instance", "version", "component", "managed-by"):
+            assert labels[f"app.kubernetes.io/{key}"], (obj["kind"], key)
+        assert labels["modelyard.io/model"] == "digits-cnn"
+        assert labels["modelyard.io/version"] in ("7", "8")
+        assert obj["metadata"]["namespace"] == "ml"
+    # The Service selects both tracks; each Deployment only its own.
+    service = one(objects, "Service")
+    for dep in by_kind(objects, "Deployment"):
+        selector = dep["spec"]["selector"]["matchLabels"]
+        assert set(service["spec"]["selector"].items()) < set(selector.items())
+        assert set(selector.items()) <= set(dep["spec"]["template"]["metadata"]["labels"].items())
+
+
+def test_gpus_render_limits_toleration_and_node_selector() -> None:
+    pod = one(render(MODEL_SERVER, MATRIX["8-gpus-typed"]), "Deployment")["spec"]["template"]["spec"]
+    resources = pod["containers"][0]["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == "8"  # a string: SSA refuses an integer quantity
+    assert resources["requests"]["nvidia.com/gpu"] == "8"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "nvidia-a100-sxm4-80gb"}
+    assert resources["limits"]["cpu"] == "32" and resources["limits"]["memory"] == "256Gi"
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["MODELYARD_GPUS"] == "8"
+    untyped = one(render(MODEL_SERVER, values(resources={"gpu": 1, "cpu": "1", "memory": "1Gi"})),
+                  "Deployment")["spec"]["template"]["spec"]
+    assert "nodeSelector" not in untyped and untyped["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+def test_no_gpu_means_no_gpu_fields() -> None:
+    objects = render(MODEL_SERVER, MATRIX["cpu-only"])
+    text = repr(objects)
+    assert "nvidia.com/gpu" not in text
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert "tolerations" not in pod and "nodeSelector" not in pod
+    user = render(MODEL_SERVER, values(nodeSelector={"pool": "cpu"},
+                                       tolerations=[{"key": "x", "operator": "Exists"}]))
+    user_pod = one(user, "Deployment")["spec"]["template"]["spec"]
+    assert user_pod["nodeSelector"] == {"pool": "cpu"} and user_pod["tolerations"] == [{"key": "x", "operator": "Exists"}]
+
+
+def test_autoscaling_owns_replicas_and_pdb_follows_replica_count() -> None:
+    single = render(MODEL_SERVER, MATRIX["cpu-only"])
+    assert one(single, "Deployment")["spec"]["replicas"] == 1
+    assert not by_kind(single, "HorizontalPodAutoscaler") and not by_kind(single, "PodDisruptionBudget")
+    scaled = render(MODEL_SERVER, MATRIX["autoscaling"])
+    assert "replicas" not in one(scaled, "Deployment")["spec"]
+    hpa = one(scaled, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 8)
+    assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 60
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "digits"
+    assert one(scaled, "PodDisruptionBudget")["apiVersion"] == "policy/v1"
+    assert one(render(MODEL_SERVER, values(replicas=3)), "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+
+
+def test_older_clusters_get_the_older_api_versions() -> None:
+    """A 1.20 server has neither autoscaling/v2 nor policy/v1; discovery picks them there
+    (tests/test_cluster_charts.py installs it on one).  The override renders the same branch offline."""
+    old = values(autoscaling={"enabled": True, "minReplicas": 2, "maxReplicas": 4},
+                 apiVersions={"autoscaling": "autoscaling/v2beta2", "policy": "policy/v1beta1"})
+    objects = render(MODEL_SERVER, old)
+    hpa = one(objects, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2beta2"
+    validate_kubernetes([hpa], "1.25")  # the last release that served autoscaling/v2beta2
+    assert one(objects, "PodDisruptionBudget")["apiVersion"] == "policy/v1beta1"
+
+
+def test_canary_is_a_second_deployment_behind_the_same_service() -> None:
+    objects = render(MODEL_SERVER, MATRIX["canary"])
+    stable, canary = one(objects, "Deployment", "digits"), one(objects, "Deployment", "digits-canary")
+    assert stable["spec"]["replicas"] == 3 and canary["spec"]["replicas"] == 1
+    assert stable["spec"]["template"]["metadata"]["labels"]["modelyard.io/version"] == "7"
+    assert canary["spec"]["template"]["metadata"]["labels"]["modelyard.io/version"] == "8"
+    assert canary["spec"]["template"]["spec"]["containers"][0]["command"][2] == "digits-cnn:8"
+    assert canary["metadata"]["labels"]["modelyard.io/track"] == "canary"
+    assert "canary" in notes(MODEL_SERVER, MATRIX["canary"]).lower()
+
+
+def test_pvc_cache_and_service_monitor() -> None:
+    objects = render(MODEL_SERVER, MATRIX["pvc-cache"])
+    claim = one(objects, "PersistentVolumeClaim")
+    assert claim["spec"]["resources"]["requests"]["storage"] == "50Gi"
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    volumes = {v["name"]: v for v in one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["cache"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    existing = render(MODEL_SERVER, values(cache={"persistentVolumeClaim": {"enabled": True, "claimName": "shared"}}))
+    assert not by_kind(existing, "PersistentVolumeClaim")
+    monitor = one(render(MODEL_SERVER, MATRIX["service-monitor"]), "ServiceMonitor")
+    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert not by_kind(render(MODEL_SERVER, MATRIX["cpu-only"]), "ServiceMonitor")
+
+
+@pytest.mark.parametrize("bad, complaint", [
+    (values(replicas=-1), "replicas"),
+    (values(resources={"gpu": "2", "cpu": "1", "memory": "1Gi"}), "gpu"),
+    (values(rollout={"strategy": "BlueGreen"}), "strategy"),
+    (values(model={"name": "digits-cnn", "version": 0}), "version"),
+    (values(resources={"gpu": 1, "cpu": 2, "memory": "1Gi"}), "cpu"),
+    (values(canary={"enabled": True, "model": {"version": 8}, "replicas": 1}), "strategy"),
+    (values(surprise=True), "surprise"),
+])
+def test_values_schema_rejects_nonsense(bad: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(helm.HelmValuesError) as caught:
+        load(MODEL_SERVER).validate_schema(load(MODEL_SERVER).merge_values(bad))
+    assert complaint in str(caught.value)
+    with pytest.raises(helm.HelmError):
+        render(MODEL_SERVER, bad)
+
+
+def test_template_guards_explain_themselves() -> None:
+    with pytest.raises(helm.HelmError, match="maxReplicas .* below"):
+        render(MODEL_SERVER, values(autoscaling={"enabled": True, "minReplicas": 5, "maxReplicas": 2}))
+    with pytest.raises(helm.HelmError, match="single-writer"):
+        render(MODELYARD, {"registry": {"replicas": 2}})
+
+
+# -- charts/modelyard --------------------------------------------------------------
+
+def test_modelyard_chart_defaults() -> None:
+    objects = render(MODELYARD, name="modelyard", namespace="modelyard")
+    assert validate_kubernetes(objects) >= 8
+    registry = one(objects, "Deployment", "modelyard-registry")
+    pod = registry["spec"]["template"]["spec"]
+    assert registry["spec"]["strategy"]["type"] == "Recreate"  # SQLite on a RWO volume: one writer
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["MODELYARD_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "modelyard-tokens",
+                                                                          "key": "admin-token"}
+    assert "MODELYARD_DB_URL" not in env  # SQLite on the PVC
+    assert {v["name"] for v in pod["volumes"]} == {"tmp", "data"}
+    claim = one(objects, "PersistentVolumeClaim")
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    secret = one(objects, "Secret", "modelyard-tokens")
+    assert set(secret["data"]) == {"admin-token", "operator-token"}
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    # Each install without the Secret generates fresh tokens (upgrades read them back with lookup).
+    again = one(render(MODELYARD, name="modelyard", namespace="modelyard"), "Secret", "modelyard-tokens")
+    assert again["data"]["admin-token"] != secret["data"]["admin-token"]
+    operator = one(objects, "Deployment", "modelyard-operator")
+    container = operator["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:3] == ["modelyard", "operator", "run"] and "--all-namespaces" in container["command"]
+    assert container["livenessProbe"]["httpGet"]["port"] == "health"
+    assert one(objects, "ClusterKopfPeering")["metadata"]["name"] == "modelyard"
+    for obj in by_kind(objects, "Deployment"):
+        spec = obj["spec"]["template"]["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_modelyard_rbac_is_least_privilege() -> None:
+    objects = render(MODELYARD, name="modelyard", namespace="modelyard")
+    cluster_wide = one(objects, "ClusterRole", "modelyard-operator-cluster")["rules"]
+    # Cluster-wide: read CRDs, peer.  No Secrets, no workloads, no wildcards.
+    assert {r for rule in cluster_wide for r in rule["resources"]} == {"customresourcedefinitions",
+                                                                        "clusterkopfpeerings"}
+    for role in by_kind(objects, "ClusterRole") + by_kind(objects, "Role"):
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
+            assert "escalate" not in rule["verbs"] and "bind" not in rule["verbs"]
+    namespaced = one(objects, "ClusterRole", "modelyard-operator")["rules"]
+    granted = {(group, resource): set(rule["verbs"]) for rule in namespaced
+               for group in rule["apiGroups"] for resource in rule["resources"]}
+    assert {"patch", "update"} <= granted[("modelyard.io", "modeldeployments/status")]
+    assert {"create", "delete", "patch"} <= granted[("apps", "deployments")]
+    assert {"create", "delete", "list"} <= granted[("", "secrets")]  # Helm's release records
+    assert granted[("", "pods")] == {"get", "list", "watch"}
+
+    scoped = render(MODELYARD, {"operator": {"watchNamespaces": ["ml", "prod"]}}, name="modelyard",
+                    namespace="modelyard")
+    validate_kubernetes(scoped)
+    bindings = by_kind(scoped, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["ml", "prod"]
+    assert not [b for b in by_kind(scoped, "ClusterRoleBinding") if b["roleRef"]["name"] == "modelyard-operator"]
+    assert sorted(p["metadata"]["namespace"] for p in by_kind(scoped, "KopfPeering")) == ["ml", "prod"]
+    command = one(scoped, "Deployment", "modelyard-operator")["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--namespace=ml" in command and "--namespace=prod" in command and "--all-namespaces" not in command
+
+
+def test_modelyard_chart_production_settings() -> None:
+    production = {"registry": {"replicas": 3, "database": {"urlSecretRef": {"name": "registry-db"}},
+                               "artifacts": {"url": "s3://models/prod", "s3CredentialsSecret": "s3-creds"},
+                               "adminToken": {"existingSecret": "my-admin"}},
+                  "serviceMonitor": {"enabled": True}, "networkPolicy": {"enabled": True,
+                                                                          "registryClientNamespaceSelector":
+                                                                              {"matchLabels": {"ml": "true"}}}}
+    objects = render(MODELYARD, production, name="modelyard", namespace="modelyard")
+    validate_kubernetes(objects)
+    registry = one(objects, "Deployment", "modelyard-registry")
+    assert registry["spec"]["replicas"] == 3 and "strategy" not in registry["spec"]
+    container = registry["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MODELYARD_DB_URL"]["valueFrom"]["secretKeyRef"] == {"name": "registry-db", "key": "url"}
+    assert env["MODELYARD_ARTIFACTS"]["value"] == "s3://models/prod"
+    assert env["MODELYARD_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "my-admin", "key": "token"}
+    assert container["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    assert not by_kind(objects, "PersistentVolumeClaim")
+    assert "admin-token" not in one(objects, "Secret")["data"]
+    job = one(objects, "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["modelyard", "registry", "migrate"]
+    assert len(by_kind(objects, "ServiceMonitor")) == 2 and len(by_kind(objects, "NetworkPolicy")) == 2
+    with pytest.raises(helm.HelmError, match="s3CredentialsSecret"):
+        render(MODELYARD, {"registry": {"artifacts": {"url": "s3://models/x"}}})
+
+
+def test_modelyard_values_schema_rejects_nonsense() -> None:
+    chart = load(MODELYARD)
+    for bad in ({"operator": {"watchNamespaces": ["Not_A_Namespace"]}}, {"registry": {"replicas": -1}},
+                {"operator": {"logFormat": "xml"}}, {"registry": {"artifacts": {"url": "ftp://x"}}}):
+        with pytest.raises(helm.HelmValuesError):
+            chart.validate_schema(chart.merge_values(bad))
+
+
+def test_crds_ship_in_the_crds_folder() -> None:
+    names = sorted(c["name"] for c in load(MODELYARD).crds)
+    assert names == ["crds/kopf-peerings.kopf.dev.yaml", "crds/modeldeployments.modelyard.io.yaml"], names
