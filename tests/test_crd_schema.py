@@ -106,3 +106,25 @@ def test_the_quickstarts_suggestion_is_a_valid_model_deployment() -> None:
     from modelyard.bentos.quickstart import deployment_yaml
 
     assert errors(yaml.safe_load(deployment_yaml(3))) == []
+
+
+def test_every_schema_node_uses_only_known_keywords() -> None:
+    """A stray comma in a YAML flow mapping once turned half a description into a keyword,
+    and a real API server refused the CRD; every node must use JSONSchemaProps keywords only."""
+    known = {"type", "description", "properties", "items", "required", "oneOf", "anyOf", "enum", "default",
+             "minimum", "maximum", "minLength", "maxLength", "pattern", "format", "maxItems",
+             "additionalProperties", "x-kubernetes-int-or-string", "x-kubernetes-preserve-unknown-fields"}
+
+    def walk(node: Any, path: str) -> None:
+        assert isinstance(node, dict), path
+        assert set(node) <= known, f"{path}: {set(node) - known}"
+        for name, child in (node.get("properties") or {}).items():
+            walk(child, f"{path}.{name}")
+        for key in ("items", "additionalProperties"):
+            if isinstance(node.get(key), dict):
+                walk(node[key], f"{path}.{key}")
+        for key in ("oneOf", "anyOf"):
+            for i, child in enumerate(node.get(key) or []):
+                walk(child, f"{path}.{key}[{i}]")
+
+    walk(SCHEMA, "")
