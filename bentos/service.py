@@ -24,6 +24,7 @@ from modelyard.bentos.config import ServingConfig, torch_threads
 from modelyard.bentos.fastpath import build_app
 from modelyard.bentos.signature import InputSpec
 from modelyard.bentos.spec import ModelSpec
+from modelyard.registry.tuning import tune_for_serving
 
 log = logging.getLogger("modelyard.bentos")
 
@@ -48,22 +49,6 @@ def _loaded() -> "ModelService | None":
 
 FAST_APP = build_app(_loaded, INPUT.check if INPUT is not None else None,
                      INPUT.dtype if INPUT is not None else "float32", CONFIG.max_batch_size)
-
-
-def quiet_garbage_collector() -> None:
-    """Keep full collections off the request path.
-
-    torch leaves a few hundred thousand long-lived objects behind; every full
-    collection walks them all, which showed up as 200+ ms p99 spikes under load.
-    Freezing moves them out of the collector's view, and a short switch interval
-    lets the event loop take the GIL back quickly from the forward-pass thread.
-    """
-    import gc
-    import sys
-
-    gc.collect()
-    gc.freeze()
-    sys.setswitchinterval(0.0005)
 
 
 @bentoml.asgi_app(FAST_APP, path="/v2")
@@ -91,7 +76,7 @@ class ModelService:
             raise
         self.spec = SPEC
         _LOADED.append(self)
-        quiet_garbage_collector()
+        tune_for_serving()  # after the load: torch's objects are then frozen out of the GC
 
     @bentoml.api(batchable=CONFIG.batching, max_batch_size=CONFIG.max_batch_size,
                  max_latency_ms=CONFIG.max_latency_ms)

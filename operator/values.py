@@ -45,10 +45,7 @@ class OperatorDefaults:
 
 
 def split_image(image: str) -> tuple[str, str]:
-    """``repo[:tag]`` or ``repo@sha256:…`` → (repository, tag); a registry port is not a tag."""
-    if "@" in image:
-        repository, digest = image.split("@", 1)
-        return repository, "@" + digest  # the chart joins with ":"; see image_values
+    """``repo[:tag]`` → (repository, tag); a registry port is not a tag."""
     head, _, last = image.rpartition("/")
     if ":" in last:
         name, tag = last.split(":", 1)
@@ -57,9 +54,9 @@ def split_image(image: str) -> tuple[str, str]:
 
 
 def image_values(image: str) -> dict[str, str]:
-    repository, tag = split_image(image)
-    if tag.startswith("@"):
+    if "@" in image:  # the chart joins repository and tag with ":"
         raise SpecError("InvalidImage", f"image {image!r}: pin by tag, not by digest (repository:tag)")
+    repository, tag = split_image(image)
     return {"repository": repository, "tag": tag}
 
 

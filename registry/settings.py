@@ -51,7 +51,7 @@ class RegistrySettings:
     migrate_on_start: bool | None = field(default_factory=lambda: _env_flag("MODELYARD_MIGRATE_ON_START"))
 
     # Tokens handed in by the deployment (the Helm chart's generated Secrets): name → (scope, token).
-    seed_tokens: dict[str, tuple[str, str]] = field(default_factory=lambda: seed_tokens_from_env())
+    seed_tokens: dict[str, tuple[str, str]] = field(default_factory=seed_tokens_from_env)
 
     # The server's process count; with one process on SQLite, writes run in place.
     workers: int = field(default_factory=lambda: int(os.environ.get("MODELYARD_WORKERS") or 1))

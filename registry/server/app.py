@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
-import sys
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,10 +19,10 @@ from modelyard.registry.server.notify import EventNotifier
 from modelyard.registry.server.problems import install_problem_handlers
 from modelyard.registry.settings import RegistrySettings
 from modelyard.registry.store import RegistryStore
+from modelyard.registry.tuning import tune_for_serving
 
 log = logging.getLogger("modelyard.registry")
 API_PREFIX = "/api/v1"
-GIL_SWITCH_INTERVAL = 0.0005
 
 
 class SchemaNotMigrated(ValueError):
@@ -60,10 +58,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         notifier.bind(asyncio.get_running_loop())
-        gc.freeze()  # start-up objects never need collecting: shorter GC pauses under load
-        # A database call releases the GIL and must win it back from the busy event loop;
-        # at the default 5 ms switch interval each write waits several ms for that.
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+        tune_for_serving()
         log.info("registry ready: database %s, artifacts %s", store.engine.url.render_as_string(hide_password=True),
                  artifacts.describe())
         yield

@@ -128,7 +128,9 @@ KUBECONFIG
   echo "KUBECONFIG=$dir/kubeconfig" > "$dir/env"
   local started=$SECONDS
   until curl -skf -H "Authorization: Bearer $token" "https://127.0.0.1:$api_port/readyz" >/dev/null; do
-    if ! kill -0 "$(cat "$dir/apiserver.pid")" 2>/dev/null; then tail -30 "$dir/apiserver.log" >&2; exit 1; fi
+    if ! kill -0 "$(cat "$dir/apiserver.pid")" 2>/dev/null; then
+      tail -30 "$dir/apiserver.log" >&2; stop "$dir"; exit 1  # etcd too: leave nothing running
+    fi
     if [ $((SECONDS - started)) -gt 120 ]; then log "not ready after 120 s"; stop "$dir"; exit 1; fi
     sleep 0.2
   done
