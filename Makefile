@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.modelyard-installed
 PYTEST_ARGS ?=
 
-.PHONY: quickstart test system-deps venv bench clean
+.PHONY: quickstart test system-deps cluster venv bench clean
 
 venv: $(STAMP)
 
@@ -26,7 +26,12 @@ quickstart: $(STAMP)
 system-deps:
 	bash scripts/system-deps.sh
 
-test: system-deps $(STAMP)
+# A real kube-apiserver for the operator and chart tests, built from Debian's source package
+# (about 6 minutes the first time, then cached by package version under ~/.cache/modelyard).
+cluster:
+	bash tests/cluster/kube-apiserver.sh build >/dev/null
+
+test: system-deps cluster $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -12,6 +12,8 @@ from modelyard.registry.db.engine import create_db_engine
 from modelyard.registry.db.migrate import upgrade
 from modelyard.registry.settings import RegistrySettings
 from modelyard.registry.store import RegistryStore
+from tests.support.charts import MODELYARD
+from tests.support.kube import KubeApiServer, cached_binary_exists, crd_established, eventually, unique_namespace
 from tests.support.postgres import PostgresCluster, find_pg_bin
 from tests.support.servers import ThreadedRegistry
 
@@ -65,6 +67,46 @@ def sqlite_registry(tmp_path: Path) -> Iterator[ThreadedRegistry]:
                                 artifacts_url=str(tmp_path / "artifacts"), migrate_on_start=True)
     with ThreadedRegistry(settings) as server:
         yield server
+
+
+def _kube_apiserver(tmp_path_factory: pytest.TempPathFactory, *, rbac: bool) -> Iterator[KubeApiServer]:
+    if not cached_binary_exists():
+        pytest.fail("no kube-apiserver built: run `bash tests/cluster/kube-apiserver.sh build` "
+                    "(`make test` does; about 5 minutes once per machine)")
+    server = KubeApiServer(tmp_path_factory.mktemp("rbac-apiserver" if rbac else "apiserver"), rbac=rbac)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeApiServer]:
+    """A real kube-apiserver + etcd (authorization AlwaysAllow) for the session.  It fails,
+    never skips, when the server cannot be started: the README's test command builds it."""
+    yield from _kube_apiserver(tmp_path_factory, rbac=False)
+
+
+@pytest.fixture(scope="session")
+def kube_rbac(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeApiServer]:
+    """A second real API server with ``--authorization-mode RBAC``."""
+    yield from _kube_apiserver(tmp_path_factory, rbac=True)
+
+
+@pytest.fixture(scope="session")
+def modelyard_release(kube: KubeApiServer) -> dict:
+    """charts/modelyard installed once (release "modelyard" in namespace "modelyard"): the CRDs."""
+    release = kube.helm("modelyard").install(MODELYARD, "modelyard", {}, namespace="modelyard",
+                                             create_namespace=True)
+    with kube.api() as api:
+        eventually(lambda: crd_established(api), what="CRD Established")
+    return release
+
+
+@pytest.fixture
+def namespace(kube: KubeApiServer) -> str:
+    """A fresh namespace on the session's API server."""
+    with kube.api() as api:
+        return unique_namespace(api)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -1,6 +1,5 @@
 """``modelyard``: one command line for the registry, packaging, serving and the operator.
 
-Later parts of the product add their command groups here.
 """
 
 from __future__ import annotations
@@ -9,6 +8,7 @@ import typer
 
 from modelyard.bentos import cli as bento_cmds
 from modelyard.bentos.quickstart import quickstart
+from modelyard.operator.cli import operator_app
 from modelyard.registry.cli import client_cmds
 from modelyard.registry.cli.registry_cmds import registry_app
 
@@ -28,6 +28,7 @@ app.add_typer(client_cmds.alias_app, name="alias")
 app.command()(bento_cmds.package)
 app.command()(bento_cmds.serve)
 app.command()(quickstart)
+app.add_typer(operator_app, name="operator")
 
 if __name__ == "__main__":
     app()

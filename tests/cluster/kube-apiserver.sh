@@ -4,7 +4,8 @@
 # registries here).  The binary is cached by package version, so a machine builds it once.
 #
 #   tests/cluster/kube-apiserver.sh build            # apt deps + source + build (cached)
-#   tests/cluster/kube-apiserver.sh start DIR [rbac] # etcd + apiserver; writes DIR/kubeconfig, DIR/env
+#   tests/cluster/kube-apiserver.sh start DIR [rbac] # etcd + apiserver; writes DIR/kubeconfig (admin),
+#                                                    # DIR/operator.kubeconfig (the operator's identity), DIR/env
 #   tests/cluster/kube-apiserver.sh stop DIR         # stops only the processes start recorded
 #   tests/cluster/kube-apiserver.sh env DIR          # prints KUBECONFIG=…
 set -euo pipefail
@@ -86,6 +87,26 @@ cached_binary() {
   ls -1 "$CACHE"/*/kube-apiserver 2>/dev/null | sort | tail -1
 }
 
+OPERATOR_USER=system:serviceaccount:modelyard:modelyard-operator
+
+kubeconfig() {
+  local port=$1 user=$2 token=$3
+  cat <<KUBECONFIG
+apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster: {server: "https://127.0.0.1:$port", insecure-skip-tls-verify: true}
+users:
+- name: $user
+  user: {token: "$token"}
+contexts:
+- name: test
+  context: {cluster: test, user: $user, namespace: default}
+current-context: test
+KUBECONFIG
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 start() {
@@ -102,8 +123,15 @@ start() {
   echo $! > "$dir/etcd.pid"
   openssl genrsa -out "$dir/certs/sa.key" 2048 2>/dev/null
   openssl rsa -in "$dir/certs/sa.key" -pubout -out "$dir/certs/sa.pub" 2>/dev/null
-  local token; token=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
-  echo "$token,admin,admin,system:masters" > "$dir/tokens.csv"
+  local token op_token
+  token=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
+  op_token=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
+  # admin: system:masters.  operator: the identity charts/modelyard's operator ServiceAccount
+  # has when released as "modelyard" in namespace "modelyard", so the RBAC test can act as it.
+  {
+    echo "$token,admin,admin,system:masters"
+    echo "$op_token,$OPERATOR_USER,operator,\"system:serviceaccounts,system:serviceaccounts:modelyard\""
+  } > "$dir/tokens.csv"
   "$binary" --etcd-servers "http://127.0.0.1:$etcd_port" --bind-address 127.0.0.1 \
     --advertise-address 127.0.0.1 --secure-port "$api_port" --cert-dir "$dir/certs" \
     --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$dir/certs/sa.pub" \
@@ -111,20 +139,8 @@ start() {
     --authorization-mode "$mode" --service-cluster-ip-range 10.96.0.0/16 \
     --disable-admission-plugins ServiceAccount --endpoint-reconciler-type none >"$dir/apiserver.log" 2>&1 &
   echo $! > "$dir/apiserver.pid"
-  cat > "$dir/kubeconfig" <<KUBECONFIG
-apiVersion: v1
-kind: Config
-clusters:
-- name: test
-  cluster: {server: "https://127.0.0.1:$api_port", insecure-skip-tls-verify: true}
-users:
-- name: admin
-  user: {token: "$token"}
-contexts:
-- name: test
-  context: {cluster: test, user: admin, namespace: default}
-current-context: test
-KUBECONFIG
+  kubeconfig "$api_port" admin "$token" > "$dir/kubeconfig"
+  kubeconfig "$api_port" operator "$op_token" > "$dir/operator.kubeconfig"
   echo "KUBECONFIG=$dir/kubeconfig" > "$dir/env"
   local started=$SECONDS
   until curl -skf -H "Authorization: Bearer $token" "https://127.0.0.1:$api_port/readyz" >/dev/null; do

@@ -1,0 +1,64 @@
+"""``modelyard operator run``: flags, each with the environment variable the chart sets."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+operator_app = typer.Typer(help="The Kubernetes operator (ModelDeployment → Helm release).", no_args_is_help=True)
+
+
+@operator_app.command("run")
+def run(
+    registry: Annotated[str, typer.Option("--registry", envvar="MODELYARD_REGISTRY_URL",
+                                          help="default registry URL (a spec's registry.url wins)")]
+    = "http://127.0.0.1:8080",
+    token: Annotated[str | None, typer.Option("--token", envvar="MODELYARD_TOKEN", show_default=False,
+                                              help="the operator's registry token")] = None,
+    pull_token: Annotated[str | None, typer.Option("--pull-token", envvar="MODELYARD_PULL_TOKEN",
+                                                   show_default=False,
+                                                   help="token put into namespaces' token Secret for model "
+                                                        "pods (default: --token)")] = None,
+    token_secret: Annotated[str, typer.Option("--token-secret", envvar="MODELYARD_TOKEN_SECRET",
+                                              help="Secret model pods read the registry token from")]
+    = "modelyard-registry-token",
+    runtime_image: Annotated[str | None, typer.Option("--runtime-image", envvar="MODELYARD_RUNTIME_IMAGE",
+                                                      show_default=False)] = None,
+    namespace: Annotated[list[str] | None, typer.Option("--namespace", "-n", show_default=False,
+                                                        help="watch this namespace (repeatable)")] = None,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A",
+                                                 help="watch every namespace (the default without -n)")] = False,
+    kubeconfig: Annotated[str | None, typer.Option("--kubeconfig", envvar="KUBECONFIG", show_default=False,
+                                                   help="default: the pod's service account")] = None,
+    peering: Annotated[str | None, typer.Option("--peering", envvar="MODELYARD_PEERING", show_default=False,
+                                                help="kopf peering name: one active operator among replicas")]
+    = None,
+    standalone: Annotated[bool, typer.Option("--standalone", help="ignore --peering")] = False,
+    log_format: Annotated[str, typer.Option("--log-format", envvar="MODELYARD_LOG_FORMAT",
+                                            help="plain | full | json")] = "plain",
+    metrics_port: Annotated[int, typer.Option("--metrics-port", help="Prometheus /metrics; 0: off")] = 0,
+    metrics_host: Annotated[str, typer.Option("--metrics-host")] = "0.0.0.0",
+    health_port: Annotated[int, typer.Option("--health-port", help="/healthz for probes; 0: off")] = 0,
+    health_host: Annotated[str, typer.Option("--health-host")] = "0.0.0.0",
+    fallback_resolve_seconds: Annotated[float, typer.Option(
+        "--fallback-resolve-seconds", help="re-resolve period while the registry's event feed is down")] = 60.0,
+    failure_retry_seconds: Annotated[float, typer.Option(
+        "--failure-retry-seconds", help="retry period for a missing model/alias/version")] = 60.0,
+) -> None:
+    """Reconcile ModelDeployments into Helm releases of charts/model-server until stopped."""
+    from modelyard.operator.config import OperatorConfig
+    from modelyard.operator.main import run as run_operator
+
+    if all_namespaces and namespace:
+        raise typer.BadParameter("use --namespace or --all-namespaces, not both")
+    if log_format not in ("plain", "full", "json"):
+        raise typer.BadParameter(f"--log-format must be plain, full or json, not {log_format!r}")
+    defaults = OperatorConfig()
+    run_operator(OperatorConfig(
+        registry_url=registry, token=token, pull_token=pull_token, token_secret=token_secret,
+        runtime_image=runtime_image or defaults.runtime_image, namespaces=tuple(namespace or ()),
+        kubeconfig=kubeconfig, peering=None if standalone else peering, log_format=log_format,
+        metrics_host=metrics_host, metrics_port=metrics_port, health_host=health_host, health_port=health_port,
+        fallback_resolve_seconds=fallback_resolve_seconds, failure_retry_seconds=failure_retry_seconds,
+    ))

@@ -1,0 +1,299 @@
+"""The real operator (a `modelyard operator run` process) against the real kube-apiserver and a
+real registry server on SQLite.  Nothing runs pods here: the tests play the deployment
+controller by patching Deployment status (tests/support/kube.py: mark_deployment_ready).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from kubernetes import client
+
+from modelyard.operator.helm_driver import HelmDriver
+from modelyard.registry.client import RegistryClient
+from modelyard.registry.local import RegistryProcess
+from tests.support.kube import KubeApiServer, eventually, mark_deployment_ready, status_code
+from tests.support.operator import OperatorProcess, push_versions
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+MODEL = "digits-cnn"
+
+
+class Bed:
+    """One test's world: a namespace, a registry process, an operator process, API clients."""
+
+    def __init__(self, kube: KubeApiServer, namespace: str, registry: RegistryProcess, tmp: Path) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.registry = registry
+        self.registry_client = RegistryClient(registry.url, "")
+        self.api = kube.api()
+        self.custom = client.CustomObjectsApi(self.api)
+        self.apps = client.AppsV1Api(self.api)
+        self.helm = HelmDriver(str(kube.kubeconfig))
+        self.tmp = tmp
+        self.operator = self.new_operator()
+
+    def new_operator(self) -> OperatorProcess:
+        return OperatorProcess(self.kube.kubeconfig, self.registry.url, [self.namespace], self.tmp / "operator.log")
+
+    def create(self, name: str, spec: dict[str, Any]) -> None:
+        self.custom.create_namespaced_custom_object("modelyard.io", "v1alpha1", self.namespace, "modeldeployments", {
+            "apiVersion": "modelyard.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": name},
+            "spec": spec})
+
+    def md(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self.custom.get_namespaced_custom_object("modelyard.io", "v1alpha1", self.namespace,
+                                                            "modeldeployments", name)
+        except client.ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def status(self, name: str) -> dict[str, Any]:
+        return (self.md(name) or {}).get("status") or {}
+
+    def wait_status(self, name: str, predicate: Any, what: str, timeout: float = 30) -> dict[str, Any]:
+        try:
+            return eventually(lambda: (s := self.status(name)) and predicate(s) and s, timeout=timeout, what=what)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n--- operator log ---\n{self.operator.tail()}") from None
+
+    def command(self, deployment: str) -> list[str]:
+        return self.apps.read_namespaced_deployment(deployment, self.namespace).spec.template.spec.containers[0] \
+            .command
+
+    def revisions(self, name: str) -> list[int]:
+        return [r["revision"] for r in self.helm.history(self.namespace, name)]
+
+    def events(self, name: str) -> list[str]:
+        items = client.CoreV1Api(self.api).list_namespaced_event(
+            self.namespace, field_selector=f"involvedObject.name={name},involvedObject.kind=ModelDeployment").items
+        return [e.reason for e in items]
+
+    def close(self) -> None:
+        self.operator.stop()
+        self.registry_client.close()
+        self.api.close()
+
+
+@pytest.fixture
+def bed(kube: KubeApiServer, modelyard_release: dict, namespace: str, tmp_path: Path) -> Iterator[Bed]:
+    registry = RegistryProcess.on(f"sqlite:///{tmp_path / 'registry.db'}", tmp_path / "artifacts").start()
+    world = Bed(kube, namespace, registry, tmp_path)
+    try:
+        yield world
+    finally:
+        world.close()
+        registry.stop()
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
+
+
+def test_create_ready_alias_move_and_no_needless_revisions(bed: Bed) -> None:
+    v1, v2 = push_versions(bed.registry_client, MODEL, 2)
+    bed.registry_client.set_alias(MODEL, "production", v1)
+    bed.operator.start()
+    bed.create("digits", {"model": {"name": MODEL, "alias": "production"}, "replicas": 2,
+                          "resources": {"gpu": 2, "cpu": "2", "memory": "8Gi"}})
+
+    status = bed.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == 1, "Helm revision 1")
+    assert status["phase"] == "RollingOut"
+    assert status["model"] == {"name": MODEL, "version": v1, "alias": "production",
+                               "digest": bed.registry_client.get_version(MODEL, v1).digest}
+    assert status["helm"] == {"release": "digits", "revision": 1, "chart": "model-server-0.1.0"}
+    assert status["url"] == f"http://digits.{bed.namespace}.svc.cluster.local:3000"
+    assert status["observedGeneration"] == 1
+    deployment = bed.apps.read_namespaced_deployment("digits", bed.namespace)
+    container = deployment.spec.template.spec.containers[0]
+    assert container.image == "registry.example:5000/modelyard-runtime:test"
+    assert container.command[2] == f"{MODEL}:{v1}"
+    assert container.resources.limits["nvidia.com/gpu"] == "2"
+    assert deployment.spec.replicas == 2
+
+    mark_deployment_ready(bed.api, bed.namespace, "digits")
+    status = bed.wait_status("digits", lambda s: s.get("phase") == "Ready", "phase Ready")
+    assert (status["readyReplicas"], status["replicas"], status["ready"]) == (2, 2, "2/2")
+    assert condition(status, "Ready")["status"] == "True"
+    assert condition(status, "RegistryReachable")["status"] == "True"
+
+    bed.registry_client.set_alias(MODEL, "production", v2)
+    status = bed.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == 2, "alias move → revision 2",
+                             timeout=10)
+    assert status["model"]["version"] == v2
+    assert bed.command("digits")[2] == f"{MODEL}:{v2}"
+    mark_deployment_ready(bed.api, bed.namespace, "digits")
+    status = bed.wait_status("digits", lambda s: s.get("phase") == "Ready" and s["history"][-1]["result"] == "Ready",
+                             "v2 Ready")
+    assert [(h["version"], h["revision"], h["result"]) for h in status["history"]] == [(v1, 1, "Ready"),
+                                                                                      (v2, 2, "Ready")]
+    # Unchanged inputs: a metadata change wakes the handler, and no revision is made.
+    bed.custom.patch_namespaced_custom_object("modelyard.io", "v1alpha1", bed.namespace, "modeldeployments",
+                                              "digits", {"metadata": {"annotations": {"team": "vision"}}})
+    eventually(lambda: "team" in (bed.md("digits")["metadata"].get("annotations") or {}), what="annotated")
+    bed.operator.stop()  # a restart (resume handlers) must not roll anything either
+    bed.operator = bed.new_operator().start()
+    eventually(lambda: "modelyard_operator_reconciles_total{result=\"unchanged\"}" in _metrics(bed), timeout=20,
+               what="the restarted operator reconciled")
+    assert bed.revisions("digits") == [1, 2]
+    assert {"RolloutStarted", "RolloutSucceeded"} <= set(bed.events("digits"))
+
+
+def _metrics(bed: Bed) -> str:
+    try:
+        return bed.operator.metrics()
+    except httpx.HTTPError:  # not listening yet
+        return ""
+
+
+def test_a_rollout_that_never_becomes_ready_is_rolled_back(bed: Bed) -> None:
+    v1, v2 = push_versions(bed.registry_client, MODEL, 2)
+    bed.registry_client.set_alias(MODEL, "production", v1)
+    bed.operator.start()
+    bed.create("digits", {"model": {"name": MODEL, "alias": "production"},
+                          "rollout": {"progressDeadlineSeconds": 3, "autoRollback": True}})
+    bed.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == 1, "revision 1")
+    mark_deployment_ready(bed.api, bed.namespace, "digits")
+    bed.wait_status("digits", lambda s: s.get("phase") == "Ready", "Ready")
+
+    bed.registry_client.set_alias(MODEL, "production", v2)  # v2's pods never become ready
+    status = bed.wait_status("digits", lambda s: s.get("phase") == "Degraded", "Degraded after the deadline",
+                             timeout=20)
+    degraded = condition(status, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "RolledBack")
+    assert f"version {v2} not ready after 3 s" in degraded["message"]
+    assert status["helm"]["revision"] == 3 and status["model"]["version"] == v1
+    assert bed.command("digits")[2] == f"{MODEL}:{v1}"
+    assert status["history"][-1] | {"time": None} == {"version": v2, "revision": 2, "result": "RolledBack",
+                                                      "reason": degraded["message"].split(f"version {v2} ")[1]
+                                                      .split(";")[0], "time": None}
+    assert "RolledBack" in bed.events("digits")
+    # The failed version is not retried for this spec: no rollback loop.
+    bed.registry_client.set_alias(MODEL, "production", v2)  # same target again
+    eventually(lambda: "alias.set" in _metrics(bed), what="event seen")
+    assert bed.revisions("digits") == [1, 2, 3]
+
+
+def test_delete_uninstalls_the_release_before_the_resource_goes(bed: Bed) -> None:
+    (v1,) = push_versions(bed.registry_client, MODEL, 1)
+    bed.operator.start()
+    bed.create("digits", {"model": {"name": MODEL, "version": v1}})
+    bed.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == 1, "revision 1")
+    assert "modelyard.io/release" in bed.md("digits")["metadata"]["finalizers"]
+    bed.custom.delete_namespaced_custom_object("modelyard.io", "v1alpha1", bed.namespace, "modeldeployments",
+                                               "digits")
+    eventually(lambda: bed.md("digits") is None, what="resource gone")
+    assert bed.helm.current(bed.namespace, "digits") is None
+    assert status_code(lambda: bed.apps.read_namespaced_deployment("digits", bed.namespace)) == 404
+
+
+def test_missing_model_fails_with_a_reason_and_heals_when_the_registry_catches_up(bed: Bed) -> None:
+    bed.operator.start()
+    bed.create("later", {"model": {"name": "later-model", "alias": "production"}})
+    status = bed.wait_status("later", lambda s: s.get("phase") == "Failed", "Failed")
+    assert condition(status, "Ready")["reason"] == "ModelNotFound"
+    assert "later-model" in condition(status, "Ready")["message"]
+
+    (v1,) = push_versions(bed.registry_client, "later-model", 1)
+    status = bed.wait_status("later", lambda s: condition(s, "Ready").get("reason") == "AliasNotFound",
+                             "AliasNotFound")
+    assert status["phase"] == "Failed"
+    bed.registry_client.set_alias("later-model", "production", v1)
+    status = bed.wait_status("later", lambda s: s.get("helm", {}).get("revision") == 1, "healed", timeout=15)
+    assert status["model"]["version"] == v1
+    assert {"ModelNotFound", "AliasNotFound", "RolloutStarted"} <= set(bed.events("later"))
+
+
+def test_registry_outage_is_a_condition_and_recovers(bed: Bed) -> None:
+    (v1,) = push_versions(bed.registry_client, MODEL, 1)
+    bed.registry_client.set_alias(MODEL, "production", v1)
+    bed.operator.start()
+    bed.create("digits", {"model": {"name": MODEL, "alias": "production"}})
+    bed.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == 1, "revision 1")
+    mark_deployment_ready(bed.api, bed.namespace, "digits")
+    bed.wait_status("digits", lambda s: s.get("phase") == "Ready", "Ready")
+
+    bed.registry.stop()
+    status = bed.wait_status("digits", lambda s: condition(s, "RegistryReachable").get("status") == "False",
+                             "RegistryReachable=False", timeout=30)
+    assert status["phase"] == "Ready"  # serving goes on; only the registry is away
+    assert "cannot reach the registry" in condition(status, "RegistryReachable")["message"]
+    assert condition(status, "RegistryWatch")["reason"] == "EventFeedUnreachable"
+
+    bed.registry.start()
+    status = bed.wait_status("digits", lambda s: condition(s, "RegistryReachable").get("status") == "True"
+                             and condition(s, "RegistryWatch").get("status") == "True", "recovered", timeout=40)
+    assert status["phase"] == "Ready" and bed.revisions("digits") == [1]
+
+
+def test_operator_killed_mid_rollout_converges_without_an_extra_revision(bed: Bed) -> None:
+    v1, v2 = push_versions(bed.registry_client, MODEL, 2)
+    bed.registry_client.set_alias(MODEL, "production", v1)
+    bed.operator.start()
+    bed.create("digits", {"model": {"name": MODEL, "alias": "production"}})
+    bed.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == 1, "revision 1")
+    mark_deployment_ready(bed.api, bed.namespace, "digits")
+    bed.wait_status("digits", lambda s: s.get("phase") == "Ready", "Ready")
+    bed.registry_client.set_alias(MODEL, "production", v2)
+    bed.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == 2, "revision 2 rolling out")
+
+    bed.operator.kill()
+    mark_deployment_ready(bed.api, bed.namespace, "digits")  # becomes ready while no operator runs
+    bed.operator = bed.new_operator().start()
+    status = bed.wait_status("digits", lambda s: s.get("phase") == "Ready", "Ready after restart")
+    assert status["model"]["version"] == v2
+    assert bed.revisions("digits") == [1, 2]
+    assert [h["result"] for h in status["history"]] == ["Ready", "Ready"]
+
+
+def test_canary_runs_beside_the_stable_version_then_is_promoted(bed: Bed) -> None:
+    v1, v2 = push_versions(bed.registry_client, MODEL, 2)
+    bed.registry_client.set_alias(MODEL, "production", v1)
+    bed.operator.start()
+    bed.create("digits", {"model": {"name": MODEL, "alias": "production"}, "replicas": 4,
+                          "rollout": {"strategy": "Canary", "canary": {"weight": 25, "stepSeconds": 1},
+                                      "progressDeadlineSeconds": 60}})
+    bed.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == 1, "revision 1")
+    mark_deployment_ready(bed.api, bed.namespace, "digits")
+    bed.wait_status("digits", lambda s: s.get("phase") == "Ready", "Ready")
+
+    bed.registry_client.set_alias(MODEL, "production", v2)
+    bed.wait_status("digits", lambda s: s.get("rollout", {}).get("state") == "Canary", "canary")
+    assert bed.command("digits")[2] == f"{MODEL}:{v1}"
+    assert bed.command("digits-canary")[2] == f"{MODEL}:{v2}"
+    assert bed.apps.read_namespaced_deployment("digits-canary", bed.namespace).spec.replicas == 1
+    mark_deployment_ready(bed.api, bed.namespace, "digits-canary")
+
+    status = bed.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == 3, "promoted", timeout=15)
+    assert bed.command("digits")[2] == f"{MODEL}:{v2}"
+    assert status_code(lambda: bed.apps.read_namespaced_deployment("digits-canary", bed.namespace)) == 404
+    mark_deployment_ready(bed.api, bed.namespace, "digits")
+    status = bed.wait_status("digits", lambda s: s.get("phase") == "Ready", "Ready on v2")
+    assert [(h["version"], h["result"]) for h in status["history"]] == [(v1, "Ready"), (v2, "Promoted"),
+                                                                        (v2, "Ready")]
+    assert {"CanaryReady", "CanaryPromoted"} <= set(bed.events("digits"))
+
+
+def test_a_canary_that_never_becomes_ready_is_removed(bed: Bed) -> None:
+    v1, v2 = push_versions(bed.registry_client, MODEL, 2)
+    bed.registry_client.set_alias(MODEL, "production", v1)
+    bed.operator.start()
+    bed.create("digits", {"model": {"name": MODEL, "alias": "production"}, "replicas": 2,
+                          "rollout": {"strategy": "Canary", "canary": {"weight": 50, "stepSeconds": 1},
+                                      "progressDeadlineSeconds": 3}})
+    bed.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == 1, "revision 1")
+    mark_deployment_ready(bed.api, bed.namespace, "digits")
+    bed.wait_status("digits", lambda s: s.get("phase") == "Ready", "Ready")
+    bed.registry_client.set_alias(MODEL, "production", v2)
+    status = bed.wait_status("digits", lambda s: condition(s, "Degraded").get("reason") == "CanaryFailed",
+                             "CanaryFailed", timeout=20)
+    assert status["helm"]["revision"] == 3 and status["model"]["version"] == v1
+    assert status_code(lambda: bed.apps.read_namespaced_deployment("digits-canary", bed.namespace)) == 404
+    assert "removed" in condition(status, "Degraded")["message"]
