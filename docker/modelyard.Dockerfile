@@ -9,7 +9,9 @@ COPY pyproject.toml README.md ./
 COPY registry registry
 COPY bentos bentos
 COPY operator operator
+COPY charts/model-server /opt/modelyard/charts/model-server
 RUN pip install '.[postgres,s3,operator]' && rm -rf /src
+ENV MODELYARD_MODEL_SERVER_CHART=/opt/modelyard/charts/model-server
 RUN useradd --uid 10001 --no-create-home modelyard && mkdir -p /data && chown 10001:10001 /data
 USER 10001
 WORKDIR /data

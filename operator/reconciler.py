@@ -42,7 +42,7 @@ class Reconciler:
         self.kube = kube
         self.helm = helm_driver
         self.clock = clock
-        self.io_pool = ThreadPoolExecutor(32, thread_name_prefix="io")
+        self.io_pool = ThreadPoolExecutor(16, thread_name_prefix="io")
         self.helm_pool = ThreadPoolExecutor(config.helm_threads, thread_name_prefix="helm")
         self._locks: dict[Key, asyncio.Lock] = {}
         self._timers: dict[Key, asyncio.TimerHandle] = {}

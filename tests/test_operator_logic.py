@@ -1,0 +1,173 @@
+"""The operator's pure parts: rollout decisions, conditions, event routing, and resolving
+against a real registry server (no Kubernetes needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from modelyard.operator import conditions as cond
+from modelyard.operator.follower import RegistryFollower
+from modelyard.operator.resolve import RegistryUnreachable, ResolveFailure, resolve
+from modelyard.operator.rollout import (CANARY, COMPLETE, PROGRESSING, Track, from_time, judge, plan_release,
+                                        replica_counts, to_time, track_of)
+from modelyard.operator.values import OperatorDefaults, ResolvedVersion
+from modelyard.registry.client import RegistryClient
+from tests.support.operator import push_versions
+
+V7 = ResolvedVersion("digits-cnn", 7, "sha256:" + "7" * 64, "production")
+V8 = ResolvedVersion("digits-cnn", 8, "sha256:" + "8" * 64, "production")
+SPEC: dict[str, Any] = {"model": {"name": "digits-cnn", "alias": "production"}, "replicas": 4}
+CANARY_SPEC = {**SPEC, "rollout": {"strategy": "Canary", "canary": {"weight": 25, "stepSeconds": 30},
+                                   "progressDeadlineSeconds": 100}}
+DEFAULTS = OperatorDefaults()
+T0 = 1_800_000_000.0
+
+
+def test_unchanged_inputs_plan_no_upgrade() -> None:
+    first = plan_release(SPEC, V7, {}, 1, None, DEFAULTS)
+    assert first.upgrade and not first.canary
+    again = plan_release(SPEC, V7, {"state": COMPLETE, "revision": 1}, 1, first.values, DEFAULTS)
+    assert not again.upgrade
+    moved = plan_release(SPEC, V8, {"state": COMPLETE}, 1, first.values, DEFAULTS)
+    assert moved.upgrade and moved.values["model"]["version"] == 8
+
+
+def test_a_failed_version_is_held_back_until_the_spec_or_target_changes() -> None:
+    current = plan_release(SPEC, V7, {}, 1, None, DEFAULTS).values
+    failed = {"state": "RolledBack", "failedVersion": 8, "failedGeneration": 3}
+    held = plan_release(SPEC, V8, failed, 3, current, DEFAULTS)
+    assert held.held_back and not held.upgrade and "version 8 failed" in held.held_back
+    assert plan_release(SPEC, V8, failed, 4, current, DEFAULTS).upgrade  # the spec changed
+    v9 = ResolvedVersion("digits-cnn", 9, "sha256:" + "9" * 64, "production")
+    assert plan_release(SPEC, v9, failed, 3, current, DEFAULTS).upgrade  # the alias moved on
+
+
+def test_canary_keeps_the_last_ready_version_as_primary() -> None:
+    installed = plan_release(CANARY_SPEC, V7, {}, 1, None, DEFAULTS)
+    assert not installed.canary  # nothing served before: a plain install
+    ready = {"state": COMPLETE, "lastReadyVersion": 7, "lastReadyDigest": V7.digest}
+    plan = plan_release(CANARY_SPEC, V8, ready, 1, installed.values, DEFAULTS)
+    assert plan.canary and plan.stable == V7
+    assert plan.values["model"]["version"] == 7
+    assert plan.values["canary"] == {"enabled": True, "model": {"version": 8, "digest": V8.digest}, "replicas": 1}
+    # Re-planning mid-canary (a restart) gives the same values: no new revision.
+    mid = {"state": CANARY, "version": 8, "stableVersion": 7, "stableDigest": V7.digest}
+    assert not plan_release(CANARY_SPEC, V8, mid, 1, plan.values, DEFAULTS).upgrade
+
+
+def deployment(name: str, *, desired: int, ready: int, updated: int | None = None, generation: int = 2,
+               observed: int = 2, track: str = "stable") -> dict[str, Any]:
+    return {"metadata": {"name": name, "generation": generation, "labels": {"modelyard.io/track": track}},
+            "spec": {"replicas": desired},
+            "status": {"readyReplicas": ready, "updatedReplicas": ready if updated is None else updated,
+                       "observedGeneration": observed}}
+
+
+def test_a_deployment_is_rolled_out_only_when_the_controller_saw_the_new_spec() -> None:
+    assert track_of(deployment("d", desired=2, ready=2)).rolled_out
+    assert not track_of(deployment("d", desired=2, ready=2, observed=1)).rolled_out  # stale status
+    assert not track_of(deployment("d", desired=2, ready=2, updated=1)).rolled_out  # old pods still count
+    assert not track_of(deployment("d", desired=2, ready=1)).rolled_out
+    assert replica_counts([track_of(deployment("d", desired=2, ready=3))]) == (2, 2)
+
+
+def test_judge_completes_waits_and_gives_up_at_the_deadline() -> None:
+    rollout = {"state": PROGRESSING, "startedAt": to_time(T0)}
+    spec = {**SPEC, "rollout": {"progressDeadlineSeconds": 100}}
+    ready = [track_of(deployment("d", desired=2, ready=2))]
+    waiting = [track_of(deployment("d", desired=2, ready=1))]
+    assert judge(rollout, ready, spec, T0 + 5).action == "complete"
+    verdict = judge(rollout, waiting, spec, T0 + 5)
+    assert verdict.action == "wait" and verdict.recheck_at == T0 + 100
+    late = judge(rollout, waiting, spec, T0 + 100)
+    assert late.action == "deadline" and "d: 1/2 ready" in late.message
+    assert judge({"state": COMPLETE}, waiting, spec, T0 + 1000).action == "wait"
+
+
+def test_judge_steps_a_canary_then_promotes() -> None:
+    canary_ready = [track_of(deployment("d", desired=3, ready=3)),
+                    track_of(deployment("d-canary", desired=1, ready=1, track="canary"))]
+    rollout = {"state": CANARY, "startedAt": to_time(T0)}
+    first = judge(rollout, canary_ready, CANARY_SPEC, T0 + 10)
+    assert first.action == "canary-ready" and first.recheck_at == T0 + 40
+    stepping = {**rollout, "readySince": to_time(T0 + 10)}
+    assert judge(stepping, canary_ready, CANARY_SPEC, T0 + 20).action == "wait"
+    assert judge(stepping, canary_ready, CANARY_SPEC, T0 + 40).action == "promote"
+    unready = [canary_ready[0], track_of(deployment("d-canary", desired=1, ready=0, track="canary"))]
+    assert judge(rollout, unready, CANARY_SPEC, T0 + 100).action == "deadline"
+
+
+def test_times_round_trip() -> None:
+    assert from_time(to_time(T0)) == T0 and from_time(None) is None
+
+
+def test_conditions_keep_their_transition_time_until_the_status_flips() -> None:
+    conditions = cond.set_condition([], cond.READY, False, "RollingOut", "0/2", "t1")
+    conditions = cond.set_condition(conditions, cond.READY, False, "RollingOut", "1/2", "t2")
+    assert conditions == [{"type": "Ready", "status": "False", "reason": "RollingOut", "message": "1/2",
+                           "lastTransitionTime": "t1"}]
+    conditions = cond.set_condition(conditions, cond.REGISTRY_REACHABLE, None, "Unknown", "", "t3")
+    conditions = cond.set_condition(conditions, cond.READY, True, "MinimumReplicasAvailable", "2/2", "t4")
+    assert [(c["type"], c["status"], c["lastTransitionTime"]) for c in conditions] == [
+        ("Ready", "True", "t4"), ("RegistryReachable", "Unknown", "t3")]
+
+
+def test_history_keeps_the_last_ten_and_records_outcomes() -> None:
+    history: list[dict[str, Any]] = []
+    for revision in range(1, 13):
+        history = cond.add_history(history, {"version": revision, "revision": revision, "result": "Progressing"})
+    assert [h["revision"] for h in history] == list(range(3, 13))
+    history = cond.finish_history(history, 12, "RolledBack", "not ready", "t")
+    assert history[-1] == {"version": 12, "revision": 12, "result": "RolledBack", "reason": "not ready", "time": "t"}
+    assert history[-2]["result"] == "Progressing"
+
+
+def test_follower_wakes_exactly_the_resources_an_event_concerns() -> None:
+    async def wake(keys: list, token: str) -> None:  # pragma: no cover - not started here
+        pass
+
+    follower = RegistryFollower(RegistryClient("http://127.0.0.1:9", ""), wake)
+    follower.subscribe(("ml", "prod"), "digits", "production")
+    follower.subscribe(("ml", "staging"), "digits", "staging")
+    follower.subscribe(("ml", "pinned"), "digits", "")
+    follower.subscribe(("nlp", "other"), "minilm", "production")
+    assert follower.woken_by("digits", "alias.set", "production") == [("ml", "prod")]
+    assert follower.woken_by("digits", "alias.deleted", "staging") == [("ml", "staging")]
+    assert set(follower.woken_by("digits", "version.ready", None)) == {("ml", "prod"), ("ml", "staging"),
+                                                                      ("ml", "pinned")}
+    assert follower.woken_by("digits", "version.created", None) == []
+    follower.subscribe(("ml", "prod"), "minilm", "production")  # the spec changed model: moved, not copied
+    assert follower.woken_by("digits", "alias.set", "production") == []
+    follower.unsubscribe(("ml", "prod"))
+    assert follower.woken_by("minilm", "alias.set", "production") == [("nlp", "other")]
+
+
+def test_resolve_sorts_registry_answers_into_reasons(sqlite_registry: Any) -> None:
+    with RegistryClient(sqlite_registry.url, "") as client:
+        (v1,) = push_versions(client, "digits-cnn", 1)
+        pending = client.create_version("digits-cnn").version
+        client.set_alias("digits-cnn", "production", v1)
+        assert resolve(client, {"name": "digits-cnn", "alias": "production"}).version == v1
+        assert resolve(client, {"name": "digits-cnn", "version": v1}).digest.startswith("sha256:")
+        for model, reason in [({"name": "nope", "alias": "production"}, "ModelNotFound"),
+                              ({"name": "nope", "version": 1}, "ModelNotFound"),
+                              ({"name": "digits-cnn", "alias": "canary"}, "AliasNotFound"),
+                              ({"name": "digits-cnn", "version": 99}, "VersionNotFound"),
+                              ({"name": "digits-cnn", "version": pending}, "VersionNotReady")]:
+            with pytest.raises(ResolveFailure) as failure:
+                resolve(client, model)
+            assert failure.value.reason == reason, model
+    with RegistryClient("http://127.0.0.1:9", "", retries=0, timeout=2) as unreachable:
+        with pytest.raises(RegistryUnreachable, match="cannot reach the registry"):
+            resolve(unreachable, {"name": "digits-cnn", "alias": "production"})
+
+
+def test_push_versions_helper_uploads_verified_bytes(sqlite_registry: Any) -> None:
+    """The operator tests' helper makes ready versions the way a user's push does."""
+    with RegistryClient(sqlite_registry.url, "") as client:
+        numbers = push_versions(client, "m", 2)
+        versions = [client.get_version("m", n) for n in numbers]
+        assert [v.status for v in versions] == ["ready", "ready"]
+        assert versions[0].digest != versions[1].digest
