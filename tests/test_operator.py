@@ -93,6 +93,18 @@ def bed(kube: KubeApiServer, modelyard_release: dict, namespace: str, tmp_path: 
         registry.stop()
 
 
+def deploy_ready(bed: Bed, spec: dict[str, Any]) -> tuple[int, int]:
+    """Two versions, alias production → the first, "digits" created and its rollout reported ready."""
+    v1, v2 = push_versions(bed.registry_client, MODEL, 2)
+    bed.registry_client.set_alias(MODEL, "production", v1)
+    bed.operator.start()
+    bed.create("digits", spec)
+    bed.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == 1, "revision 1")
+    mark_deployment_ready(bed.api, bed.namespace, "digits")
+    bed.wait_status("digits", lambda s: s.get("phase") == "Ready", "Ready")
+    return v1, v2
+
+
 def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
 
@@ -154,14 +166,8 @@ def _metrics(bed: Bed) -> str:
 
 
 def test_a_rollout_that_never_becomes_ready_is_rolled_back(bed: Bed) -> None:
-    v1, v2 = push_versions(bed.registry_client, MODEL, 2)
-    bed.registry_client.set_alias(MODEL, "production", v1)
-    bed.operator.start()
-    bed.create("digits", {"model": {"name": MODEL, "alias": "production"},
-                          "rollout": {"progressDeadlineSeconds": 3, "autoRollback": True}})
-    bed.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == 1, "revision 1")
-    mark_deployment_ready(bed.api, bed.namespace, "digits")
-    bed.wait_status("digits", lambda s: s.get("phase") == "Ready", "Ready")
+    v1, v2 = deploy_ready(bed, {"model": {"name": MODEL, "alias": "production"},
+                             "rollout": {"progressDeadlineSeconds": 3, "autoRollback": True}})
 
     bed.registry_client.set_alias(MODEL, "production", v2)  # v2's pods never become ready
     status = bed.wait_status("digits", lambda s: s.get("phase") == "Degraded", "Degraded after the deadline",
@@ -234,13 +240,7 @@ def test_registry_outage_is_a_condition_and_recovers(bed: Bed) -> None:
 
 
 def test_operator_killed_mid_rollout_converges_without_an_extra_revision(bed: Bed) -> None:
-    v1, v2 = push_versions(bed.registry_client, MODEL, 2)
-    bed.registry_client.set_alias(MODEL, "production", v1)
-    bed.operator.start()
-    bed.create("digits", {"model": {"name": MODEL, "alias": "production"}})
-    bed.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == 1, "revision 1")
-    mark_deployment_ready(bed.api, bed.namespace, "digits")
-    bed.wait_status("digits", lambda s: s.get("phase") == "Ready", "Ready")
+    v1, v2 = deploy_ready(bed, {"model": {"name": MODEL, "alias": "production"}})
     bed.registry_client.set_alias(MODEL, "production", v2)
     bed.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == 2, "revision 2 rolling out")
 
@@ -254,15 +254,9 @@ def test_operator_killed_mid_rollout_converges_without_an_extra_revision(bed: Be
 
 
 def test_canary_runs_beside_the_stable_version_then_is_promoted(bed: Bed) -> None:
-    v1, v2 = push_versions(bed.registry_client, MODEL, 2)
-    bed.registry_client.set_alias(MODEL, "production", v1)
-    bed.operator.start()
-    bed.create("digits", {"model": {"name": MODEL, "alias": "production"}, "replicas": 4,
-                          "rollout": {"strategy": "Canary", "canary": {"weight": 25, "stepSeconds": 1},
-                                      "progressDeadlineSeconds": 60}})
-    bed.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == 1, "revision 1")
-    mark_deployment_ready(bed.api, bed.namespace, "digits")
-    bed.wait_status("digits", lambda s: s.get("phase") == "Ready", "Ready")
+    v1, v2 = deploy_ready(bed, {"model": {"name": MODEL, "alias": "production"}, "replicas": 4,
+                             "rollout": {"strategy": "Canary", "canary": {"weight": 25, "stepSeconds": 1},
+                                         "progressDeadlineSeconds": 60}})
 
     bed.registry_client.set_alias(MODEL, "production", v2)
     bed.wait_status("digits", lambda s: s.get("rollout", {}).get("state") == "Canary", "canary")
@@ -282,15 +276,9 @@ def test_canary_runs_beside_the_stable_version_then_is_promoted(bed: Bed) -> Non
 
 
 def test_a_canary_that_never_becomes_ready_is_removed(bed: Bed) -> None:
-    v1, v2 = push_versions(bed.registry_client, MODEL, 2)
-    bed.registry_client.set_alias(MODEL, "production", v1)
-    bed.operator.start()
-    bed.create("digits", {"model": {"name": MODEL, "alias": "production"}, "replicas": 2,
-                          "rollout": {"strategy": "Canary", "canary": {"weight": 50, "stepSeconds": 1},
-                                      "progressDeadlineSeconds": 3}})
-    bed.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == 1, "revision 1")
-    mark_deployment_ready(bed.api, bed.namespace, "digits")
-    bed.wait_status("digits", lambda s: s.get("phase") == "Ready", "Ready")
+    v1, v2 = deploy_ready(bed, {"model": {"name": MODEL, "alias": "production"}, "replicas": 2,
+                             "rollout": {"strategy": "Canary", "canary": {"weight": 50, "stepSeconds": 1},
+                                         "progressDeadlineSeconds": 3}})
     bed.registry_client.set_alias(MODEL, "production", v2)
     status = bed.wait_status("digits", lambda s: condition(s, "Degraded").get("reason") == "CanaryFailed",
                              "CanaryFailed", timeout=20)
