@@ -27,11 +27,12 @@ WAKES_ON_ANY_CHANGE = ("model.created", "version.ready", "version.packaged", "ve
 
 class RegistryFollower:
     def __init__(self, client: RegistryClient, wake: Wake, *, fallback_seconds: float = 60.0,
-                 poll_seconds: float = 25.0) -> None:
+                 poll_seconds: float = 5.0) -> None:
         self.client = client
         self.wake = wake
         self.fallback_seconds = fallback_seconds
         self.poll_seconds = poll_seconds
+        """Long-poll length.  Short, because a poll in flight holds process exit (its thread is joined)."""
         self.healthy = True
         self.error = ""
         self.cursor: int | None = None
