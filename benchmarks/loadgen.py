@@ -10,6 +10,14 @@ from typing import Any
 import aiohttp
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (nearest rank below); nan for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 @dataclass
 class Phase:
     name: str
@@ -24,10 +32,8 @@ class Phase:
         return self.ops / self.seconds if self.seconds else 0.0
 
     def pct(self, q: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+        """The ``q`` quantile of the latencies, in ms."""
+        return percentile(self.latencies, q) * 1000
 
 
 async def run_timed(session: aiohttp.ClientSession, name: str, requests: list[tuple[str, str, dict[str, Any]]],

@@ -29,17 +29,14 @@ from kubernetes import client
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from loadgen import percentile  # noqa: E402
 from modelyard.registry.client import RegistryClient  # noqa: E402
 from modelyard.registry.local import RegistryProcess  # noqa: E402
-from tests.support.kube import KubeApiServer, crd_established, eventually, unique_namespace  # noqa: E402
+from tests.helpers import eventually  # noqa: E402
+from tests.support.kube import KubeApiServer, crd_established, unique_namespace  # noqa: E402
 from tests.support.operator import OperatorProcess, push_versions  # noqa: E402
 
 CHARTS = ROOT / "charts"
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def main() -> None:
@@ -80,7 +77,7 @@ def main() -> None:
         # -- the operator: N ModelDeployments applied at once ----------------------------------
         namespace = unique_namespace(api, "bench")
         operator = OperatorProcess(kube.kubeconfig, registry.url, [namespace], work / "operator.log").start()
-        eventually(lambda: _metrics(operator), timeout=30, what="operator up")
+        eventually(operator.metrics, timeout=30, what="operator up")
         created: dict[str, float] = {}
 
         def create(i: int) -> None:
@@ -108,8 +105,8 @@ def main() -> None:
         reconcile_sum, reconcile_count = _histogram(operator, "modelyard_operator_reconcile_duration_seconds")
         print(f"\n{len(done)}/{args.resources} ModelDeployments resolved + Helm revision in {total:.1f} s "
               f"(target < 60 s)")
-        print(f"  per resource, create → revision in status: p50 {pct(latencies, .5):.2f} s, "
-              f"p99 {pct(latencies, .99):.2f} s")
+        print(f"  per resource, create → revision in status: p50 {percentile(latencies, .5):.2f} s, "
+              f"p99 {percentile(latencies, .99):.2f} s")
         print(f"  reconcile handler: mean {reconcile_sum / max(reconcile_count, 1) * 1000:.0f} ms over "
               f"{reconcile_count:.0f} calls")
         print(f"  floor, {args.resources} raw Helm SDK installs from 16 threads: {floor:.1f} s → "
@@ -129,8 +126,8 @@ def main() -> None:
                        what="upgrade")
             moves.append(time.perf_counter() - started)
         event_sum, event_count = _histogram(operator, "modelyard_operator_event_to_upgrade_seconds")
-        print(f"\nalias move → new Helm revision in status ({args.moves} moves): p50 {pct(moves, .5):.2f} s, "
-              f"p99 {pct(moves, .99):.2f} s, mean {statistics.mean(moves):.2f} s (target p50 < 2 s)")
+        print(f"\nalias move → new Helm revision in status ({args.moves} moves): p50 {percentile(moves, .5):.2f} s, "
+              f"p99 {percentile(moves, .99):.2f} s, mean {statistics.mean(moves):.2f} s (target p50 < 2 s)")
         print(f"  operator's own registry event → upgrade start: mean {event_sum / max(event_count, 1) * 1000:.0f}"
               f" ms over {event_count:.0f}")
 
@@ -152,16 +149,9 @@ def main() -> None:
         kube.stop()
 
 
-def _metrics(operator: OperatorProcess) -> str:
-    try:
-        return operator.metrics()
-    except Exception:  # noqa: BLE001 - not listening yet
-        return ""
-
-
 def _histogram(operator: OperatorProcess, name: str) -> tuple[float, float]:
     values = {}
-    for line in _metrics(operator).splitlines():
+    for line in operator.metrics().splitlines():
         if line.startswith(f"{name}_sum") or line.startswith(f"{name}_count"):
             key, value = line.rsplit(" ", 1)
             values[key.split("{")[0]] = float(value)

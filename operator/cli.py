@@ -6,6 +6,9 @@ from typing import Annotated
 
 import typer
 
+from modelyard.operator.values import DEFAULT_RUNTIME_IMAGE, DEFAULT_TOKEN_SECRET
+from modelyard.registry.settings import DEFAULT_REGISTRY_URL
+
 operator_app = typer.Typer(help="The Kubernetes operator (ModelDeployment → Helm release).", no_args_is_help=True)
 
 
@@ -13,7 +16,7 @@ operator_app = typer.Typer(help="The Kubernetes operator (ModelDeployment → He
 def run(
     registry: Annotated[str, typer.Option("--registry", envvar="MODELYARD_REGISTRY_URL",
                                           help="default registry URL (a spec's registry.url wins)")]
-    = "http://127.0.0.1:8080",
+    = DEFAULT_REGISTRY_URL,
     token: Annotated[str | None, typer.Option("--token", envvar="MODELYARD_TOKEN", show_default=False,
                                               help="the operator's registry token")] = None,
     pull_token: Annotated[str | None, typer.Option("--pull-token", envvar="MODELYARD_PULL_TOKEN",
@@ -22,9 +25,9 @@ def run(
                                                         "pods (default: --token)")] = None,
     token_secret: Annotated[str, typer.Option("--token-secret", envvar="MODELYARD_TOKEN_SECRET",
                                               help="Secret model pods read the registry token from")]
-    = "modelyard-registry-token",
-    runtime_image: Annotated[str | None, typer.Option("--runtime-image", envvar="MODELYARD_RUNTIME_IMAGE",
-                                                      show_default=False)] = None,
+    = DEFAULT_TOKEN_SECRET,
+    runtime_image: Annotated[str, typer.Option("--runtime-image", envvar="MODELYARD_RUNTIME_IMAGE")]
+    = DEFAULT_RUNTIME_IMAGE,
     namespace: Annotated[list[str] | None, typer.Option("--namespace", "-n", show_default=False,
                                                         help="watch this namespace (repeatable)")] = None,
     all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A",
@@ -54,10 +57,9 @@ def run(
         raise typer.BadParameter("use --namespace or --all-namespaces, not both")
     if log_format not in ("plain", "full", "json"):
         raise typer.BadParameter(f"--log-format must be plain, full or json, not {log_format!r}")
-    defaults = OperatorConfig()
     run_operator(OperatorConfig(
         registry_url=registry, token=token, pull_token=pull_token, token_secret=token_secret,
-        runtime_image=runtime_image or defaults.runtime_image, namespaces=tuple(namespace or ()),
+        runtime_image=runtime_image, namespaces=tuple(namespace or ()),
         kubeconfig=kubeconfig, peering=None if standalone else peering, log_format=log_format,
         metrics_host=metrics_host, metrics_port=metrics_port, health_host=health_host, health_port=health_port,
         fallback_resolve_seconds=fallback_resolve_seconds, failure_retry_seconds=failure_retry_seconds,

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from modelyard.operator import metrics
 from modelyard.registry.client import RegistryClient
 from modelyard.registry.errors import RegistryError
+from modelyard.registry.schemas import EventPage
 
 log = logging.getLogger("modelyard.operator.follower")
 Key = tuple[str, str]  # (namespace, name)
@@ -43,8 +44,7 @@ class RegistryFollower:
 
     def subscribe(self, key: Key, model: str, alias: str) -> None:
         """``alias`` empty: a fixed version (woken only by changes of the model's versions)."""
-        for followers in self._subscribers.values():
-            followers.pop(key, None)
+        self.unsubscribe(key)  # the spec may have changed model
         self._subscribers[model][key] = alias
 
     def unsubscribe(self, key: Key) -> None:
@@ -107,13 +107,13 @@ class RegistryFollower:
                 return cursor
             cursor = page.next
 
-    async def _dispatch(self, page: object) -> None:
+    async def _dispatch(self, page: EventPage) -> None:
         woken: dict[Key, float] = {}
-        for event in page.events:  # type: ignore[attr-defined]
+        for event in page.events:
             metrics.REGISTRY_EVENTS.labels(event.type).inc()
             for key in self.woken_by(event.model, event.type, event.alias):
                 woken.setdefault(key, event.time.timestamp())
-        self.cursor = page.next  # type: ignore[attr-defined]
+        self.cursor = page.next
         if woken:
             self.event_times.update(woken)
             await self.wake(list(woken), str(self.cursor))

@@ -61,10 +61,11 @@ class HelmDriver:
                             chart=f"{status.get('chart_name', 'model-server')}-{status.get('chart_version', '')}",
                             values=dict(values))
 
-    def apply(self, namespace: str, name: str, values: dict[str, Any], *, description: str) -> int:
-        """``helm upgrade --install``; returns the new revision."""
+    def apply(self, namespace: str, name: str, values: dict[str, Any], *, description: str,
+              current: ReleaseState | None) -> int:
+        """``helm upgrade --install``, given the release's ``current`` state (the caller has just read
+        it to plan); returns the new revision."""
         config = self._config(namespace)
-        current = self.current(namespace, name)
         if current is not None and current.status in _PENDING:
             # An operator killed mid-operation leaves the release locked; the revision it
             # was writing never finished, so it is marked failed and superseded.

@@ -13,6 +13,8 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from modelyard.operator.rollout import to_time
+
 GROUP, VERSION, PLURAL, KIND = "modelyard.io", "v1alpha1", "modeldeployments", "ModelDeployment"
 TRIGGER_ANNOTATION = "modelyard.io/registry-event"
 """Written by the event follower; the change is what wakes the resource's update handler."""
@@ -106,7 +108,7 @@ class Kube:
     def event(self, md: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """A Kubernetes Event on the resource, so `kubectl describe md` tells the rollout's story."""
         meta = md["metadata"]
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        now = to_time(time.time())
         body = client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
             involved_object=client.V1ObjectReference(

@@ -30,6 +30,7 @@ from modelyard.operator.rollout import (CANARY, COMPLETE, FAILED, IN_FLIGHT, PRO
                                         plan_release, replica_counts, to_time, track_of)
 from modelyard.operator.values import ResolvedVersion, SpecError, model_server_values
 from modelyard.registry.client import RegistryClient
+from modelyard.registry.names import ModelRef
 
 log = logging.getLogger("modelyard.operator")
 T = TypeVar("T")
@@ -196,7 +197,7 @@ class Reconciler:
             raise kopf.TemporaryError(str(failure), delay=self.config.failure_retry_seconds) from failure
 
         conditions = cond.set_condition(conditions, cond.REGISTRY_REACHABLE, True, "Reachable",
-                                        f"resolved {_ref(spec['model'])} → version {resolved.version}", now)
+                                        f"resolved {ModelRef(**spec['model'])} → version {resolved.version}", now)
         rollout = dict(old.get("rollout") or {})
         current = await self.helm_call(self.helm.current, namespace, name)
         try:
@@ -242,7 +243,7 @@ class Reconciler:
         old = dict(status)
         try:
             revision = await self.helm_call(self.helm.apply, namespace, name, plan.values,
-                                            description=f"modelyard: {what}")
+                                            description=f"modelyard: {what}", current=current)
         except helm.HelmError as error:
             message = f"helm upgrade failed: {error}"
             status.update(phase="Degraded", conditions=cond.set_condition(
@@ -365,30 +366,30 @@ class Reconciler:
         elif rollout.get("state") in IN_FLIGHT and verdict.action == "promote":
             self.request_check(namespace, name)
 
+    async def _deploy_only(self, md: dict[str, Any], version: ResolvedVersion, description: str) -> int:
+        """Upgrade the release to ``version`` alone (no canary): a promotion, or a failed canary's removal."""
+        namespace, name = md["metadata"]["namespace"], md["metadata"]["name"]
+        values = model_server_values(md["spec"], version, self.config.defaults)
+        current = await self.helm_call(self.helm.current, namespace, name)
+        return await self.helm_call(self.helm.apply, namespace, name, values, description=description,
+                                    current=current)
+
     async def _promote(self, md: dict[str, Any], rollout: dict[str, Any]) -> int:
         """The canary was ready for a whole step: the primary moves to it and the canary goes."""
-        spec = md["spec"]
-        target = ResolvedVersion(spec["model"]["name"], int(rollout["version"]), rollout.get("digest") or "",
-                                 spec["model"].get("alias") or "")
-        values = model_server_values(spec, target, self.config.defaults)
-        return await self.helm_call(self.helm.apply, md["metadata"]["namespace"], md["metadata"]["name"], values,
-                                    description=f"modelyard: promote canary {target.name}:{target.version}")
+        target = _pinned(md["spec"], rollout["version"], rollout.get("digest"))
+        return await self._deploy_only(md, target, f"modelyard: promote canary {target.name}:{target.version}")
 
     async def _give_up(self, md: dict[str, Any], spec: dict[str, Any], old: dict[str, Any], status: dict[str, Any],
                        rollout: dict[str, Any], conditions: list[dict[str, Any]], why: str,
                        now: str) -> list[dict[str, Any]]:
         """A rollout missed its deadline: remove a canary, or roll back, or report Degraded."""
-        namespace, name = md["metadata"]["namespace"], md["metadata"]["name"]
         failed_version, failed_revision = rollout.get("version"), rollout.get("revision")
         rollout.update(failedVersion=failed_version, failedGeneration=int(md["metadata"].get("generation") or 1),
                        readySince=None)
         history = old.get("history")
         if rollout.get("state") == CANARY and rollout.get("stableVersion") is not None:
-            stable = ResolvedVersion(spec["model"]["name"], int(rollout["stableVersion"]),
-                                     rollout.get("stableDigest") or "", spec["model"].get("alias") or "")
-            values = model_server_values(spec, stable, self.config.defaults)
-            revision = await self.helm_call(self.helm.apply, namespace, name, values,
-                                            description=f"modelyard: remove failed canary {failed_version}")
+            stable = _pinned(spec, rollout["stableVersion"], rollout.get("stableDigest"))
+            revision = await self._deploy_only(md, stable, f"modelyard: remove failed canary {failed_version}")
             reason, message = "CanaryFailed", (f"canary of version {failed_version} {why}; removed, version "
                                                f"{stable.version} keeps serving (Helm revision {revision})")
             rollout.update(state=FAILED, revision=revision, version=stable.version, digest=stable.digest,
@@ -397,14 +398,14 @@ class Reconciler:
             status["helm"] = {**(old.get("helm") or {}), "revision": revision}
         elif (spec.get("rollout") or {}).get("autoRollback", True) and rollout.get("lastReadyRevision"):
             target = int(rollout["lastReadyRevision"])
-            revision = await self.helm_call(self.helm.rollback, namespace, name, target)
+            revision = await self.helm_call(self.helm.rollback, md["metadata"]["namespace"], md["metadata"]["name"],
+                                            target)
             reason, message = "RolledBack", (f"version {failed_version} {why}; rolled back to Helm revision "
                                              f"{target} (version {rollout.get('lastReadyVersion')}) as revision "
                                              f"{revision}")
             rollout.update(state=ROLLED_BACK, revision=revision, version=rollout.get("lastReadyVersion"),
                            digest=rollout.get("lastReadyDigest"))
-            status["model"] = {**(old.get("model") or {}), "version": rollout.get("lastReadyVersion"),
-                               "digest": rollout.get("lastReadyDigest") or ""}
+            status["model"] = _model_status(_pinned(spec, rollout["lastReadyVersion"], rollout.get("lastReadyDigest")))
             status["helm"] = {**(old.get("helm") or {}), "revision": revision}
             metrics.ROLLBACKS.inc()
         else:
@@ -439,8 +440,9 @@ class Reconciler:
         self._locks.pop(key, None)
 
 
-def _ref(model: dict[str, Any]) -> str:
-    return f"{model['name']}@{model['alias']}" if model.get("alias") else f"{model['name']}:{model['version']}"
+def _pinned(spec: dict[str, Any], version: int, digest: str | None) -> ResolvedVersion:
+    """A version the operator recorded earlier (stable, last ready, canary target) of ``spec.model``."""
+    return ResolvedVersion(spec["model"]["name"], int(version), digest or "", spec["model"].get("alias") or "")
 
 
 def _model_status(resolved: ResolvedVersion) -> dict[str, Any]:

@@ -13,7 +13,8 @@ from modelyard.registry.db.migrate import upgrade
 from modelyard.registry.settings import RegistrySettings
 from modelyard.registry.store import RegistryStore
 from tests.support.charts import MODELYARD
-from tests.support.kube import KubeApiServer, cached_binary_exists, crd_established, eventually, unique_namespace
+from tests.helpers import eventually
+from tests.support.kube import KubeApiServer, cached_binary_exists, crd_established, unique_namespace
 from tests.support.postgres import PostgresCluster, find_pg_bin
 from tests.support.servers import ThreadedRegistry
 

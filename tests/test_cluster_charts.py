@@ -16,8 +16,9 @@ import yaml
 from kubernetes import client
 
 from tests.support.charts import MODEL_SERVER, MODELYARD
-from tests.support.kube import (KubeApiServer, crd_established, eventually, get_json, mark_deployment_ready,
-                                status_code, unique_namespace)
+from tests.helpers import eventually
+from tests.support.kube import (KubeApiServer, crd_established, get_json, mark_deployment_ready, status_code,
+                                unique_namespace)
 
 pytestmark = pytest.mark.cluster
 

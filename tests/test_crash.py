@@ -7,26 +7,16 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers import content_digest
+from tests.helpers import content_digest, eventually
 from tests.support.servers import ProcessRegistry
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20
-
-
-def wait_for(condition, timeout: float = 20.0, what: str = "condition") -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def part_files(artifacts: Path) -> list[Path]:
@@ -66,7 +56,7 @@ def test_server_killed_mid_upload(tmp_path: Path) -> None:
 
         uploader = threading.Thread(target=upload)
         uploader.start()
-        wait_for(lambda: part_files(artifacts), what="the upload to reach the server's disk")
+        eventually(lambda: part_files(artifacts), timeout=20, interval=0.05, what="the upload to reach the server's disk")
         os.kill(server.process.pid, signal.SIGKILL)
         server.process.wait()
         release.set()
@@ -105,10 +95,10 @@ def test_client_killed_mid_upload(tmp_path: Path) -> None:
                                    f"{server.url}/api/v1/models/big/versions/1/artifact",
                                    content_digest(b"x" * (2 << 20) + b"y")])
         try:
-            wait_for(lambda: part_files(artifacts), what="the upload to reach the server's disk")
+            eventually(lambda: part_files(artifacts), timeout=20, interval=0.05, what="the upload to reach the server's disk")
         finally:
             client.kill()
             client.wait()
-        wait_for(lambda: not list((artifacts / "tmp").glob("*.part")), what="the server to drop the partial upload")
+        eventually(lambda: not list((artifacts / "tmp").glob("*.part")), timeout=20, interval=0.05, what="the server to drop the partial upload")
         assert blobs(artifacts) == []
         assert httpx.get(f"{server.url}/api/v1/models/big/versions/1").json()["status"] == "pending"

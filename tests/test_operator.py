@@ -9,14 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from kubernetes import client
 
 from modelyard.operator.helm_driver import HelmDriver
 from modelyard.registry.client import RegistryClient
 from modelyard.registry.local import RegistryProcess
-from tests.support.kube import KubeApiServer, eventually, mark_deployment_ready, status_code
+from tests.helpers import eventually
+from tests.support.kube import KubeApiServer, mark_deployment_ready, status_code
 from tests.support.operator import OperatorProcess, push_versions
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -152,17 +152,10 @@ def test_create_ready_alias_move_and_no_needless_revisions(bed: Bed) -> None:
     eventually(lambda: "team" in (bed.md("digits")["metadata"].get("annotations") or {}), what="annotated")
     bed.operator.stop()  # a restart (resume handlers) must not roll anything either
     bed.operator = bed.new_operator().start()
-    eventually(lambda: "modelyard_operator_reconciles_total{result=\"unchanged\"}" in _metrics(bed), timeout=20,
+    eventually(lambda: "modelyard_operator_reconciles_total{result=\"unchanged\"}" in bed.operator.metrics(), timeout=20,
                what="the restarted operator reconciled")
     assert bed.revisions("digits") == [1, 2]
     assert {"RolloutStarted", "RolloutSucceeded"} <= set(bed.events("digits"))
-
-
-def _metrics(bed: Bed) -> str:
-    try:
-        return bed.operator.metrics()
-    except httpx.HTTPError:  # not listening yet
-        return ""
 
 
 def test_a_rollout_that_never_becomes_ready_is_rolled_back(bed: Bed) -> None:
@@ -181,9 +174,13 @@ def test_a_rollout_that_never_becomes_ready_is_rolled_back(bed: Bed) -> None:
                                                       "reason": degraded["message"].split(f"version {v2} ")[1]
                                                       .split(";")[0], "time": None}
     assert "RolledBack" in bed.events("digits")
-    # The failed version is not retried for this spec: no rollback loop.
-    bed.registry_client.set_alias(MODEL, "production", v2)  # same target again
-    eventually(lambda: "alias.set" in _metrics(bed), what="event seen")
+    # The failed version is not retried for this spec: no rollback loop.  A metadata change wakes
+    # the handler (generation unchanged), which resolves v2 again and holds it back.
+    bed.custom.patch_namespaced_custom_object("modelyard.io", "v1alpha1", bed.namespace, "modeldeployments",
+                                              "digits", {"metadata": {"annotations": {"poke": "1"}}})
+    eventually(lambda: 'result="held-back"' in bed.operator.metrics(), what="a held-back reconcile")
+    status = bed.status("digits")
+    assert condition(status, "Degraded")["reason"] == "RolloutFailed"
     assert bed.revisions("digits") == [1, 2, 3]
 
 

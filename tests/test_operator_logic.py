@@ -10,7 +10,7 @@ import pytest
 from modelyard.operator import conditions as cond
 from modelyard.operator.follower import RegistryFollower
 from modelyard.operator.resolve import RegistryUnreachable, ResolveFailure, resolve
-from modelyard.operator.rollout import (CANARY, COMPLETE, PROGRESSING, Track, from_time, judge, plan_release,
+from modelyard.operator.rollout import (CANARY, COMPLETE, PROGRESSING, from_time, judge, plan_release,
                                         replica_counts, to_time, track_of)
 from modelyard.operator.values import OperatorDefaults, ResolvedVersion
 from modelyard.registry.client import RegistryClient

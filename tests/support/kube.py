@@ -14,14 +14,15 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import helm_python as helm
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from modelyard.operator.rollout import to_time
+
 SCRIPT = Path(__file__).resolve().parents[1] / "cluster" / "kube-apiserver.sh"
-T = TypeVar("T")
 
 
 class KubeApiServer:
@@ -72,19 +73,6 @@ def unique_namespace(api: client.ApiClient, prefix: str = "t") -> str:
     return name
 
 
-def eventually(probe: Callable[[], T | None], *, timeout: float = 30.0, interval: float = 0.1,
-               what: str = "condition") -> T:
-    """Poll ``probe`` until it returns something truthy (bounded), and return that."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what} not reached in {timeout} s (last: {last!r})")
-
-
 def mark_deployment_ready(api: client.ApiClient, namespace: str, name: str) -> None:
     """Play the deployment controller: report every desired replica updated and ready."""
     apps = client.AppsV1Api(api)
@@ -94,14 +82,10 @@ def mark_deployment_ready(api: client.ApiClient, namespace: str, name: str) -> N
         "observedGeneration": deployment.metadata.generation, "replicas": replicas,
         "updatedReplicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas,
         "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
-                        "message": "test", "lastUpdateTime": _now(), "lastTransitionTime": _now()},
+                        "message": "test", "lastUpdateTime": to_time(time.time()), "lastTransitionTime": to_time(time.time())},
                        {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
-                        "message": "test", "lastUpdateTime": _now(), "lastTransitionTime": _now()}],
+                        "message": "test", "lastUpdateTime": to_time(time.time()), "lastTransitionTime": to_time(time.time())}],
     }})
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def get_json(api: client.ApiClient, path: str) -> Any:
