@@ -77,6 +77,7 @@ class RegistryFollower:
             try:
                 if self.cursor is None:  # start at the head: what happened before is resolved on resume
                     self.cursor = await asyncio.to_thread(self._head)
+                    metrics.FEED_UP.set(1)
                 page = await asyncio.to_thread(self.client.events, self.cursor, timeout=self.poll_seconds)
             except (RegistryError, OSError) as error:
                 await self._unhealthy(str(error))

@@ -223,12 +223,14 @@ def test_registry_outage_is_a_condition_and_recovers(bed: Bed) -> None:
     mark_deployment_ready(bed.api, bed.namespace, "digits")
     bed.wait_status("digits", lambda s: s.get("phase") == "Ready", "Ready")
 
+    assert "modelyard_operator_registry_feed_up 1.0" in bed.operator.metrics()
     bed.registry.stop()
     status = bed.wait_status("digits", lambda s: condition(s, "RegistryReachable").get("status") == "False",
                              "RegistryReachable=False", timeout=30)
     assert status["phase"] == "Ready"  # serving goes on; only the registry is away
     assert "cannot reach the registry" in condition(status, "RegistryReachable")["message"]
     assert condition(status, "RegistryWatch")["reason"] == "EventFeedUnreachable"
+    assert "modelyard_operator_registry_feed_up 0.0" in bed.operator.metrics()
 
     bed.registry.start()
     status = bed.wait_status("digits", lambda s: condition(s, "RegistryReachable").get("status") == "True"
