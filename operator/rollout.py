@@ -65,12 +65,6 @@ def plan_release(spec: Mapping[str, Any], resolved: ResolvedVersion, rollout: Ma
             f"until the spec changes or {spec['model'].get('alias') or 'the version'} moves"))
     stable = _stable_for_canary(spec, resolved, rollout, current_values)
     values = model_server_values(spec, resolved, defaults, stable=stable)
-    if stable is None and rollout.get("state") == CANARY and rollout.get("version") == resolved.version:
-        # A canary of this very version is on its way: keep it, promotion is a separate step.
-        kept = _stable_of(rollout, resolved)
-        if kept is not None:
-            values = model_server_values(spec, resolved, defaults, stable=kept)
-            stable = kept
     return ReleasePlan(values, upgrade=not same_values(values, current_values), canary=stable is not None,
                        stable=stable)
 
@@ -88,6 +82,7 @@ def _stable_for_canary(spec: Mapping[str, Any], resolved: ResolvedVersion, rollo
     if (spec.get("rollout") or {}).get("strategy") != "Canary" or not current_values:
         return None
     if rollout.get("state") == CANARY and rollout.get("version") == resolved.version:
+        # A canary of this very version is on its way: keep it; promotion is a separate step.
         return _stable_of(rollout, resolved)
     version = rollout.get("lastReadyVersion")
     if version is None or int(version) == resolved.version:

@@ -55,6 +55,9 @@ def test_canary_keeps_the_last_ready_version_as_primary() -> None:
     # Re-planning mid-canary (a restart) gives the same values: no new revision.
     mid = {"state": CANARY, "version": 8, "stableVersion": 7, "stableDigest": V7.digest}
     assert not plan_release(CANARY_SPEC, V8, mid, 1, plan.values, DEFAULTS).upgrade
+    # The spec switched to RollingUpdate mid-canary: the new version goes out as the primary now.
+    switched = plan_release(SPEC, V8, mid, 2, plan.values, DEFAULTS)
+    assert switched.upgrade and not switched.canary and switched.values["model"]["version"] == 8
 
 
 def deployment(name: str, *, desired: int, ready: int, updated: int | None = None, generation: int = 2,
