@@ -20,12 +20,15 @@ import argparse
 import asyncio
 import base64
 import hashlib
+import io
 import os
 import shutil
 import sys
 import tempfile
 import threading
 import time
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -93,12 +96,45 @@ def digest_header(data: bytes) -> str:
     return "sha-256=:" + base64.b64encode(hashlib.sha256(data).digest()).decode() + ":"
 
 
+class _Sink(io.RawIOBase):
+    """Collects what zipfile writes, so an archive can be streamed as it is made."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def drain(self) -> Iterator[bytes]:
+        parts, self.parts = self.parts, []
+        yield from parts
+
+
+def program_chunks(block: bytes, blocks: int) -> Iterator[bytes]:
+    """A model program the registry accepts (the layout of a torch.export archive) whose one
+    weight is ``blocks`` copies of ``block``, made and streamed in bounded memory."""
+    sink = _Sink()
+    with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("model/archive_format", "pt2")
+        with archive.open("model/data/weights/weight_0", "w", force_zip64=True) as entry:
+            for _ in range(blocks):
+                entry.write(block)
+                yield from sink.drain()
+    yield from sink.drain()
+
+
 async def big_artifact(session: aiohttp.ClientSession, server: Server, api: str, size: int) -> list[Phase]:
     block = os.urandom(MiB)
     blocks = size // MiB
     hasher = hashlib.sha256()
-    for _ in range(blocks):
-        hasher.update(block)
+    size = 0
+    for chunk in program_chunks(block, blocks):
+        hasher.update(chunk)
+        size += len(chunk)
     header = "sha-256=:" + base64.b64encode(hasher.digest()).decode() + ":"
     async with session.post(f"{api}/models", json={"name": "big-artifact"}) as r:
         await r.read()
@@ -118,8 +154,8 @@ async def big_artifact(session: aiohttp.ClientSession, server: Server, api: str,
     sampler.start()
 
     async def body():  # noqa: ANN202
-        for _ in range(blocks):
-            yield block
+        for chunk in program_chunks(block, blocks):
+            yield chunk
 
     upload = Phase(f"upload {size // MiB} MiB")
     t0 = time.perf_counter()
@@ -165,7 +201,7 @@ async def bench_backend(label: str, db_url: str, args: argparse.Namespace) -> tu
             phases.append(await run_fixed(session, f"create {n_models * 5} versions (c=16)", [
                 ("POST", f"{api}/models/{n}/versions", {"json": {"metrics": {"acc": 0.9}}})
                 for _ in range(5) for n in names], 16))
-            payload = b"small-model-weights"
+            payload = b"".join(program_chunks(b"small-model-weights", 1))
             phases.append(await run_fixed(session, f"upload {n_models} small artifacts (c=16)", [
                 ("PUT", f"{api}/models/{n}/versions/5/artifact",
                  {"data": payload, "headers": {"Content-Digest": digest_header(payload)}}) for n in names], 16))

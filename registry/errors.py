@@ -74,6 +74,12 @@ class Unavailable(RegistryError):
     status, code, title = 503, "unavailable", "Service Unavailable"
 
 
+class InsufficientStorage(RegistryError):
+    """The artifact store has no room for the upload (nothing was stored)."""
+
+    status, code, title = 507, "insufficient-storage", "Insufficient Storage"
+
+
 class HttpProblem(RegistryError):
     """An HTTP-level error raised by the framework (unknown route, wrong method …)."""
 
@@ -85,7 +91,7 @@ class HttpProblem(RegistryError):
 _BY_STATUS: dict[int, type[RegistryError]] = {
     cls.status: cls
     for cls in (BadRequest, Unauthorized, Forbidden, NotFound, Conflict, PreconditionFailed,
-                RangeNotSatisfiable, Invalid, Unavailable)
+                RangeNotSatisfiable, Invalid, Unavailable, InsufficientStorage)
 }
 _BY_CODE: dict[str, type[RegistryError]] = {DigestMismatch.code: DigestMismatch}
 

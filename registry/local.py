@@ -18,14 +18,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 30.0) -> float:
-    """Poll ``/readyz`` until it answers 200; return the seconds it took."""
+def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 30.0,
+               probe: str = "/readyz") -> float:
+    """Poll ``probe`` until it answers 200; return the seconds it took."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"the registry exited with status {process.returncode} before it was ready")
         try:
-            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
+            if httpx.get(f"{url}{probe}", timeout=1.0).status_code == 200:
                 return time.monotonic() - started
         except httpx.TransportError:
             pass

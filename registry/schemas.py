@@ -6,15 +6,17 @@ from __future__ import annotations
 import math
 from datetime import datetime
 from enum import Enum
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from modelyard.registry.names import ALIAS_PATTERN, NAME_PATTERN, check_tag_key
 
 ModelName = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=63)]
 AliasName = Annotated[str, StringConstraints(pattern=ALIAS_PATTERN, max_length=63)]
-VersionNumber = Annotated[int, Field(ge=1, le=2_147_483_647)]
+MAX_VERSION = 2_147_483_647
+"""Version numbers are 32-bit integers in the schema."""
+VersionNumber = Annotated[int, Field(ge=1, le=MAX_VERSION)]
 
 
 def _check_tags(tags: dict[str, str]) -> dict[str, str]:
@@ -65,8 +67,32 @@ class ArtifactFormat(str, Enum):
     bento = "bento"
 
 
+def reject_nul(value: Any) -> Any:
+    """Refuse NUL characters anywhere in a request's text (keys and values, nested too):
+    PostgreSQL cannot store them, and accepting them on SQLite only would split the backends."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ValueError("text must not contain NUL characters (\\u0000)")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return value
+
+
 class _Strict(BaseModel):
+    """A request body: unknown fields and NUL characters are refused."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        return reject_nul(data)
 
 
 class ModelCreate(_Strict):
@@ -147,16 +173,17 @@ class Alias(BaseModel):
     digest: str | None
 
 
-EventType = Literal[
+EVENT_TYPES = (
     "model.created", "model.deleted", "version.created", "version.ready", "version.packaged",
-    "version.deleted", "alias.set", "alias.deleted",
-]
+    "version.unpackaged", "version.deleted", "alias.set", "alias.deleted", "auth.enabled", "auth.opened",
+)
 
 
 class Event(BaseModel):
     id: int
-    type: EventType
-    model: str
+    # A plain string, not an enum: a client must keep following a newer registry's feed.
+    type: str = Field(description="one of: " + ", ".join(EVENT_TYPES))
+    model: str = Field(description="empty for registry-wide events (auth.*)")
     version: int | None = None
     alias: str | None = None
     time: datetime

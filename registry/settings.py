@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_REGISTRY_URL = "http://127.0.0.1:8080"
+DEFAULT_GC_INTERVAL_SECONDS = 3600.0
 
 
 def modelyard_home() -> Path:
@@ -32,8 +33,10 @@ def _env_flag(name: str) -> bool | None:
     return value.lower() in ("1", "true", "yes", "on")
 
 
-# Environment variables that seed a token of a scope at start-up (values from Secrets).
-SEED_TOKEN_ENV = {"MODELYARD_ADMIN_TOKEN": ("admin", "admin"), "MODELYARD_OPERATOR_TOKEN": ("operator", "write")}
+# Environment variables that seed a token of a scope at start-up (values from Secrets).  The
+# operator only resolves versions (read); model pods get a separate read-only pull token.
+SEED_TOKEN_ENV = {"MODELYARD_ADMIN_TOKEN": ("admin", "admin"), "MODELYARD_OPERATOR_TOKEN": ("operator", "read"),
+                  "MODELYARD_PULL_TOKEN": ("pull", "read")}
 
 
 def seed_tokens_from_env() -> dict[str, tuple[str, str]]:
@@ -56,10 +59,15 @@ class RegistrySettings:
     # The server's process count; with one process on SQLite, writes run in place.
     workers: int = field(default_factory=lambda: int(os.environ.get("MODELYARD_WORKERS") or 1))
 
+    # How often the server sweeps the artifact store for blobs nothing refers to (crash
+    # leftovers; deletes and refused uploads collect their own at once); 0 turns it off.
+    gc_interval_seconds: float = field(
+        default_factory=lambda: float(os.environ.get("MODELYARD_GC_INTERVAL_SECONDS") or DEFAULT_GC_INTERVAL_SECONDS))
+
     def to_env(self) -> dict[str, str]:
         """The same settings as environment variables, for worker processes."""
         env = {"MODELYARD_DB_URL": self.db_url, "MODELYARD_ARTIFACTS": self.artifacts_url,
-               "MODELYARD_WORKERS": str(self.workers)}
+               "MODELYARD_WORKERS": str(self.workers), "MODELYARD_GC_INTERVAL_SECONDS": str(self.gc_interval_seconds)}
         if self.anonymous_read is not None:
             env["MODELYARD_ANONYMOUS_READ"] = "true" if self.anonymous_read else "false"
         if self.migrate_on_start is not None:

@@ -15,13 +15,14 @@ import contextlib
 import hashlib
 import secrets
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, and_, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import (Connection, Engine, Row, and_, bindparam, delete, exists, func, insert, or_, select, text,
+                        update)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,12 +30,20 @@ from modelyard.registry import schemas
 from modelyard.registry.db import models as db
 from modelyard.registry.db.engine import WRITE_OPTION
 from modelyard.registry.db.fast_reads import SqliteFastReader
-from modelyard.registry.errors import BadRequest, Conflict, NotFound
+from modelyard.registry.db.file_guard import DatabaseFileGuard, sqlite_file
+from modelyard.registry.errors import BadRequest, Conflict, NotFound, Unavailable
 
 SCOPES = ("read", "write", "admin")
 """Each scope includes the ones before it."""
 
 EVENT_LOCK_KEY = 0x6D6F64656C  # "model": any constant shared by all registry replicas
+BLOB_LOCK_KEY = 0x626C6F62  # "blob": serializes garbage collection against uploads being registered
+
+PENDING_UPLOAD_TTL = timedelta(hours=24)
+"""How long an upload in flight protects its blob; a crashed upload's claim lapses after this."""
+
+AUTH_KEY = "auth"
+AUTH_ON, AUTH_OPEN = "on", "open"
 
 
 def scope_allows(granted: str, needed: str) -> bool:
@@ -90,9 +99,17 @@ _ALLOCATE_VERSION = (
 _INSERT_MODEL = insert(db.RegisteredModel.__table__)
 _INSERT_VERSION = insert(db.ModelVersion.__table__)
 _INSERT_EVENT = insert(db.Event.__table__)
+_INSERT_CLAIM = insert(db.PendingBlob.__table__).returning(db.PendingBlob.id)
 _SELECT_TOKEN_SCOPE = select(db.ApiToken.scope).where(
     db.ApiToken.token_hash == bindparam("token_hash"), db.ApiToken.revoked_at.is_(None))
-_SELECT_ANY_TOKEN = select(db.ApiToken.id).where(db.ApiToken.revoked_at.is_(None)).limit(1)
+_SELECT_AUTH_STATE = select(db.RegistryState.value).where(db.RegistryState.key == AUTH_KEY)
+# One statement, so one snapshot: a blob is in use while a version (as artifact or Bento) or an
+# unexpired upload claims it.  Two separate reads could straddle the commit that swaps the claim.
+_BLOB_IN_USE = select(or_(
+    exists().where(db.ModelVersion.digest == bindparam("digest")),
+    exists().where(db.ModelVersion.bento_digest == bindparam("digest")),
+    exists().where(db.PendingBlob.digest == bindparam("digest"), db.PendingBlob.started_at > bindparam("since")),
+))
 _SELECT_EVENTS = (select(db.Event.id, db.Event.type, db.Event.model, db.Event.version, db.Event.alias, db.Event.time)
                   .where(db.Event.id > bindparam("after")).order_by(db.Event.id).limit(bindparam("limit")))
 
@@ -142,6 +159,22 @@ class RegistryStore:
         self.inline_writes = False
         """Set by a server that is the database's only writer process (see ``server.calls``)."""
         self._fast = SqliteFastReader(engine) if engine.dialect.name == "sqlite" else None
+        path = sqlite_file(engine)
+        self._file_guard = DatabaseFileGuard(path) if path is not None and path.exists() else None
+        self.damage: str | None = None
+        """What the start-up integrity check found wrong with the database, if anything."""
+
+    def problem(self) -> str | None:
+        """Why the database must not be written to (deleted, replaced or damaged), or None."""
+        if self._file_guard is not None and (moved := self._file_guard.problem()):
+            return moved
+        if self.damage:
+            return f"the database failed its integrity check at start-up ({self.damage}): writes are refused"
+        return None
+
+    def _check_writable(self) -> None:
+        if (self._file_guard is not None or self.damage) and (problem := self.problem()):
+            raise Unavailable(problem)
 
     # -- sessions -----------------------------------------------------------------
 
@@ -153,6 +186,7 @@ class RegistryStore:
     @contextmanager
     def _write(self) -> Iterator[Session]:
         """An ORM write transaction (for the less frequent, multi-row operations)."""
+        self._check_writable()
         with self._write_lock, self._writer() as session:
             with session.begin():
                 yield session
@@ -162,6 +196,7 @@ class RegistryStore:
     @contextmanager
     def _write_core(self) -> Iterator[Connection]:
         """A Core write transaction, for the frequent writes (no unit-of-work overhead)."""
+        self._check_writable()
         emitted = False
         with self._write_lock, self._write_engine.connect() as connection:
             connection.info.pop("emitted", None)
@@ -322,8 +357,8 @@ class RegistryStore:
     def delete_model(self, name: str) -> list[str]:
         """Delete a model and its versions; refused while any alias exists.
 
-        Returns the artifact digests no remaining version refers to, for the
-        caller to remove from the artifact store once the rows are gone.
+        Returns the artifact digests no remaining version refers to, for
+        :meth:`collect_blobs` once the rows are gone.
         """
         with self._write() as session:
             row = self._model_row(session, name, lock=True)
@@ -398,8 +433,8 @@ class RegistryStore:
                 query = query.where(db.ModelVersion.tags[key].as_string() == value)
             if cursor:
                 raw = decode_cursor(cursor)
-                if not raw.isdigit():
-                    raise BadRequest(f"invalid cursor {cursor!r}")
+                if not raw.isdigit() or len(raw) > 10 or int(raw) > schemas.MAX_VERSION:
+                    raise BadRequest(f"invalid cursor {cursor!r}: pass back the next_cursor of a previous page")
                 query = query.where(number < int(raw) if descending else number > int(raw))
             rows = list(session.scalars(query))
             more = len(rows) > limit
@@ -425,7 +460,8 @@ class RegistryStore:
     def delete_version(self, name: str, version: int) -> list[str]:
         """Delete one version; refused (409) while an alias points at it.
 
-        Returns its artifact and Bento digests that no other version shares.
+        Returns its artifact and Bento digests that no other version shares, for
+        :meth:`collect_blobs`.
         """
         with self._write() as session:
             model = self._model_row(session, name, lock=True)
@@ -450,9 +486,16 @@ class RegistryStore:
                            "artifacts are immutable: create a new version")
         return current
 
-    def mark_ready(self, name: str, version: int, digest: str, size: int) -> schemas.Version:
-        """Record a verified artifact and make the version ``ready`` (emits ``version.ready``)."""
+    def mark_ready(self, name: str, version: int, digest: str, size: int, *, format: str | None = None,
+                   claim: int | None = None) -> schemas.Version:
+        """Record a verified artifact and make the version ``ready`` (emits ``version.ready``).
+
+        ``format`` is the kind read from the stored file (it fills in an undeclared one);
+        ``claim`` (from :meth:`begin_upload`) is consumed in the same transaction, so the
+        blob passes from the upload's protection to the version's without a gap.
+        """
         with self._write() as session:
+            self._consume_claim(session, claim)
             row = self._version_row(session, self._model_row(session, name, lock=True), version)
             if row.status == schemas.VersionStatus.ready.value:
                 if row.digest != digest:
@@ -460,17 +503,20 @@ class RegistryStore:
                                    f"({row.digest}) during this upload")
             else:
                 row.status, row.digest, row.size = schemas.VersionStatus.ready.value, digest, size
+                row.format = row.format or format
                 row.updated_at = db.utcnow()
                 self._emit(session, "version.ready", name, version)
             return self._to_version(name, row, self._aliases_by_version(session, [row.id])[row.id])
 
-    def mark_packaged(self, name: str, version: int, tag: str, digest: str, size: int) -> schemas.Version:
+    def mark_packaged(self, name: str, version: int, tag: str, digest: str, size: int, *,
+                      claim: int | None = None) -> schemas.Version:
         """Record the version's verified Bento (emits ``version.packaged``).
 
         Packaging is deterministic per version, so a second identical upload is a
         no-op; a different Bento is refused until the recorded one is removed.
         """
         with self._write() as session:
+            self._consume_claim(session, claim)
             row = self._version_row(session, self._model_row(session, name, lock=True), version)
             if row.status != schemas.VersionStatus.ready.value:
                 raise Conflict(f"version {version} of model {name!r} is {row.status}: package it once its "
@@ -485,7 +531,8 @@ class RegistryStore:
             return self._to_version(name, row, self._aliases_by_version(session, [row.id])[row.id])
 
     def clear_bento(self, name: str, version: int) -> list[str]:
-        """Forget the version's Bento; returns its digest when nothing else uses it."""
+        """Forget the version's Bento (emits ``version.unpackaged``); returns its digest when nothing
+        else refers to it, for :meth:`collect_blobs`."""
         with self._write() as session:
             row = self._version_row(session, self._model_row(session, name, lock=True), version)
             if row.bento_digest is None:
@@ -493,8 +540,82 @@ class RegistryStore:
             digest = row.bento_digest
             row.bento_tag = row.bento_digest = row.bento_size = None
             row.updated_at = db.utcnow()
+            self._emit(session, "version.unpackaged", name, version)
             session.flush()
             return self._orphaned(session, {digest})
+
+    # -- blobs: uploads in flight and garbage -------------------------------------------
+    #
+    # Deletes never unlink blobs themselves: content-addressed bytes may be claimed again by
+    # an upload of the same content at any moment.  Uploads claim their digest before the
+    # first byte is stored; the collector deletes a blob only while holding the blob lock and
+    # after one consistent check that no version and no live claim refers to it.
+
+    def _lock_blobs(self, session: Session | Connection) -> None:
+        """The blob lock, inside a write transaction.  SQLite's write transactions exclude each
+        other already (BEGIN IMMEDIATE); PostgreSQL takes a transaction-scoped advisory lock."""
+        if self._ordered_events:
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": BLOB_LOCK_KEY})
+
+    @staticmethod
+    def _consume_claim(session: Session, claim: int | None) -> None:
+        if claim is not None:
+            session.execute(delete(db.PendingBlob).where(db.PendingBlob.id == claim))
+
+    def begin_upload(self, digest: str) -> int:
+        """Claim ``digest`` for an upload about to store it; returns the claim.
+
+        While the claim lives (until :meth:`mark_ready`/:meth:`mark_packaged` consume it,
+        :meth:`end_upload` releases it, or ``PENDING_UPLOAD_TTL`` passes) the collector
+        leaves the blob alone, even when no version refers to it yet.
+        """
+        with self._write_core() as connection:
+            self._lock_blobs(connection)
+            return int(connection.execute(_INSERT_CLAIM, {"digest": digest, "started_at": db.utcnow()}).scalar_one())
+
+    def end_upload(self, claim: int) -> None:
+        """Release an upload's claim (a no-op once it was consumed)."""
+        with self._write_core() as connection:
+            connection.execute(delete(db.PendingBlob).where(db.PendingBlob.id == claim))
+
+    def collect_blobs(self, digests: Iterable[str], delete_blob: Callable[[str], None]) -> list[str]:
+        """Delete, through ``delete_blob(hex)``, those of ``digests`` that nothing uses; returns them.
+
+        Each check and its delete run in one write transaction under the blob lock, so an
+        upload claiming the same digest waits for the delete to finish (and then stores
+        the bytes anew) or is seen by the check (and the blob is kept).
+        """
+        deleted = []
+        for digest in sorted(set(digests)):
+            with self._write_core() as connection:
+                self._lock_blobs(connection)
+                in_use = connection.scalar(_BLOB_IN_USE, {"digest": digest,
+                                                          "since": db.utcnow() - PENDING_UPLOAD_TTL})
+                if not in_use:
+                    delete_blob(digest.removeprefix("sha256:"))
+                    deleted.append(digest)
+        return deleted
+
+    def unused_blobs(self, digests: Sequence[str]) -> list[str]:
+        """Those of ``digests`` that nothing used at the moment of reading: candidates for
+        :meth:`collect_blobs`, which checks each again under the lock."""
+        since = db.utcnow() - PENDING_UPLOAD_TTL
+        used: set[str] = set()
+        with self.engine.connect() as connection:
+            for start in range(0, len(digests), 500):
+                chunk = list(digests[start:start + 500])
+                used.update(connection.scalars(select(db.ModelVersion.digest).where(db.ModelVersion.digest.in_(chunk))))
+                used.update(connection.scalars(
+                    select(db.ModelVersion.bento_digest).where(db.ModelVersion.bento_digest.in_(chunk))))
+                used.update(connection.scalars(select(db.PendingBlob.digest).where(
+                    db.PendingBlob.digest.in_(chunk), db.PendingBlob.started_at > since)))
+        return [digest for digest in digests if digest not in used]
+
+    def prune_claims(self) -> int:
+        """Forget claims older than ``PENDING_UPLOAD_TTL`` (uploads that died with their server)."""
+        with self._write_core() as connection:
+            return connection.execute(delete(db.PendingBlob).where(
+                db.PendingBlob.started_at <= db.utcnow() - PENDING_UPLOAD_TTL)).rowcount or 0
 
     # -- aliases ------------------------------------------------------------------------
 
@@ -563,54 +684,94 @@ class RegistryStore:
     # -- tokens -----------------------------------------------------------------------
 
     def create_token(self, name: str, scope: str) -> tuple[str, TokenInfo]:
-        """Create a token; the plain text is returned once and never stored."""
+        """Create a token; the plain text is returned once and never stored.
+
+        Turns authentication on (for good: see :meth:`open_registry`)."""
         if scope not in SCOPES:
             raise BadRequest(f"unknown scope {scope!r}: use one of {', '.join(SCOPES)}")
         token = "my_" + secrets.token_urlsafe(32)
         with self._write() as session:
             row = db.ApiToken(name=name, token_hash=hash_token(token), scope=scope)
             session.add(row)
+            self._set_auth(session, AUTH_ON)
             session.flush()
             return token, TokenInfo(row.id, row.name, row.scope, row.created_at, False)
 
     def ensure_token(self, name: str, scope: str, token: str) -> bool:
         """Register a token chosen outside the registry (a Helm-generated Secret); True if added.
 
-        Idempotent, also when several replicas start at once: the hash is unique.
-        A token that was revoked stays revoked.
+        Idempotent, also when several replicas start at once: the hash is unique.  The
+        deployment's scope wins over a stored one (an upgrade may narrow it); a token that
+        was revoked stays revoked.  Turns authentication on.
         """
         if scope not in SCOPES:
             raise BadRequest(f"unknown scope {scope!r}: use one of {', '.join(SCOPES)}")
         if len(token) < 16:
             raise BadRequest(f"the {name} token is too short: use at least 16 random characters")
-        with self.engine.connect() as connection:
-            if connection.scalar(select(db.ApiToken.id).where(db.ApiToken.token_hash == hash_token(token))):
-                return False
         try:
             with self._write() as session:
-                session.add(db.ApiToken(name=name, token_hash=hash_token(token), scope=scope))
+                self._set_auth(session, AUTH_ON)
+                row = session.scalars(select(db.ApiToken).where(db.ApiToken.token_hash == hash_token(token))).first()
+                if row is None:
+                    session.add(db.ApiToken(name=name, token_hash=hash_token(token), scope=scope))
+                    return True
+                if row.revoked_at is None and row.scope != scope:
+                    row.scope = scope
+                return False
         except IntegrityError:
             return False  # another replica added it first
-        return True
 
     def token_scope(self, token: str) -> str | None:
         """The scope of a valid, unrevoked token, else None."""
         with self.engine.connect() as connection:
             return connection.scalar(_SELECT_TOKEN_SCOPE, {"token_hash": hash_token(token)})
 
-    def any_tokens(self) -> bool:
+    # -- authentication mode ---------------------------------------------------------------
+
+    def auth_enabled(self) -> bool:
+        """Whether clients need a token.  Off only on a registry that never had a token, or
+        that an administrator opened explicitly: revoking tokens never turns it off."""
         with self.engine.connect() as connection:
-            return connection.scalar(_SELECT_ANY_TOKEN) is not None
+            return connection.scalar(_SELECT_AUTH_STATE) == AUTH_ON
+
+    def _set_auth(self, session: Session, value: str) -> None:
+        row = session.get(db.RegistryState, AUTH_KEY)
+        if row is not None and row.value == value:
+            return
+        if row is None:
+            session.add(db.RegistryState(key=AUTH_KEY, value=value, updated_at=db.utcnow()))
+        else:
+            row.value, row.updated_at = value, db.utcnow()
+        self._emit(session, "auth.enabled" if value == AUTH_ON else "auth.opened", "")
+
+    def open_registry(self) -> bool:
+        """Turn authentication off (emits ``auth.opened``): anonymous clients get every scope
+        until a token is created again.  Live tokens keep working.  True if it was on."""
+        with self._write() as session:
+            was_on = session.scalar(_SELECT_AUTH_STATE) == AUTH_ON
+            self._set_auth(session, AUTH_OPEN)
+            return was_on
 
     def list_tokens(self) -> list[TokenInfo]:
         with self._reader() as session:
             return [TokenInfo(r.id, r.name, r.scope, r.created_at, r.revoked_at is not None)
                     for r in session.scalars(select(db.ApiToken).order_by(db.ApiToken.id))]
 
-    def revoke_token(self, token_id: int) -> None:
+    def revoke_token(self, token_id: int, *, last_admin: bool = False) -> None:
+        """Revoke a token.  Revoking the last live admin token of a registry with
+        authentication on leaves nobody able to administer it over the API: that needs
+        ``last_admin=True`` (authentication stays on either way)."""
         with self._write() as session:
             row = session.get(db.ApiToken, token_id)
             if row is None:
                 raise NotFound(f"token {token_id} does not exist")
-            row.revoked_at = row.revoked_at or datetime.now(timezone.utc)
-
+            if row.revoked_at is not None:
+                return
+            if row.scope == "admin" and not last_admin and session.scalar(_SELECT_AUTH_STATE) == AUTH_ON:
+                others = session.scalar(select(func.count()).select_from(db.ApiToken).where(
+                    db.ApiToken.scope == "admin", db.ApiToken.revoked_at.is_(None), db.ApiToken.id != token_id))
+                if not others:
+                    raise Conflict(f"token {token_id} ({row.name}) is the last live admin token: without it nobody "
+                                   "can administer the registry over the API (authentication stays on). Create "
+                                   "another admin token first, or confirm that this is intended")
+            row.revoked_at = datetime.now(timezone.utc)

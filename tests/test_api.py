@@ -10,9 +10,11 @@ import httpx
 import pytest
 
 from tests.helpers import content_digest, sha256
+from tests.support.artifacts import program_bytes
 from tests.support.servers import ThreadedRegistry
 
 PROBLEM = "application/problem+json"
+ONE, TWO, PAYLOAD, OTHER = (program_bytes(text) for text in (b"one", b"two", b"payload", b"other"))
 
 
 @pytest.fixture
@@ -71,7 +73,7 @@ def test_version_create_get_patch_delete(http: httpx.Client) -> None:
 
 
 def test_upload_download_range_and_etag(http: httpx.Client) -> None:
-    data = bytes(range(256)) * 5000  # 1.28 MB, spans several write blocks
+    data = program_bytes(bytes(range(256)) * 5000)  # 1.28 MB, spans several write blocks
     version = push(http, "m", data)
     body = http.get(f"/models/m/versions/{version}").json()
     assert (body["status"], body["digest"], body["size"]) == ("ready", sha256(data), len(data))
@@ -109,22 +111,22 @@ def test_artifacts_are_immutable_and_digest_checked(http: httpx.Client, sqlite_r
     assert_problem(http.put("/models/m/versions/1/artifact", content=b"x"), 422, "Content-Digest")
     assert_problem(http.put("/models/m/versions/1/artifact", content=b"x",
                             headers={"Content-Digest": "sha-512=:AAAA:"}), 422, "sha-256")
-    assert http.put("/models/m/versions/1/artifact", content=b"payload",
-                    headers={"Content-Digest": content_digest(b"payload")}).status_code == 200
-    again = http.put("/models/m/versions/1/artifact", content=b"other",
-                     headers={"Content-Digest": content_digest(b"other")})
+    assert http.put("/models/m/versions/1/artifact", content=PAYLOAD,
+                    headers={"Content-Digest": content_digest(PAYLOAD)}).status_code == 200
+    again = http.put("/models/m/versions/1/artifact", content=OTHER,
+                     headers={"Content-Digest": content_digest(OTHER)})
     assert_problem(again, 409, "immutable")
-    assert http.get("/models/m/versions/1/artifact").content == b"payload"
+    assert http.get("/models/m/versions/1/artifact").content == PAYLOAD
 
 
 def test_alias_endpoints_and_delete_refusal(http: httpx.Client) -> None:
-    push(http, "m", b"one")
-    push(http, "m", b"two")
+    push(http, "m", ONE)
+    push(http, "m", TWO)
     assert_problem(http.put("/models/m/aliases/production", json={"version": 7}), 404)
     assert_problem(http.put("/models/m/aliases/Prod", json={"version": 1}), 422)
     assert_problem(http.put("/models/m/aliases/1abc", json={"version": 1}), 422)
     set_ = http.put("/models/m/aliases/production", json={"version": 1}).json()
-    assert set_ == {"model": "m", "alias": "production", "version": 1, "digest": sha256(b"one")}
+    assert set_ == {"model": "m", "alias": "production", "version": 1, "digest": sha256(ONE)}
     assert http.get("/models/m/aliases/production").json() == set_
     refused = assert_problem(http.delete("/models/m/versions/1"), 409, "production")
     assert refused["aliases"] == ["production"]
@@ -153,7 +155,7 @@ def test_list_pagination_filters_and_latest(http: httpx.Client) -> None:
 
 
 def test_events_long_poll_wakes_within_a_second(http: httpx.Client) -> None:
-    push(http, "m", b"one")
+    push(http, "m", ONE)
     after = http.get("/events").json()["next"]
     timer = threading.Timer(0.3, lambda: httpx.put(str(http.base_url).rstrip("/") + "/models/m/aliases/production",
                                                    json={"version": 1}))
@@ -191,7 +193,7 @@ def test_64_concurrent_version_creations_over_http(registry: ThreadedRegistry) -
 def test_health_readiness_metrics_and_openapi(sqlite_registry: ThreadedRegistry) -> None:
     url = sqlite_registry.url
     assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
-    assert httpx.get(f"{url}/readyz").json() == {"status": "ready"}
+    assert httpx.get(f"{url}/readyz").json()["status"] == "ready"
     httpx.get(f"{url}/api/v1/models")
     metrics = httpx.get(f"{url}/metrics").text
     assert 'modelyard_registry_requests_total{method="GET",route="/models",status="200"}' in metrics

@@ -61,24 +61,43 @@ def test_anonymous_read_setting_and_revocation(settings: RegistrySettings, monke
         assert httpx.post(f"{api}/models", json={"name": "z"}, headers=headers).status_code == 401
 
 
+def test_revoking_the_last_live_token_does_not_open_the_registry(settings: RegistrySettings, monkeypatch) -> None:
+    """Revoking a leaked token is the normal incident response: it must not give anonymous clients admin."""
+    monkeypatch.setattr(auth, "OPEN_MODE_CACHE_SECONDS", 0.0)
+    with ThreadedRegistry(settings) as server:
+        api = server.url + "/api/v1"
+        token, info = server.store.create_token("leaked", "write")
+        assert httpx.post(f"{api}/models", json={"name": "m"}).status_code == 401
+        server.store.revoke_token(info.id)
+        assert httpx.post(f"{api}/models", json={"name": "m"}).status_code == 401
+        assert httpx.get(f"{api}/models").status_code == 401
+        assert httpx.delete(f"{api}/models/m", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+
+
 def test_tokens_from_the_environment_are_seeded_once(settings: RegistrySettings, monkeypatch) -> None:
-    """The Helm chart generates the admin and operator tokens into a Secret and hands them in by env."""
-    admin, operator = "my_" + "a" * 40, "my_" + "o" * 40
+    """The Helm chart generates the admin, operator and pull tokens into a Secret and hands them in by env.
+    Only the admin token may write: the operator resolves, model pods pull."""
+    admin, operator, pull = "my_" + "a" * 40, "my_" + "o" * 40, "my_" + "p" * 40
     monkeypatch.setenv("MODELYARD_ADMIN_TOKEN", admin)
     monkeypatch.setenv("MODELYARD_OPERATOR_TOKEN", operator)
+    monkeypatch.setenv("MODELYARD_PULL_TOKEN", pull)
     seeded = RegistrySettings(db_url=settings.db_url, artifacts_url=settings.artifacts_url, migrate_on_start=True)
-    assert seeded.seed_tokens == {"admin": ("admin", admin), "operator": ("write", operator)}
+    assert seeded.seed_tokens == {"admin": ("admin", admin), "operator": ("read", operator), "pull": ("read", pull)}
     with ThreadedRegistry(seeded) as server:
         api = server.url + "/api/v1"
         assert httpx.get(f"{api}/models").status_code == 401  # tokens exist: authentication is on
-        as_operator = {"Authorization": f"Bearer {operator}"}
-        assert httpx.post(f"{api}/models", json={"name": "m"}, headers=as_operator).status_code == 201
-        refused = httpx.delete(f"{api}/models/m", headers=as_operator)
-        assert refused.status_code == 403
-        assert httpx.delete(f"{api}/models/m", headers={"Authorization": f"Bearer {admin}"}).status_code == 204
-        assert [t.name for t in server.store.list_tokens()] == ["admin", "operator"]
+        as_admin = {"Authorization": f"Bearer {admin}"}
+        assert httpx.post(f"{api}/models", json={"name": "m"}, headers=as_admin).status_code == 201
+        for reader in (operator, pull):
+            as_reader = {"Authorization": f"Bearer {reader}"}
+            assert httpx.get(f"{api}/models/m", headers=as_reader).status_code == 200
+            assert httpx.post(f"{api}/models", json={"name": "x"}, headers=as_reader).status_code == 403
+            assert httpx.put(f"{api}/models/m/aliases/production", json={"version": 1},
+                             headers=as_reader).status_code == 403
+        assert httpx.delete(f"{api}/models/m", headers=as_admin).status_code == 204
+        assert [t.name for t in server.store.list_tokens()] == ["admin", "operator", "pull"]
     with ThreadedRegistry(seeded) as server:  # a restart (or a second replica) adds nothing
-        assert [t.name for t in server.store.list_tokens()] == ["admin", "operator"]
+        assert [t.name for t in server.store.list_tokens()] == ["admin", "operator", "pull"]
         assert server.store.ensure_token("admin", "admin", admin) is False
         with pytest.raises(Exception, match="too short"):
             server.store.ensure_token("weak", "read", "short")

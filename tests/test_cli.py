@@ -104,6 +104,25 @@ def test_tokens_from_the_cli_turn_auth_on(sqlite_registry: ThreadedRegistry, art
     run("models", "ls", registry=sqlite_registry, env={"MODELYARD_TOKEN": token})
 
 
+def test_revoking_every_token_keeps_auth_on_until_an_explicit_open(sqlite_registry: ThreadedRegistry) -> None:
+    db = sqlite_registry.settings.db_url
+    run("registry", "token", "create", "--scope", "admin", "--name", "root", "--db", db)
+    refused = run("registry", "token", "revoke", "1", "--db", db, ok=False)
+    assert refused.returncode == 1 and "last live admin token" in refused.stderr
+    run("registry", "token", "revoke", "1", "--last-admin", "--db", db)
+    listed = run("registry", "token", "ls", "--db", db).stdout
+    assert "yes" in listed and "authentication: on" in listed
+    time.sleep(1.1)  # the server re-reads the mode once a second
+    assert run("models", "ls", registry=sqlite_registry, ok=False).returncode == 1  # still closed: 401
+    unconfirmed = run("registry", "auth", "open", "--db", db, ok=False)
+    assert unconfirmed.returncode == 1 and "--yes" in unconfirmed.stderr
+    run("registry", "auth", "open", "--yes", "--db", db)
+    assert "authentication: off" in run("registry", "auth", "status", "--db", db).stdout
+    time.sleep(1.1)
+    run("models", "ls", registry=sqlite_registry)
+    assert sqlite_registry.store.events_after(0)[-1].type == "auth.opened"
+
+
 def _model_exists(server: ThreadedRegistry, name: str) -> bool:
     return any(m.name == name for m in server.store.list_models().items)
 

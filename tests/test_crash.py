@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.helpers import content_digest, eventually
+from tests.support.artifacts import program_bytes
 from tests.support.servers import ProcessRegistry
 
 pytestmark = pytest.mark.slow
@@ -34,7 +35,7 @@ def prepare(url: str) -> None:
 
 def test_server_killed_mid_upload(tmp_path: Path) -> None:
     db, artifacts = f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "artifacts"
-    payload = os.urandom(4 * MiB)
+    payload = program_bytes(os.urandom(4 * MiB))
     release = threading.Event()
 
     def slow_body():  # noqa: ANN202

@@ -13,9 +13,13 @@ from schemathesis.checks import not_a_server_error
 
 from modelyard.registry.settings import RegistrySettings
 from tests.helpers import content_digest
+from tests.support.artifacts import program_bytes
 from tests.support.servers import ThreadedRegistry
 
 pytestmark = pytest.mark.slow
+
+
+WEIGHTS = program_bytes(b"weights")
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +33,8 @@ def fuzzed_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Thread
         for name in ("a", "m", "digits"):
             httpx.post(f"{api}/models", json={"name": name}).raise_for_status()
             httpx.post(f"{api}/models/{name}/versions").raise_for_status()
-            httpx.put(f"{api}/models/{name}/versions/1/artifact", content=b"weights",
-                      headers={"Content-Digest": content_digest(b"weights")}).raise_for_status()
+            httpx.put(f"{api}/models/{name}/versions/1/artifact", content=WEIGHTS,
+                      headers={"Content-Digest": content_digest(WEIGHTS)}).raise_for_status()
             httpx.put(f"{api}/models/{name}/aliases/production", json={"version": 1}).raise_for_status()
         yield server
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from modelyard.registry.artifacts.s3 import PART_SIZE, S3ArtifactStore
 from modelyard.registry.errors import DigestMismatch
 from modelyard.registry.settings import RegistrySettings
 from tests.helpers import content_digest, sha256
+from tests.support.artifacts import program_bytes
 from tests.support.servers import ThreadedRegistry, free_port
 
 
@@ -41,7 +43,7 @@ def s3_endpoint() -> Iterator[str]:
 def bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
     import boto3
 
-    name = "t-" + request.node.name.lower().replace("_", "-")[:50]
+    name = "t-" + re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower().replace("_", "-"))[:50].strip("-")
     boto3.client("s3").create_bucket(Bucket=name)
     return name
 
@@ -76,7 +78,7 @@ def test_mismatch_publishes_nothing_and_aborts_the_upload(bucket: str) -> None:
 def test_registry_on_s3_end_to_end(bucket: str, tmp_path: Path) -> None:
     settings = RegistrySettings(db_url=f"sqlite:///{tmp_path / 'r.db'}", artifacts_url=f"s3://{bucket}/reg",
                                 migrate_on_start=True)
-    data = os.urandom(3 << 20)
+    data = program_bytes(os.urandom(3 << 20))
     with ThreadedRegistry(settings) as server:
         api = server.url + "/api/v1"
         httpx.post(f"{api}/models", json={"name": "m"}).raise_for_status()
@@ -88,3 +90,23 @@ def test_registry_on_s3_end_to_end(bucket: str, tmp_path: Path) -> None:
         part = httpx.get(f"{api}/models/m/versions/1/artifact", headers={"Range": "bytes=10-19"})
         assert part.status_code == 206 and part.content == data[10:20]
         assert httpx.get(f"{server.url}/readyz").status_code == 200
+
+
+def test_garbage_collection_on_s3(bucket: str, store) -> None:  # noqa: ANN001 - the SQL store fixture
+    """The same collector serves S3: it lists the bucket's blobs and deletes only what nothing uses."""
+    from modelyard.registry import garbage, schemas
+
+    artifacts = S3ArtifactStore.from_url(f"s3://{bucket}/reg")
+    kept, orphan = program_bytes(b"kept"), program_bytes(b"orphan")
+    for data in (kept, orphan):
+        anyio.run(artifacts.put, sha256(data)[7:], chunks_of(data))
+    store.create_model(schemas.ModelCreate(name="m"))
+    store.create_version("m", schemas.VersionCreate())
+    store.mark_ready("m", 1, sha256(kept), len(kept))
+    assert {f"sha256:{h}" for h, _ in artifacts.list_blobs()} == {sha256(kept), sha256(orphan)}
+    with artifacts.open(sha256(kept)[7:]) as file:  # ranged reads behind a seekable file
+        file.seek(10)
+        assert file.read(20) == kept[10:30]
+    assert garbage.sweep(store, artifacts, min_age_seconds=0).deleted == [sha256(orphan)]
+    assert [f"sha256:{h}" for h, _ in artifacts.list_blobs()] == [sha256(kept)]
+    assert artifacts.size(sha256(kept)[7:]) == len(kept)

@@ -159,16 +159,45 @@ def test_deleting_returns_only_unshared_digests(store: RegistryStore) -> None:
 
 
 def test_tokens_are_hashed_scoped_and_revocable(store: RegistryStore) -> None:
-    assert not store.any_tokens()
+    assert not store.auth_enabled()
     token, info = store.create_token("ci", "write")
-    assert store.any_tokens()
+    assert store.auth_enabled()
     assert store.token_scope(token) == "write"
     assert store.token_scope(token + "x") is None
     assert token not in repr(store.list_tokens())
     store.revoke_token(info.id)
-    assert store.token_scope(token) is None and not store.any_tokens()
+    assert store.token_scope(token) is None
     with pytest.raises(BadRequest):
         store.create_token("x", "root")
+
+
+def test_authentication_stays_on_until_an_administrator_opens_the_registry(store: RegistryStore) -> None:
+    """Revoking a leaked token, the last live one included, must never open the registry."""
+    _, writer = store.create_token("ci", "write")
+    _, admin = store.create_token("admin", "admin")
+    store.revoke_token(writer.id)
+    with pytest.raises(Conflict, match="last live admin token"):
+        store.revoke_token(admin.id)
+    assert store.token_scope("x") is None and not store.list_tokens()[1].revoked
+    store.revoke_token(admin.id, last_admin=True)
+    assert all(token.revoked for token in store.list_tokens())
+    assert store.auth_enabled()  # no live token, and still closed
+    assert store.open_registry() is True
+    assert not store.auth_enabled()
+    assert store.open_registry() is False  # already open: no second event
+    store.create_token("new", "read")
+    assert store.auth_enabled()
+    assert [e.type for e in store.events_after(0)] == ["auth.enabled", "auth.opened", "auth.enabled"]
+
+
+def test_seeded_tokens_take_the_deployment_scope_and_stay_revoked(store: RegistryStore) -> None:
+    seeded = "my_" + "s" * 40
+    assert store.ensure_token("operator", "write", seeded) is True
+    assert store.auth_enabled() and store.token_scope(seeded) == "write"
+    assert store.ensure_token("operator", "read", seeded) is False  # an upgrade narrowed its scope
+    assert store.token_scope(seeded) == "read"
+    store.revoke_token(store.list_tokens()[0].id)
+    assert store.ensure_token("operator", "read", seeded) is False and store.token_scope(seeded) is None
 
 
 def test_racing_alias_set_and_version_delete_stay_consistent(store: RegistryStore) -> None:

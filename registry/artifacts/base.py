@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import anyio.to_thread
 
@@ -13,6 +15,8 @@ from modelyard.registry.errors import DigestMismatch
 
 WRITE_BLOCK = 1 << 20
 """Bytes gathered before each write: few thread hops, bounded memory."""
+READ_AHEAD = 256 << 10
+"""Read size of :meth:`ArtifactStore.open` (each read is a ranged request on S3)."""
 
 
 @dataclass(frozen=True)
@@ -37,13 +41,29 @@ class ArtifactStore(ABC):
     def open_range(self, hex_digest: str, start: int, end: int) -> Iterator[bytes]:
         """Bytes ``start..end`` (inclusive), in blocks."""
 
+    def open(self, hex_digest: str) -> BinaryIO:
+        """The artifact as a seekable, buffered file (for inspecting archives in place)."""
+        size = self.size(hex_digest)
+        if size is None:
+            raise FileNotFoundError(f"sha256:{hex_digest} is not in the artifact store")
+        return io.BufferedReader(_RangeReader(self, hex_digest, size), buffer_size=READ_AHEAD)
+
     @abstractmethod
     def delete(self, hex_digest: str) -> None:
-        """Remove an artifact no version refers to any more (absent is fine)."""
+        """Remove an artifact (absent is fine).  Only the garbage collector calls this
+        (``RegistryStore.collect_blobs``), under the lock that keeps uploads out."""
+
+    @abstractmethod
+    def list_blobs(self) -> Iterator[tuple[str, float]]:
+        """Every stored artifact: (hex digest, last-modified time in epoch seconds)."""
 
     @abstractmethod
     def check(self) -> None:
         """Raise if the store is unusable (``/readyz``)."""
+
+    def free_bytes(self) -> int | None:
+        """Room left for uploads, where the backend has a limit it can tell (a local disk)."""
+        return None
 
     @abstractmethod
     def describe(self) -> str:
@@ -89,3 +109,35 @@ def check_expected(expected_hex: str, got: StoredArtifact) -> None:
             f"with sha256:{got.digest}; nothing was stored",
             extra={"expected": f"sha256:{expected_hex}", "actual": f"sha256:{got.digest}", "size": got.size},
         )
+
+
+class _RangeReader(io.RawIOBase):
+    """A seekable file over ``ArtifactStore.open_range``: one ranged read per buffer fill."""
+
+    def __init__(self, store: ArtifactStore, hex_digest: str, size: int) -> None:
+        self._store, self._digest, self._size, self._position = store, hex_digest, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        end = min(self._size, self._position + len(buffer)) - 1
+        if end < self._position:
+            return 0
+        filled = 0
+        for block in self._store.open_range(self._digest, self._position, end):
+            buffer[filled:filled + len(block)] = block
+            filled += len(block)
+        self._position += filled
+        return filled

@@ -8,14 +8,20 @@ at any point leaves either no artifact or a complete one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 from modelyard.registry.artifacts.base import ArtifactStore, StoredArtifact, check_expected, hash_blocks
+from modelyard.registry.errors import InsufficientStorage
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 READ_BLOCK = 1 << 20
 STALE_TEMP_SECONDS = 24 * 3600
@@ -49,7 +55,10 @@ class LocalArtifactStore(ArtifactStore):
 
     async def put(self, expected_hex: str, chunks: AsyncIterator[bytes]) -> StoredArtifact:
         temp = self.tmp / f"{uuid.uuid4().hex}.part"
-        handle = open(temp, "wb")  # noqa: SIM115 - closed below on every path
+        try:
+            handle = open(temp, "wb")  # noqa: SIM115 - closed below on every path
+        except OSError as exc:
+            raise self._full(exc) from exc
         try:
             stored = await hash_blocks(chunks, handle.write)
             handle.flush()
@@ -61,10 +70,21 @@ class LocalArtifactStore(ArtifactStore):
             os.replace(temp, final)
             _fsync_dir(final.parent)
             return stored
+        except OSError as exc:
+            raise self._full(exc) from exc
         finally:
-            handle.close()
+            with contextlib.suppress(OSError):  # closing a file on a full disk may fail again
+                handle.close()
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
+
+    def _full(self, error: OSError) -> OSError | InsufficientStorage:
+        """A full disk is the client's 507, not the server's 500; other I/O errors stay errors."""
+        if error.errno not in _FULL:
+            return error
+        free = self.free_bytes()
+        return InsufficientStorage(f"the artifact store at {self.root} is full ({free} bytes free): nothing was "
+                                   "stored; free space or move the artifacts to a larger volume, then retry")
 
     def size(self, hex_digest: str) -> int | None:
         try:
@@ -83,9 +103,22 @@ class LocalArtifactStore(ArtifactStore):
                 remaining -= len(block)
                 yield block
 
+    def open(self, hex_digest: str) -> BinaryIO:
+        return open(self.path_for(hex_digest), "rb")
+
     def delete(self, hex_digest: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path_for(hex_digest).unlink()
+
+    def list_blobs(self) -> Iterator[tuple[str, float]]:
+        for shard in sorted(self.blobs.iterdir()):
+            for path in shard.iterdir() if shard.is_dir() else ():
+                if len(path.name) == 64 and path.name.startswith(shard.name):
+                    with contextlib.suppress(FileNotFoundError):
+                        yield path.name, path.stat().st_mtime
+
+    def free_bytes(self) -> int | None:
+        return shutil.disk_usage(self.tmp).free
 
     def check(self) -> None:
         if not os.access(self.tmp, os.W_OK):

@@ -96,6 +96,14 @@ class S3ArtifactStore(ArtifactStore):
     def delete(self, hex_digest: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self.key_for(hex_digest))
 
+    def list_blobs(self) -> Iterator[tuple[str, float]]:
+        prefix = self.key_for("")
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", ()):
+                name = item["Key"][len(prefix):]
+                if len(name) == 64 and "/" not in name:
+                    yield name, item["LastModified"].timestamp()
+
     def check(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)
 

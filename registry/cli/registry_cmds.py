@@ -9,12 +9,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from modelyard.registry.cli.common import console, reported_errors
+from modelyard.registry.cli.common import console, errors, reported_errors
 from modelyard.registry.settings import RegistrySettings, default_db_url
 
 registry_app = typer.Typer(help="Run and administer the registry server.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens (scopes: read < write < admin).", no_args_is_help=True)
 registry_app.add_typer(token_app, name="token")
+auth_app = typer.Typer(help="Whether the registry requires tokens.", no_args_is_help=True)
+registry_app.add_typer(auth_app, name="auth")
 
 DbOption = Annotated[str | None, typer.Option("--db", envvar="MODELYARD_DB_URL",
                                               help="SQLAlchemy URL [default: SQLite under MODELYARD_HOME]",
@@ -106,17 +108,49 @@ def token_create(
 def token_ls(db: DbOption = None) -> None:
     """List tokens (never their values)."""
     with reported_errors():
-        tokens = _store(db).list_tokens()
+        store = _store(db)
+        tokens, enabled = store.list_tokens(), store.auth_enabled()
     table = Table("ID", "NAME", "SCOPE", "CREATED", "REVOKED", box=None)
     for t in tokens:
         table.add_row(str(t.id), t.name, t.scope, t.created_at.strftime("%Y-%m-%d %H:%M"), "yes" if t.revoked else "")
     console.print(table)
+    console.print(_auth_line(enabled), highlight=False)
 
 
 @token_app.command("revoke")
 def token_revoke(token_id: Annotated[int, typer.Argument(help="token id (see `token ls`)")],
+                 last_admin: Annotated[bool, typer.Option(
+                     "--last-admin", help="allow revoking the last live admin token")] = False,
                  db: DbOption = None) -> None:
-    """Revoke a token (servers stop accepting it within seconds)."""
+    """Revoke a token (servers stop accepting it within seconds).  Authentication stays on."""
     with reported_errors():
-        _store(db).revoke_token(token_id)
+        _store(db).revoke_token(token_id, last_admin=last_admin)
     console.print(f"revoked token {token_id}")
+
+
+def _auth_line(enabled: bool) -> str:
+    if enabled:
+        return "authentication: on (clients need a token)"
+    return "authentication: off (the registry is open: anonymous clients may do anything)"
+
+
+@auth_app.command("status")
+def auth_status(db: DbOption = None) -> None:
+    """Say whether clients need a token."""
+    with reported_errors():
+        enabled = _store(db).auth_enabled()
+    console.print(_auth_line(enabled), highlight=False)
+
+
+@auth_app.command("open")
+def auth_open(yes: Annotated[bool, typer.Option("--yes", help="confirm: anyone who can reach the registry "
+                                                             "may then read, write and delete")] = False,
+              db: DbOption = None) -> None:
+    """Turn authentication off (recorded as an `auth.opened` event).  Creating a token turns it on again."""
+    if not yes:
+        errors.print("[red]error:[/red] opening the registry gives every anonymous client admin rights; "
+                     "pass --yes to confirm", highlight=False)
+        raise typer.Exit(1)
+    with reported_errors():
+        changed = _store(db).open_registry()
+    console.print("authentication: off" + ("" if changed else " (it already was)"), highlight=False)

@@ -98,7 +98,9 @@ class Alias(Base):
 
 
 class Event(Base):
-    """The ordered change feed behind ``GET /events``; ids only grow."""
+    """The ordered change feed behind ``GET /events``; ids only grow.
+
+    ``model`` is empty for registry-wide events (authentication turned on or opened)."""
 
     __tablename__ = "events"
     __table_args__ = (Index("ix_events_model", "model"),)
@@ -122,3 +124,28 @@ class ApiToken(Base):
     scope: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class PendingBlob(Base):
+    """An upload in flight: its declared digest must not be collected as garbage.
+
+    Registered (under the collector's lock) before the first byte is stored and removed
+    in the transaction that records the blob on its version, so at every moment a
+    published blob is protected by a pending row, a version row, or neither (garbage).
+    """
+
+    __tablename__ = "pending_blobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(71), index=True)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RegistryState(Base):
+    """Registry-wide settings that must survive restarts, such as whether authentication is on."""
+
+    __tablename__ = "registry_state"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

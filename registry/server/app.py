@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+
+import anyio.to_thread
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from modelyard.registry.artifacts import open_artifact_store
+from modelyard.registry import garbage
+from modelyard.registry.artifacts import ArtifactStore, open_artifact_store
 from modelyard.registry.db.engine import create_db_engine, is_sqlite
+from modelyard.registry.db.file_guard import quick_check
 from modelyard.registry.db.migrate import current_revision, head_revision, upgrade
 from modelyard.registry.server import aliases_api, artifacts_api, events_api, health_api, models_api, versions_api
 from modelyard.registry.server.auth import Authenticator
@@ -39,7 +43,27 @@ def prepare_database(settings: RegistrySettings) -> RegistryStore:
             f"database schema is at {current_revision(engine) or 'nothing'}, this server needs {head_revision()}: "
             "run `modelyard registry migrate --db …` first (or set MODELYARD_MIGRATE_ON_START=true)"
         )
-    return RegistryStore(engine)
+    store = RegistryStore(engine)
+    if engine.dialect.name == "sqlite":
+        store.damage = quick_check(engine)
+        if store.damage:
+            log.error("the database %s failed its integrity check: %s; writes are refused and /readyz fails "
+                      "until it is restored from a backup", engine.url.database, store.damage)
+    return store
+
+
+async def sweep_periodically(store: RegistryStore, artifacts: ArtifactStore, interval: float) -> None:
+    """Collect blobs that crashes left behind, every ``interval`` seconds (first after one interval)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            result = await anyio.to_thread.run_sync(garbage.sweep, store, artifacts)
+        except Exception:  # noqa: BLE001 - logged; the next round tries again
+            log.exception("artifact garbage sweep failed")
+            continue
+        if result.deleted:
+            log.info("artifact sweep: removed %d unreferenced blob(s) of %d examined", len(result.deleted),
+                     result.examined)
 
 
 def create_app(settings: RegistrySettings | None = None) -> FastAPI:
@@ -61,7 +85,12 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
         tune_for_serving()
         log.info("registry ready: database %s, artifacts %s", store.engine.url.render_as_string(hide_password=True),
                  artifacts.describe())
+        sweeper = (asyncio.get_running_loop().create_task(sweep_periodically(store, artifacts,
+                                                                              settings.gc_interval_seconds))
+                   if settings.gc_interval_seconds > 0 else None)
         yield
+        if sweeper is not None:
+            sweeper.cancel()
         store.engine.dispose()
 
     app = FastAPI(

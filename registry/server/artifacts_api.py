@@ -7,6 +7,7 @@ both stream back with ETag = digest and single byte ``Range`` support.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
 import anyio.to_thread
@@ -17,13 +18,14 @@ from modelyard.registry import schemas
 from modelyard.registry.artifacts import (
     ArtifactStore, StoredArtifact, format_content_digest, parse_content_digest, parse_digest,
 )
-from modelyard.registry.errors import Conflict, NotFound, RangeNotSatisfiable
+from modelyard.registry.bento_source import ForeignBento, check_bento_source
+from modelyard.registry.errors import Conflict, Invalid, NotFound, RangeNotSatisfiable
+from modelyard.registry.formats import UnsupportedArtifact, sniff_format
 from modelyard.registry.server.calls import run_write
-from modelyard.registry.server.deps import (
-    Artifacts, ModelPath, Reader, Store, VersionPath, Writer, delete_blobs, run_read,
-)
+from modelyard.registry.server.deps import Artifacts, ModelPath, Reader, Store, VersionPath, Writer, run_read
 from modelyard.registry.server.problems import problem_response
 from modelyard.registry.server.ranges import parse_range
+from modelyard.registry.server.uploads import claimed, collect_garbage
 
 router = APIRouter(prefix="/models/{name}/versions/{version}", tags=["artifacts"])
 
@@ -41,10 +43,40 @@ _DOWNLOAD_RESPONSES: dict[int | str, dict] = {
 }
 
 
-async def receive(request: Request, artifacts: ArtifactStore, content_digest: str) -> StoredArtifact:
-    stored = await artifacts.put(parse_content_digest(content_digest), request.stream())
+async def receive(request: Request, artifacts: ArtifactStore, expected_hex: str) -> StoredArtifact:
+    stored = await artifacts.put(expected_hex, request.stream())
     request.app.state.metrics.artifact_bytes.labels("in").inc(stored.size)
     return stored
+
+
+def inspect_artifact(artifacts: ArtifactStore, hex_digest: str, declared: schemas.ArtifactFormat | None,
+                     label: str) -> str:
+    """The stored artifact's kind, read from its bytes; 422 when it is none of the formats, is not
+    safe to load (pickles, native code) or is not what the version declared."""
+    try:
+        with artifacts.open(hex_digest) as file:
+            kind = sniff_format(file, label)
+    except UnsupportedArtifact as exc:
+        raise Invalid(f"{exc}; nothing was stored") from None
+    if declared is not None and declared.value != kind:
+        raise Invalid(f"{label} was declared {declared.value} but the file is {kind}; nothing was stored")
+    return kind
+
+
+def inspect_bento(artifacts: ArtifactStore, hex_digest: str, version: schemas.Version, label: str) -> None:
+    """422 unless the Bento was built from exactly this version (see ``bento_source``)."""
+    if version.format == schemas.ArtifactFormat.bento:  # the artifact is the Bento itself
+        if f"sha256:{hex_digest}" != version.digest:
+            raise Invalid(f"{label} is not {version.model}:{version.version}'s artifact ({version.digest}): the "
+                          "Bento of a version in format bento is its artifact itself; nothing was stored")
+        return
+    try:
+        with artifacts.open(hex_digest) as file:
+            check_bento_source(file, model=version.model, version=version.version, digest=str(version.digest),
+                               format=version.format.value if version.format else None,
+                               metadata=version.metadata, label=label)
+    except ForeignBento as exc:
+        raise Invalid(f"{exc}; nothing was stored") from None
 
 
 async def send(request: Request, artifacts: ArtifactStore, digest: str, what: str) -> Response:
@@ -94,11 +126,16 @@ def _etags(header: str | None) -> set[str]:
 async def upload_artifact(name: ModelPath, version: VersionPath, request: Request, store: Store,
                           artifacts: Artifacts, content_digest: ContentDigest, _: Writer) -> schemas.Version:
     """Stream the artifact in; the version becomes ``ready`` only when its sha256 matches
-    ``Content-Digest`` (on mismatch: 422, nothing stored, the version stays ``pending``)."""
-    parse_content_digest(content_digest)  # a malformed header is refused before any byte is read
-    await run_read(store, store.check_uploadable, name, version)
-    stored = await receive(request, artifacts, content_digest)
-    return await run_write(store, store.mark_ready, name, version, f"sha256:{stored.digest}", stored.size)
+    ``Content-Digest`` and the file is a model program that is safe to load (else 422, nothing
+    stored, the version stays ``pending``)."""
+    expected = parse_content_digest(content_digest)  # a malformed header is refused before any byte is read
+    current = await run_read(store, store.check_uploadable, name, version)
+    async with claimed(store, artifacts, expected) as claim:
+        stored = await receive(request, artifacts, expected)
+        kind = await anyio.to_thread.run_sync(inspect_artifact, artifacts, stored.digest, current.format,
+                                              f"the artifact of {name}:{version}")
+        return await run_write(store, partial(store.mark_ready, name, version, f"sha256:{stored.digest}",
+                                              stored.size, format=kind, claim=claim))
 
 
 @router.head("/artifact", response_class=StreamingResponse, responses=_DOWNLOAD_RESPONSES,
@@ -123,13 +160,18 @@ async def upload_bento(name: ModelPath, version: VersionPath, request: Request, 
                        tag: Annotated[schemas.BentoTag, Query(description="the Bento's tag, NAME:VERSION")]
                        ) -> schemas.Version:
     """Stream in the version's exported ``.bento`` (made by ``modelyard package``); recorded
-    only when its sha256 matches.  The same Bento twice is a no-op; another one is a 409."""
-    parse_content_digest(content_digest)
+    only when its sha256 matches and it was built from exactly this version's artifact (else
+    422).  The same Bento twice is a no-op; another one is a 409."""
+    expected = parse_content_digest(content_digest)
     current = await run_read(store, store.get_version, name, version)
     if current.status != schemas.VersionStatus.ready:
         raise Conflict(f"version {version} of model {name!r} is {current.status.value}: upload its artifact first")
-    stored = await receive(request, artifacts, content_digest)
-    return await run_write(store, store.mark_packaged, name, version, tag, f"sha256:{stored.digest}", stored.size)
+    async with claimed(store, artifacts, expected) as claim:
+        stored = await receive(request, artifacts, expected)
+        await anyio.to_thread.run_sync(inspect_bento, artifacts, stored.digest, current,
+                                       f"the Bento uploaded for {name}:{version}")
+        return await run_write(store, partial(store.mark_packaged, name, version, tag, f"sha256:{stored.digest}",
+                                              stored.size, claim=claim))
 
 
 @router.head("/bento", response_class=StreamingResponse, responses=_DOWNLOAD_RESPONSES, operation_id="head_bento")
@@ -146,6 +188,6 @@ async def download_bento(name: ModelPath, version: VersionPath, request: Request
 @router.delete("/bento", status_code=204, response_class=Response)
 async def delete_bento(name: ModelPath, version: VersionPath, store: Store, artifacts: Artifacts,
                        _: Writer) -> Response:
-    """Forget the version's Bento (to package it again)."""
-    await delete_blobs(artifacts, await run_write(store, store.clear_bento, name, version))
+    """Forget the version's Bento (to package it again); emits ``version.unpackaged``."""
+    await collect_garbage(store, artifacts, await run_write(store, store.clear_bento, name, version))
     return Response(status_code=204)

@@ -1,8 +1,10 @@
 """Bearer-token authentication with scopes read < write < admin.
 
-Policy: while no token exists the registry is open (the embedded single-user
-default); creating the first token turns authentication on.  Then anonymous
-clients get nothing, or read access when ``anonymous_read`` is set.
+Policy: a registry that never had a token is open (the embedded single-user
+default); creating the first token turns authentication on, and it stays on,
+whatever is revoked later, until an administrator opens the registry explicitly
+(``modelyard registry auth open``).  While it is on, anonymous clients get
+nothing, or read access when ``anonymous_read`` is set.
 
 Lookups are cached for a few seconds because every request, including the
 operator's alias hot path, passes through here; a revoked token therefore stops
@@ -36,7 +38,7 @@ class Authenticator:
     async def _is_open(self) -> bool:
         now = time.monotonic()
         if now >= self._open_until:
-            self._open = not await run_read(self.store, self.store.any_tokens)
+            self._open = not await run_read(self.store, self.store.auth_enabled)
             self._open_until = now + OPEN_MODE_CACHE_SECONDS
         return self._open
 

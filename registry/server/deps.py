@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import anyio.to_thread
-
 from fastapi import Depends, Path, Query, Request, Response
 from pydantic import BaseModel
 
 from modelyard.registry.artifacts import ArtifactStore
+from modelyard.registry.schemas import MAX_VERSION
 from modelyard.registry.errors import Invalid
 from modelyard.registry.names import ALIAS_PATTERN, NAME_PATTERN, check_tag_key
 from modelyard.registry.server.auth import require
@@ -18,7 +17,7 @@ from modelyard.registry.store import RegistryStore
 
 ModelPath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=63, description="model name (DNS label)")]
 AliasPath = Annotated[str, Path(pattern=ALIAS_PATTERN, max_length=63, description="alias name")]
-VersionPath = Annotated[int, Path(ge=1, le=2_147_483_647, description="version number")]
+VersionPath = Annotated[int, Path(ge=1, le=MAX_VERSION, description="version number")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
 Cursor = Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")]
 TagFilter = Annotated[list[str], Query(description="repeatable key=value tag filter", max_length=16)]
@@ -56,9 +55,3 @@ def created(body: BaseModel, location: str) -> Response:
     """201 with ``Location``, serialized once (the body is already a validated model)."""
     return Response(body.model_dump_json(), status_code=201, media_type="application/json",
                     headers={"Location": location})
-
-
-async def delete_blobs(artifacts: ArtifactStore, digests: list[str]) -> None:
-    """Remove artifacts that no version refers to any more (called once their rows are gone)."""
-    for digest in digests:
-        await anyio.to_thread.run_sync(artifacts.delete, digest.removeprefix("sha256:"))

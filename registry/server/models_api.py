@@ -10,9 +10,10 @@ from modelyard.registry import schemas
 from modelyard.registry.names import ALIAS_PATTERN
 from modelyard.registry.server.calls import run_write
 from modelyard.registry.server.deps import (
-    Admin, Artifacts, Cursor, Limit, ModelPath, Reader, Store, TagFilter, Writer, created, delete_blobs,
+    Admin, Artifacts, Cursor, Limit, ModelPath, Reader, Store, TagFilter, Writer, created,
     parse_tag_filters, run_read,
 )
+from modelyard.registry.server.uploads import collect_garbage
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -49,5 +50,5 @@ async def update_model(name: ModelPath, body: schemas.ModelUpdate, store: Store,
 @router.delete("/{name}", status_code=204, response_class=Response)
 async def delete_model(name: ModelPath, store: Store, artifacts: Artifacts, _: Admin) -> Response:
     """Delete a model with all its versions (admin scope); refused while it has aliases."""
-    await delete_blobs(artifacts, await run_write(store, store.delete_model, name))
+    await collect_garbage(store, artifacts, await run_write(store, store.delete_model, name))
     return Response(status_code=204)

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelyard.registry.errors import BadRequest, HttpProblem, Invalid, RegistryError, Unavailable
 from modelyard.registry.names import InvalidName
@@ -25,6 +26,24 @@ def problem_response(error: RegistryError, request: Request) -> JSONResponse:
     headers = {"WWW-Authenticate": 'Bearer realm="modelyard"'} if error.status == 401 else None
     return JSONResponse(error.problem(instance=request.url.path), status_code=error.status,
                         media_type=PROBLEM_JSON, headers=headers)
+
+
+class RejectNulInQuery:
+    """ASGI middleware: a NUL character in the query string is a 400 problem, before any route
+    runs (PostgreSQL cannot compare text with NUL in it; path parameters are patterns already)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query = scope.get("query_string", b"") if scope["type"] == "http" else b""
+        if query and (b"%00" in query or b"\x00" in query):
+            error = BadRequest("query parameters must not contain NUL characters (%00)")
+            response = JSONResponse(error.problem(instance=scope.get("path")), status_code=error.status,
+                                    media_type=PROBLEM_JSON)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -64,6 +83,8 @@ def install_problem_handlers(app: FastAPI) -> None:
             return problem_response(Unavailable("the registry database connection was lost; retry shortly"), request)
         log.exception("database error on %s %s", request.method, request.url.path)
         return problem_response(RegistryError("internal database error"), request)
+
+    app.add_middleware(RejectNulInQuery)
 
     @app.exception_handler(UnicodeDecodeError)
     async def _undecodable(request: Request, exc: UnicodeDecodeError) -> JSONResponse:

@@ -9,9 +9,10 @@ from fastapi import APIRouter, Query, Request, Response
 from modelyard.registry import schemas
 from modelyard.registry.server.calls import run_write
 from modelyard.registry.server.deps import (
-    Artifacts, Cursor, Limit, ModelPath, Reader, Store, TagFilter, VersionPath, Writer, created, delete_blobs,
+    Artifacts, Cursor, Limit, ModelPath, Reader, Store, TagFilter, VersionPath, Writer, created,
     parse_tag_filters, run_read,
 )
+from modelyard.registry.server.uploads import collect_garbage
 
 router = APIRouter(prefix="/models/{name}/versions", tags=["versions"])
 
@@ -54,5 +55,5 @@ async def update_version(name: ModelPath, version: VersionPath, body: schemas.Ve
 async def delete_version(name: ModelPath, version: VersionPath, store: Store, artifacts: Artifacts,
                          _: Writer) -> Response:
     """Delete a version; refused (409) while an alias points at it."""
-    await delete_blobs(artifacts, await run_write(store, store.delete_version, name, version))
+    await collect_garbage(store, artifacts, await run_write(store, store.delete_version, name, version))
     return Response(status_code=204)

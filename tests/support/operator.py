@@ -13,6 +13,7 @@ import httpx
 
 from modelyard.registry.client import RegistryClient
 from modelyard.registry.local import free_port, stop_process
+from tests.support.artifacts import program_bytes
 
 
 class OperatorProcess:
@@ -69,7 +70,7 @@ def push_versions(client: RegistryClient, name: str, count: int) -> list[int]:
     client.ensure_model(name)
     numbers = []
     for i in range(count):
-        data = f"{name} weights {i}".encode()
+        data = program_bytes(f"{name} weights {i}".encode())
         version = client.create_version(name)
         client.upload_artifact(name, version.version, io.BytesIO(data),
                                sha256="sha256:" + hashlib.sha256(data).hexdigest())

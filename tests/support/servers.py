@@ -15,8 +15,9 @@ from modelyard.registry.settings import RegistrySettings
 class ThreadedRegistry:
     """uvicorn serving ``create_app(settings)`` in a daemon thread."""
 
-    def __init__(self, settings: RegistrySettings) -> None:
+    def __init__(self, settings: RegistrySettings, probe: str = "/readyz") -> None:
         self.settings = settings
+        self.probe = probe
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = create_app(settings)
@@ -26,7 +27,7 @@ class ThreadedRegistry:
 
     def __enter__(self) -> ThreadedRegistry:
         self.thread.start()
-        wait_ready(self.url)
+        wait_ready(self.url, probe=self.probe)
         return self
 
     def __exit__(self, *_: object) -> None:
