@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from modelyard.bentos.config import DEFAULT_MAX_REQUEST_BYTES
 from modelyard.registry.cli.common import DEFAULT_URL, RegistryOption, TokenOption, client, console
 
 
@@ -57,6 +58,8 @@ def serve(
     batching: Annotated[bool, typer.Option("--batching/--no-batching", help="adaptive batching")] = True,
     workers: Annotated[int, typer.Option(envvar="MODELYARD_SERVE_WORKERS", min=1)] = 1,
     gpus: Annotated[int, typer.Option(envvar="MODELYARD_GPUS", min=0, help="GPUs to declare to BentoML")] = 0,
+    max_request_bytes: Annotated[int, typer.Option(envvar="MODELYARD_MAX_REQUEST_BYTES", min=1024,
+                                                   help="larger request bodies get a 413")] = DEFAULT_MAX_REQUEST_BYTES,
     registry: RegistryOption = DEFAULT_URL,
     token: TokenOption = None,
 ) -> None:
@@ -69,7 +72,7 @@ def serve(
     with client(registry, token) as registry_client:
         fetched = fetch(registry_client, ref, cache)
     config = ServingConfig(max_batch_size=max_batch_size, max_latency_ms=max_latency_ms, batching=batching,
-                           workers=workers, gpus=gpus)
+                           workers=workers, gpus=gpus, max_request_bytes=max_request_bytes)
     argv, env = serve_command(fetched, host, port, config, cache)
     console.print(f"serving {describe(fetched)} on http://{host}:{port}", highlight=False, soft_wrap=True)
     failure_file = cache / f"failure-{os.getpid()}.txt"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+DEFAULT_MAX_REQUEST_BYTES = 32 << 20
 
 
 def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -39,6 +40,10 @@ class ServingConfig:
     gpus: int = 0
     threads: int | None = None  # torch intra-op threads; None: from the CPU limit
     access_log: bool = False  # BentoML's per-request log line (MODELYARD_ACCESS_LOG=on)
+    # Larger request bodies get a 413 before they are read: a JSON body is parsed on the
+    # event loop at about 50 ms per MB, so this bounds how long one request can hold the
+    # probes (benchmarks/serving_bench.py; the chart's probe timeouts allow for it).
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ServingConfig:
@@ -52,6 +57,7 @@ class ServingConfig:
             gpus=_int(env, "MODELYARD_GPUS", 0, 0),
             threads=threads or None,
             access_log=env.get("MODELYARD_ACCESS_LOG", "off").lower() in ("on", "true", "1", "yes"),
+            max_request_bytes=_int(env, "MODELYARD_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES, 1024),
         )
 
     def bentoml_resources(self) -> dict[str, object]:
@@ -64,6 +70,7 @@ class ServingConfig:
             "MODELYARD_BATCHING": "on" if self.batching else "off",
             "MODELYARD_SERVE_WORKERS": str(self.workers),
             "MODELYARD_GPUS": str(self.gpus),
+            "MODELYARD_MAX_REQUEST_BYTES": str(self.max_request_bytes),
         }
         if self.threads:
             env["MODELYARD_TORCH_THREADS"] = str(self.threads)

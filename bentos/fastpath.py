@@ -9,7 +9,9 @@ its own micro-batcher that gathers concurrent requests into one forward pass
 (a request of more than ``max_batch_size`` examples goes straight to the model).
 
 Bodies: ``application/json`` ``{"inputs": [...]}`` → ``{"outputs": [...]}``;
-``application/x-npy`` (``numpy.save`` bytes, never unpickled) → ``.npy`` bytes.
+``application/x-npy`` (``numpy.save`` bytes, never unpickled, the header checked
+against the body's length before anything is allocated) → ``.npy`` bytes.  Values
+are converted with the same strict rules as BentoML's routes (``signature.coerce``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from modelyard.bentos.signature import coerce, read_npy
+
 NPY = "application/x-npy"
+PARSE_IN_THREAD_BYTES = 1 << 20
 
 
 @dataclass
@@ -142,6 +147,16 @@ def build_app(service_ref: Callable[[], object], check: Callable[[np.ndarray], n
         metrics[0].observe(response.status_code, started)
         return response
 
+    def parse(body: bytes, binary: bool) -> np.ndarray:
+        if binary:
+            array = coerce(read_npy(body), dtype)
+        else:
+            payload = orjson.loads(body)
+            if not isinstance(payload, dict) or "inputs" not in payload:
+                raise ValueError('expected a JSON object {"inputs": [...]}')
+            array = coerce(payload["inputs"], dtype)
+        return check(array) if check is not None else array
+
     async def _predict(request: Request) -> Response:
         service = service_ref()
         if service is None:
@@ -149,16 +164,10 @@ def build_app(service_ref: Callable[[], object], check: Callable[[np.ndarray], n
         body = await request.body()
         binary = request.headers.get("content-type", "").startswith(NPY)
         try:
-            if binary:
-                array = np.load(io.BytesIO(body), allow_pickle=False)
+            if len(body) > PARSE_IN_THREAD_BYTES:  # a large body: let the loop answer probes meanwhile
+                array = await asyncio.to_thread(parse, body, binary)
             else:
-                payload = orjson.loads(body)
-                if not isinstance(payload, dict) or "inputs" not in payload:
-                    return _error(400, 'expected a JSON object {"inputs": [...]}')
-                array = np.asarray(payload["inputs"], dtype=dtype)
-            array = np.asarray(array, dtype=dtype)
-            if check is not None:
-                array = check(array)
+                array = parse(body, binary)
         except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
             return _error(400, str(exc))
         if len(array) > max_batch:  # already a batch: straight to the model, in chunks

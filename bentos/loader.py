@@ -10,6 +10,7 @@ from typing import Any
 
 from modelyard.bentos.signature import InputSpec
 from modelyard.bentos.spec import ModelSpec
+from modelyard.registry.formats import UnsupportedArtifact, sniff_format
 
 log = logging.getLogger("bentoml.modelyard")  # under "bentoml" so the server's log config shows it
 
@@ -44,6 +45,17 @@ def verify_digest(path: Path, digest: str) -> None:
         raise ModelLoadError(f"{path.name} has sha256:{hasher.hexdigest()}, expected {digest}: refusing to serve it")
 
 
+def check_safe_to_load(path: Path, spec: ModelSpec) -> None:
+    """Refuse a program torch would run code from while loading it (``registry.torch_export_check``):
+    the registry checked it on upload, and this server checks again, before torch sees a byte."""
+    try:
+        kind = sniff_format(path, f"{spec.model}:{spec.version}'s program")
+    except UnsupportedArtifact as exc:
+        raise ModelLoadError(f"refusing to load it: {exc}") from None
+    if kind != spec.format:
+        raise ModelLoadError(f"{spec.model}:{spec.version}'s program is {kind}, not {spec.format}: refusing to load it")
+
+
 def load_program(spec: ModelSpec, root: Path, device: str, threads: int) -> Any:
     """The callable module, on ``device``, verified and warmed up with one example batch."""
     import torch
@@ -53,6 +65,7 @@ def load_program(spec: ModelSpec, root: Path, device: str, threads: int) -> Any:
     if not path.exists():
         raise ModelLoadError(f"model file {path} is missing")
     verify_digest(path, spec.digest)
+    check_safe_to_load(path, spec)
     try:
         if spec.format == "torch-export":
             module = torch.export.load(str(path)).module().to(device)

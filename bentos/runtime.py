@@ -1,10 +1,17 @@
 """The pod runtime: resolve a version, fetch its Bento by digest into a cache, serve it.
 
 ``modelyard pull REF --to DIR`` (the chart's init container) is ``fetch``;
-``modelyard serve REF`` is ``fetch`` then ``bentoml serve`` on the extracted
-Bento.  The cache is keyed by digest, so a restarted pod (or a second pod on
-the same volume) serves without downloading again, and a Bento is only ever
-extracted from an archive whose sha256 matched the registry's record.
+``modelyard serve REF`` is ``fetch`` then ``bentoml serve``.  The cache is keyed
+by digest, so a restarted pod (or a second pod on the same volume) serves without
+downloading again, and a Bento is only ever extracted from an archive whose
+sha256 matched the registry's record, within a size bound.
+
+What is served is checked against the version, not only against the Bento: a
+model version's Bento must record that very version and its program's digest
+(``registry.bento_source``), and it is served by the installed generic service
+(``modelyard.bentos.service``), never by code inside the Bento.  Only a version
+in format ``bento`` (the user's own service) runs the Bento's code, and then the
+Bento must be the version's artifact itself.
 """
 
 from __future__ import annotations
@@ -17,13 +24,14 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from modelyard.bentos.config import ServingConfig
 from modelyard.bentos.loader import FAILURE_FILE_ENV
 from modelyard.bentos.packager import package_version
-from modelyard.bentos.spec import ModelSpec
+from modelyard.bentos.spec import SPEC_FILE, ModelSpec
 from modelyard.registry import schemas
 from modelyard.registry.client import RegistryClient
 from modelyard.registry.local import stop_process
@@ -32,6 +40,15 @@ from modelyard.registry.names import ModelRef, parse_model_ref
 
 log = logging.getLogger("modelyard.bentos")
 READY_MARKER = ".modelyard-verified"
+GENERIC_SERVICE = "modelyard.bentos.service:ModelService"
+EXPANSION_LIMIT = 20
+"""A Bento may expand to this many times its archive's size (plus EXPANSION_FLOOR), no more."""
+EXPANSION_FLOOR = 256 << 20
+MAX_MEMBERS = 100_000
+
+
+class BentoRefused(ValueError):
+    """The Bento cannot be served as this version; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -65,32 +82,85 @@ def fetch(client: RegistryClient, ref: str | ModelRef, cache: Path, *, package: 
     directory = cache / "bentos" / hex_digest
     if (directory / READY_MARKER).exists():
         log.info("cache hit: %s (%s)", version.bento.tag, version.bento.digest)
-        return FetchedBento(version, directory, downloaded=False)
-    cache.joinpath("bentos").mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache / "bentos", prefix=".fetch-") as workdir:
-        archive = Path(workdir) / "bento.tar"
-        client.download_bento(version.model, version.version, archive)  # digest-verified
-        staging = Path(workdir) / "extracted"
+        fetched = FetchedBento(version, directory, downloaded=False)
+    else:
+        cache.joinpath("bentos").mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache / "bentos", prefix=".fetch-") as workdir:
+            archive = Path(workdir) / "bento.tar"
+            client.download_bento(version.model, version.version, archive)  # digest-verified
+            staging = Path(workdir) / "extracted"
+            extract(archive, staging, limit=max(EXPANSION_LIMIT * version.bento.size, EXPANSION_FLOOR))
+            (staging / READY_MARKER).write_text(version.bento.digest + "\n")
+            if directory.exists():  # a stale, unverified leftover
+                shutil.rmtree(directory)
+            os.replace(staging, directory)
+        log.info("fetched %s (%s) into %s", version.bento.tag, version.bento.digest, directory)
+        fetched = FetchedBento(version, directory, downloaded=True)
+    verify_source(fetched)
+    return fetched
+
+
+def extract(archive: Path, target: Path, *, limit: int) -> None:
+    """Extract a Bento safely: no absolute paths, no links out, no devices, at most ``limit`` bytes
+    and MAX_MEMBERS files (a small archive can expand to any size)."""
+    try:
         with tarfile.open(archive) as bundle:
-            bundle.extractall(staging, filter="data")  # no absolute paths, links out or devices
-        (staging / READY_MARKER).write_text(version.bento.digest + "\n")
-        if directory.exists():  # a stale, unverified leftover
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
-    log.info("fetched %s (%s) into %s", version.bento.tag, version.bento.digest, directory)
-    return FetchedBento(version, directory, downloaded=True)
+            bundle.extractall(target, members=_bounded(bundle, limit), filter="data")
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise BentoRefused(f"cannot extract the Bento: {exc}") from None
+
+
+def _bounded(bundle: tarfile.TarFile, limit: int) -> Iterator[tarfile.TarInfo]:
+    expanded = 0
+    for count, member in enumerate(bundle):
+        expanded += member.size
+        if expanded > limit or count >= MAX_MEMBERS:
+            raise BentoRefused(f"the Bento expands to more than {limit} bytes or {MAX_MEMBERS} files: refused")
+        yield member
+
+
+def verify_source(fetched: FetchedBento) -> None:
+    """Refuse a Bento that was not built from this version (the registry checks this on upload too)."""
+    version, bento = fetched.version, fetched.version.bento
+    assert bento is not None
+    label = f"{version.model}:{version.version}"
+    if version.format == schemas.ArtifactFormat.bento:
+        if bento.digest != version.digest:
+            raise BentoRefused(f"{label}'s Bento {bento.digest} is not its artifact {version.digest}: refusing to "
+                               "serve it")
+        return
+    try:
+        spec = ModelSpec.read(fetched.src)
+    except (OSError, ValueError, TypeError) as exc:
+        raise BentoRefused(f"{label}'s Bento has no readable model record ({exc}): refusing to serve it") from None
+    if (spec.model, spec.version, spec.digest) != (version.model, version.version, version.digest):
+        raise BentoRefused(f"{label}'s Bento was built from {spec.model}:{spec.version} ({spec.digest}), not from "
+                           f"{label} ({version.digest}): refusing to serve it")
+    if spec.format != (version.format.value if version.format else None) or spec.metadata != version.metadata:
+        raise BentoRefused(f"{label}'s Bento records another format or metadata than the version: refusing to "
+                           "serve it")
 
 
 def serve_command(fetched: FetchedBento, host: str, port: int, config: ServingConfig,
                   cache: Path) -> tuple[list[str], dict[str, str]]:
-    """The ``bentoml serve`` invocation (argv, env) for an extracted Bento."""
+    """The ``bentoml serve`` invocation (argv, env) for an extracted Bento.
+
+    A model version is served by the installed generic service, from an empty working
+    directory, with the Bento's directory as data only; a version in format ``bento``
+    is the user's service and is served from its Bento."""
     home = cache / "bentoml-home"  # empty: the Bento is served from its directory, not a store
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **config.to_env(), "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true",
            "MODELYARD_BENTO_DIR": str(fetched.src)}
     executable = Path(sys.executable).with_name("bentoml")
     command = [str(executable)] if executable.exists() else [sys.executable, "-m", "bentoml"]
-    return [*command, "serve", str(fetched.directory), "--host", host, "--port", str(port)], env
+    if fetched.version.format == schemas.ArtifactFormat.bento:
+        target = [str(fetched.directory)]
+    else:
+        workdir = cache / "workdir"  # nothing importable in it: no module of the Bento can shadow ours
+        workdir.mkdir(parents=True, exist_ok=True)
+        target = [GENERIC_SERVICE, "--working-dir", str(workdir)]
+    return [*command, "serve", *target, "--host", host, "--port", str(port)], env
 
 
 def supervise(argv: list[str], env: dict[str, str], failure_file: Path, poll: float = 0.2) -> int:
@@ -126,7 +196,7 @@ def supervise(argv: list[str], env: dict[str, str], failure_file: Path, poll: fl
 
 
 def describe(fetched: FetchedBento) -> str:
-    spec = ModelSpec.read(fetched.src) if (fetched.src / "modelyard-model.json").exists() else None
+    spec = ModelSpec.read(fetched.src) if (fetched.src / SPEC_FILE).exists() else None
     what = f"{spec.format} program {spec.digest}" if spec else "user service"
     return (f"{fetched.version.model}:{fetched.version.version} as {fetched.version.bento.tag} "  # type: ignore[union-attr]
             f"({fetched.version.bento.digest}; {what}){'' if fetched.downloaded else ' from the cache'}")  # type: ignore[union-attr]

@@ -18,11 +18,12 @@ from typing import Annotated, Any
 import bentoml
 import numpy as np
 from bentoml.validators import DType
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator
 
 from modelyard.bentos.config import ServingConfig, torch_threads
 from modelyard.bentos.fastpath import build_app
-from modelyard.bentos.signature import InputSpec
+from modelyard.bentos.limits import BodyLimit, quiet_bad_requests
+from modelyard.bentos.signature import InputSpec, coerce
 from modelyard.bentos.spec import ModelSpec
 from modelyard.registry.tuning import tune_for_serving
 
@@ -34,10 +35,26 @@ CONFIG = ServingConfig.from_env()
 INPUT = InputSpec.from_metadata(SPEC.metadata)
 BATCH_CHUNK = 1024
 
-if INPUT is not None:
-    Inputs = Annotated[np.ndarray, DType(INPUT.dtype), AfterValidator(INPUT.check)]
-else:
-    Inputs = np.ndarray  # type: ignore[misc]
+DTYPE = INPUT.dtype if INPUT is not None else "float32"
+
+
+def _inputs(values: Any) -> np.ndarray:
+    """Strict conversion (no strings, booleans or nulls turned into numbers), then the exact shape."""
+    array = coerce(values, DTYPE)
+    return INPUT.check(array) if INPUT is not None else array
+
+
+def _at_most_one_batch(array: np.ndarray) -> np.ndarray:
+    if len(array) > CONFIG.max_batch_size:
+        raise ValueError(f"{len(array)} examples are more than max_batch_size ({CONFIG.max_batch_size}) for "
+                         "/predict: send them to /predict_batch (or /v2/predict), which take any number")
+    return array
+
+
+# BentoML's DType stays for the OpenAPI document; the conversion before it is ours.
+Inputs = Annotated[np.ndarray, DType(DTYPE), BeforeValidator(_inputs)]
+SmallBatch = Annotated[Inputs, AfterValidator(_at_most_one_batch)]
+quiet_bad_requests()
 
 
 _LOADED: list["ModelService"] = []  # the instance in this worker process, for the lean route
@@ -47,8 +64,7 @@ def _loaded() -> "ModelService | None":
     return _LOADED[0] if _LOADED else None
 
 
-FAST_APP = build_app(_loaded, INPUT.check if INPUT is not None else None,
-                     INPUT.dtype if INPUT is not None else "float32", CONFIG.max_batch_size)
+FAST_APP = build_app(_loaded, INPUT.check if INPUT is not None else None, DTYPE, CONFIG.max_batch_size)
 
 
 @bentoml.asgi_app(FAST_APP, path="/v2")
@@ -80,7 +96,7 @@ class ModelService:
 
     @bentoml.api(batchable=CONFIG.batching, max_batch_size=CONFIG.max_batch_size,
                  max_latency_ms=CONFIG.max_latency_ms)
-    def predict(self, inputs: Inputs) -> np.ndarray:
+    def predict(self, inputs: SmallBatch) -> np.ndarray:
         """For many small requests: BentoML gathers them into batches of up to
         ``max_batch_size`` examples (a request larger than that is refused)."""
         return self._forward(inputs)
@@ -106,3 +122,6 @@ class ModelService:
         """Which version is served, on which device."""
         return {"model": self.spec.model, "version": self.spec.version, "digest": self.spec.digest,
                 "format": self.spec.format, "device": self.device, "metadata": self.spec.metadata}
+
+
+ModelService.add_asgi_middleware(BodyLimit, max_bytes=CONFIG.max_request_bytes)

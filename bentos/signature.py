@@ -1,16 +1,23 @@
 """The model's input contract, from the version's metadata, checked per request.
 
 BentoML's own ``Shape`` validator reshapes whatever arrives into the declared
-shape, so 64 flat numbers would pass for one 8×8 image.  Here the shape must
-match exactly (any batch size), with a message that says what was expected.
+shape, so 64 flat numbers would pass for one 8×8 image, and its ``DType`` turns
+``"1.5"``, ``true`` and ``null`` into numbers.  Here the shape must match exactly
+(any batch size) and values are converted only when nothing is lost: numbers
+of the right kind, in the dtype's range.  Every refusal is a ``ValueError`` that
+says what was expected (a 400 on both routes).
 """
 
 from __future__ import annotations
 
+import io
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+_NUMERIC_KINDS = "biuf"
 
 
 @dataclass(frozen=True)
@@ -35,3 +42,84 @@ class InputSpec:
 
     def example(self, batch: int = 1) -> np.ndarray:
         return np.zeros((batch, *self.shape[1:]), dtype=self.dtype)
+
+
+def coerce(values: Any, dtype: str) -> np.ndarray:
+    """``values`` (nested lists from JSON, or an array) as an array of ``dtype``, or ValueError.
+
+    Refused: anything but numbers (strings, null, objects, complex), booleans for a
+    numeric dtype and numbers for a boolean one, fractions for an integer dtype,
+    ragged nesting, and values outside the dtype's range.
+    """
+    target = np.dtype(dtype)
+    if isinstance(values, np.ndarray):
+        array = values
+    else:
+        _check_leaves(values, boolean=target.kind == "b")
+        try:
+            array = np.asarray(values)
+        except (ValueError, OverflowError) as exc:  # ragged nesting, integers beyond 64 bits
+            raise ValueError(f"inputs must be a rectangular array of numbers ({exc})") from None
+    kind = array.dtype.kind
+    if kind not in _NUMERIC_KINDS:
+        raise ValueError(f"inputs must be numbers, got {array.dtype} values")
+    if (kind == "b") != (target.kind == "b"):
+        raise ValueError(f"inputs must be {'booleans' if target.kind == 'b' else 'numbers'} for dtype {dtype}, "
+                         f"got {array.dtype}")
+    if target.kind in "iu":
+        if kind == "f":
+            raise ValueError(f"inputs must be integers for dtype {dtype}, got fractions")
+        info = np.iinfo(target)
+        if array.size and (int(array.min()) < info.min or int(array.max()) > info.max):
+            raise ValueError(f"inputs are outside the range of {dtype} ({info.min}..{info.max})")
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = array.astype(target, copy=False)
+        overflowed = target.kind == "f" and array.size and (np.isinf(converted) & ~np.isinf(array)).any()
+    if overflowed:
+            raise ValueError(f"inputs are outside the range of {dtype}")
+    return converted
+
+
+def _check_leaves(values: Any, *, boolean: bool) -> None:
+    """Every leaf of nested lists is a number (or, for a boolean dtype, a bool)."""
+    stack = [values]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, bool):
+            if not boolean:
+                raise ValueError("inputs must be numbers, got a boolean")
+        elif isinstance(item, int | float) and not boolean:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValueError("inputs must be finite numbers")
+            if isinstance(item, int) and not -(1 << 63) <= item < (1 << 64):
+                raise ValueError(f"input {item} is beyond 64-bit integers")
+        else:
+            expected = "booleans" if boolean else "numbers"
+            raise ValueError(f"inputs must be {expected}, got {type(item).__name__ if item is not None else 'null'}")
+
+
+def read_npy(body: bytes) -> np.ndarray:
+    """A ``.npy`` body as an array, never unpickled: the header's shape and dtype must account
+    for exactly the bytes that follow it (else ValueError), so nothing is allocated for a lie."""
+    stream = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"not a .npy body ({exc})") from None
+    if dtype.hasobject:
+        raise ValueError("a .npy body of Python objects is refused (it would need unpickling)")
+    count = math.prod(shape)
+    declared, carried = count * dtype.itemsize, len(body) - stream.tell()
+    if declared != carried:
+        raise ValueError(f"the .npy header declares shape {list(shape)} of {dtype} ({declared} bytes) but the "
+                         f"body carries {carried} bytes")
+    array = np.frombuffer(body, dtype=dtype, count=count, offset=stream.tell())
+    return array.reshape(shape, order="F" if fortran else "C")

@@ -1,4 +1,8 @@
-"""``modelyard-model.json``: what a model Bento carries besides the program itself."""
+"""``modelyard-model.json``: what a model Bento carries besides the program itself.
+
+The file's name and layout are the registry's contract (``registry.bento_source``
+checks uploaded Bentos against it); this is the packager's and server's view of it.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-SPEC_FILE = "modelyard-model.json"
-MODEL_DIR = "model"
+from modelyard.registry.bento_source import MODEL_DIR, SPEC_FILE
+
+__all__ = ["MODEL_DIR", "SPEC_FILE", "ModelSpec"]
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,16 @@ operator_app = typer.Typer(help="The Kubernetes operator (ModelDeployment → He
 @operator_app.command("run")
 def run(
     registry: Annotated[str, typer.Option("--registry", envvar="MODELYARD_REGISTRY_URL",
-                                          help="default registry URL (a spec's registry.url wins)")]
+                                          help="the operator's registry (its token is sent there only; a spec naming another "
+                                               "registry must bring spec.registry.tokenSecretRef)")]
     = DEFAULT_REGISTRY_URL,
     token: Annotated[str | None, typer.Option("--token", envvar="MODELYARD_TOKEN", show_default=False,
                                               help="the operator's registry token")] = None,
     pull_token: Annotated[str | None, typer.Option("--pull-token", envvar="MODELYARD_PULL_TOKEN",
                                                    show_default=False,
-                                                   help="token put into namespaces' token Secret for model "
-                                                        "pods (default: --token)")] = None,
+                                                   help="a read-only token put into namespaces' token Secret "
+                                                        "for model pods (default: none; --token is never copied)")]
+    = None,
     token_secret: Annotated[str, typer.Option("--token-secret", envvar="MODELYARD_TOKEN_SECRET",
                                               help="Secret model pods read the registry token from")]
     = DEFAULT_TOKEN_SECRET,

@@ -13,9 +13,10 @@ from modelyard.registry.settings import DEFAULT_REGISTRY_URL
 class OperatorConfig:
     registry_url: str = DEFAULT_REGISTRY_URL
     token: str | None = None
-    """The operator's own registry token (read scope is enough to resolve)."""
+    """The operator's own registry token (read scope is enough to resolve); sent to ``registry_url`` only."""
     pull_token: str | None = None
-    """Copied into each namespace's token Secret for model pods; defaults to ``token``."""
+    """A read-only token copied into each namespace's token Secret for model pods; none: the Secret is
+    the user's to create.  The operator's own token is never copied."""
     token_secret: str = DEFAULT_TOKEN_SECRET
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
     namespaces: tuple[str, ...] = ()

@@ -28,7 +28,7 @@ from modelyard.operator.kube import Kube
 from modelyard.operator.resolve import RegistryUnreachable, ResolveFailure, resolve
 from modelyard.operator.rollout import (CANARY, COMPLETE, FAILED, IN_FLIGHT, PROGRESSING, ROLLED_BACK, judge,
                                         plan_release, replica_counts, to_time, track_of)
-from modelyard.operator.values import ResolvedVersion, SpecError, model_server_values
+from modelyard.operator.values import RegistryAccess, ResolvedVersion, SpecError, model_server_values, registry_access
 from modelyard.registry.client import RegistryClient
 from modelyard.registry.names import ModelRef
 
@@ -79,8 +79,8 @@ class Reconciler:
         self.io_pool.shutdown(wait=False, cancel_futures=True)
         self.helm_pool.shutdown(wait=False, cancel_futures=True)
 
-    def _registry(self, md: dict[str, Any], token: str | None) -> tuple[RegistryClient, RegistryFollower]:
-        url = ((md["spec"].get("registry") or {}).get("url") or self.config.registry_url).rstrip("/")
+    def _registry(self, access: RegistryAccess, token: str | None) -> tuple[RegistryClient, RegistryFollower]:
+        url = access.url.rstrip("/")
         key = (url, token)
         if key not in self._followers:
             client = RegistryClient(url, token or "", timeout=10.0, retries=1)
@@ -90,8 +90,9 @@ class Reconciler:
         follower = self._followers[key]
         return follower.client, follower
 
-    async def _registry_token(self, md: dict[str, Any]) -> str | None:
-        ref = (md["spec"].get("registry") or {}).get("tokenSecretRef")
+    async def _registry_token(self, md: dict[str, Any], access: RegistryAccess) -> str | None:
+        """The spec's own token, else the operator's (``registry_access`` allows that for its own registry only)."""
+        ref = access.spec_token_ref
         if not ref:
             return self.config.token
         return await self.io(self.kube.secret_value, md["metadata"]["namespace"], ref["name"],
@@ -170,7 +171,12 @@ class Reconciler:
         now = to_time(self.clock())
         status = dict(old)
         conditions = list(old.get("conditions") or [])
-        client, follower = self._registry(md, await self._registry_token(md))
+        try:
+            access = registry_access(spec, self.config.defaults)
+        except SpecError as error:
+            await self._fail(md, old, status, conditions, error.reason, str(error), generation, now)
+            raise kopf.PermanentError(str(error)) from error
+        client, follower = self._registry(access, await self._registry_token(md, access))
         follower.subscribe(key, spec["model"]["name"], spec["model"].get("alias") or "")
         if not status.get("phase"):
             status["phase"] = "Resolving"
@@ -206,7 +212,7 @@ class Reconciler:
         except SpecError as error:
             await self._fail(md, old, status, conditions, error.reason, str(error), generation, now)
             raise kopf.PermanentError(str(error)) from error
-        await self._ensure_pull_token(md)
+        await self._ensure_pull_token(md, access)
 
         if plan.held_back:
             status.update(observedGeneration=generation, conditions=cond.set_condition(
@@ -284,11 +290,12 @@ class Reconciler:
         await self._patch(md, old, status)
         metrics.FAILURES.labels(reason).inc()
 
-    async def _ensure_pull_token(self, md: dict[str, Any]) -> None:
-        """Model pods pull with the Secret ``config.token_secret``; create it when the spec names none."""
+    async def _ensure_pull_token(self, md: dict[str, Any], access: RegistryAccess) -> None:
+        """Model pods pull with the Secret ``config.token_secret``; create it, holding the read-only
+        pull token, when the spec names none.  The operator's own token is never copied anywhere."""
         namespace = md["metadata"]["namespace"]
-        token = self.config.pull_token or self.config.token
-        if (md["spec"].get("registry") or {}).get("tokenSecretRef") or not token or namespace in self._token_secrets:
+        token = self.config.pull_token
+        if access.spec_token_ref or not token or namespace in self._token_secrets:
             return
         await self.io(self.kube.ensure_secret, namespace, self.config.token_secret, "token", token)
         self._token_secrets.add(namespace)

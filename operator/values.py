@@ -12,9 +12,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 DEFAULT_RUNTIME_IMAGE = "ghcr.io/modelyard/modelyard-runtime:0.1.0"
 DEFAULT_TOKEN_SECRET = "modelyard-registry-token"
+DEFAULT_MAX_REQUEST_BYTES = 32 << 20
+"""The model server's own default (``modelyard.bentos.config``); tests keep the two, the chart and the CRD equal."""
 
 
 class SpecError(ValueError):
@@ -42,6 +45,42 @@ class OperatorDefaults:
     registry_url: str = "http://modelyard-registry.modelyard:8080"
     token_secret: str = DEFAULT_TOKEN_SECRET
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
+
+
+REGISTRY_TOKEN_REQUIRED = "RegistryTokenRequired"
+
+
+@dataclass(frozen=True)
+class RegistryAccess:
+    """Which registry a ModelDeployment resolves from, and with which credentials.
+
+    The operator's own token goes only to the registry it was configured with: a spec
+    naming another registry must name a Secret with a token for it (``spec_token_ref``),
+    which the operator reads to resolve and model pods read to pull.
+    """
+
+    url: str
+    spec_token_ref: Mapping[str, Any] | None
+    pod_token_ref: dict[str, str]
+
+
+def _comparable(url: str) -> tuple[str, str, str]:
+    parts = urlsplit(url.strip())
+    return parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/")
+
+
+def registry_access(spec: Mapping[str, Any], defaults: OperatorDefaults) -> RegistryAccess:
+    registry = spec.get("registry") or {}
+    url = registry.get("url") or defaults.registry_url
+    ref = registry.get("tokenSecretRef") or None
+    if ref is None and _comparable(url) != _comparable(defaults.registry_url):
+        raise SpecError(REGISTRY_TOKEN_REQUIRED,
+                        f"spec.registry.url {url} is not this operator's registry ({defaults.registry_url}): name a "
+                        "Secret with a token for it in spec.registry.tokenSecretRef (the operator sends its own token "
+                        "to its own registry only, and model pods would get a token meant for another registry)")
+    pod_ref = ref or {"name": defaults.token_secret, "key": "token"}
+    return RegistryAccess(url=url, spec_token_ref=ref,
+                          pod_token_ref={"name": str(pod_ref.get("name", "")), "key": str(pod_ref.get("key", "token"))})
 
 
 def split_image(image: str) -> tuple[str, str]:
@@ -92,8 +131,7 @@ def model_server_values(spec: Mapping[str, Any], resolved: ResolvedVersion,
     if resolved.name != model["name"]:
         raise SpecError("InvalidSpec", f"resolved model {resolved.name!r} is not spec.model.name {model['name']!r}")
 
-    registry = spec.get("registry") or {}
-    token_ref = registry.get("tokenSecretRef") or {"name": defaults.token_secret, "key": "token"}
+    access = registry_access(spec, defaults)
     resources = spec.get("resources") or {}
     serving = spec.get("serving") or {}
     rollout = spec.get("rollout") or {}
@@ -104,8 +142,7 @@ def model_server_values(spec: Mapping[str, Any], resolved: ResolvedVersion,
 
     values: dict[str, Any] = {
         "model": _model(resolved),
-        "registry": {"url": registry.get("url") or defaults.registry_url,
-                     "tokenSecretRef": {"name": token_ref.get("name", ""), "key": token_ref.get("key", "token")}},
+        "registry": {"url": access.url, "tokenSecretRef": access.pod_token_ref},
         "image": {**image_values(spec.get("image") or defaults.runtime_image), "pullPolicy": "IfNotPresent"},
         "replicas": replicas,
         "autoscaling": _autoscaling(spec.get("autoscaling")),
@@ -114,7 +151,8 @@ def model_server_values(spec: Mapping[str, Any], resolved: ResolvedVersion,
         "serving": {"maxBatchSize": int(serving.get("maxBatchSize", 32)),
                     "maxLatencyMs": int(serving.get("maxLatencyMs", 1000)),
                     "workers": int(serving.get("workers", 1)),
-                    "batching": bool(serving.get("batching", True))},
+                    "batching": bool(serving.get("batching", True)),
+                    "maxRequestBytes": int(serving.get("maxRequestBytes", DEFAULT_MAX_REQUEST_BYTES))},
         "rollout": {"strategy": strategy,
                     "progressDeadlineSeconds": int(rollout.get("progressDeadlineSeconds", 600))},
         "canary": {"enabled": False, "model": {"version": resolved.version, "digest": resolved.digest},

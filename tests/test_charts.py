@@ -10,6 +10,7 @@ from typing import Any
 import helm_python as helm
 import pytest
 
+from modelyard.bentos.config import DEFAULT_MAX_REQUEST_BYTES
 from tests.support.charts import MODEL_SERVER, MODELYARD, by_kind, load, notes, one, render, validate_kubernetes
 
 DIGEST = "sha256:" + "ab" * 32
@@ -65,6 +66,11 @@ def test_model_server_renders_valid_kubernetes_objects(case: str) -> None:
     assert main["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert main["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert main["readinessProbe"] != main["livenessProbe"]
+    # Probes wait out the slowest accepted request body's parse (they share the server's event loop).
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert main[probe]["timeoutSeconds"] >= 5
+    limit = next(e for e in main["env"] if e["name"] == "MODELYARD_MAX_REQUEST_BYTES")
+    assert int(limit["value"]) == MATRIX[case].get("serving", {}).get("maxRequestBytes", DEFAULT_MAX_REQUEST_BYTES)
     assert main["lifecycle"]["preStop"] and pod["terminationGracePeriodSeconds"] >= 5
     # Security: non-root, read-only root, no escalation, no capabilities; token from a Secret.
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -211,7 +217,9 @@ def test_modelyard_chart_defaults() -> None:
     claim = one(objects, "PersistentVolumeClaim")
     assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     secret = one(objects, "Secret", "modelyard-tokens")
-    assert set(secret["data"]) == {"admin-token", "operator-token"}
+    assert set(secret["data"]) == {"admin-token", "operator-token", "pull-token"}
+    assert env["MODELYARD_PULL_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "modelyard-tokens",
+                                                                         "key": "pull-token"}
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     # Each install without the Secret generates fresh tokens (upgrades read them back with lookup).
     again = one(render(MODELYARD, name="modelyard", namespace="modelyard"), "Secret", "modelyard-tokens")
@@ -220,6 +228,9 @@ def test_modelyard_chart_defaults() -> None:
     container = operator["spec"]["template"]["spec"]["containers"][0]
     assert container["command"][:3] == ["modelyard", "operator", "run"] and "--all-namespaces" in container["command"]
     assert container["livenessProbe"]["httpGet"]["port"] == "health"
+    # The operator resolves with its own token and hands model pods only the read-only pull token.
+    operator_env = {e["name"]: e["valueFrom"]["secretKeyRef"]["key"] for e in container["env"] if "valueFrom" in e}
+    assert operator_env == {"MODELYARD_TOKEN": "operator-token", "MODELYARD_PULL_TOKEN": "pull-token"}
     assert one(objects, "ClusterKopfPeering")["metadata"]["name"] == "modelyard"
     for obj in by_kind(objects, "Deployment"):
         spec = obj["spec"]["template"]["spec"]
@@ -294,3 +305,16 @@ def test_modelyard_values_schema_rejects_nonsense() -> None:
 def test_crds_ship_in_the_crds_folder() -> None:
     names = sorted(c["name"] for c in load(MODELYARD).crds)
     assert names == ["crds/kopf-peerings.kopf.dev.yaml", "crds/modeldeployments.modelyard.io.yaml"], names
+
+
+def test_the_request_body_limit_has_one_default_everywhere() -> None:
+    """The model server, the operator, the chart and the CRD name the same limit."""
+    from modelyard.operator.values import DEFAULT_MAX_REQUEST_BYTES as OPERATOR_DEFAULT
+
+    import yaml
+
+    crd = yaml.safe_load((MODELYARD / "crds" / "modeldeployments.modelyard.io.yaml").read_text())
+    serving = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["serving"]
+    chart = yaml.safe_load((MODEL_SERVER / "values.yaml").read_text())["serving"]
+    assert (DEFAULT_MAX_REQUEST_BYTES == OPERATOR_DEFAULT == chart["maxRequestBytes"]
+            == serving["properties"]["maxRequestBytes"]["default"])

@@ -5,10 +5,13 @@ controller by patching Deployment status (tests/support/kube.py: mark_deployment
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from kubernetes import client
 
@@ -16,7 +19,7 @@ from modelyard.operator.helm_driver import HelmDriver
 from modelyard.registry.client import RegistryClient
 from modelyard.registry.local import RegistryProcess
 from tests.helpers import eventually
-from tests.support.kube import KubeApiServer, mark_deployment_ready, status_code
+from tests.support.kube import KubeApiServer, mark_deployment_ready, status_code, unique_namespace
 from tests.support.operator import OperatorProcess, push_versions
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -75,6 +78,20 @@ class Bed:
         items = client.CoreV1Api(self.api).list_namespaced_event(
             self.namespace, field_selector=f"involvedObject.name={name},involvedObject.kind=ModelDeployment").items
         return [e.reason for e in items]
+
+    def wait_events(self, name: str, *reasons: str, timeout: float = 15) -> None:
+        """Events are posted after the status they describe is written: wait for them."""
+        seen: set[str] = set()
+
+        def probe() -> bool:
+            seen.clear()
+            seen.update(self.events(name))
+            return set(reasons) <= seen
+
+        try:
+            eventually(probe, timeout=timeout, what=f"events {sorted(reasons)} on {name}")
+        except AssertionError as error:
+            raise AssertionError(f"{error}; seen: {sorted(seen)}") from None
 
     def close(self) -> None:
         self.operator.stop()
@@ -155,7 +172,7 @@ def test_create_ready_alias_move_and_no_needless_revisions(bed: Bed) -> None:
     eventually(lambda: "modelyard_operator_reconciles_total{result=\"unchanged\"}" in bed.operator.metrics(), timeout=20,
                what="the restarted operator reconciled")
     assert bed.revisions("digits") == [1, 2]
-    assert {"RolloutStarted", "RolloutSucceeded"} <= set(bed.events("digits"))
+    bed.wait_events("digits", "RolloutStarted", "RolloutSucceeded")
 
 
 def test_a_rollout_that_never_becomes_ready_is_rolled_back(bed: Bed) -> None:
@@ -173,7 +190,7 @@ def test_a_rollout_that_never_becomes_ready_is_rolled_back(bed: Bed) -> None:
     assert status["history"][-1] | {"time": None} == {"version": v2, "revision": 2, "result": "RolledBack",
                                                       "reason": degraded["message"].split(f"version {v2} ")[1]
                                                       .split(";")[0], "time": None}
-    assert "RolledBack" in bed.events("digits")
+    bed.wait_events("digits", "RolledBack")
     # The failed version is not retried for this spec: no rollback loop.  A metadata change wakes
     # the handler (generation unchanged), which resolves v2 again and holds it back.
     bed.custom.patch_namespaced_custom_object("modelyard.io", "v1alpha1", bed.namespace, "modeldeployments",
@@ -211,7 +228,7 @@ def test_missing_model_fails_with_a_reason_and_heals_when_the_registry_catches_u
     bed.registry_client.set_alias("later-model", "production", v1)
     status = bed.wait_status("later", lambda s: s.get("helm", {}).get("revision") == 1, "healed", timeout=15)
     assert status["model"]["version"] == v1
-    assert {"ModelNotFound", "AliasNotFound", "RolloutStarted"} <= set(bed.events("later"))
+    bed.wait_events("later", "ModelNotFound", "AliasNotFound", "RolloutStarted")
 
 
 def test_registry_outage_is_a_condition_and_recovers(bed: Bed) -> None:
@@ -271,7 +288,7 @@ def test_canary_runs_beside_the_stable_version_then_is_promoted(bed: Bed) -> Non
     status = bed.wait_status("digits", lambda s: s.get("phase") == "Ready", "Ready on v2")
     assert [(h["version"], h["result"]) for h in status["history"]] == [(v1, "Ready"), (v2, "Promoted"),
                                                                         (v2, "Ready")]
-    assert {"CanaryReady", "CanaryPromoted"} <= set(bed.events("digits"))
+    bed.wait_events("digits", "CanaryReady", "CanaryPromoted")
 
 
 def test_a_canary_that_never_becomes_ready_is_removed(bed: Bed) -> None:
@@ -284,3 +301,113 @@ def test_a_canary_that_never_becomes_ready_is_removed(bed: Bed) -> None:
     assert status["helm"]["revision"] == 3 and status["model"]["version"] == v1
     assert status_code(lambda: bed.apps.read_namespaced_deployment("digits-canary", bed.namespace)) == 404
     assert "removed" in condition(status, "Degraded")["message"]
+
+
+class RecordingRegistry:
+    """Another HTTP server posing as a registry: it records every Authorization header and
+    answers 404 problems, so the operator resolves nothing from it."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        seen: list[tuple[str, str]] = []
+        self.seen = seen
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+                seen.append((self.path, self.headers.get("Authorization") or ""))
+                body = b'{"type":"urn:x","title":"Not Found","status":404,"detail":"nothing here","code":"not-found"}'
+                self.send_response(404)
+                self.send_header("Content-Type", "application/problem+json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def secret_token(bed: Bed, name: str) -> str | None:
+    import base64
+
+    try:
+        secret = client.CoreV1Api(bed.api).read_namespaced_secret(name, bed.namespace)
+    except client.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return base64.b64decode(secret.data["token"]).decode()
+
+
+def test_model_pods_get_the_read_only_pull_token_never_the_operators(bed: Bed) -> None:
+    """With auth on, as the chart runs it: the operator resolves with its own token and copies only
+    the pull token into the namespace; without a pull token it copies nothing."""
+    store_db = f"sqlite:///{bed.tmp / 'registry.db'}"
+    tokens = {}
+    for name, scope in (("admin", "admin"), ("operator", "read"), ("pull", "read")):
+        created = subprocess.run([sys.executable, "-m", "modelyard.registry.cli.main", "registry", "token", "create",
+                                  "--scope", scope, "--name", name, "--db", store_db],
+                                 capture_output=True, text=True, check=True, timeout=60)
+        tokens[name] = created.stdout.strip().splitlines()[-1]
+    bed.registry_client = RegistryClient(bed.registry.url, tokens["admin"])
+    (v1,) = push_versions(bed.registry_client, MODEL, 1)
+    bed.operator = OperatorProcess(bed.kube.kubeconfig, bed.registry.url, [bed.namespace], bed.tmp / "operator.log",
+                                   extra=("--token", tokens["operator"], "--pull-token", tokens["pull"])).start()
+    bed.create("digits", {"model": {"name": MODEL, "version": v1}})
+    bed.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == 1, "revision 1")
+    assert secret_token(bed, "modelyard-registry-token") == tokens["pull"]
+    container = bed.apps.read_namespaced_deployment("digits", bed.namespace).spec.template.spec.containers[0]
+    reference = next(e for e in container.env if e.name == "MODELYARD_TOKEN").value_from.secret_key_ref
+    assert (reference.name, reference.key) == ("modelyard-registry-token", "token")
+    alias_move = httpx.put(f"{bed.registry.url}/api/v1/models/{MODEL}/aliases/production", json={"version": v1},
+                           headers={"Authorization": f"Bearer {tokens['pull']}"})
+    assert alias_move.status_code == 403  # what a model pod holds cannot move an alias
+
+    bed.operator.stop()  # the same operator without a pull token, in a fresh namespace
+    other = unique_namespace(bed.api)
+    bed.operator = OperatorProcess(bed.kube.kubeconfig, bed.registry.url, [other], bed.tmp / "operator2.log",
+                                   extra=("--token", tokens["operator"])).start()
+    bed.namespace = other
+    bed.create("digits", {"model": {"name": MODEL, "version": v1}})
+    bed.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == 1, "revision 1 without a pull token")
+    assert secret_token(bed, "modelyard-registry-token") is None  # its own token is never copied
+
+
+def test_a_spec_naming_another_registry_gets_the_operators_token_never(bed: Bed) -> None:
+    """Whoever may create a ModelDeployment must not collect the operator's token by pointing
+    spec.registry.url at a server of their own."""
+    operator_token = "my_" + "o" * 40
+    elsewhere = RecordingRegistry()
+    try:
+        bed.operator = OperatorProcess(bed.kube.kubeconfig, bed.registry.url, [bed.namespace],
+                                       bed.tmp / "operator.log", extra=("--token", operator_token)).start()
+        bed.create("stolen", {"model": {"name": MODEL, "alias": "production"}, "registry": {"url": elsewhere.url}})
+        status = bed.wait_status("stolen", lambda s: s.get("phase") == "Failed", "Failed")
+        ready = condition(status, "Ready")
+        assert ready["reason"] == "RegistryTokenRequired" and "tokenSecretRef" in ready["message"]
+        bed.wait_events("stolen", "RegistryTokenRequired")
+        assert elsewhere.seen == []  # not even asked
+
+        # With a token of its own for that registry, the operator asks it, with that token only.
+        client.CoreV1Api(bed.api).create_namespaced_secret(bed.namespace, {
+            "metadata": {"name": "elsewhere-token"}, "stringData": {"token": "my_elsewhere_token_123"}})
+        bed.custom.patch_namespaced_custom_object("modelyard.io", "v1alpha1", bed.namespace, "modeldeployments",
+                                                  "stolen", {"spec": {"registry": {
+                                                      "url": elsewhere.url,
+                                                      "tokenSecretRef": {"name": "elsewhere-token"}}}})
+        status = bed.wait_status("stolen", lambda s: condition(s, "Ready").get("reason") == "ModelNotFound",
+                                 "ModelNotFound from the other registry")
+        assert elsewhere.seen and {auth for _, auth in elsewhere.seen} == {"Bearer my_elsewhere_token_123"}
+        assert secret_token(bed, "modelyard-registry-token") is None
+    finally:
+        elsewhere.close()

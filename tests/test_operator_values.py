@@ -13,11 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelyard.operator.values import (
+    REGISTRY_TOKEN_REQUIRED,
     OperatorDefaults,
     ResolvedVersion,
     SpecError,
     canary_replicas,
     model_server_values,
+    registry_access,
     split_image,
 )
 from tests.support.charts import MODEL_SERVER, load, one, render, validate_kubernetes, values_schema
@@ -163,11 +165,26 @@ def test_canary_runs_the_new_version_beside_the_stable_one() -> None:
     ({"model": {"name": "m", "version": 1}, "autoscaling": {"minReplicas": 5, "maxReplicas": 2}},
      "InvalidAutoscaling"),
     ({"model": {"name": "m", "version": 1}, "image": "runtime@sha256:abc"}, "InvalidImage"),
+    ({"model": {"name": "m", "version": 1}, "registry": {"url": "https://elsewhere.example"}},
+     "RegistryTokenRequired"),
 ])
 def test_specs_that_cannot_render_say_why(spec: dict[str, Any], reason: str) -> None:
     with pytest.raises(SpecError) as caught:
         model_server_values(spec, ResolvedVersion("m", 1))
     assert caught.value.reason == reason and str(caught.value)
+
+
+def test_the_operators_token_goes_to_its_own_registry_only() -> None:
+    defaults = OperatorDefaults(registry_url="http://modelyard-registry.modelyard:8080", token_secret="pull")
+    own = registry_access({"registry": {"url": "HTTP://Modelyard-Registry.modelyard:8080/"}}, defaults)
+    assert own.spec_token_ref is None and own.pod_token_ref == {"name": "pull", "key": "token"}
+    assert registry_access({}, defaults).url == defaults.registry_url
+    with pytest.raises(SpecError, match="tokenSecretRef") as caught:
+        registry_access({"registry": {"url": "http://attacker.example:8080"}}, defaults)
+    assert caught.value.reason == REGISTRY_TOKEN_REQUIRED
+    ref = {"name": "their-token", "key": "value"}
+    foreign = registry_access({"registry": {"url": "http://other.example", "tokenSecretRef": ref}}, defaults)
+    assert foreign.spec_token_ref == ref and foreign.pod_token_ref == {"name": "their-token", "key": "value"}
 
 
 def test_resolved_model_must_match_the_spec() -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,3 +214,175 @@ def test_your_own_service_is_packaged_pushed_and_served(served: Served, tmp_path
                           "nowhere.py:X", "--model", "minilm"], capture_output=True, text=True, timeout=60, env=env)
     assert bad.returncode == 1 and "path/to/service.py:ClassName" in bad.stderr
     assert served.registry.store.get_model("minilm").latest_version == 1  # the refused call created nothing
+
+
+def test_a_model_version_runs_the_installed_service_not_code_from_its_bento(served: Served, tmp_path: Path) -> None:
+    """A write token can upload a Bento whose record and program are right but whose service.py is
+    its own: the server must never import it."""
+    from modelyard.bentos.packager import SERVICE_PY, bento_tag, build_bento, write_context
+    from modelyard.bentos.spec import MODEL_DIR, ModelSpec
+
+    marker = tmp_path / "bento-code-ran"
+    program = served.workdir / "digits.pt2"
+    with RegistryClient(served.registry.url) as client:
+        metadata = client.get_version("digits", 1).metadata
+        number = client.create_version("digits", format="torch-export", metadata=metadata).version
+        version = client.upload_artifact("digits", number, program)
+        spec = ModelSpec(model="digits", version=number, digest=str(version.digest), format="torch-export",
+                         file=f"{MODEL_DIR}/model.pt2", metadata=metadata)
+        context = tmp_path / "context"
+        write_context(spec, program, context)
+        (context / "service.py").write_text(f"open({str(marker)!r}, 'w').close()\n" + SERVICE_PY)
+        tag = bento_tag("digits", number, str(version.digest))
+        client.upload_bento("digits", number, build_bento(context, tag, tmp_path / "evil.bento"), tag)
+    marker.unlink(missing_ok=True)  # `bentoml build` imports the service; only the server matters here
+    process, url, log = start_serving(served, tmp_path / "cache", f"digits:{number}")
+    try:
+        wait_serving(process, url, log)
+        answer = httpx.post(f"{url}/predict", json={"inputs": served.images.tolist()}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose(np.array(answer.json()), served.expected, rtol=1e-4, atol=1e-5)
+    finally:
+        stop(process)
+    assert not marker.exists(), "code from the Bento ran in the model server"
+
+
+def pull(served: Served, ref: str, to: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "modelyard.registry.cli.main", "pull", ref, "--to", str(to)],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "MODELYARD_REGISTRY_URL": served.registry.url, "COLUMNS": "200"})
+
+
+def test_the_runtime_refuses_another_versions_bento(served: Served, tmp_path: Path) -> None:
+    """As a registry from before the upload check could have recorded it: version 1's Bento on a new version."""
+    store = served.registry.store
+    with RegistryClient(served.registry.url) as client:
+        first = package_version(client, "digits:1").version
+        metadata = first.metadata
+        number = client.create_version("digits", format="torch-export", metadata=metadata).version
+        client.upload_artifact("digits", number, served.workdir / "digits.pt2")
+    assert first.bento is not None
+    store.mark_packaged("digits", number, first.bento.tag, first.bento.digest, first.bento.size)
+    pulled = pull(served, f"digits:{number}", tmp_path / "cache")
+    assert pulled.returncode == 1 and "built from digits:1" in pulled.stderr, pulled.stdout + pulled.stderr
+    assert "Traceback" not in pulled.stderr
+
+
+def test_a_hostile_bento_archive_is_refused_in_one_line(served: Served, tmp_path: Path) -> None:
+    from tests.support.artifacts import tar_bytes
+
+    hostile = tmp_path / "hostile.bento"
+    hostile.write_bytes(tar_bytes({"bento.yaml": b"service: s:S\n", "../../escaped.txt": b"out of the cache"}))
+    with RegistryClient(served.registry.url) as client:
+        client.ensure_model("hostile")
+        client.create_version("hostile", format="bento")
+        client.upload_artifact("hostile", 1, hostile)
+        client.upload_bento("hostile", 1, hostile, "hostile:v1")
+    pulled = pull(served, "hostile:1", tmp_path / "deep" / "cache")
+    assert pulled.returncode == 1 and "cannot extract the Bento" in pulled.stderr, pulled.stdout + pulled.stderr
+    assert "Traceback" not in pulled.stderr and len(pulled.stderr.strip().splitlines()) <= 3
+    assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_a_bento_that_expands_beyond_its_bound_is_refused(tmp_path: Path) -> None:
+    import gzip
+    import tarfile
+
+    from modelyard.bentos.runtime import BentoRefused, extract
+
+    bomb = tmp_path / "bomb.bento"
+    with gzip.open(bomb, "wb", compresslevel=9) as raw, tarfile.open(fileobj=raw, mode="w") as archive:
+        info = tarfile.TarInfo("zeros")
+        info.size = 64 << 20
+        archive.addfile(info, io.BytesIO(bytes(info.size)))
+    assert bomb.stat().st_size < 200_000
+    with pytest.raises(BentoRefused, match="expands to more than"):
+        extract(bomb, tmp_path / "out", limit=20 * bomb.stat().st_size)
+    extract(bomb, tmp_path / "ok", limit=65 << 20)
+    assert (tmp_path / "ok" / "zeros").stat().st_size == 64 << 20
+
+
+def test_bad_and_oversized_requests_are_4xx_and_the_probes_keep_answering(served: Served, tmp_path: Path) -> None:
+    import psutil
+
+    limit = 1 << 20
+    process, url, log = start_serving(served, tmp_path / "cache", "digits@production", "--max-request-bytes",
+                                      str(limit))
+    one = served.images[:1]
+    try:
+        wait_serving(process, url, log)
+
+        def post(path: str, **kwargs) -> httpx.Response:  # noqa: ANN003
+            return httpx.post(f"{url}{path}", timeout=60, **kwargs)
+
+        def as_npy(array: np.ndarray) -> bytes:
+            buffer = io.BytesIO()
+            np.save(buffer, array)
+            return buffer.getvalue()
+
+        def nested(value: object) -> list:
+            return [[[[value] * 8] * 8]]
+
+        npy = {"Content-Type": "application/x-npy"}
+        refused = {
+            "an object where a number goes": ("/predict", {"json": {"inputs": nested({})}}),
+            "booleans": ("/v2/predict", {"json": {"inputs": nested(True)}}),
+            "strings": ("/v2/predict", {"json": {"inputs": nested("1.5")}}),
+            "nulls": ("/v2/predict", {"json": {"inputs": nested(None)}}),
+            "a number beyond float32": ("/predict", {"json": {"inputs": nested(1e39)}}),
+            "complex numbers": ("/v2/predict", {"content": as_npy(one.astype(np.complex64)), "headers": npy}),
+            "a .npy header that lies about its size": (
+                "/v2/predict", {"content": as_npy(one).replace(b"(1, 1, 8, 8)", b"(99999999, 1, 8, 8)"),
+                                "headers": npy}),
+            "more rows than max_batch_size on /predict": (
+                "/predict", {"json": {"inputs": np.concatenate([served.images] * 8).tolist()}}),
+        }
+        for what, (path, request) in refused.items():
+            answer = post(path, **request)
+            assert answer.status_code == 400, (what, answer.status_code, answer.text)
+        assert post("/v2/predict", content=as_npy(served.images.astype(np.float64)), headers=npy).status_code == 200
+        too_big = b'{"inputs": [' + b"0.5, " * (limit // 4) + b"0.5]}"
+        assert post("/predict", content=too_big, headers={"Content-Type": "application/json"}).status_code == 413
+
+        def chunked() -> Iterator[bytes]:
+            for start in range(0, len(too_big), 65536):
+                yield too_big[start:start + 65536]
+
+        assert post("/v2/predict", content=chunked(), headers={"Content-Type": "application/json"}).status_code == 413
+
+        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+        rss_before = sum(p.memory_info().rss for p in tree)
+        for _ in range(20):  # 20 bodies of 16 MiB, refused from their Content-Length
+            assert post("/predict", content=bytes(16 << 20), headers={"Content-Type": "application/json"}
+                        ).status_code == 413
+        assert sum(p.memory_info().rss for p in tree) - rss_before < 64 << 20
+
+        # Largest accepted bodies, back to back, while the readiness probe keeps being asked.
+        largest = {"inputs": np.random.default_rng(1).random((1100, 1, 8, 8)).round(6).tolist()}
+        body = json.dumps(largest).encode()
+        assert len(body) <= limit
+        probe_seconds: list[float] = []
+        stop_probing = threading.Event()
+
+        def probe() -> None:
+            while not stop_probing.is_set():
+                started = time.monotonic()
+                assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
+                probe_seconds.append(time.monotonic() - started)
+                time.sleep(0.05)
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        try:
+            with ThreadPoolExecutor(4) as pool:
+                answers = list(pool.map(lambda _: post("/predict_batch", content=body,
+                                                       headers={"Content-Type": "application/json"}), range(24)))
+        finally:
+            stop_probing.set()
+            prober.join(30)
+        assert all(answer.status_code == 200 for answer in answers)
+        assert probe_seconds and max(probe_seconds) < 2.0, probe_seconds  # the chart's timeout is 5 s
+    finally:
+        stop(process)
+    text = log.read_text()
+    assert "Traceback" not in text, text[-3000:]  # refused requests are not logged as crashes

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 
 from modelyard.bentos.config import ServingConfig, cpu_limit, torch_threads
 from modelyard.bentos.packager import bento_tag
-from modelyard.bentos.signature import InputSpec
+from modelyard.bentos.signature import InputSpec, coerce, read_npy
 from modelyard.registry.schemas import BENTO_TAG_PATTERN
 
 
@@ -59,3 +61,48 @@ def test_bento_tags_are_deterministic_and_accepted_by_the_registry() -> None:
     tag = bento_tag("digits-cnn", 7, "sha256:" + "ab" * 32)
     assert tag == "digits-cnn:v7-abababababab"
     assert re.match(BENTO_TAG_PATTERN, tag)
+
+
+@pytest.mark.parametrize("values,dtype,message", [
+    ([[True, 1.0]], "float32", "boolean"),
+    ([["1.5"]], "float32", "got str"),
+    ([[None]], "float32", "null"),
+    ([[{}]], "float32", "got dict"),
+    ([[1.5]], "int64", "integers"),
+    ([[300]], "int8", "outside the range of int8"),
+    ([[-1]], "uint8", "outside the range of uint8"),
+    ([[2 ** 70]], "int64", "beyond 64-bit"),
+    ([[1e39]], "float32", "outside the range of float32"),
+    ([[1, [2]]], "float32", "rectangular"),
+    ([[1, 0]], "bool", "booleans"),
+    (np.zeros((2, 2), np.complex64), "float32", "complex64"),
+    (np.array([["a"]]), "float32", "<U1"),
+])
+def test_inputs_are_never_converted_silently(values: object, dtype: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        coerce(values, dtype)
+
+
+def test_inputs_that_convert_without_loss_pass() -> None:
+    assert coerce([[1, 2.5]], "float32").dtype == np.float32
+    assert coerce([[1, 2]], "int8").tolist() == [[1, 2]]
+    assert coerce([[True, False]], "bool").dtype == np.bool_
+    assert coerce(np.ones((2, 3), np.float64), "float32").dtype == np.float32
+    assert coerce(np.ones((2, 3), np.int32), "float32").dtype == np.float32
+
+
+def test_npy_bodies_are_checked_against_their_header() -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, np.arange(6, dtype=np.float32).reshape(2, 3))
+    body = buffer.getvalue()
+    np.testing.assert_array_equal(read_npy(body), np.arange(6, dtype=np.float32).reshape(2, 3))
+    with pytest.raises(ValueError, match="declares shape"):
+        read_npy(body.replace(b"(2, 3)", b"(9999999999, 3)"))
+    with pytest.raises(ValueError, match="declares shape"):
+        read_npy(body[:-4])
+    with pytest.raises(ValueError, match="not a .npy body"):
+        read_npy(b"not numpy")
+    objects = io.BytesIO()
+    np.save(objects, np.array([{}, 1], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="unpickling"):
+        read_npy(objects.getvalue())

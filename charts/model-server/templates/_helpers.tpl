@@ -170,6 +170,7 @@ spec:
             - {name: MODELYARD_SERVE_WORKERS, value: {{ $v.serving.workers | int | toString | quote }}}
             - {name: MODELYARD_BATCHING, value: {{ ternary "on" "off" $v.serving.batching | quote }}}
             - {name: MODELYARD_GPUS, value: {{ $gpu | toString | quote }}}
+            - {name: MODELYARD_MAX_REQUEST_BYTES, value: {{ $v.serving.maxRequestBytes | int | toString | quote }}}
           ports:
             - {name: http, containerPort: 3000, protocol: TCP}
           # BentoML answers /readyz only once the model is loaded (and warmed up);
@@ -177,16 +178,19 @@ spec:
           startupProbe:
             httpGet: {path: /livez, port: http}
             periodSeconds: {{ $v.probes.startup.periodSeconds | int }}
+            timeoutSeconds: {{ $v.probes.startup.timeoutSeconds | int }}
             failureThreshold: {{ $v.probes.startup.failureThreshold | int }}
           readinessProbe:
             httpGet: {path: /readyz, port: http}
             initialDelaySeconds: {{ $v.probes.readiness.initialDelaySeconds | int }}
             periodSeconds: {{ $v.probes.readiness.periodSeconds | int }}
+            timeoutSeconds: {{ $v.probes.readiness.timeoutSeconds | int }}
             failureThreshold: {{ $v.probes.readiness.failureThreshold | int }}
           livenessProbe:
             httpGet: {path: /livez, port: http}
             initialDelaySeconds: {{ $v.probes.liveness.initialDelaySeconds | int }}
             periodSeconds: {{ $v.probes.liveness.periodSeconds | int }}
+            timeoutSeconds: {{ $v.probes.liveness.timeoutSeconds | int }}
             failureThreshold: {{ $v.probes.liveness.failureThreshold | int }}
           lifecycle:
             # Let endpoints drop this pod before the server stops taking requests.
