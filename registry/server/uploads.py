@@ -10,6 +10,7 @@ deletes the blob unless something else uses the same bytes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
@@ -19,6 +20,8 @@ from modelyard.registry import garbage
 from modelyard.registry.artifacts import ArtifactStore
 from modelyard.registry.server.calls import run_write
 from modelyard.registry.store import RegistryStore
+
+log = logging.getLogger("modelyard.registry")
 
 
 async def collect_garbage(store: RegistryStore, artifacts: ArtifactStore, digests: Iterable[str]) -> None:
@@ -37,6 +40,9 @@ async def claimed(store: RegistryStore, artifacts: ArtifactStore, hex_digest: st
         yield claim
     except BaseException:
         with anyio.CancelScope(shield=True):  # a disconnected client must not leave the blob behind
-            await run_write(store, store.end_upload, claim)
-            await collect_garbage(store, artifacts, [digest])
+            try:
+                await run_write(store, store.end_upload, claim)
+                await collect_garbage(store, artifacts, [digest])
+            except Exception:  # noqa: BLE001 - the upload's own error is the answer; the sweep collects later
+                log.warning("could not release the claim on %s after a failed upload", digest, exc_info=True)
         raise
