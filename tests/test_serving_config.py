@@ -64,16 +64,17 @@ def test_bento_tags_are_deterministic_and_accepted_by_the_registry() -> None:
 
 
 @pytest.mark.parametrize("values,dtype,message", [
-    ([[True, 1.0]], "float32", "boolean"),
+    ([[True, 1.0]], "float32", "got bool"),
     ([["1.5"]], "float32", "got str"),
     ([[None]], "float32", "null"),
     ([[{}]], "float32", "got dict"),
     ([[1.5]], "int64", "integers"),
     ([[300]], "int8", "outside the range of int8"),
     ([[-1]], "uint8", "outside the range of uint8"),
-    ([[2 ** 70]], "int64", "beyond 64-bit"),
+    ([[2 ** 70]], "int64", "beyond 64 bits"),
     ([[1e39]], "float32", "outside the range of float32"),
-    ([[1, [2]]], "float32", "rectangular"),
+    ([[1, [2]]], "float32", "got list"),
+    ([[1, 2], [3]], "float32", "rectangular"),
     ([[1, 0]], "bool", "booleans"),
     (np.zeros((2, 2), np.complex64), "float32", "complex64"),
     (np.array([["a"]]), "float32", "<U1"),
