@@ -16,6 +16,7 @@ Bento must be the version's artifact itself.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -33,6 +34,7 @@ from modelyard.bentos.loader import FAILURE_FILE_ENV
 from modelyard.bentos.packager import package_version
 from modelyard.bentos.spec import SPEC_FILE, ModelSpec
 from modelyard.registry import schemas
+from modelyard.registry.bento_source import source_mismatch
 from modelyard.registry.client import RegistryClient
 from modelyard.registry.local import stop_process
 from modelyard.registry.errors import NotFound
@@ -130,15 +132,15 @@ def verify_source(fetched: FetchedBento) -> None:
                                "serve it")
         return
     try:
-        spec = ModelSpec.read(fetched.src)
-    except (OSError, ValueError, TypeError) as exc:
+        record = json.loads((fetched.src / SPEC_FILE).read_text())
+    except (OSError, ValueError) as exc:
         raise BentoRefused(f"{label}'s Bento has no readable model record ({exc}): refusing to serve it") from None
-    if (spec.model, spec.version, spec.digest) != (version.model, version.version, version.digest):
-        raise BentoRefused(f"{label}'s Bento was built from {spec.model}:{spec.version} ({spec.digest}), not from "
-                           f"{label} ({version.digest}): refusing to serve it")
-    if spec.format != (version.format.value if version.format else None) or spec.metadata != version.metadata:
-        raise BentoRefused(f"{label}'s Bento records another format or metadata than the version: refusing to "
-                           "serve it")
+    if not isinstance(record, dict):
+        raise BentoRefused(f"{label}'s Bento has no readable model record: refusing to serve it")
+    why = source_mismatch(record, model=version.model, version=version.version, digest=version.digest,
+                          format=version.format.value if version.format else None, metadata=version.metadata)
+    if why:
+        raise BentoRefused(f"{label}'s Bento {why}: refusing to serve it")
 
 
 def serve_command(fetched: FetchedBento, host: str, port: int, config: ServingConfig,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tarfile
+from collections.abc import Mapping
 from typing import Any, BinaryIO
 
 SPEC_FILE = "modelyard-model.json"
@@ -55,15 +56,24 @@ def check_bento_source(file: BinaryIO, *, model: str, version: int, digest: str,
     if not isinstance(spec, dict):
         raise ForeignBento(f"{label} has no src/{SPEC_FILE}: a model version's Bento is the one "
                            f"`modelyard package {model}:{version}` builds")
-    recorded = (spec.get("model"), spec.get("version"), spec.get("digest"))
-    if recorded != (model, version, digest):
-        raise ForeignBento(f"{label} was built from {recorded[0]}:{recorded[1]} ({recorded[2]}), not from "
-                           f"{model}:{version} ({digest}): refused")
-    if spec.get("format") != format or spec.get("metadata") != metadata:
-        raise ForeignBento(f"{label} records another format or metadata than {model}:{version}: refused")
+    if why := source_mismatch(spec, model=model, version=version, digest=digest, format=format, metadata=metadata):
+        raise ForeignBento(f"{label} {why}: refused")
     if programs.get(str(spec.get("file"))) != digest:
         raise ForeignBento(f"{label} does not carry the program of {model}:{version} ({digest}) at "
                            f"src/{spec.get('file')}: refused")
+
+
+def source_mismatch(record: Mapping[str, Any], *, model: str, version: int, digest: str | None,
+                    format: str | None, metadata: Mapping[str, Any]) -> str | None:
+    """Why a model Bento's record (its ``modelyard-model.json``) is not this version's, or None.
+
+    The one rule the registry applies on upload and the model server before serving."""
+    recorded = (record.get("model"), record.get("version"), record.get("digest"))
+    if recorded != (model, version, digest):
+        return f"was built from {recorded[0]}:{recorded[1]} ({recorded[2]}), not from {model}:{version} ({digest})"
+    if record.get("format") != format or record.get("metadata") != metadata:
+        return f"records another format or metadata than {model}:{version}"
+    return None
 
 
 def _read(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
