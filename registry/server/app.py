@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-
-import anyio.to_thread
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI
 
 from modelyard.registry import garbage

@@ -63,13 +63,16 @@ def inspect_artifact(artifacts: ArtifactStore, hex_digest: str, declared: schema
     return kind
 
 
+def check_bento_is_the_artifact(expected_hex: str, version: schemas.Version, label: str) -> None:
+    """A version in format bento is packaged as its own artifact: decided from the declared digest,
+    before a byte is read."""
+    if f"sha256:{expected_hex}" != version.digest:
+        raise Invalid(f"{label} is not {version.model}:{version.version}'s artifact ({version.digest}): the "
+                      "Bento of a version in format bento is its artifact itself; nothing was stored")
+
+
 def inspect_bento(artifacts: ArtifactStore, hex_digest: str, version: schemas.Version, label: str) -> None:
-    """422 unless the Bento was built from exactly this version (see ``bento_source``)."""
-    if version.format == schemas.ArtifactFormat.bento:  # the artifact is the Bento itself
-        if f"sha256:{hex_digest}" != version.digest:
-            raise Invalid(f"{label} is not {version.model}:{version.version}'s artifact ({version.digest}): the "
-                          "Bento of a version in format bento is its artifact itself; nothing was stored")
-        return
+    """422 unless the stored model Bento was built from exactly this version (see ``bento_source``)."""
     try:
         with artifacts.open(hex_digest) as file:
             check_bento_source(file, model=version.model, version=version.version, digest=str(version.digest),
@@ -166,10 +169,14 @@ async def upload_bento(name: ModelPath, version: VersionPath, request: Request, 
     current = await run_read(store, store.get_version, name, version)
     if current.status != schemas.VersionStatus.ready:
         raise Conflict(f"version {version} of model {name!r} is {current.status.value}: upload its artifact first")
+    label = f"the Bento uploaded for {name}:{version}"
+    is_artifact = current.format == schemas.ArtifactFormat.bento
+    if is_artifact:
+        check_bento_is_the_artifact(expected, current, label)
     async with claimed(store, artifacts, expected) as claim:
         stored = await receive(request, artifacts, expected)
-        await anyio.to_thread.run_sync(inspect_bento, artifacts, stored.digest, current,
-                                       f"the Bento uploaded for {name}:{version}")
+        if not is_artifact:
+            await anyio.to_thread.run_sync(inspect_bento, artifacts, stored.digest, current, label)
         return await run_write(store, partial(store.mark_packaged, name, version, tag, f"sha256:{stored.digest}",
                                               stored.size, claim=claim))
 
