@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -386,3 +387,69 @@ def test_bad_and_oversized_requests_are_4xx_and_the_probes_keep_answering(served
         stop(process)
     text = log.read_text()
     assert "Traceback" not in text, text[-3000:]  # refused requests are not logged as crashes
+
+
+def _hostile_members() -> dict[str, tarfile.TarInfo]:
+    def entry(name: str, kind: bytes, **fields: object) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        for key, value in fields.items():
+            setattr(info, key, value)
+        return info
+
+    return {
+        "a link out of the Bento": entry("src/out", tarfile.SYMTYPE, linkname="/etc"),
+        "a link that stays inside": entry("src/in", tarfile.SYMTYPE, linkname="service.py"),
+        "a hard link": entry("src/hard", tarfile.LNKTYPE, linkname="/etc/passwd"),
+        "a device": entry("src/null", tarfile.CHRTYPE, devmajor=1, devminor=3),
+        "a fifo": entry("src/fifo", tarfile.FIFOTYPE),
+        "an absolute path": entry("/tmp/absolute.txt", tarfile.REGTYPE),
+        "a path up and out": entry("src/../../escaped.txt", tarfile.REGTYPE),
+    }
+
+
+@pytest.fixture(params=["this Python", "Python before 3.11.4 (no extraction filter)"])
+def tarfile_of(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each extraction test twice: as is, and with ``tarfile`` as Python 3.11.2 has it (Debian
+    bookworm's, which the images carry): no ``data_filter`` and no ``filter`` argument."""
+    if request.param != "this Python":
+        original = tarfile.TarFile.extractall
+
+        def extractall(self, path=".", members=None, *, numeric_owner=False):  # noqa: ANN001, ANN202
+            return original(self, path, members, numeric_owner=numeric_owner, filter="fully_trusted")
+
+        monkeypatch.delattr(tarfile, "data_filter")
+        monkeypatch.setattr(tarfile.TarFile, "extractall", extractall)
+    return request.param
+
+
+@pytest.mark.parametrize("what", list(_hostile_members()))
+def test_extraction_refuses_links_devices_and_paths_out_on_every_python(
+        what: str, tarfile_of: str, tmp_path: Path) -> None:
+    from modelyard.bentos.runtime import BentoRefused, extract
+
+    archive = tmp_path / "hostile.bento"
+    with tarfile.open(archive, "w") as bundle:
+        service = tarfile.TarInfo("src/service.py")
+        service.size = 4
+        bundle.addfile(service, io.BytesIO(b"x=1\n"))
+        bundle.addfile(_hostile_members()[what])
+    with pytest.raises(BentoRefused, match="cannot extract the Bento"):
+        extract(archive, tmp_path / "cache" / "out", limit=1 << 20)
+    assert not (tmp_path / "escaped.txt").exists() and not Path("/tmp/absolute.txt").exists()
+    assert not any(path.is_symlink() or path.is_fifo() or path.is_char_device()
+                   for path in (tmp_path / "cache").rglob("*"))
+
+
+def test_extraction_drops_special_mode_bits_on_every_python(tarfile_of: str, tmp_path: Path) -> None:
+    from modelyard.bentos.runtime import extract
+
+    archive = tmp_path / "modes.bento"
+    with tarfile.open(archive, "w") as bundle:
+        for name, mode in {"src/setuid": 0o4777, "src/plain": 0o644, "src/tool": 0o755}.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = 1, mode
+            bundle.addfile(info, io.BytesIO(b"x"))
+    extract(archive, tmp_path / "out", limit=1 << 20)
+    modes = {path.name: path.stat().st_mode & 0o7777 for path in (tmp_path / "out" / "src").iterdir()}
+    assert modes == {"setuid": 0o755, "plain": 0o644, "tool": 0o755}, modes

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A real kube-apiserver + etcd on 127.0.0.1 for the test suite, built from Debian's
 # `kubernetes` source package (no server binary can be installed from the package
-# registries here).  The binary is cached by package version, so a machine builds it once.
+# registries here).  One build makes the control plane and the node's binaries
+# (apiserver, scheduler, controller-manager, kubelet, kube-proxy: tests/cluster/node.sh
+# uses the last four), cached by package version, so a machine builds them once.
 #
 #   tests/cluster/kube-apiserver.sh build            # apt deps + source + build (cached)
 #   tests/cluster/kube-apiserver.sh start DIR [rbac] # etcd + apiserver; writes DIR/kubeconfig (admin),
@@ -10,7 +12,8 @@
 #   tests/cluster/kube-apiserver.sh env DIR          # prints KUBECONFIG=…
 set -euo pipefail
 
-CACHE="${MODELYARD_CACHE_DIR:-$HOME/.cache/modelyard}/kube-apiserver"
+CACHE="${MODELYARD_CACHE_DIR:-$HOME/.cache/modelyard}/kubernetes"
+BINARIES=(kube-apiserver kube-scheduler kube-controller-manager kubelet kube-proxy)
 GO_BIN=/usr/lib/go-1.19/bin
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 log() { echo "kube-apiserver.sh: $*" >&2; }
@@ -59,8 +62,8 @@ build() {
   local version; version=$(package_version "$opts")
   [ -n "$version" ] || { log "no kubernetes source package found"; exit 1; }
   local binary="$CACHE/$version/kube-apiserver"
-  if [ -x "$binary" ]; then log "cached: $binary"; rm -rf "$work"; echo "$binary"; return; fi
-  log "building kube-apiserver from kubernetes $version (about 5 minutes on 2 cores)"
+  if [ -f "$CACHE/$version/complete" ]; then log "cached: $CACHE/$version"; rm -rf "$work"; echo "$binary"; return; fi
+  log "building ${BINARIES[*]} from kubernetes $version (about 10 minutes on 2 cores)"
   local started=$SECONDS
   # shellcheck disable=SC2086
   (cd "$work" && apt-get $opts source --download-only kubernetes >/dev/null)
@@ -74,17 +77,24 @@ build() {
   mkdir -p .go/src/k8s.io && ln -sfn ../../.. .go/src/k8s.io/kubernetes
   mkdir -p "$work/home"
   PATH="$GO_BIN:$PATH" GOPATH="$PWD/.go" GO111MODULE=off CGO_ENABLED=0 GOPROXY=off \
-    HOME="$work/home" GOCACHE="$work/gocache" make WHAT=cmd/kube-apiserver >"$work/build.log" 2>&1 \
+    HOME="$work/home" GOCACHE="$work/gocache" make WHAT="${BINARIES[*]/#/cmd/}" >"$work/build.log" 2>&1 \
     || { tail -50 "$work/build.log" >&2; exit 1; }
-  local built; built=$(find _output -type f -name kube-apiserver -perm -u+x | head -1)
-  mkdir -p "$CACHE/$version" && cp "$built" "$binary.tmp" && mv "$binary.tmp" "$binary"
-  log "built in $((SECONDS - started)) s: $binary"
+  mkdir -p "$CACHE/$version"
+  local name built
+  for name in "${BINARIES[@]}"; do
+    built=$(find _output -type f -name "$name" -perm -u+x | head -1)
+    [ -n "$built" ] || { log "$name was not built"; exit 1; }
+    cp "$built" "$CACHE/$version/$name.tmp" && mv "$CACHE/$version/$name.tmp" "$CACHE/$version/$name"
+  done
+  touch "$CACHE/$version/complete"  # written last: a cache is whole or ignored
+  log "built in $((SECONDS - started)) s: $CACHE/$version"
   cd / && rm -rf "$work"
   echo "$binary"
 }
 
 cached_binary() {
-  ls -1 "$CACHE"/*/kube-apiserver 2>/dev/null | sort | tail -1
+  local done; done=$(ls -1 "$CACHE"/*/complete 2>/dev/null | sort | tail -1)
+  if [ -n "$done" ]; then echo "$(dirname "$done")/${1:-kube-apiserver}"; fi
 }
 
 OPERATOR_USER=system:serviceaccount:modelyard:modelyard-operator
