@@ -26,10 +26,13 @@ quickstart: $(STAMP)
 system-deps:
 	bash scripts/system-deps.sh
 
-# A real kube-apiserver for the operator and chart tests, built from Debian's source package
-# (about 6 minutes the first time, then cached by package version under ~/.cache/modelyard).
+# The test clusters, from Debian's packages: the control plane and node binaries built from the
+# `kubernetes` source package (about 5 minutes the first time, then cached by package version
+# under ~/.cache/modelyard), containerd and friends, and the product's two images (built with
+# buildah, cached by a hash of their inputs).
 cluster:
-	bash tests/cluster/kube-apiserver.sh build >/dev/null
+	bash tests/cluster/node.sh build
+	bash tests/cluster/images.sh build >/dev/null
 
 test: system-deps cluster $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

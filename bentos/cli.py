@@ -63,7 +63,7 @@ def serve(
     registry: RegistryOption = DEFAULT_URL,
     token: TokenOption = None,
 ) -> None:
-    """Fetch the version's Bento (packaging it first if needed), verify it, and serve it."""
+    """Fetch what serves the version (its Bento, or its artifact when it has none), verify it, and serve it."""
     from modelyard.bentos.config import ServingConfig
     from modelyard.bentos.runtime import default_cache, describe, fetch, serve_command, supervise
 

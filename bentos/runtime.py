@@ -1,10 +1,12 @@
-"""The pod runtime: resolve a version, fetch its Bento by digest into a cache, serve it.
+"""The pod runtime: resolve a version, fetch what serves it by digest into a cache, serve it.
 
 ``modelyard pull REF --to DIR`` (the chart's init container) is ``fetch``;
-``modelyard serve REF`` is ``fetch`` then ``bentoml serve``.  The cache is keyed
-by digest, so a restarted pod (or a second pod on the same volume) serves without
-downloading again, and a Bento is only ever extracted from an archive whose
-sha256 matched the registry's record, within a size bound.
+``modelyard serve REF`` is ``fetch`` then ``bentoml serve``.  What is fetched is the
+version's Bento when the registry records one, else its artifact (a model version's
+program is served by the installed service and needs no Bento; a pod never packages,
+so its token only reads).  The cache is keyed by digest, so a restarted pod (or a
+second pod on the same volume) serves without downloading again, and an archive is
+only ever extracted after its sha256 matched the registry's record, within a size bound.
 
 What is served is checked against the version, not only against the Bento: a
 model version's Bento must record that very version and its program's digest
@@ -31,13 +33,13 @@ from pathlib import Path
 
 from modelyard.bentos.config import ServingConfig
 from modelyard.bentos.loader import FAILURE_FILE_ENV
-from modelyard.bentos.packager import package_version
-from modelyard.bentos.spec import SPEC_FILE, ModelSpec
+from modelyard.bentos.packager import FILE_SUFFIX, SERVABLE_FORMATS
+from modelyard.bentos.spec import MODEL_DIR, SPEC_FILE, ModelSpec
 from modelyard.registry import schemas
 from modelyard.registry.bento_source import source_mismatch
 from modelyard.registry.client import RegistryClient
-from modelyard.registry.local import stop_process
 from modelyard.registry.errors import NotFound
+from modelyard.registry.local import stop_process
 from modelyard.registry.names import ModelRef, parse_model_ref
 
 log = logging.getLogger("modelyard.bentos")
@@ -69,37 +71,65 @@ def default_cache() -> Path:
                 / "cache").expanduser()
 
 
-def fetch(client: RegistryClient, ref: str | ModelRef, cache: Path, *, package: bool = True) -> FetchedBento:
-    """The version's Bento, extracted under ``cache``; packaged first when the registry has none."""
+def fetch(client: RegistryClient, ref: str | ModelRef, cache: Path) -> FetchedBento:
+    """What serves the version, verified by digest, under ``cache``: its Bento when the registry
+    records one, otherwise its artifact.
+
+    A model version needs no Bento to be served (the installed generic service reads the
+    program and its record), so a pod never packages and never writes to the registry: its
+    token may only read.  A version in format ``bento`` is its own Bento.
+    """
     ref = parse_model_ref(ref) if isinstance(ref, str) else ref
     version = client.resolve(ref)
-    if version.bento is None:
-        if not package:
-            raise NotFound(f"{version.model}:{version.version} has no Bento; run `modelyard package "
-                           f"{version.model}:{version.version}` first")
-        # The resolved number, not the alias: it may move while we package.
-        version = package_version(client, f"{version.model}:{version.version}").version
-    assert version.bento is not None
-    hex_digest = version.bento.digest.removeprefix("sha256:")
-    directory = cache / "bentos" / hex_digest
+    if version.bento is not None:
+        digest, size, what = version.bento.digest, version.bento.size, f"Bento {version.bento.tag}"
+    else:
+        if version.status != schemas.VersionStatus.ready or not version.digest:
+            raise NotFound(f"{version.model}:{version.version} is {version.status.value}: nothing to serve yet")
+        if version.format is None or version.format.value not in (*SERVABLE_FORMATS, "bento"):
+            raise NotFound(f"{version.model}:{version.version} has format "
+                           f"{version.format.value if version.format else None!r}; it needs a Bento of its own "
+                           "(modelyard package --service)")
+        digest, size, what = version.digest, version.size or 0, "artifact"
+    lay_out = version.bento is None and version.format != schemas.ArtifactFormat.bento
+    directory = cache / ("programs" if lay_out else "bentos") / digest.removeprefix("sha256:")
     if (directory / READY_MARKER).exists():
-        log.info("cache hit: %s (%s)", version.bento.tag, version.bento.digest)
+        log.info("cache hit: %s:%s %s (%s)", version.model, version.version, what, digest)
         fetched = FetchedBento(version, directory, downloaded=False)
     else:
-        cache.joinpath("bentos").mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache / "bentos", prefix=".fetch-") as workdir:
-            archive = Path(workdir) / "bento.tar"
-            client.download_bento(version.model, version.version, archive)  # digest-verified
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=directory.parent, prefix=".fetch-") as workdir:
             staging = Path(workdir) / "extracted"
-            extract(archive, staging, limit=max(EXPANSION_LIMIT * version.bento.size, EXPANSION_FLOOR))
-            (staging / READY_MARKER).write_text(version.bento.digest + "\n")
+            if lay_out:
+                _lay_out_program(client, version, staging)
+            else:
+                archive = Path(workdir) / "bento.tar"
+                if version.bento is not None:
+                    client.download_bento(version.model, version.version, archive)  # digest-verified
+                else:
+                    client.download_artifact(version.model, version.version, archive)  # digest-verified
+                extract(archive, staging, limit=max(EXPANSION_LIMIT * size, EXPANSION_FLOOR))
+            (staging / READY_MARKER).write_text(digest + "\n")
             if directory.exists():  # a stale, unverified leftover
                 shutil.rmtree(directory)
             os.replace(staging, directory)
-        log.info("fetched %s (%s) into %s", version.bento.tag, version.bento.digest, directory)
+        log.info("fetched %s:%s %s (%s) into %s", version.model, version.version, what, digest, directory)
         fetched = FetchedBento(version, directory, downloaded=True)
     verify_source(fetched)
     return fetched
+
+
+def _lay_out_program(client: RegistryClient, version: schemas.Version, staging: Path) -> None:
+    """The version's program and record where a model Bento has them (``src/``), straight from
+    the registry's digest-checked artifact: nothing is built."""
+    assert version.format is not None and version.digest is not None
+    fmt = version.format.value
+    spec = ModelSpec(model=version.model, version=version.version, digest=version.digest, format=fmt,
+                     file=f"{MODEL_DIR}/model{FILE_SUFFIX[fmt]}", metadata=version.metadata)
+    source = staging / "src"
+    (source / MODEL_DIR).mkdir(parents=True)
+    client.download_artifact(version.model, version.version, source / spec.file)  # digest-verified
+    spec.write(source)
 
 
 def extract(archive: Path, target: Path, *, limit: int) -> None:
@@ -141,10 +171,9 @@ def _checked(bundle: tarfile.TarFile, root: Path, limit: int) -> Iterator[tarfil
 def verify_source(fetched: FetchedBento) -> None:
     """Refuse a Bento that was not built from this version (the registry checks this on upload too)."""
     version, bento = fetched.version, fetched.version.bento
-    assert bento is not None
     label = f"{version.model}:{version.version}"
     if version.format == schemas.ArtifactFormat.bento:
-        if bento.digest != version.digest:
+        if bento is not None and bento.digest != version.digest:
             raise BentoRefused(f"{label}'s Bento {bento.digest} is not its artifact {version.digest}: refusing to "
                                "serve it")
         return
@@ -217,5 +246,6 @@ def supervise(argv: list[str], env: dict[str, str], failure_file: Path, poll: fl
 def describe(fetched: FetchedBento) -> str:
     spec = ModelSpec.read(fetched.src) if (fetched.src / SPEC_FILE).exists() else None
     what = f"{spec.format} program {spec.digest}" if spec else "user service"
-    return (f"{fetched.version.model}:{fetched.version.version} as {fetched.version.bento.tag} "  # type: ignore[union-attr]
-            f"({fetched.version.bento.digest}; {what}){'' if fetched.downloaded else ' from the cache'}")  # type: ignore[union-attr]
+    version, bento = fetched.version, fetched.version.bento
+    source = f"{bento.tag} ({bento.digest}; {what})" if bento else f"its artifact ({what})"
+    return f"{version.model}:{version.version} as {source}{'' if fetched.downloaded else ' from the cache'}"

@@ -101,10 +101,18 @@ class Track:
     updated: int
     current: bool
     """The controller has seen the newest spec (observedGeneration ≥ generation)."""
+    total: int = 0
+    """Pods of every revision (status.replicas): old ones count until they are gone."""
+    available: int = 0
+    """Updated or not: status.availableReplicas."""
 
     @property
     def rolled_out(self) -> bool:
-        return self.current and self.updated >= self.desired and self.ready >= self.desired
+        """As `kubectl rollout status` decides: every replica updated, no pod of an older revision
+        left, and as many available as updated.  Ready counts alone mislead during a surge: the
+        old pod is ready while the new one is not."""
+        return (self.current and self.updated >= self.desired and self.total <= self.updated
+                and self.available >= self.updated)
 
 
 def track_of(deployment: Mapping[str, Any]) -> Track:
@@ -115,6 +123,7 @@ def track_of(deployment: Mapping[str, Any]) -> Track:
         name=meta.get("name", ""), track=(meta.get("labels") or {}).get("modelyard.io/track", "stable"),
         desired=desired, ready=int(status.get("readyReplicas") or 0), updated=int(status.get("updatedReplicas") or 0),
         current=int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 1),
+        total=int(status.get("replicas") or 0), available=int(status.get("availableReplicas") or 0),
     )
 
 

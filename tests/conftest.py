@@ -15,6 +15,7 @@ from modelyard.registry.store import RegistryStore
 from tests.support.charts import MODELYARD
 from tests.helpers import eventually
 from tests.support.kube import KubeApiServer, cached_binary_exists, crd_established, unique_namespace
+from tests.support.node import Image, Node, build_images, node_binaries_exist
 from tests.support.postgres import PostgresCluster, find_pg_bin
 from tests.support.servers import ThreadedRegistry
 
@@ -101,6 +102,26 @@ def modelyard_release(kube: KubeApiServer) -> dict:
     with kube.api() as api:
         eventually(lambda: crd_established(api), what="CRD Established")
     return release
+
+
+@pytest.fixture(scope="session")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """A real one-node cluster (control plane, kubelet on containerd, kube-proxy, DNS) for the
+    session.  It fails, never skips, when it cannot start: the README's test command builds it."""
+    if not node_binaries_exist():
+        pytest.fail("no node binaries built: run `bash tests/cluster/node.sh build` (`make test` does)")
+    cluster = Node(tmp_path_factory.mktemp("node"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def node_images(node: Node) -> dict[str, Image]:
+    """Both product images, built (or taken from the cache by input hash) and loaded into the node."""
+    images = build_images()
+    node.load(*images.values())
+    return images
 
 
 @pytest.fixture

@@ -61,11 +61,15 @@ def test_canary_keeps_the_last_ready_version_as_primary() -> None:
 
 
 def deployment(name: str, *, desired: int, ready: int, updated: int | None = None, generation: int = 2,
-               observed: int = 2, track: str = "stable") -> dict[str, Any]:
+               observed: int = 2, track: str = "stable", total: int | None = None,
+               available: int | None = None) -> dict[str, Any]:
+    """A Deployment's status as the controller reports it (``total``: pods of every revision)."""
+    updated = ready if updated is None else updated
     return {"metadata": {"name": name, "generation": generation, "labels": {"modelyard.io/track": track}},
             "spec": {"replicas": desired},
-            "status": {"readyReplicas": ready, "updatedReplicas": ready if updated is None else updated,
-                       "observedGeneration": observed}}
+            "status": {"readyReplicas": ready, "updatedReplicas": updated, "observedGeneration": observed,
+                       "replicas": max(ready, updated) if total is None else total,
+                       "availableReplicas": ready if available is None else available}}
 
 
 def test_a_deployment_is_rolled_out_only_when_the_controller_saw_the_new_spec() -> None:
@@ -74,6 +78,20 @@ def test_a_deployment_is_rolled_out_only_when_the_controller_saw_the_new_spec() 
     assert not track_of(deployment("d", desired=2, ready=2, updated=1)).rolled_out  # old pods still count
     assert not track_of(deployment("d", desired=2, ready=1)).rolled_out
     assert replica_counts([track_of(deployment("d", desired=2, ready=3))]) == (2, 2)
+
+
+def test_a_surge_is_not_rolled_out_while_the_ready_pod_is_the_old_one() -> None:
+    """Seen on the real node: replicas 1, maxSurge 1, the new pod crash-looping.  The controller
+    reports 2 pods, 1 updated (the new, not ready) and 1 ready and available (the old)."""
+    surging = deployment("d", desired=1, ready=1, updated=1, total=2, available=1)
+    assert not track_of(surging).rolled_out
+    rollout = {"state": PROGRESSING, "startedAt": to_time(T0)}
+    assert judge(rollout, [track_of(surging)], {}, T0 + 1).action == "wait"
+    assert judge(rollout, [track_of(surging)], {}, T0 + 601).action == "deadline"
+    # The old pod gone and the new one available: done.
+    assert track_of(deployment("d", desired=1, ready=1, updated=1, total=1, available=1)).rolled_out
+    # Ready but not yet available (minReadySeconds): not done either.
+    assert not track_of(deployment("d", desired=2, ready=2, updated=2, total=2, available=1)).rolled_out
 
 
 def test_judge_completes_waits_and_gives_up_at_the_deadline() -> None:

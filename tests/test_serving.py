@@ -453,3 +453,28 @@ def test_extraction_drops_special_mode_bits_on_every_python(tarfile_of: str, tmp
     extract(archive, tmp_path / "out", limit=1 << 20)
     modes = {path.name: path.stat().st_mode & 0o7777 for path in (tmp_path / "out" / "src").iterdir()}
     assert modes == {"setuid": 0o755, "plain": 0o644, "tool": 0o755}, modes
+
+
+def test_a_version_without_a_bento_is_served_from_its_artifact_and_nothing_is_written(
+        served: Served, tmp_path: Path) -> None:
+    """A pod's token only reads: the runtime must not package (build and upload a Bento)."""
+    with RegistryClient(served.registry.url) as client:
+        client.ensure_model("unpackaged")
+        client.create_version("unpackaged", format="torch-export", metadata=client.get_version("digits", 1).metadata)
+        client.upload_artifact("unpackaged", 1, served.workdir / "digits.pt2")
+    events_before = len(served.registry.store.events_after(0))
+    pulled = pull(served, "unpackaged:1", tmp_path / "cache")
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    with RegistryClient(served.registry.url) as client:
+        assert client.get_version("unpackaged", 1).bento is None
+    assert "its artifact" in pulled.stdout
+    assert len(served.registry.store.events_after(0)) == events_before  # no version.packaged, nothing written
+    process, url, log = start_serving(served, tmp_path / "cache", "unpackaged:1")
+    try:
+        wait_serving(process, url, log)
+        answer = httpx.post(f"{url}/predict", json={"inputs": served.images.tolist()}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose(np.array(answer.json()), served.expected, rtol=1e-4, atol=1e-5)
+        assert "from the cache" in log.read_text()  # the init container's fetch is what serves
+    finally:
+        stop(process)

@@ -10,6 +10,7 @@
 #                                                    # DIR/operator.kubeconfig (the operator's identity), DIR/env
 #   tests/cluster/kube-apiserver.sh stop DIR         # stops only the processes start recorded
 #   tests/cluster/kube-apiserver.sh env DIR          # prints KUBECONFIG=…
+#   tests/cluster/kube-apiserver.sh binary [NAME]    # the cached binary's path (empty when not built)
 set -euo pipefail
 
 CACHE="${MODELYARD_CACHE_DIR:-$HOME/.cache/modelyard}/kubernetes"
@@ -100,13 +101,13 @@ cached_binary() {
 OPERATOR_USER=system:serviceaccount:modelyard:modelyard-operator
 
 kubeconfig() {
-  local port=$1 user=$2 token=$3
+  local server=$1 user=$2 token=$3
   cat <<KUBECONFIG
 apiVersion: v1
 kind: Config
 clusters:
 - name: test
-  cluster: {server: "https://127.0.0.1:$port", insecure-skip-tls-verify: true}
+  cluster: {server: "https://$server", insecure-skip-tls-verify: true}
 users:
 - name: $user
   user: {token: "$token"}
@@ -125,7 +126,18 @@ start() {
   local binary; binary=$(cached_binary); [ -n "$binary" ] || binary=$(build | tail -1)
   mkdir -p "$dir/etcd" "$dir/certs"
   local etcd_port peer_port api_port
-  etcd_port=$(free_port); peer_port=$(free_port); api_port=$(free_port)
+  etcd_port=$(free_port); peer_port=$(free_port)
+  # With NODE_IP set (tests/cluster/node.sh), the apiserver serves pods too: it listens on the
+  # node's address, keeps the `kubernetes` Service's endpoint, and gives pods service-account tokens.
+  local address=${NODE_IP:-127.0.0.1} node_flags=()
+  if [ -n "${NODE_IP:-}" ]; then
+    api_port=6443
+    node_flags=(--endpoint-reconciler-type lease --kubelet-preferred-address-types InternalIP
+                --allow-privileged=false)
+  else
+    api_port=$(free_port)
+    node_flags=(--disable-admission-plugins ServiceAccount --endpoint-reconciler-type none)
+  fi
   etcd --data-dir "$dir/etcd" --listen-client-urls "http://127.0.0.1:$etcd_port" \
     --advertise-client-urls "http://127.0.0.1:$etcd_port" --listen-peer-urls "http://127.0.0.1:$peer_port" \
     --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
@@ -142,25 +154,26 @@ start() {
     echo "$token,admin,admin,system:masters"
     echo "$op_token,$OPERATOR_USER,operator,\"system:serviceaccounts,system:serviceaccounts:modelyard\""
   } > "$dir/tokens.csv"
-  "$binary" --etcd-servers "http://127.0.0.1:$etcd_port" --bind-address 127.0.0.1 \
-    --advertise-address 127.0.0.1 --secure-port "$api_port" --cert-dir "$dir/certs" \
+  "$binary" --etcd-servers "http://127.0.0.1:$etcd_port" --bind-address "$address" \
+    --advertise-address "$address" --secure-port "$api_port" --cert-dir "$dir/certs" \
     --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$dir/certs/sa.pub" \
     --service-account-signing-key-file "$dir/certs/sa.key" --token-auth-file "$dir/tokens.csv" \
     --authorization-mode "$mode" --service-cluster-ip-range 10.96.0.0/16 \
-    --disable-admission-plugins ServiceAccount --endpoint-reconciler-type none >"$dir/apiserver.log" 2>&1 &
+    "${node_flags[@]}" >"$dir/apiserver.log" 2>&1 &
   echo $! > "$dir/apiserver.pid"
-  kubeconfig "$api_port" admin "$token" > "$dir/kubeconfig"
-  kubeconfig "$api_port" operator "$op_token" > "$dir/operator.kubeconfig"
+  kubeconfig "$address:$api_port" admin "$token" > "$dir/kubeconfig"
+  kubeconfig "$address:$api_port" operator "$op_token" > "$dir/operator.kubeconfig"
   echo "KUBECONFIG=$dir/kubeconfig" > "$dir/env"
+  (umask 077 && echo "$token" > "$dir/admin.token")
   local started=$SECONDS
-  until curl -skf -H "Authorization: Bearer $token" "https://127.0.0.1:$api_port/readyz" >/dev/null; do
+  until curl -skf -H "Authorization: Bearer $token" "https://$address:$api_port/readyz" >/dev/null; do
     if ! kill -0 "$(cat "$dir/apiserver.pid")" 2>/dev/null; then
       tail -30 "$dir/apiserver.log" >&2; stop "$dir"; exit 1  # etcd too: leave nothing running
     fi
     if [ $((SECONDS - started)) -gt 120 ]; then log "not ready after 120 s"; stop "$dir"; exit 1; fi
     sleep 0.2
   done
-  log "ready in $((SECONDS - started)) s at https://127.0.0.1:$api_port ($mode)"
+  log "ready in $((SECONDS - started)) s at https://$address:$api_port ($mode)"
 }
 
 stop() {
@@ -178,8 +191,9 @@ stop() {
 
 case "${1:-}" in
   build) build ;;
+  binary) cached_binary "${2:-kube-apiserver}" ;;
   start) start "${2:?DIR}" "${3:-}" ;;
   stop) stop "${2:?DIR}" ;;
   env) cat "${2:?DIR}/env" ;;
-  *) echo "usage: $0 build | start DIR [rbac] | stop DIR | env DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 build | binary [NAME] | start DIR [rbac] | stop DIR | env DIR" >&2; exit 2 ;;
 esac

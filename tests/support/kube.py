@@ -63,8 +63,8 @@ def crd_established(api: client.ApiClient, name: str = "modeldeployments.modelya
 
 
 def cached_binary_exists() -> bool:
-    root = Path(os.environ.get("MODELYARD_CACHE_DIR", Path.home() / ".cache" / "modelyard")) / "kube-apiserver"
-    return any(root.glob("*/kube-apiserver"))
+    root = Path(os.environ.get("MODELYARD_CACHE_DIR", Path.home() / ".cache" / "modelyard")) / "kubernetes"
+    return any(root.glob("*/complete"))
 
 
 def unique_namespace(api: client.ApiClient, prefix: str = "t") -> str:

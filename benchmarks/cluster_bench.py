@@ -1,0 +1,178 @@
+"""Modelyard on a real one-node cluster (tests/cluster/node.sh), beside a plain `modelyard serve` on the host.
+
+  python benchmarks/cluster_bench.py [--replicas 2]
+
+Starts the node, builds (or takes from the cache) both images, installs charts/modelyard with
+them, pushes two versions of the digits CNN, then measures:
+1. `kubectl apply` of a ModelDeployment → first correct prediction through its ClusterIP
+   Service, with a cold image cache on the node (the runtime image imported first, as a pull
+   would) and warm (image present; a second resource).
+2. Alias move → every replica serving the new version (all old pods gone).
+3. A model pod's start (created → Ready) and RSS (its containers' processes), beside the same
+   figures for `modelyard serve` started on the host against the same registry (ratio).
+Prints one table; these machines are noisy, so compare the ratios of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+from kubernetes import client
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from modelyard.registry.local import free_port, stop_process  # noqa: E402
+from tests.helpers import eventually  # noqa: E402
+from tests.support.node import Node, build_images, image_sizes  # noqa: E402
+from tests.support.platform import ML, MODEL, Platform, install, predictions_match, push  # noqa: E402
+
+KUBECTL = ROOT / "tests" / "cluster" / "node.sh"
+
+
+def kubectl_apply(node: Node, name: str, replicas: int) -> None:
+    manifest = f"""apiVersion: modelyard.io/v1alpha1
+kind: ModelDeployment
+metadata: {{name: {name}, namespace: {ML}}}
+spec:
+  model: {{name: {MODEL}, alias: production}}
+  replicas: {replicas}
+  resources: {{gpu: 1, cpu: 250m, memory: 1Gi}}
+"""
+    kubectl = subprocess.run(["bash", str(KUBECTL), "kubectl"], capture_output=True, text=True, check=True).stdout
+    subprocess.run([kubectl.strip(), "apply", "-f", "-"], input=manifest, text=True, check=True,
+                   capture_output=True, env={**os.environ, "KUBECONFIG": str(node.kubeconfig)})
+
+
+def first_correct_prediction(platform: Platform, name: str, version: int, timeout: float = 600) -> float:
+    started = time.monotonic()
+    url = eventually(lambda: _service_url(platform, name), timeout=60, interval=0.2, what=f"Service {name}")
+    eventually(lambda: predictions_match(platform, url, version), timeout=timeout, interval=0.2,
+               what=f"{name} answering with v{version}")
+    return time.monotonic() - started
+
+
+def _service_url(platform: Platform, name: str) -> str | None:
+    try:
+        return platform.service_url(name)
+    except client.ApiException:
+        return None
+
+
+def processes_rss_mib(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total / 2**20
+
+
+def pod_server_pids(pod: client.V1Pod) -> list[int]:
+    """The model-server container's processes, from the pod's memory cgroup (cgroup v1, cgroupfs)."""
+    container_id = pod.status.container_statuses[0].container_id.split("//")[-1]
+    found = list(Path("/sys/fs/cgroup/memory/kubepods").rglob(f"pod{pod.metadata.uid}/{container_id}/cgroup.procs"))
+    return [int(line) for line in found[0].read_text().split()] if found else []
+
+
+def pod_start_seconds(pod: client.V1Pod) -> float:
+    ready = next(c for c in pod.status.conditions if c.type == "Ready")
+    return (ready.last_transition_time - pod.metadata.creation_timestamp).total_seconds()
+
+
+def host_serve(platform: Platform, version: int, cache: Path) -> tuple[float, float]:
+    """`modelyard serve` on this machine against the cluster's registry: seconds to the first
+    correct prediction and the RSS of its process tree."""
+    port = free_port()
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modelyard.registry.cli.main", "serve", f"{MODEL}:{version}", "--port", str(port),
+         "--host", "127.0.0.1", "--cache", str(cache)],
+        env={**os.environ, "MODELYARD_REGISTRY_URL": platform.registry_url, "MODELYARD_TOKEN": platform.token},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        eventually(lambda: predictions_match(platform, f"http://127.0.0.1:{port}", version), timeout=300,
+                   interval=0.2, what="host serve answering")
+        seconds = time.monotonic() - started
+        parent = psutil.Process(process.pid)
+        return seconds, processes_rss_mib([parent.pid, *(c.pid for c in parent.children(recursive=True))])
+    finally:
+        stop_process(process)
+
+
+def row(label: str, cluster: float, host: float | None, unit: str) -> str:
+    ratio = f"{cluster / host:5.2f}×" if host else "     "
+    other = f"{host:9.1f} {unit}" if host is not None else " " * (10 + len(unit))
+    return f"  {label:<52} {cluster:9.1f} {unit}  {other}  {ratio}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--replicas", type=int, default=2, help="replicas for the alias-move measurement")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="cluster-bench-"))
+    subprocess.run(["bash", str(ROOT / "tests/cluster/node.sh"), "build"], check=True, stdout=subprocess.DEVNULL)
+    started = time.monotonic()
+    images = build_images()
+    build_seconds = time.monotonic() - started
+    node = Node(work / "node").start()
+    try:
+        platform_import = node.load(images["modelyard"])
+        platform = install(node, images, work)
+        v1 = push(platform, platform.candidates[0], package=False)
+        v2 = push(platform, platform.candidates[1], package=False)
+        with platform.registry() as registry:
+            registry.set_alias(MODEL, "production", v1)
+
+        started = time.monotonic()
+        runtime_import = node.load(images["modelyard-runtime"])  # what a pull would take on a cold node
+        kubectl_apply(node, "cold", 1)
+        first_correct_prediction(platform, "cold", v1)
+        cold = time.monotonic() - started  # import + apply → first correct answer
+        (cold_pod,) = platform.serving("cold")
+        kubectl_apply(node, "warm", args.replicas)
+        warm = first_correct_prediction(platform, "warm", v1)
+        eventually(lambda: len([p for p in platform.serving("warm") if all(
+            c.ready for c in p.status.container_statuses or [])]) == args.replicas, timeout=600, interval=0.5,
+            what="all warm replicas Ready")
+        pods = platform.serving("warm")
+        pod_start = max(pod_start_seconds(p) for p in pods)
+        pod_rss = max(processes_rss_mib(pod_server_pids(p)) for p in pods)
+
+        moved = time.monotonic()
+        with platform.registry() as registry:
+            registry.set_alias(MODEL, "production", v2)
+        eventually(lambda: (pods := platform.serving("warm", terminating=True)) and len(pods) == args.replicas
+                   and all(p.metadata.labels.get("modelyard.io/version") == str(v2) and p.status.container_statuses
+                           and all(c.ready for c in p.status.container_statuses) for p in pods),
+                   timeout=900, interval=0.5, what="every replica on v2")
+        alias_move = time.monotonic() - moved
+
+        host_seconds, host_rss = host_serve(platform, v2, work / "host-cache")
+
+        print(f"\nnode Ready in {node.start_seconds:.1f} s; images built/cached in {build_seconds:.1f} s; "
+              f"imported in {platform_import:.1f} s (modelyard) and {runtime_import:.1f} s (runtime)")
+        print(image_sizes().rstrip())
+        print(f"\n  {'':<52} {'cluster':>12}  {'host serve':>12}  ratio")
+        print(row("apply → first correct prediction, cold image cache", cold, host_seconds, "s"))
+        print(row("apply → first correct prediction, warm image cache", warm, host_seconds, "s"))
+        print(row(f"model pod created → Ready (max of {args.replicas})", pod_start, None, "s"))
+        print(row(f"alias move → all {args.replicas} replicas on the new version", alias_move, None, "s"))
+        print(row("model server RSS (pod's container vs host process tree)", pod_rss, host_rss, "MiB"))
+        print(f"  (cold pod: {cold_pod.metadata.name}; host serve: `modelyard serve {MODEL}:{v2}` from an empty "
+              "cache against the same registry)")
+    finally:
+        node.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""End to end on a real one-node cluster (tests/cluster/node.sh): the product's images, built
+here, run as pods.
+
+`helm install charts/modelyard` runs the registry and the operator as pods with the chart's
+RBAC; a model is pushed through the registry's Service; a ModelDeployment asking for a GPU
+is scheduled on the node (which advertises GPUs and runs them on the CPU); its init container
+pulls by digest, `modelyard serve` passes its readiness probe, and predictions through the
+model's ClusterIP Service equal the model's own outputs.  Then the alias moves (a real
+rolling update under a request loop that must see no failure), a version that cannot load
+is rolled back while the old pod keeps serving, the registry goes away and comes back, and
+delete removes pods and release.
+
+The tests of this module run in order and share one installation: each step starts from
+the state the previous one left, as a user's cluster would.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+from kubernetes import client
+
+from tests.helpers import eventually
+from tests.support.node import Image, Node
+from tests.support.platform import (
+    API_VERSION,
+    GROUP,
+    ML,
+    MODEL,
+    OPERATOR_PODS,
+    PLURAL,
+    Platform,
+    RequestLoop,
+    condition,
+    install,
+    predictions_match,
+    push,
+)
+
+pytestmark = [pytest.mark.node, pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def platform(node: Node, node_images: dict[str, Image], tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[Platform]:
+    world = install(node, node_images, tmp_path_factory.mktemp("e2e-models"))
+    yield world
+    world.api.close()
+
+
+def test_registry_and_operator_run_as_pods_with_the_charts_rbac(platform: Platform) -> None:
+    assert httpx.get(f"{platform.registry_url}/readyz", timeout=10).status_code == 200
+    operator = platform.core.list_namespaced_pod("modelyard", label_selector=OPERATOR_PODS)
+    (pod,) = operator.items
+    assert pod.spec.service_account_name == "modelyard-operator"
+    assert pod.spec.containers[0].security_context.read_only_root_filesystem is True
+    # The operator's identity comes from its ServiceAccount token: it may read ModelDeployments but not Secrets'
+    # contents outside what its role grants (the RBAC test on the API server checks the full matrix).
+    review = client.AuthorizationV1Api(platform.api).create_subject_access_review(client.V1SubjectAccessReview(
+        spec=client.V1SubjectAccessReviewSpec(
+            user="system:serviceaccount:modelyard:modelyard-operator",
+            resource_attributes=client.V1ResourceAttributes(verb="delete", resource="nodes"))))
+    assert review.status.allowed is False
+
+
+def test_a_model_deployment_pulls_by_digest_and_serves_through_its_service(platform: Platform) -> None:
+    v1 = push(platform, platform.candidates[0], package=False)  # served from its artifact
+    with platform.registry() as registry:
+        registry.set_alias(MODEL, "production", v1)
+        digest = registry.get_version(MODEL, v1).digest
+    platform.custom.create_namespaced_custom_object(GROUP, API_VERSION, ML, PLURAL, {
+        "apiVersion": f"{GROUP}/{API_VERSION}", "kind": "ModelDeployment", "metadata": {"name": "digits"},
+        "spec": {"model": {"name": MODEL, "alias": "production"}, "replicas": 1,
+                 "resources": {"gpu": 1, "cpu": "250m", "memory": "1Gi"},
+                 "rollout": {"progressDeadlineSeconds": 90, "autoRollback": True}}})
+    status = platform.wait_status("digits", lambda s: s.get("phase") == "Ready", "phase Ready", timeout=240)
+    assert status["model"] == {"name": MODEL, "version": v1, "alias": "production", "digest": digest}
+    assert status["ready"] == "1/1"
+
+    (pod,) = platform.serving("digits")
+    assert pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
+    assert pod.metadata.annotations["modelyard.io/digest"] == digest
+    (pulled,) = pod.status.init_container_statuses
+    assert pulled.state.terminated.exit_code == 0
+    assert f"{MODEL}:{v1}" in platform.core.read_namespaced_pod_log(pod.metadata.name, ML, container="pull")
+    url = platform.service_url("digits")
+    np.testing.assert_allclose(platform.predict(url), platform.versions[v1].expected, rtol=1e-4, atol=1e-5)
+    assert status["url"] == f"http://digits.{ML}.svc.cluster.local:3000"
+    assert status["helm"] == {"release": "digits", "revision": 1, "chart": "model-server-0.1.0"}
+    assert status["observedGeneration"] == 1
+    eventually(lambda: {"RolloutStarted", "RolloutSucceeded"} <= platform.events("digits"), timeout=30,
+               what="rollout events posted")
+
+
+def test_moving_the_alias_rolls_out_with_no_failed_request(platform: Platform) -> None:
+    url = platform.service_url("digits")
+    v2 = push(platform, platform.candidates[1])
+    with RequestLoop(platform, url) as loop:
+        with platform.registry() as registry:
+            registry.set_alias(MODEL, "production", v2)
+        platform.wait_status("digits", lambda s: s.get("phase") == "Ready" and s["model"]["version"] == v2,
+                             f"v{v2} Ready", timeout=300)
+        eventually(lambda: all(p.metadata.labels.get("modelyard.io/version") == str(v2)
+                               for p in platform.serving("digits", terminating=True)), timeout=90, interval=1,
+                   what="the old pod gone")
+        answered_before = len(loop.results)
+        eventually(lambda: len(loop.results) > answered_before + 10, timeout=30, what="requests to the new pod")
+    answered = Counter(loop.results)
+    assert not loop.failures(), f"failed requests during the rollout: {answered}"
+    assert answered[f"v{v2}"] > 0 and len(loop.results) > 50, answered
+    assert loop.results[-1] == f"v{v2}"
+    assert platform.revisions("digits") == [1, 2]
+
+
+def test_restarts_and_metadata_changes_make_no_revision(platform: Platform) -> None:
+    revisions = platform.revisions("digits")
+    platform.annotate("digits", team="vision")
+    platform.replace_operator()
+    eventually(lambda: 'modelyard_operator_reconciles_total{result="unchanged"}' in platform.operator_metrics(),
+               timeout=120, interval=1, what="the new operator reconciled")
+    assert platform.revisions("digits") == revisions
+    assert platform.status("digits")["phase"] == "Ready"
+
+
+def test_a_version_that_cannot_load_is_rolled_back_while_the_old_pod_serves(platform: Platform) -> None:
+    url = platform.service_url("digits")
+    serving_version = platform.status("digits")["model"]["version"]
+    broken = push(platform, None, broken=True)
+    with RequestLoop(platform, url) as loop:
+        with platform.registry() as registry:
+            registry.set_alias(MODEL, "production", broken)
+        status = platform.wait_status("digits", lambda s: s.get("phase") == "Degraded",
+                                      "Degraded after the deadline", timeout=300)
+        eventually(lambda: all(p.metadata.labels.get("modelyard.io/version") == str(serving_version)
+                               for p in platform.serving("digits", terminating=True)), timeout=90, interval=1,
+                   what="the failed version's pods removed")
+    degraded = condition(status, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "RolledBack"), degraded
+    assert status["model"]["version"] == serving_version
+    assert status["history"][-1]["version"] == broken and status["history"][-1]["result"] == "RolledBack"
+    answered = Counter(loop.results)
+    assert not loop.failures() and answered[f"v{serving_version}"] > 20, answered
+    # The failed version is not retried for this spec: no rollback loop.
+    revisions = platform.revisions("digits")
+    platform.annotate("digits", poke="1")
+    eventually(lambda: 'result="held-back"' in platform.operator_metrics(), timeout=60, interval=1,
+               what="a held-back reconcile")
+    assert platform.revisions("digits") == revisions
+    assert condition(platform.status("digits"), "Degraded")["reason"] == "RolloutFailed"
+
+
+def test_a_canary_serves_beside_the_stable_version_then_is_promoted(platform: Platform) -> None:
+    stable = next(iter(platform.versions))
+    candidate = push(platform, platform.candidates[2], package=False)
+    with platform.registry() as registry:
+        registry.set_alias(MODEL, "staging", stable)
+    platform.create("ab", {"model": {"name": MODEL, "alias": "staging"}, "replicas": 2,
+                           "resources": {"cpu": "100m", "memory": "1Gi"},
+                           "rollout": {"strategy": "Canary", "canary": {"weight": 50, "stepSeconds": 10},
+                                       "progressDeadlineSeconds": 90}})
+    platform.wait_status("ab", lambda s: s.get("phase") == "Ready", "ab Ready", timeout=240)
+    with RequestLoop(platform, platform.service_url("ab")) as loop:
+        with platform.registry() as registry:
+            registry.set_alias(MODEL, "staging", candidate)
+        platform.wait_status("ab", lambda s: s.get("rollout", {}).get("state") == "Canary", "canary started")
+        status = platform.wait_status("ab", lambda s: s.get("phase") == "Ready" and s["model"]["version"] == candidate,
+                                      f"v{candidate} promoted and Ready", timeout=400)
+        eventually(lambda: {p.metadata.labels.get("modelyard.io/version") for p in
+                            platform.serving("ab", terminating=True)} == {str(candidate)}, timeout=120, interval=1,
+                   what="only promoted pods left")
+    assert [(h["version"], h["result"]) for h in status["history"]] == [(stable, "Ready"), (candidate, "Promoted"),
+                                                                        (candidate, "Ready")]
+    answered = Counter(loop.results)
+    assert not loop.failures(), answered
+    assert answered[f"v{stable}"] > 0 and answered[f"v{candidate}"] > 0, answered  # both served, side by side
+
+
+def test_a_canary_that_cannot_load_is_removed_while_the_stable_version_serves(platform: Platform) -> None:
+    stable = platform.status("ab")["model"]["version"]
+    broken = push(platform, None, broken=True)
+    with RequestLoop(platform, platform.service_url("ab")) as loop:
+        with platform.registry() as registry:
+            registry.set_alias(MODEL, "staging", broken)
+        status = platform.wait_status("ab", lambda s: condition(s, "Degraded").get("reason") == "CanaryFailed",
+                                      "CanaryFailed", timeout=300)
+        eventually(lambda: all(p.metadata.labels.get("modelyard.io/track") == "stable"
+                               for p in platform.serving("ab", terminating=True)), timeout=90, interval=1,
+                   what="the canary's pods removed")
+    assert status["model"]["version"] == stable
+    answered = Counter(loop.results)
+    assert not loop.failures() and answered[f"v{stable}"] > 10, answered
+    platform.custom.delete_namespaced_custom_object(GROUP, API_VERSION, ML, PLURAL, "ab")
+
+
+def test_an_operator_killed_mid_rollout_converges_without_an_extra_revision(platform: Platform) -> None:
+    before = platform.revisions("digits")
+    newer = push(platform, platform.candidates[3], package=False)
+    with platform.registry() as registry:
+        registry.set_alias(MODEL, "production", newer)
+    platform.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == before[-1] + 1,
+                         "the rollout started", timeout=60)
+    platform.replace_operator(wait=False)  # dies while the new pod starts
+    status = platform.wait_status("digits", lambda s: s.get("phase") == "Ready" and s["model"]["version"] == newer,
+                                  f"v{newer} Ready under the new operator", timeout=300)
+    assert platform.revisions("digits") == [*before, before[-1] + 1]
+    assert status["history"][-1]["version"] == newer and status["history"][-1]["result"] == "Ready"
+    assert [h["version"] for h in status["history"]].count(newer) == 1
+    assert predictions_match(platform, platform.service_url("digits"), newer)
+
+
+def test_a_registry_outage_is_a_condition_and_serving_goes_on(platform: Platform) -> None:
+    url = platform.service_url("digits")
+    serving_version = platform.status("digits")["model"]["version"]
+    scale = {"spec": {"replicas": 0}}
+    platform.apps.patch_namespaced_deployment_scale("modelyard-registry", "modelyard", scale)
+    try:
+        status = platform.wait_status("digits", lambda s: condition(s, "RegistryWatch").get("status") == "False",
+                                      "RegistryWatch=False", timeout=120)
+        assert condition(status, "RegistryWatch")["reason"] == "EventFeedUnreachable"
+        assert predictions_match(platform, url, serving_version)  # pods do not need the registry once loaded
+        platform.annotate("digits", poke="outage")  # a reconcile now cannot resolve the alias
+        status = platform.wait_status("digits", lambda s: condition(s, "RegistryReachable").get("status") == "False",
+                                      "RegistryReachable=False", timeout=60)
+        assert "cannot reach the registry" in condition(status, "RegistryReachable")["message"]
+        assert status["phase"] == "Ready"  # serving goes on; only the registry is away
+    finally:
+        platform.apps.patch_namespaced_deployment_scale("modelyard-registry", "modelyard", {"spec": {"replicas": 1}})
+    platform.wait_status("digits", lambda s: condition(s, "RegistryWatch").get("status") == "True"
+                         and condition(s, "RegistryReachable").get("status") == "True", "recovered", timeout=180)
+    # The registry's data survived its pod: SQLite and the artifacts live on the PersistentVolume.
+    with platform.registry() as registry:
+        assert registry.get_version(MODEL, serving_version).digest
+
+
+def test_delete_removes_the_pods_and_the_release(platform: Platform) -> None:
+    platform.custom.delete_namespaced_custom_object(GROUP, API_VERSION, ML, PLURAL, "digits")
+    eventually(lambda: not platform.status("digits") and not platform.serving("digits"), timeout=120, interval=1,
+               what="resource and pods gone")
+    releases = platform.core.list_namespaced_secret(ML, label_selector="owner=helm,name=digits").items
+    assert releases == []
+    assert [s.metadata.name for s in platform.core.list_namespaced_service(ML).items] == []
