@@ -105,6 +105,9 @@ class Track:
     """Pods of every revision (status.replicas): old ones count until they are gone."""
     available: int = 0
     """Updated or not: status.availableReplicas."""
+    stalled: bool = False
+    """The controller reports no progress for the Deployment's progressDeadlineSeconds
+    (condition Progressing=False, reason ProgressDeadlineExceeded)."""
 
     @property
     def rolled_out(self) -> bool:
@@ -124,6 +127,8 @@ def track_of(deployment: Mapping[str, Any]) -> Track:
         desired=desired, ready=int(status.get("readyReplicas") or 0), updated=int(status.get("updatedReplicas") or 0),
         current=int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 1),
         total=int(status.get("replicas") or 0), available=int(status.get("availableReplicas") or 0),
+        stalled=any(c.get("type") == "Progressing" and c.get("status") == "False"
+                    and c.get("reason") == "ProgressDeadlineExceeded" for c in status.get("conditions") or []),
     )
 
 
@@ -138,11 +143,20 @@ class Verdict:
 
 
 def judge(rollout: Mapping[str, Any], tracks: list[Track], spec: Mapping[str, Any], now: float) -> Verdict:
+    """The rollout's next step from its Deployments' status.
+
+    The deadline is Kubernetes' own: a rollout fails when the Deployment controller reports
+    no progress for ``progressDeadlineSeconds`` (the chart gives the Deployments the spec's
+    value), so a large rollout that keeps making progress is never cut short.  The
+    operator's clock (``startedAt`` + the same seconds) decides only while there is no
+    Deployment to judge by, or the controller has not picked up the new spec.
+    """
     state = rollout.get("state")
     if state not in IN_FLIGHT:
         return Verdict("wait")
     settings = spec.get("rollout") or {}
-    deadline = (from_time(rollout.get("startedAt")) or now) + int(settings.get("progressDeadlineSeconds", 600))
+    limit = int(settings.get("progressDeadlineSeconds", 600))
+    deadline = (from_time(rollout.get("startedAt")) or now) + limit
     stable = [t for t in tracks if t.track == "stable"]
     canary = [t for t in tracks if t.track == "canary"]
     if state == CANARY:
@@ -156,12 +170,17 @@ def judge(rollout: Mapping[str, Any], tracks: list[Track], spec: Mapping[str, An
             return Verdict("wait", recheck_at=since + step)
     elif stable and all(t.rolled_out for t in stable):
         return Verdict("complete")
-    if now >= deadline:
-        waiting = [t for t in (canary if state == CANARY else stable) if not t.rolled_out] or tracks
-        detail = ", ".join(f"{t.name}: {t.ready}/{t.desired} ready, {t.updated} updated" for t in waiting)
-        return Verdict("deadline", message=f"not ready after {int(settings.get('progressDeadlineSeconds', 600))} s"
-                                           f" ({detail or 'no Deployment found'})")
-    return Verdict("wait", recheck_at=deadline)
+    watched = canary if state == CANARY else stable
+    waiting = [t for t in watched if not t.rolled_out]
+    stalled = [t for t in waiting if t.current and t.stalled]
+    unseen = not watched or any(not t.current for t in waiting)
+    if stalled or (unseen and now >= deadline):
+        shown = stalled or waiting
+        detail = ", ".join(f"{t.name}: {t.ready}/{t.desired} ready, {t.updated} updated" for t in shown)
+        why = (f"made no progress for {limit} s" if stalled
+               else f"not taken up by the Deployment controller within {limit} s")
+        return Verdict("deadline", message=f"{why} ({detail or 'no Deployment found'})")
+    return Verdict("wait", recheck_at=deadline if unseen else None)
 
 
 def replica_counts(tracks: list[Track]) -> tuple[int, int]:

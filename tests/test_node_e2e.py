@@ -142,6 +142,8 @@ def test_a_version_that_cannot_load_is_rolled_back_while_the_old_pod_serves(plat
     assert (degraded["status"], degraded["reason"]) == ("True", "RolledBack"), degraded
     assert status["model"]["version"] == serving_version
     assert status["history"][-1]["version"] == broken and status["history"][-1]["result"] == "RolledBack"
+    assert f"version {broken} made no progress for 90 s" in degraded["message"], degraded
+    eventually(lambda: "RolledBack" in platform.events("digits"), timeout=30, what="a RolledBack event")
     answered = Counter(loop.results)
     assert not loop.failures() and answered[f"v{serving_version}"] > 20, answered
     # The failed version is not retried for this spec: no rollback loop.
@@ -177,6 +179,7 @@ def test_a_canary_serves_beside_the_stable_version_then_is_promoted(platform: Pl
     answered = Counter(loop.results)
     assert not loop.failures(), answered
     assert answered[f"v{stable}"] > 0 and answered[f"v{candidate}"] > 0, answered  # both served, side by side
+    eventually(lambda: {"CanaryReady", "CanaryPromoted"} <= platform.events("ab"), timeout=30, what="canary events")
 
 
 def test_a_canary_that_cannot_load_is_removed_while_the_stable_version_serves(platform: Platform) -> None:
@@ -191,6 +194,7 @@ def test_a_canary_that_cannot_load_is_removed_while_the_stable_version_serves(pl
                                for p in platform.serving("ab", terminating=True)), timeout=90, interval=1,
                    what="the canary's pods removed")
     assert status["model"]["version"] == stable
+    assert f"version {stable} keeps serving" in condition(status, "Degraded")["message"]
     answered = Counter(loop.results)
     assert not loop.failures() and answered[f"v{stable}"] > 10, answered
     platform.custom.delete_namespaced_custom_object(GROUP, API_VERSION, ML, PLURAL, "ab")

@@ -1,6 +1,7 @@
 """The real operator (a `modelyard operator run` process) against the real kube-apiserver and a
-real registry server on SQLite.  Nothing runs pods here: the tests play the deployment
-controller by patching Deployment status (tests/support/kube.py: mark_deployment_ready).
+real registry server on SQLite: what needs no pods (reasons, finalizers, tokens, missing models).
+Rollouts, readiness, rollback, canaries, restarts and registry outages run for real on the
+one-node cluster (test_node_e2e.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from modelyard.operator.helm_driver import HelmDriver
 from modelyard.registry.client import RegistryClient
 from modelyard.registry.local import RegistryProcess
 from tests.helpers import eventually
-from tests.support.kube import KubeApiServer, mark_deployment_ready, status_code, unique_namespace
+from tests.support.kube import KubeApiServer, status_code, unique_namespace
 from tests.support.operator import OperatorProcess, push_versions
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -110,95 +111,8 @@ def bed(kube: KubeApiServer, modelyard_release: dict, namespace: str, tmp_path: 
         registry.stop()
 
 
-def deploy_ready(bed: Bed, spec: dict[str, Any]) -> tuple[int, int]:
-    """Two versions, alias production → the first, "digits" created and its rollout reported ready."""
-    v1, v2 = push_versions(bed.registry_client, MODEL, 2)
-    bed.registry_client.set_alias(MODEL, "production", v1)
-    bed.operator.start()
-    bed.create("digits", spec)
-    bed.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == 1, "revision 1")
-    mark_deployment_ready(bed.api, bed.namespace, "digits")
-    bed.wait_status("digits", lambda s: s.get("phase") == "Ready", "Ready")
-    return v1, v2
-
-
 def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
-
-
-def test_create_ready_alias_move_and_no_needless_revisions(bed: Bed) -> None:
-    v1, v2 = push_versions(bed.registry_client, MODEL, 2)
-    bed.registry_client.set_alias(MODEL, "production", v1)
-    bed.operator.start()
-    bed.create("digits", {"model": {"name": MODEL, "alias": "production"}, "replicas": 2,
-                          "resources": {"gpu": 2, "cpu": "2", "memory": "8Gi"}})
-
-    status = bed.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == 1, "Helm revision 1")
-    assert status["phase"] == "RollingOut"
-    assert status["model"] == {"name": MODEL, "version": v1, "alias": "production",
-                               "digest": bed.registry_client.get_version(MODEL, v1).digest}
-    assert status["helm"] == {"release": "digits", "revision": 1, "chart": "model-server-0.1.0"}
-    assert status["url"] == f"http://digits.{bed.namespace}.svc.cluster.local:3000"
-    assert status["observedGeneration"] == 1
-    deployment = bed.apps.read_namespaced_deployment("digits", bed.namespace)
-    container = deployment.spec.template.spec.containers[0]
-    assert container.image == "registry.example:5000/modelyard-runtime:test"
-    assert container.command[2] == f"{MODEL}:{v1}"
-    assert container.resources.limits["nvidia.com/gpu"] == "2"
-    assert deployment.spec.replicas == 2
-
-    mark_deployment_ready(bed.api, bed.namespace, "digits")
-    status = bed.wait_status("digits", lambda s: s.get("phase") == "Ready", "phase Ready")
-    assert (status["readyReplicas"], status["replicas"], status["ready"]) == (2, 2, "2/2")
-    assert condition(status, "Ready")["status"] == "True"
-    assert condition(status, "RegistryReachable")["status"] == "True"
-
-    bed.registry_client.set_alias(MODEL, "production", v2)
-    status = bed.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == 2, "alias move → revision 2",
-                             timeout=10)
-    assert status["model"]["version"] == v2
-    assert bed.command("digits")[2] == f"{MODEL}:{v2}"
-    mark_deployment_ready(bed.api, bed.namespace, "digits")
-    status = bed.wait_status("digits", lambda s: s.get("phase") == "Ready" and s["history"][-1]["result"] == "Ready",
-                             "v2 Ready")
-    assert [(h["version"], h["revision"], h["result"]) for h in status["history"]] == [(v1, 1, "Ready"),
-                                                                                      (v2, 2, "Ready")]
-    # Unchanged inputs: a metadata change wakes the handler, and no revision is made.
-    bed.custom.patch_namespaced_custom_object("modelyard.io", "v1alpha1", bed.namespace, "modeldeployments",
-                                              "digits", {"metadata": {"annotations": {"team": "vision"}}})
-    eventually(lambda: "team" in (bed.md("digits")["metadata"].get("annotations") or {}), what="annotated")
-    bed.operator.stop()  # a restart (resume handlers) must not roll anything either
-    bed.operator = bed.new_operator().start()
-    eventually(lambda: "modelyard_operator_reconciles_total{result=\"unchanged\"}" in bed.operator.metrics(), timeout=20,
-               what="the restarted operator reconciled")
-    assert bed.revisions("digits") == [1, 2]
-    bed.wait_events("digits", "RolloutStarted", "RolloutSucceeded")
-
-
-def test_a_rollout_that_never_becomes_ready_is_rolled_back(bed: Bed) -> None:
-    v1, v2 = deploy_ready(bed, {"model": {"name": MODEL, "alias": "production"},
-                             "rollout": {"progressDeadlineSeconds": 3, "autoRollback": True}})
-
-    bed.registry_client.set_alias(MODEL, "production", v2)  # v2's pods never become ready
-    status = bed.wait_status("digits", lambda s: s.get("phase") == "Degraded", "Degraded after the deadline",
-                             timeout=20)
-    degraded = condition(status, "Degraded")
-    assert (degraded["status"], degraded["reason"]) == ("True", "RolledBack")
-    assert f"version {v2} not ready after 3 s" in degraded["message"]
-    assert status["helm"]["revision"] == 3 and status["model"]["version"] == v1
-    assert bed.command("digits")[2] == f"{MODEL}:{v1}"
-    assert status["history"][-1] | {"time": None} == {"version": v2, "revision": 2, "result": "RolledBack",
-                                                      "reason": degraded["message"].split(f"version {v2} ")[1]
-                                                      .split(";")[0], "time": None}
-    bed.wait_events("digits", "RolledBack")
-    # The failed version is not retried for this spec: no rollback loop.  A metadata change wakes
-    # the handler (generation unchanged), which resolves v2 again and holds it back.
-    bed.custom.patch_namespaced_custom_object("modelyard.io", "v1alpha1", bed.namespace, "modeldeployments",
-                                              "digits", {"metadata": {"annotations": {"poke": "1"}}})
-    eventually(lambda: 'result="held-back"' in bed.operator.metrics(), what="a held-back reconcile")
-    status = bed.status("digits")
-    assert condition(status, "Degraded")["reason"] == "RolloutFailed"
-    assert bed.revisions("digits") == [1, 2, 3]
 
 
 def test_delete_uninstalls_the_release_before_the_resource_goes(bed: Bed) -> None:
@@ -229,78 +143,6 @@ def test_missing_model_fails_with_a_reason_and_heals_when_the_registry_catches_u
     status = bed.wait_status("later", lambda s: s.get("helm", {}).get("revision") == 1, "healed", timeout=15)
     assert status["model"]["version"] == v1
     bed.wait_events("later", "ModelNotFound", "AliasNotFound", "RolloutStarted")
-
-
-def test_registry_outage_is_a_condition_and_recovers(bed: Bed) -> None:
-    (v1,) = push_versions(bed.registry_client, MODEL, 1)
-    bed.registry_client.set_alias(MODEL, "production", v1)
-    bed.operator.start()
-    bed.create("digits", {"model": {"name": MODEL, "alias": "production"}})
-    bed.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == 1, "revision 1")
-    mark_deployment_ready(bed.api, bed.namespace, "digits")
-    bed.wait_status("digits", lambda s: s.get("phase") == "Ready", "Ready")
-
-    assert "modelyard_operator_registry_feed_up 1.0" in bed.operator.metrics()
-    bed.registry.stop()
-    status = bed.wait_status("digits", lambda s: condition(s, "RegistryReachable").get("status") == "False",
-                             "RegistryReachable=False", timeout=30)
-    assert status["phase"] == "Ready"  # serving goes on; only the registry is away
-    assert "cannot reach the registry" in condition(status, "RegistryReachable")["message"]
-    assert condition(status, "RegistryWatch")["reason"] == "EventFeedUnreachable"
-    assert "modelyard_operator_registry_feed_up 0.0" in bed.operator.metrics()
-
-    bed.registry.start()
-    status = bed.wait_status("digits", lambda s: condition(s, "RegistryReachable").get("status") == "True"
-                             and condition(s, "RegistryWatch").get("status") == "True", "recovered", timeout=40)
-    assert status["phase"] == "Ready" and bed.revisions("digits") == [1]
-
-
-def test_operator_killed_mid_rollout_converges_without_an_extra_revision(bed: Bed) -> None:
-    v1, v2 = deploy_ready(bed, {"model": {"name": MODEL, "alias": "production"}})
-    bed.registry_client.set_alias(MODEL, "production", v2)
-    bed.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == 2, "revision 2 rolling out")
-
-    bed.operator.kill()
-    mark_deployment_ready(bed.api, bed.namespace, "digits")  # becomes ready while no operator runs
-    bed.operator = bed.new_operator().start()
-    status = bed.wait_status("digits", lambda s: s.get("phase") == "Ready", "Ready after restart")
-    assert status["model"]["version"] == v2
-    assert bed.revisions("digits") == [1, 2]
-    assert [h["result"] for h in status["history"]] == ["Ready", "Ready"]
-
-
-def test_canary_runs_beside_the_stable_version_then_is_promoted(bed: Bed) -> None:
-    v1, v2 = deploy_ready(bed, {"model": {"name": MODEL, "alias": "production"}, "replicas": 4,
-                             "rollout": {"strategy": "Canary", "canary": {"weight": 25, "stepSeconds": 1},
-                                         "progressDeadlineSeconds": 60}})
-
-    bed.registry_client.set_alias(MODEL, "production", v2)
-    bed.wait_status("digits", lambda s: s.get("rollout", {}).get("state") == "Canary", "canary")
-    assert bed.command("digits")[2] == f"{MODEL}:{v1}"
-    assert bed.command("digits-canary")[2] == f"{MODEL}:{v2}"
-    assert bed.apps.read_namespaced_deployment("digits-canary", bed.namespace).spec.replicas == 1
-    mark_deployment_ready(bed.api, bed.namespace, "digits-canary")
-
-    status = bed.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == 3, "promoted", timeout=15)
-    assert bed.command("digits")[2] == f"{MODEL}:{v2}"
-    assert status_code(lambda: bed.apps.read_namespaced_deployment("digits-canary", bed.namespace)) == 404
-    mark_deployment_ready(bed.api, bed.namespace, "digits")
-    status = bed.wait_status("digits", lambda s: s.get("phase") == "Ready", "Ready on v2")
-    assert [(h["version"], h["result"]) for h in status["history"]] == [(v1, "Ready"), (v2, "Promoted"),
-                                                                        (v2, "Ready")]
-    bed.wait_events("digits", "CanaryReady", "CanaryPromoted")
-
-
-def test_a_canary_that_never_becomes_ready_is_removed(bed: Bed) -> None:
-    v1, v2 = deploy_ready(bed, {"model": {"name": MODEL, "alias": "production"}, "replicas": 2,
-                             "rollout": {"strategy": "Canary", "canary": {"weight": 50, "stepSeconds": 1},
-                                         "progressDeadlineSeconds": 3}})
-    bed.registry_client.set_alias(MODEL, "production", v2)
-    status = bed.wait_status("digits", lambda s: condition(s, "Degraded").get("reason") == "CanaryFailed",
-                             "CanaryFailed", timeout=20)
-    assert status["helm"]["revision"] == 3 and status["model"]["version"] == v1
-    assert status_code(lambda: bed.apps.read_namespaced_deployment("digits-canary", bed.namespace)) == 404
-    assert "removed" in condition(status, "Degraded")["message"]
 
 
 class RecordingRegistry:

@@ -62,14 +62,18 @@ def test_canary_keeps_the_last_ready_version_as_primary() -> None:
 
 def deployment(name: str, *, desired: int, ready: int, updated: int | None = None, generation: int = 2,
                observed: int = 2, track: str = "stable", total: int | None = None,
-               available: int | None = None) -> dict[str, Any]:
-    """A Deployment's status as the controller reports it (``total``: pods of every revision)."""
+               available: int | None = None, stalled: bool = False) -> dict[str, Any]:
+    """A Deployment's status as the controller reports it (``total``: pods of every revision;
+    ``stalled``: no progress for its progressDeadlineSeconds)."""
     updated = ready if updated is None else updated
+    progressing = ({"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"} if stalled
+                   else {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"})
     return {"metadata": {"name": name, "generation": generation, "labels": {"modelyard.io/track": track}},
             "spec": {"replicas": desired},
             "status": {"readyReplicas": ready, "updatedReplicas": updated, "observedGeneration": observed,
                        "replicas": max(ready, updated) if total is None else total,
-                       "availableReplicas": ready if available is None else available}}
+                       "availableReplicas": ready if available is None else available,
+                       "conditions": [progressing]}}
 
 
 def test_a_deployment_is_rolled_out_only_when_the_controller_saw_the_new_spec() -> None:
@@ -87,24 +91,46 @@ def test_a_surge_is_not_rolled_out_while_the_ready_pod_is_the_old_one() -> None:
     assert not track_of(surging).rolled_out
     rollout = {"state": PROGRESSING, "startedAt": to_time(T0)}
     assert judge(rollout, [track_of(surging)], {}, T0 + 1).action == "wait"
-    assert judge(rollout, [track_of(surging)], {}, T0 + 601).action == "deadline"
+    stalled = deployment("d", desired=1, ready=1, updated=1, total=2, available=1, stalled=True)
+    assert judge(rollout, [track_of(stalled)], {}, T0 + 601).action == "deadline"
     # The old pod gone and the new one available: done.
     assert track_of(deployment("d", desired=1, ready=1, updated=1, total=1, available=1)).rolled_out
     # Ready but not yet available (minReadySeconds): not done either.
     assert not track_of(deployment("d", desired=2, ready=2, updated=2, total=2, available=1)).rolled_out
 
 
-def test_judge_completes_waits_and_gives_up_at_the_deadline() -> None:
+def test_judge_completes_waits_and_gives_up_when_the_controller_reports_no_progress() -> None:
     rollout = {"state": PROGRESSING, "startedAt": to_time(T0)}
     spec = {**SPEC, "rollout": {"progressDeadlineSeconds": 100}}
     ready = [track_of(deployment("d", desired=2, ready=2))]
     waiting = [track_of(deployment("d", desired=2, ready=1))]
+    stalled = [track_of(deployment("d", desired=2, ready=1, stalled=True))]
     assert judge(rollout, ready, spec, T0 + 5).action == "complete"
     verdict = judge(rollout, waiting, spec, T0 + 5)
-    assert verdict.action == "wait" and verdict.recheck_at == T0 + 100
-    late = judge(rollout, waiting, spec, T0 + 100)
-    assert late.action == "deadline" and "d: 1/2 ready" in late.message
-    assert judge({"state": COMPLETE}, waiting, spec, T0 + 1000).action == "wait"
+    assert verdict.action == "wait" and verdict.recheck_at is None  # the Deployment's events wake the check
+    late = judge(rollout, stalled, spec, T0 + 100)
+    assert late.action == "deadline" and "made no progress for 100 s (d: 1/2 ready" in late.message
+    assert judge({"state": COMPLETE}, stalled, spec, T0 + 1000).action == "wait"
+
+
+def test_a_rollout_that_keeps_progressing_is_not_cut_short_by_the_clock() -> None:
+    """Seen on the real node: a canary promoted to 2 replicas, one pod at a time on a busy node, took
+    longer than progressDeadlineSeconds in all while never stalling, and was rolled back."""
+    rollout = {"state": PROGRESSING, "startedAt": to_time(T0)}
+    spec = {**SPEC, "rollout": {"progressDeadlineSeconds": 90}}
+    halfway = [track_of(deployment("d", desired=2, ready=2, updated=2, total=3, available=2))]
+    assert judge(rollout, halfway, spec, T0 + 120).action == "wait"
+
+
+def test_the_operators_clock_decides_only_without_a_deployment_to_judge_by() -> None:
+    rollout = {"state": PROGRESSING, "startedAt": to_time(T0)}
+    spec = {**SPEC, "rollout": {"progressDeadlineSeconds": 100}}
+    assert judge(rollout, [], spec, T0 + 5).recheck_at == T0 + 100
+    gone = judge(rollout, [], spec, T0 + 100)
+    assert gone.action == "deadline" and "no Deployment found" in gone.message
+    unseen = [track_of(deployment("d", desired=2, ready=2, generation=3, observed=2, stalled=True))]
+    assert judge(rollout, unseen, spec, T0 + 50).action == "wait"  # an old stall, not this rollout's
+    assert judge(rollout, unseen, spec, T0 + 100).action == "deadline"
 
 
 def test_judge_steps_a_canary_then_promotes() -> None:
@@ -117,7 +143,9 @@ def test_judge_steps_a_canary_then_promotes() -> None:
     assert judge(stepping, canary_ready, CANARY_SPEC, T0 + 20).action == "wait"
     assert judge(stepping, canary_ready, CANARY_SPEC, T0 + 40).action == "promote"
     unready = [canary_ready[0], track_of(deployment("d-canary", desired=1, ready=0, track="canary"))]
-    assert judge(rollout, unready, CANARY_SPEC, T0 + 100).action == "deadline"
+    assert judge(rollout, unready, CANARY_SPEC, T0 + 100).action == "wait"
+    stalled = [canary_ready[0], track_of(deployment("d-canary", desired=1, ready=0, track="canary", stalled=True))]
+    assert judge(rollout, stalled, CANARY_SPEC, T0 + 100).action == "deadline"
 
 
 def test_times_round_trip() -> None:

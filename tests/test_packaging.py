@@ -47,3 +47,19 @@ def test_registry_core_does_not_import_heavy_extras() -> None:
             "heavy = [m for m in ('torch', 'boto3', 'bentoml', 'kopf') if m in sys.modules]; print(heavy)")
     answer = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert answer.stdout.strip() == "[]"
+
+
+def test_the_runtime_image_carries_the_projects_torch() -> None:
+    """Programs are exported with the project's torch; the model pods must load them with the same one."""
+    import re
+
+    makefile_pin = re.search(r"pip install -q (torch==[\d.]+)", (ROOT / "Makefile").read_text())
+    image_pin = re.search(r"^ARG TORCH=(\S+)$", (ROOT / "docker" / "runtime.Dockerfile").read_text(), re.M)
+    assert makefile_pin and image_pin
+    assert image_pin.group(1) == makefile_pin.group(1)
+
+
+def test_both_images_take_a_base_and_default_to_python_3_11() -> None:
+    for dockerfile in ("runtime.Dockerfile", "modelyard.Dockerfile"):
+        text = (ROOT / "docker" / dockerfile).read_text()
+        assert "ARG BASE=python:3.11-slim\nFROM ${BASE}\n" in text, dockerfile
