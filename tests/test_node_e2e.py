@@ -160,7 +160,7 @@ def test_a_canary_serves_beside_the_stable_version_then_is_promoted(platform: Pl
     candidate = push(platform, platform.candidates[2], package=False)
     with platform.registry() as registry:
         registry.set_alias(MODEL, "staging", stable)
-    platform.create("ab", {"model": {"name": MODEL, "alias": "staging"}, "replicas": 2,
+    platform.create("ab", {"model": {"name": MODEL, "alias": "staging"}, "replicas": 1,
                            "resources": {"cpu": "100m", "memory": "1Gi"},
                            "rollout": {"strategy": "Canary", "canary": {"weight": 50, "stepSeconds": 10},
                                        "progressDeadlineSeconds": 90}})

@@ -91,8 +91,13 @@ build_one() {
     # Uncompressed: compressing 1.5 GB on two cores costs minutes and the node unpacks it again.
     bh push -q --disable-compression "$ref" "oci-archive:$archive.tmp:$ref" && mv "$archive.tmp" "$archive"
     rm -rf "$work"
-    # Older builds of this image: only the newest two stay.
-    ls -1t "$IMAGES/$name"-*.tar 2>/dev/null | tail -n +3 | xargs -r rm -f
+    # Older builds of this image: only the newest two stay, as archives and in buildah's storage
+    # (the layer cache of the steps before the sources, torch among them, stays).
+    ls -1t "$IMAGES/$name"-[0-9a-f]*.tar 2>/dev/null | tail -n +3 | xargs -r rm -f
+    local tag
+    for tag in $(bh images --format '{{.Tag}}' "localhost/$name" 2>/dev/null); do
+      [ -f "$IMAGES/$name-$tag.tar" ] || bh rmi -f "localhost/$name:$tag" >/dev/null 2>&1 || true
+    done
     log "built $ref in $((SECONDS - started)) s"
   fi
   echo "$name=$archive $ref"
@@ -103,8 +108,13 @@ build() {
   build_one modelyard docker/modelyard.Dockerfile
 }
 
-sizes() {
-  bh images --format '{{.Name}}:{{.Tag}} {{.Size}}' | grep -E 'modelyard(-runtime)?:' || true
+sizes() {  # the images whose archives are cached, newest first
+  local archive name tag
+  for archive in $(ls -1t "$IMAGES"/modelyard-*.tar 2>/dev/null); do
+    name=$(basename "$archive" .tar); tag=${name##*-}; name=${name%-*}
+    echo "localhost/$name:$tag $(bh images --format '{{.Size}}' "localhost/$name:$tag" 2>/dev/null | head -1)" \
+      "unpacked, $(du -m "$archive" | cut -f1) MB archive"
+  done
 }
 
 case "${1:-}" in
