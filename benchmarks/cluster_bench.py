@@ -155,8 +155,8 @@ def main() -> None:
         (cold_pod,) = platform.serving("cold")
         kubectl_apply(node, "warm", args.replicas)
         warm = first_correct_prediction(platform, "warm", v1)
-        eventually(lambda: len([p for p in platform.serving("warm") if all(
-            c.ready for c in p.status.container_statuses or [])]) == args.replicas, timeout=600, interval=0.5,
+        eventually(lambda: len([p for p in platform.serving("warm") if p.status.container_statuses and all(
+            c.ready for c in p.status.container_statuses)]) == args.replicas, timeout=600, interval=0.5,
             what="all warm replicas Ready")
         pods = platform.serving("warm")
         phases = max((pod_phases(p) for p in pods), key=lambda p: p["Ready"])

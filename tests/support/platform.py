@@ -278,7 +278,7 @@ def install(node: Node, images: dict[str, Image], workdir: Path) -> Platform:
 
     def running(component: str) -> bool:
         pods = core.list_namespaced_pod("modelyard", label_selector=f"app.kubernetes.io/component={component}").items
-        return any(all(c.ready for c in p.status.container_statuses or [None]) and p.status.container_statuses
+        return any(p.status.container_statuses and all(c.ready for c in p.status.container_statuses)
                    for p in pods)
 
     world = Platform(node, api, "", "", np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32))
