@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 from modelyard.registry.local import free_port, stop_process  # noqa: E402
 from tests.helpers import eventually  # noqa: E402
 from tests.support.node import Node, build_images, image_sizes  # noqa: E402
-from tests.support.platform import ML, MODEL, Platform, install, predictions_match, push  # noqa: E402
+from tests.support.platform import (  # noqa: E402
+    API_VERSION, GROUP, ML, MODEL, PLURAL, Platform, install, predictions_match, push)
 
 KUBECTL = ROOT / "tests" / "cluster" / "node.sh"
 
@@ -153,6 +154,10 @@ def main() -> None:
         first_correct_prediction(platform, "cold", v1)
         cold = time.monotonic() - started  # import + apply → first correct answer
         (cold_pod,) = platform.serving("cold")
+        # Room for the warm replicas and their surge (two cores): the cold resource goes first.
+        platform.custom.delete_namespaced_custom_object(GROUP, API_VERSION, ML, PLURAL, "cold")
+        eventually(lambda: not platform.serving("cold", terminating=True), timeout=120, interval=0.5,
+                   what="the cold pods gone")
         kubectl_apply(node, "warm", args.replicas)
         warm = first_correct_prediction(platform, "warm", v1)
         eventually(lambda: len([p for p in platform.serving("warm") if p.status.container_statuses and all(
