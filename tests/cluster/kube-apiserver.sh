@@ -64,7 +64,7 @@ build() {
   [ -n "$version" ] || { log "no kubernetes source package found"; exit 1; }
   local binary="$CACHE/$version/kube-apiserver"
   if [ -f "$CACHE/$version/complete" ]; then log "cached: $CACHE/$version"; rm -rf "$work"; echo "$binary"; return; fi
-  log "building ${BINARIES[*]} from kubernetes $version (about 10 minutes on 2 cores)"
+  log "building ${BINARIES[*]} from kubernetes $version (about 4 minutes on 2 cores)"
   local started=$SECONDS
   # shellcheck disable=SC2086
   (cd "$work" && apt-get $opts source --download-only kubernetes >/dev/null)
