@@ -86,7 +86,8 @@ def fetch(client: RegistryClient, ref: str | ModelRef, cache: Path) -> FetchedBe
     else:
         if version.status != schemas.VersionStatus.ready or not version.digest:
             raise NotFound(f"{version.model}:{version.version} is {version.status.value}: nothing to serve yet")
-        if version.format is None or version.format.value not in (*SERVABLE_FORMATS, "bento"):
+        servable = (*SERVABLE_FORMATS, schemas.ArtifactFormat.bento.value)
+        if version.format is None or version.format.value not in servable:
             raise NotFound(f"{version.model}:{version.version} has format "
                            f"{version.format.value if version.format else None!r}; it needs a Bento of its own "
                            "(modelyard package --service)")

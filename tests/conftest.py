@@ -15,7 +15,7 @@ from modelyard.registry.store import RegistryStore
 from tests.support.charts import MODELYARD
 from tests.helpers import eventually
 from tests.support.kube import KubeApiServer, cached_binary_exists, crd_established, unique_namespace
-from tests.support.node import Image, Node, build_images, node_binaries_exist
+from tests.support.node import Image, Node, build_images
 from tests.support.postgres import PostgresCluster, find_pg_bin
 from tests.support.servers import ThreadedRegistry
 
@@ -108,7 +108,7 @@ def modelyard_release(kube: KubeApiServer) -> dict:
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     """A real one-node cluster (control plane, kubelet on containerd, kube-proxy, DNS) for the
     session.  It fails, never skips, when it cannot start: the README's test command builds it."""
-    if not node_binaries_exist():
+    if not cached_binary_exists():  # one build makes the apiserver and the node's binaries
         pytest.fail("no node binaries built: run `bash tests/cluster/node.sh build` (`make test` does)")
     cluster = Node(tmp_path_factory.mktemp("node"))
     cluster.start()

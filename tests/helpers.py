@@ -30,3 +30,8 @@ def eventually(probe: Callable[[], T | None], *, timeout: float = 30.0, interval
             return last
         time.sleep(interval)
     raise AssertionError(f"{what} not reached in {timeout} s (last: {last!r})")
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    """A ModelDeployment status condition by type ({} when absent)."""
+    return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})

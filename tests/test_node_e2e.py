@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from kubernetes import client
 
-from tests.helpers import eventually
+from tests.helpers import condition, eventually
 from tests.support.node import Image, Node
 from tests.support.platform import (
     API_VERSION,
@@ -35,7 +35,6 @@ from tests.support.platform import (
     PLURAL,
     Platform,
     RequestLoop,
-    condition,
     install,
     predictions_match,
     push,

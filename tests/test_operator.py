@@ -19,7 +19,7 @@ from kubernetes import client
 from modelyard.operator.helm_driver import HelmDriver
 from modelyard.registry.client import RegistryClient
 from modelyard.registry.local import RegistryProcess
-from tests.helpers import eventually
+from tests.helpers import condition, eventually
 from tests.support.kube import KubeApiServer, status_code, unique_namespace
 from tests.support.operator import OperatorProcess, push_versions
 
@@ -109,10 +109,6 @@ def bed(kube: KubeApiServer, modelyard_release: dict, namespace: str, tmp_path: 
     finally:
         world.close()
         registry.stop()
-
-
-def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
 
 
 def test_delete_uninstalls_the_release_before_the_resource_goes(bed: Bed) -> None:

@@ -63,6 +63,7 @@ def crd_established(api: client.ApiClient, name: str = "modeldeployments.modelya
 
 
 def cached_binary_exists() -> bool:
+    """The control plane and node binaries are built (kube-apiserver.sh writes `complete` last)."""
     root = Path(os.environ.get("MODELYARD_CACHE_DIR", Path.home() / ".cache" / "modelyard")) / "kubernetes"
     return any(root.glob("*/complete"))
 

@@ -94,8 +94,3 @@ class Node:
         path = self.workdir / "logs" / f"{component}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
-
-def node_binaries_exist() -> bool:
-    found = subprocess.run(["bash", str(CLUSTER / "kube-apiserver.sh"), "binary", "kubelet"], capture_output=True,
-                           text=True, timeout=30).stdout.strip()
-    return bool(found) and Path(found).exists()
