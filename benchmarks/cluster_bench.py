@@ -33,7 +33,7 @@ urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from modelyard.registry.local import free_port, stop_process  # noqa: E402
+from modelyard.registry.processes.children import free_port, stop_process  # noqa: E402
 from tests.helpers import eventually  # noqa: E402
 from tests.support.node import Node, build_images, image_sizes  # noqa: E402
 from tests.support.platform import (  # noqa: E402
@@ -109,7 +109,7 @@ def host_serve(platform: Platform, version: int, cache: Path) -> tuple[float, fl
     port = free_port()
     started = time.monotonic()
     process = subprocess.Popen(
-        [sys.executable, "-m", "modelyard.registry.cli.main", "serve", f"{MODEL}:{version}", "--port", str(port),
+        [sys.executable, "-m", "modelyard.cli", "serve", f"{MODEL}:{version}", "--port", str(port),
          "--host", "127.0.0.1", "--cache", str(cache)],
         env={**os.environ, "MODELYARD_REGISTRY_URL": platform.registry_url, "MODELYARD_TOKEN": platform.token},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from loadgen import Phase, run_timed  # noqa: E402
 
 from modelyard.registry.client import RegistryClient  # noqa: E402
-from modelyard.registry.local import RegistryProcess, free_port, stop_process  # noqa: E402
+from modelyard.registry.processes.children import RegistryProcess, free_port, stop_process  # noqa: E402
 
 TEXTS = ["a cat sits on the mat", "the quarterly report shows growth", "how do I reset my password",
          "a kitten is sitting on a rug", "stock markets fell sharply today", "the weather is sunny and warm"]
@@ -104,7 +104,7 @@ def start_server(registry_url: str, ref: str, cache: Path, batching: bool) -> tu
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "MODELYARD_REGISTRY_URL": registry_url, "MODELYARD_BATCHING": "on" if batching else "off",
            "MODELYARD_TORCH_THREADS": "1"}
-    args = [sys.executable, "-m", "modelyard.registry.cli.main", "serve", ref, "--port", str(port), "--cache",
+    args = [sys.executable, "-m", "modelyard.cli", "serve", ref, "--port", str(port), "--cache",
             str(cache)] + ([] if batching else ["--no-batching"]) + (["--gpus", "1"] if DEVICE == "cuda" else [])
     t0 = time.perf_counter()
     process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

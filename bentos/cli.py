@@ -1,4 +1,7 @@
-"""``modelyard package`` and ``modelyard serve``."""
+"""``modelyard package``, ``modelyard pull`` and ``modelyard serve``: the packaging and serving commands.
+
+``python -m modelyard.bentos.cli serve …`` runs them without the root command (the quickstart does).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,11 @@ from typing import Annotated
 
 import typer
 
-from modelyard.bentos.config import DEFAULT_MAX_REQUEST_BYTES
-from modelyard.registry.cli.common import DEFAULT_URL, RegistryOption, TokenOption, client, console
+from modelyard.registry import defaults
+from modelyard.registry.defaults import Env
+from modelyard.registry.names import parse_model_ref
+from modelyard.registry.cli.client_cmds import pull_artifact
+from modelyard.registry.cli.common import RegistryOption, TokenOption, client, console
 
 
 def package(
@@ -19,7 +25,7 @@ def package(
                                                 "path/to/service.py:ClassName, pushed as a new version")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="with --service: the model to push to")] = None,
     force: Annotated[bool, typer.Option("--force", help="build again even if a Bento is recorded")] = False,
-    registry: RegistryOption = DEFAULT_URL,
+    registry: RegistryOption = defaults.REGISTRY_URL,
     token: TokenOption = None,
 ) -> None:
     """Package a registry version as a BentoML service (or push your own service) and record its Bento."""
@@ -46,21 +52,46 @@ def package(
                   f"{bento.digest} ({bento.size} bytes)", highlight=False)
 
 
+def pull(
+    ref: Annotated[str, typer.Argument(help="NAME@ALIAS or NAME:VERSION")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write the artifact to this file")] = None,
+    to: Annotated[Path | None, typer.Option("--to", help="fetch the version's Bento into this cache directory "
+                                                          "(what a model pod's init container runs)")] = None,
+    registry: RegistryOption = defaults.REGISTRY_URL,
+    token: TokenOption = None,
+) -> None:
+    """Download a version's artifact (-o FILE) or its Bento (--to DIR), verifying the sha256."""
+    from modelyard.bentos.runtime import describe, fetch
+
+    if (output is None) == (to is None):
+        raise typer.BadParameter("give exactly one of --output FILE or --to DIR")
+    with client(registry, token) as registry_client:
+        if output is not None:
+            pull_artifact(registry_client, ref, output)
+            return
+        assert to is not None
+        fetched = fetch(registry_client, parse_model_ref(ref), to.expanduser())
+        console.print(f"pulled {describe(fetched)} → {fetched.directory}", highlight=False, soft_wrap=True)
+
+
 def serve(
     ref: Annotated[str, typer.Argument(help="NAME@ALIAS or NAME:VERSION")],
     cache: Annotated[Path | None, typer.Option(help="Bento cache (a pod volume) [default: MODELYARD_HOME/cache]",
                                                show_default=False)] = None,
-    host: Annotated[str, typer.Option(help="bind address (0.0.0.0 inside a pod)")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port")] = 3000,
-    max_batch_size: Annotated[int, typer.Option(envvar="MODELYARD_MAX_BATCH_SIZE", min=1)] = 32,
-    max_latency_ms: Annotated[int, typer.Option(envvar="MODELYARD_MAX_LATENCY_MS", min=1,
-                                                help="BentoML sheds (503) requests it cannot serve within this")] = 1000,
-    batching: Annotated[bool, typer.Option("--batching/--no-batching", help="adaptive batching")] = True,
-    workers: Annotated[int, typer.Option(envvar="MODELYARD_SERVE_WORKERS", min=1)] = 1,
-    gpus: Annotated[int, typer.Option(envvar="MODELYARD_GPUS", min=0, help="GPUs to declare to BentoML")] = 0,
-    max_request_bytes: Annotated[int, typer.Option(envvar="MODELYARD_MAX_REQUEST_BYTES", min=1024,
-                                                   help="larger request bodies get a 413")] = DEFAULT_MAX_REQUEST_BYTES,
-    registry: RegistryOption = DEFAULT_URL,
+    host: Annotated[str, typer.Option(help="bind address (0.0.0.0 inside a pod)")] = defaults.MODEL_SERVER_HOST,
+    port: Annotated[int, typer.Option(help="port")] = defaults.MODEL_SERVER_PORT,
+    max_batch_size: Annotated[int, typer.Option(envvar=Env.MAX_BATCH_SIZE, min=1)] = defaults.MAX_BATCH_SIZE,
+    max_latency_ms: Annotated[int, typer.Option(envvar=Env.MAX_LATENCY_MS, min=1,
+                                                help="BentoML sheds (503) requests it cannot serve within this")]
+    = defaults.MAX_LATENCY_MS,
+    batching: Annotated[bool, typer.Option("--batching/--no-batching", help="adaptive batching")]
+    = defaults.BATCHING,
+    workers: Annotated[int, typer.Option(envvar=Env.SERVE_WORKERS, min=1)] = defaults.SERVE_WORKERS,
+    gpus: Annotated[int, typer.Option(envvar=Env.GPUS, min=0, help="GPUs to declare to BentoML")] = 0,
+    max_request_bytes: Annotated[int, typer.Option(envvar=Env.MAX_REQUEST_BYTES, min=1024,
+                                                   help="larger request bodies get a 413")]
+    = defaults.MAX_REQUEST_BYTES,
+    registry: RegistryOption = defaults.REGISTRY_URL,
     token: TokenOption = None,
 ) -> None:
     """Fetch what serves the version (its Bento, or its artifact when it has none), verify it, and serve it."""
@@ -77,3 +108,11 @@ def serve(
     console.print(f"serving {describe(fetched)} on http://{host}:{port}", highlight=False, soft_wrap=True)
     failure_file = cache / f"failure-{os.getpid()}.txt"
     raise typer.Exit(supervise(argv, env, failure_file))
+
+
+bentos_app = typer.Typer(help="Package and serve registry versions.", no_args_is_help=True, add_completion=False)
+for _command in (package, pull, serve):
+    bentos_app.command()(_command)
+
+if __name__ == "__main__":
+    bentos_app()

@@ -11,8 +11,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelyard.registry import defaults
+from modelyard.registry.defaults import Env
+
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
-DEFAULT_MAX_REQUEST_BYTES = 32 << 20
 
 
 def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -28,36 +30,41 @@ def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
+def _flag(env: dict[str, str], name: str, default: bool) -> bool:
+    """A switch: only an explicit off turns a default-on switch off, and only an explicit on
+    turns a default-off switch on."""
+    raw = env.get(name, "").lower()
+    if not raw:
+        return default
+    return raw not in ("off", "false", "0", "no") if default else raw in ("on", "true", "1", "yes")
+
+
 @dataclass(frozen=True)
 class ServingConfig:
-    max_batch_size: int = 32
-    # BentoML answers 503 ("overloaded") to requests it cannot serve within this, so it is
-    # a load-shedding bound, not a batching window: 10 ms shed 80% of single requests at
-    # concurrency 32 on 2 cores (benchmarks/serving_bench.py), 1000 ms none.
-    max_latency_ms: int = 1000
-    batching: bool = True
-    workers: int = 1
+    max_batch_size: int = defaults.MAX_BATCH_SIZE
+    max_latency_ms: int = defaults.MAX_LATENCY_MS
+    """A load-shedding bound, not a batching window (see ``defaults.MAX_LATENCY_MS``)."""
+    batching: bool = defaults.BATCHING
+    workers: int = defaults.SERVE_WORKERS
     gpus: int = 0
     threads: int | None = None  # torch intra-op threads; None: from the CPU limit
     access_log: bool = False  # BentoML's per-request log line (MODELYARD_ACCESS_LOG=on)
-    # Larger request bodies get a 413 before they are read: a JSON body is parsed on the
-    # event loop at about 50 ms per MB, so this bounds how long one request can hold the
-    # probes (benchmarks/serving_bench.py; the chart's probe timeouts allow for it).
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_request_bytes: int = defaults.MAX_REQUEST_BYTES
+    """Larger bodies get a 413 before they are read (the chart's probe timeouts allow for the rest)."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ServingConfig:
         env = dict(os.environ if env is None else env)
-        threads = _int(env, "MODELYARD_TORCH_THREADS", 0)
+        threads = _int(env, Env.TORCH_THREADS, 0)
         return cls(
-            max_batch_size=_int(env, "MODELYARD_MAX_BATCH_SIZE", 32, 1),
-            max_latency_ms=_int(env, "MODELYARD_MAX_LATENCY_MS", 1000, 1),
-            batching=env.get("MODELYARD_BATCHING", "on").lower() not in ("off", "false", "0", "no"),
-            workers=_int(env, "MODELYARD_SERVE_WORKERS", 1, 1),
-            gpus=_int(env, "MODELYARD_GPUS", 0, 0),
+            max_batch_size=_int(env, Env.MAX_BATCH_SIZE, defaults.MAX_BATCH_SIZE, 1),
+            max_latency_ms=_int(env, Env.MAX_LATENCY_MS, defaults.MAX_LATENCY_MS, 1),
+            batching=_flag(env, Env.BATCHING, defaults.BATCHING),
+            workers=_int(env, Env.SERVE_WORKERS, defaults.SERVE_WORKERS, 1),
+            gpus=_int(env, Env.GPUS, 0, 0),
             threads=threads or None,
-            access_log=env.get("MODELYARD_ACCESS_LOG", "off").lower() in ("on", "true", "1", "yes"),
-            max_request_bytes=_int(env, "MODELYARD_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES, 1024),
+            access_log=_flag(env, Env.ACCESS_LOG, False),
+            max_request_bytes=_int(env, Env.MAX_REQUEST_BYTES, defaults.MAX_REQUEST_BYTES, 1024),
         )
 
     def bentoml_resources(self) -> dict[str, object]:
@@ -65,17 +72,17 @@ class ServingConfig:
 
     def to_env(self) -> dict[str, str]:
         env = {
-            "MODELYARD_MAX_BATCH_SIZE": str(self.max_batch_size),
-            "MODELYARD_MAX_LATENCY_MS": str(self.max_latency_ms),
-            "MODELYARD_BATCHING": "on" if self.batching else "off",
-            "MODELYARD_SERVE_WORKERS": str(self.workers),
-            "MODELYARD_GPUS": str(self.gpus),
-            "MODELYARD_MAX_REQUEST_BYTES": str(self.max_request_bytes),
+            Env.MAX_BATCH_SIZE: str(self.max_batch_size),
+            Env.MAX_LATENCY_MS: str(self.max_latency_ms),
+            Env.BATCHING: "on" if self.batching else "off",
+            Env.SERVE_WORKERS: str(self.workers),
+            Env.GPUS: str(self.gpus),
+            Env.MAX_REQUEST_BYTES: str(self.max_request_bytes),
         }
         if self.threads:
-            env["MODELYARD_TORCH_THREADS"] = str(self.threads)
+            env[Env.TORCH_THREADS] = str(self.threads)
         if self.access_log:
-            env["MODELYARD_ACCESS_LOG"] = "on"
+            env[Env.ACCESS_LOG] = "on"
         return env
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from modelyard.bentos.signature import InputSpec
 from modelyard.bentos.spec import ModelSpec
+from modelyard.registry.defaults import Env
 from modelyard.registry.formats import UnsupportedArtifact, sniff_format
 
 log = logging.getLogger("bentoml.modelyard")  # under "bentoml" so the server's log config shows it
@@ -19,7 +20,7 @@ class ModelLoadError(RuntimeError):
     """The model cannot be served; the message says why."""
 
 
-FAILURE_FILE_ENV = "MODELYARD_FAILURE_FILE"
+FAILURE_FILE_ENV = Env.FAILURE_FILE
 
 
 def report_failure(exc: BaseException) -> None:

@@ -23,7 +23,8 @@ import typer
 
 from modelyard.registry.cli.common import console, human_size, reported_errors
 from modelyard.registry.client import RegistryClient
-from modelyard.registry.local import RegistryProcess, free_port, stop_process, wait_ready
+from modelyard.registry.processes.children import RegistryProcess, free_port, stop_process, wait_ready
+from modelyard.registry.defaults import Env
 from modelyard.registry.settings import modelyard_home
 
 MODEL = "digits-cnn"
@@ -38,7 +39,7 @@ def quickstart(
     """Train, push, alias, package, serve and query a model on this machine, then shut down."""
     home = (home or modelyard_home()).expanduser()
     # The embedded defaults under `home`, whatever a shell may have exported.
-    registry = RegistryProcess({"MODELYARD_HOME": str(home), "MODELYARD_DB_URL": "", "MODELYARD_ARTIFACTS": ""},
+    registry = RegistryProcess({Env.HOME: str(home), Env.DB_URL: "", Env.ARTIFACTS: ""},
                                port=port)
     console.rule("[bold]Modelyard quickstart")
     console.print(f"registry data in {home} (SQLite + local artifacts)", highlight=False)
@@ -62,7 +63,7 @@ def _run_loop(url: str, epochs: int, home: Path) -> int:
     trained = digits.train(epochs=epochs)
     console.print(f"[green]✓[/green] trained a CNN on scikit-learn digits in {trained.seconds:.1f} s: "
                   f"test accuracy {trained.accuracy:.3f}")
-    with tempfile.TemporaryDirectory() as workdir, RegistryClient(url, token=os.environ.get("MODELYARD_TOKEN")) as rc:
+    with tempfile.TemporaryDirectory() as workdir, RegistryClient(url, token=os.environ.get(Env.TOKEN)) as rc:
         artifact = Path(workdir) / "digits-cnn.pt2"
         metadata = digits.export(trained.model, artifact)
         console.print(f"[green]✓[/green] exported with torch.export → {artifact.name} "
@@ -88,9 +89,9 @@ def _serve_and_query(url: str, home: Path, trained) -> None:  # noqa: ANN001 - d
     server_url = f"http://127.0.0.1:{port}"
     t0 = time.monotonic()
     server = subprocess.Popen(
-        [sys.executable, "-m", "modelyard.registry.cli.main", "serve", f"{MODEL}@production", "--port", str(port),
+        [sys.executable, "-m", "modelyard.bentos.cli", "serve", f"{MODEL}@production", "--port", str(port),
          "--cache", str(home / "cache")],
-        env={**os.environ, "MODELYARD_REGISTRY_URL": url}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, Env.REGISTRY_URL: url}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         text=True,
     )
     try:

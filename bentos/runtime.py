@@ -39,8 +39,10 @@ from modelyard.registry import schemas
 from modelyard.registry.bento_source import source_mismatch
 from modelyard.registry.client import RegistryClient
 from modelyard.registry.errors import NotFound
-from modelyard.registry.local import stop_process
+from modelyard.registry.processes.children import stop_process
 from modelyard.registry.names import ModelRef, parse_model_ref
+from modelyard.registry.defaults import Env
+from modelyard.registry.settings import modelyard_home
 
 log = logging.getLogger("modelyard.bentos")
 READY_MARKER = ".modelyard-verified"
@@ -67,8 +69,7 @@ class FetchedBento:
 
 
 def default_cache() -> Path:
-    return Path(os.environ.get("MODELYARD_CACHE") or Path(os.environ.get("MODELYARD_HOME", "~/.modelyard"))
-                / "cache").expanduser()
+    return Path(os.environ.get(Env.CACHE) or modelyard_home() / "cache").expanduser()
 
 
 def fetch(client: RegistryClient, ref: str | ModelRef, cache: Path) -> FetchedBento:
@@ -200,7 +201,7 @@ def serve_command(fetched: FetchedBento, host: str, port: int, config: ServingCo
     home = cache / "bentoml-home"  # empty: the Bento is served from its directory, not a store
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **config.to_env(), "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true",
-           "MODELYARD_BENTO_DIR": str(fetched.src)}
+           Env.BENTO_DIR: str(fetched.src)}
     executable = Path(sys.executable).with_name("bentoml")
     command = [str(executable)] if executable.exists() else [sys.executable, "-m", "bentoml"]
     if fetched.version.format == schemas.ArtifactFormat.bento:

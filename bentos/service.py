@@ -25,11 +25,12 @@ from modelyard.bentos.fastpath import build_app
 from modelyard.bentos.limits import BodyLimit, quiet_bad_requests
 from modelyard.bentos.signature import InputSpec, coerce
 from modelyard.bentos.spec import ModelSpec
-from modelyard.registry.tuning import tune_for_serving
+from modelyard.registry.defaults import Env
+from modelyard.registry.processes.tuning import tune_for_serving
 
 log = logging.getLogger("modelyard.bentos")
 
-BENTO_DIR = Path(os.environ.get("MODELYARD_BENTO_DIR") or Path.cwd())
+BENTO_DIR = Path(os.environ.get(Env.BENTO_DIR) or Path.cwd())
 SPEC = ModelSpec.read(BENTO_DIR)
 CONFIG = ServingConfig.from_env()
 INPUT = InputSpec.from_metadata(SPEC.metadata)

@@ -16,22 +16,16 @@ from itertools import chain
 from dataclasses import dataclass
 from typing import Any
 
+from modelyard.registry.signature import InputSignature
+
 import numpy as np
 
 _NUMERIC_KINDS = "biuf"
 
 
 @dataclass(frozen=True)
-class InputSpec:
-    shape: tuple[int, ...]  # first dimension -1: the batch
-    dtype: str
-
-    @classmethod
-    def from_metadata(cls, metadata: dict[str, Any]) -> InputSpec | None:
-        spec = metadata.get("input")
-        if not spec:
-            return None
-        return cls(shape=tuple(int(d) for d in spec["shape"]), dtype=str(spec.get("dtype", "float32")))
+class InputSpec(InputSignature):
+    """The declared input (``registry.signature`` owns its metadata form), checked per request."""
 
     def check(self, array: np.ndarray) -> np.ndarray:
         if array.ndim != len(self.shape) or tuple(array.shape[1:]) != self.shape[1:]:

@@ -6,50 +6,52 @@ from typing import Annotated
 
 import typer
 
-from modelyard.operator.values import DEFAULT_RUNTIME_IMAGE, DEFAULT_TOKEN_SECRET
-from modelyard.registry.settings import DEFAULT_REGISTRY_URL
+from modelyard.registry import defaults
+from modelyard.registry.defaults import Env
 
 operator_app = typer.Typer(help="The Kubernetes operator (ModelDeployment → Helm release).", no_args_is_help=True)
 
 
 @operator_app.command("run")
 def run(
-    registry: Annotated[str, typer.Option("--registry", envvar="MODELYARD_REGISTRY_URL",
+    registry: Annotated[str, typer.Option("--registry", envvar=Env.REGISTRY_URL,
                                           help="the operator's registry (its token is sent there only; a spec naming another "
                                                "registry must bring spec.registry.tokenSecretRef)")]
-    = DEFAULT_REGISTRY_URL,
-    token: Annotated[str | None, typer.Option("--token", envvar="MODELYARD_TOKEN", show_default=False,
+    = defaults.REGISTRY_URL,
+    token: Annotated[str | None, typer.Option("--token", envvar=Env.TOKEN, show_default=False,
                                               help="the operator's registry token")] = None,
-    pull_token: Annotated[str | None, typer.Option("--pull-token", envvar="MODELYARD_PULL_TOKEN",
+    pull_token: Annotated[str | None, typer.Option("--pull-token", envvar=Env.PULL_TOKEN,
                                                    show_default=False,
                                                    help="a read-only token put into namespaces' token Secret "
                                                         "for model pods (default: none; --token is never copied)")]
     = None,
-    token_secret: Annotated[str, typer.Option("--token-secret", envvar="MODELYARD_TOKEN_SECRET",
+    token_secret: Annotated[str, typer.Option("--token-secret", envvar=Env.TOKEN_SECRET,
                                               help="Secret model pods read the registry token from")]
-    = DEFAULT_TOKEN_SECRET,
-    runtime_image: Annotated[str, typer.Option("--runtime-image", envvar="MODELYARD_RUNTIME_IMAGE")]
-    = DEFAULT_RUNTIME_IMAGE,
+    = defaults.TOKEN_SECRET,
+    runtime_image: Annotated[str, typer.Option("--runtime-image", envvar=Env.RUNTIME_IMAGE)]
+    = defaults.RUNTIME_IMAGE,
     namespace: Annotated[list[str] | None, typer.Option("--namespace", "-n", show_default=False,
                                                         help="watch this namespace (repeatable)")] = None,
     all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A",
                                                  help="watch every namespace (the default without -n)")] = False,
     kubeconfig: Annotated[str | None, typer.Option("--kubeconfig", envvar="KUBECONFIG", show_default=False,
                                                    help="default: the pod's service account")] = None,
-    peering: Annotated[str | None, typer.Option("--peering", envvar="MODELYARD_PEERING", show_default=False,
+    peering: Annotated[str | None, typer.Option("--peering", envvar=Env.PEERING, show_default=False,
                                                 help="kopf peering name: one active operator among replicas")]
     = None,
     standalone: Annotated[bool, typer.Option("--standalone", help="ignore --peering")] = False,
-    log_format: Annotated[str, typer.Option("--log-format", envvar="MODELYARD_LOG_FORMAT",
+    log_format: Annotated[str, typer.Option("--log-format", envvar=Env.LOG_FORMAT,
                                             help="plain | full | json")] = "plain",
     metrics_port: Annotated[int, typer.Option("--metrics-port", help="Prometheus /metrics; 0: off")] = 0,
     metrics_host: Annotated[str, typer.Option("--metrics-host")] = "0.0.0.0",
     health_port: Annotated[int, typer.Option("--health-port", help="/healthz for probes; 0: off")] = 0,
     health_host: Annotated[str, typer.Option("--health-host")] = "0.0.0.0",
     fallback_resolve_seconds: Annotated[float, typer.Option(
-        "--fallback-resolve-seconds", help="re-resolve period while the registry's event feed is down")] = 60.0,
+        "--fallback-resolve-seconds", help="re-resolve period while the registry's event feed is down")]
+    = defaults.FALLBACK_RESOLVE_SECONDS,
     failure_retry_seconds: Annotated[float, typer.Option(
-        "--failure-retry-seconds", help="retry period for a missing model/alias/version")] = 60.0,
+        "--failure-retry-seconds", help="retry period for a missing model/alias/version")]
+    = defaults.FAILURE_RETRY_SECONDS,
 ) -> None:
     """Reconcile ModelDeployments into Helm releases of charts/model-server until stopped."""
     from modelyard.operator.config import OperatorConfig

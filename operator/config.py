@@ -5,20 +5,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from modelyard.operator.values import DEFAULT_RUNTIME_IMAGE, DEFAULT_TOKEN_SECRET, OperatorDefaults
-from modelyard.registry.settings import DEFAULT_REGISTRY_URL
+from modelyard.operator.values import OperatorDefaults
+from modelyard.registry import defaults
 
 
 @dataclass(frozen=True)
 class OperatorConfig:
-    registry_url: str = DEFAULT_REGISTRY_URL
+    registry_url: str = defaults.REGISTRY_URL
     token: str | None = None
     """The operator's own registry token (read scope is enough to resolve); sent to ``registry_url`` only."""
     pull_token: str | None = None
     """A read-only token copied into each namespace's token Secret for model pods; none: the Secret is
     the user's to create.  The operator's own token is never copied."""
-    token_secret: str = DEFAULT_TOKEN_SECRET
-    runtime_image: str = DEFAULT_RUNTIME_IMAGE
+    token_secret: str = defaults.TOKEN_SECRET
+    runtime_image: str = defaults.RUNTIME_IMAGE
     namespaces: tuple[str, ...] = ()
     """Watched namespaces; empty means all of them (cluster-wide)."""
     kubeconfig: str | None = None
@@ -31,9 +31,9 @@ class OperatorConfig:
     health_host: str = "0.0.0.0"
     health_port: int = 0
     """Liveness/readiness endpoint (/healthz); 0 turns it off."""
-    fallback_resolve_seconds: float = 60.0
+    fallback_resolve_seconds: float = defaults.FALLBACK_RESOLVE_SECONDS
     """How often every resource is re-resolved while the registry's event feed is unreachable."""
-    failure_retry_seconds: float = 60.0
+    failure_retry_seconds: float = defaults.FAILURE_RETRY_SECONDS
     """How soon a resource whose model/alias/version is missing is retried (events heal it sooner)."""
     helm_threads: int = 16
 

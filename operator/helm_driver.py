@@ -13,13 +13,15 @@ from typing import Any
 
 import helm_python as helm
 
+from modelyard.registry.defaults import Env
+
 MODEL_SERVER_CHART = Path(__file__).resolve().parents[1] / "charts" / "model-server"
 _PENDING = ("pending-install", "pending-upgrade", "pending-rollback")
 
 
 def chart_path() -> Path:
     """The model-server chart: MODELYARD_MODEL_SERVER_CHART (the image sets it), else the source tree's."""
-    configured = os.environ.get("MODELYARD_MODEL_SERVER_CHART")
+    configured = os.environ.get(Env.MODEL_SERVER_CHART)
     return Path(configured) if configured else MODEL_SERVER_CHART
 
 

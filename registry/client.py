@@ -19,10 +19,11 @@ from typing import Any, BinaryIO
 import httpx
 
 from modelyard.registry import schemas
-from modelyard.registry.artifacts.digests import format_content_digest, parse_digest
+from modelyard.registry.digests import format_content_digest, parse_digest
 from modelyard.registry.errors import Conflict, DigestMismatch, NotFound, RegistryError, Unavailable, error_from_problem
 from modelyard.registry.names import ModelRef, parse_model_ref
-from modelyard.registry.settings import DEFAULT_REGISTRY_URL
+from modelyard.registry import defaults
+from modelyard.registry.defaults import Env
 
 CHUNK = 1 << 20
 Progress = Callable[[int], None]
@@ -30,7 +31,7 @@ Progress = Callable[[int], None]
 
 
 def _default_url() -> str:
-    return os.environ.get("MODELYARD_REGISTRY_URL") or DEFAULT_REGISTRY_URL
+    return os.environ.get(Env.REGISTRY_URL) or defaults.REGISTRY_URL
 
 
 def file_sha256(path: Path, progress: Progress | None = None) -> str:
@@ -48,7 +49,7 @@ class RegistryClient:
 
     def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 30.0,
                  retries: int = 3, transport: httpx.BaseTransport | None = None) -> None:
-        token = token if token is not None else os.environ.get("MODELYARD_TOKEN")
+        token = token if token is not None else os.environ.get(Env.TOKEN)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = (url or _default_url()).rstrip("/")
         self._http = httpx.Client(

@@ -116,34 +116,3 @@ def _is_bento_archive(file: BinaryIO) -> bool:
     except (tarfile.TarError, OSError, EOFError, ValueError):
         return False
     return False
-
-
-DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
-
-
-def parse_shape(text: str) -> list[int]:
-    """``-1,1,8,8`` → ``[-1, 1, 8, 8]``; the first dimension is the batch and must be -1."""
-    try:
-        shape = [int(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise ValueError(f"invalid input shape {text!r}: expected integers such as -1,1,8,8") from None
-    if len(shape) < 2 or shape[0] != -1 or any(d < 1 for d in shape[1:]):
-        raise ValueError(f"invalid input shape {text!r}: the first dimension is the batch (-1), "
-                         "the others positive, e.g. -1,1,8,8")
-    return shape
-
-
-def signature_metadata(input_shape: str | None, input_dtype: str | None,
-                       labels: list[str] | None) -> dict[str, object]:
-    """The metadata a generic serving runtime needs to validate requests without user code."""
-    metadata: dict[str, object] = {}
-    if input_shape or input_dtype:
-        if not input_shape:
-            raise ValueError("--input-dtype needs --input-shape too")
-        dtype = input_dtype or "float32"
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown input dtype {dtype!r}: use one of {', '.join(DTYPES)}")
-        metadata["input"] = {"shape": parse_shape(input_shape), "dtype": dtype}
-    if labels:
-        metadata["output"] = {"kind": "logits", "labels": labels}
-    return metadata

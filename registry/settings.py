@@ -10,20 +10,20 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_REGISTRY_URL = "http://127.0.0.1:8080"
-DEFAULT_GC_INTERVAL_SECONDS = 3600.0
+from modelyard.registry import defaults
+from modelyard.registry.defaults import Env
 
 
 def modelyard_home() -> Path:
-    return Path(os.environ.get("MODELYARD_HOME", "~/.modelyard")).expanduser()
+    return Path(os.environ.get(Env.HOME, defaults.HOME)).expanduser()
 
 
 def default_db_url() -> str:
-    return os.environ.get("MODELYARD_DB_URL") or f"sqlite:///{modelyard_home() / 'registry.db'}"
+    return os.environ.get(Env.DB_URL) or f"sqlite:///{modelyard_home() / 'registry.db'}"
 
 
 def default_artifacts_url() -> str:
-    return os.environ.get("MODELYARD_ARTIFACTS") or str(modelyard_home() / "artifacts")
+    return os.environ.get(Env.ARTIFACTS) or str(modelyard_home() / "artifacts")
 
 
 def _env_flag(name: str) -> bool | None:
@@ -35,8 +35,8 @@ def _env_flag(name: str) -> bool | None:
 
 # Environment variables that seed a token of a scope at start-up (values from Secrets).  The
 # operator only resolves versions (read); model pods get a separate read-only pull token.
-SEED_TOKEN_ENV = {"MODELYARD_ADMIN_TOKEN": ("admin", "admin"), "MODELYARD_OPERATOR_TOKEN": ("operator", "read"),
-                  "MODELYARD_PULL_TOKEN": ("pull", "read")}
+SEED_TOKEN_ENV = {Env.ADMIN_TOKEN: ("admin", "admin"), Env.OPERATOR_TOKEN: ("operator", "read"),
+                  Env.PULL_TOKEN: ("pull", "read")}
 
 
 def seed_tokens_from_env() -> dict[str, tuple[str, str]]:
@@ -48,28 +48,28 @@ class RegistrySettings:
     db_url: str = field(default_factory=default_db_url)
     artifacts_url: str = field(default_factory=default_artifacts_url)
     # None: anonymous clients may read only while no token exists at all.
-    anonymous_read: bool | None = field(default_factory=lambda: _env_flag("MODELYARD_ANONYMOUS_READ"))
+    anonymous_read: bool | None = field(default_factory=lambda: _env_flag(Env.ANONYMOUS_READ))
     # SQLite migrates itself; a shared PostgreSQL is migrated by `modelyard registry migrate`
     # (one job, not every replica racing), unless this is set.
-    migrate_on_start: bool | None = field(default_factory=lambda: _env_flag("MODELYARD_MIGRATE_ON_START"))
+    migrate_on_start: bool | None = field(default_factory=lambda: _env_flag(Env.MIGRATE_ON_START))
 
     # Tokens handed in by the deployment (the Helm chart's generated Secrets): name → (scope, token).
     seed_tokens: dict[str, tuple[str, str]] = field(default_factory=seed_tokens_from_env)
 
     # The server's process count; with one process on SQLite, writes run in place.
-    workers: int = field(default_factory=lambda: int(os.environ.get("MODELYARD_WORKERS") or 1))
+    workers: int = field(default_factory=lambda: int(os.environ.get(Env.WORKERS) or 1))
 
     # How often the server sweeps the artifact store for blobs nothing refers to (crash
     # leftovers; deletes and refused uploads collect their own at once); 0 turns it off.
     gc_interval_seconds: float = field(
-        default_factory=lambda: float(os.environ.get("MODELYARD_GC_INTERVAL_SECONDS") or DEFAULT_GC_INTERVAL_SECONDS))
+        default_factory=lambda: float(os.environ.get(Env.GC_INTERVAL_SECONDS) or defaults.GC_INTERVAL_SECONDS))
 
     def to_env(self) -> dict[str, str]:
         """The same settings as environment variables, for worker processes."""
-        env = {"MODELYARD_DB_URL": self.db_url, "MODELYARD_ARTIFACTS": self.artifacts_url,
-               "MODELYARD_WORKERS": str(self.workers), "MODELYARD_GC_INTERVAL_SECONDS": str(self.gc_interval_seconds)}
+        env = {Env.DB_URL: self.db_url, Env.ARTIFACTS: self.artifacts_url,
+               Env.WORKERS: str(self.workers), Env.GC_INTERVAL_SECONDS: str(self.gc_interval_seconds)}
         if self.anonymous_read is not None:
-            env["MODELYARD_ANONYMOUS_READ"] = "true" if self.anonymous_read else "false"
+            env[Env.ANONYMOUS_READ] = "true" if self.anonymous_read else "false"
         if self.migrate_on_start is not None:
-            env["MODELYARD_MIGRATE_ON_START"] = "true" if self.migrate_on_start else "false"
+            env[Env.MIGRATE_ON_START] = "true" if self.migrate_on_start else "false"
         return env

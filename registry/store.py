@@ -31,6 +31,7 @@ from modelyard.registry.db import models as db
 from modelyard.registry.db.engine import WRITE_OPTION
 from modelyard.registry.db.fast_reads import SqliteFastReader
 from modelyard.registry.db.file_guard import DatabaseFileGuard, sqlite_file
+from modelyard.registry.db.prepare import prepare_database
 from modelyard.registry.errors import BadRequest, Conflict, NotFound, Unavailable
 
 SCOPES = ("read", "write", "admin")
@@ -163,6 +164,15 @@ class RegistryStore:
         self._file_guard = DatabaseFileGuard(path) if path is not None and path.exists() else None
         self.damage: str | None = None
         """What the start-up integrity check found wrong with the database, if anything."""
+
+    @classmethod
+    def open(cls, db_url: str, migrate_on_start: bool | None = None) -> RegistryStore:
+        """A store on ``db_url`` with its schema at head (``db.prepare``); the server and the admin
+        commands open it this way."""
+        prepared = prepare_database(db_url, migrate_on_start)
+        store = cls(prepared.engine)
+        store.damage = prepared.damage
+        return store
 
     def problem(self) -> str | None:
         """Why the database must not be written to (deleted, replaced or damaged), or None."""

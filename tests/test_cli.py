@@ -21,7 +21,7 @@ def run(*args: str, registry: ThreadedRegistry | None = None, env: dict[str, str
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
     if registry is not None:
         full_env["MODELYARD_REGISTRY_URL"] = registry.url
-    answer = subprocess.run([sys.executable, "-m", "modelyard.registry.cli.main", *args], capture_output=True,
+    answer = subprocess.run([sys.executable, "-m", "modelyard.cli", *args], capture_output=True,
                             text=True, env=full_env, timeout=120)
     if ok:
         assert answer.returncode == 0, answer.stderr + answer.stdout

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from modelyard.registry.formats import UnsupportedArtifact, parse_shape, signature_metadata, sniff_format
+from modelyard.registry.formats import UnsupportedArtifact, sniff_format
+from modelyard.registry.signature import parse_shape, signature_metadata
 
 
 @pytest.fixture(scope="module")

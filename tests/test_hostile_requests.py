@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelyard.registry.local import free_port, stop_process, wait_ready
+from modelyard.registry.processes.children import free_port, stop_process, wait_ready
 from tests.helpers import content_digest
 from tests.support.artifacts import program_bytes
 from tests.support.servers import ThreadedRegistry
@@ -70,7 +70,7 @@ def test_a_full_artifact_disk_is_a_507_and_reported_on_readyz(tmp_path: Path) ->
     artifacts.mkdir()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    script = ('mount -t tmpfs -o size=4m tmpfs "$MODELYARD_ARTIFACTS" && exec "$0" -m modelyard.registry.cli.main '
+    script = ('mount -t tmpfs -o size=4m tmpfs "$MODELYARD_ARTIFACTS" && exec "$0" -m modelyard.cli '
               'registry serve --port "$1" --log-level warning')
     process = subprocess.Popen(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, sys.executable, str(port)],

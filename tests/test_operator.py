@@ -18,7 +18,7 @@ from kubernetes import client
 
 from modelyard.operator.helm_driver import HelmDriver
 from modelyard.registry.client import RegistryClient
-from modelyard.registry.local import RegistryProcess
+from modelyard.registry.processes.children import RegistryProcess
 from tests.helpers import condition, eventually
 from tests.support.kube import KubeApiServer, status_code, unique_namespace
 from tests.support.operator import OperatorProcess, push_versions
@@ -193,7 +193,7 @@ def test_model_pods_get_the_read_only_pull_token_never_the_operators(bed: Bed) -
     store_db = f"sqlite:///{bed.tmp / 'registry.db'}"
     tokens = {}
     for name, scope in (("admin", "admin"), ("operator", "read"), ("pull", "read")):
-        created = subprocess.run([sys.executable, "-m", "modelyard.registry.cli.main", "registry", "token", "create",
+        created = subprocess.run([sys.executable, "-m", "modelyard.cli", "registry", "token", "create",
                                   "--scope", scope, "--name", name, "--db", store_db],
                                  capture_output=True, text=True, check=True, timeout=60)
         tokens[name] = created.stdout.strip().splitlines()[-1]

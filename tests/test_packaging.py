@@ -8,7 +8,8 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = {"registry": "modelyard.registry", "bentos": "modelyard.bentos", "operator": "modelyard.operator"}
+FOLDERS = {"registry": "modelyard.registry", "bentos": "modelyard.bentos", "operator": "modelyard.operator",
+           "cli": "modelyard.cli"}
 
 
 def test_every_package_folder_is_listed_in_pyproject() -> None:
@@ -28,13 +29,13 @@ def test_the_operator_folder_is_never_a_regular_package() -> None:
 
 
 def test_operator_does_not_shadow_the_standard_library() -> None:
-    code = ("import sys, operator, collections, modelyard.operator.about; "
+    code = ("import sys, operator, collections, modelyard.operator.conditions; "
             "assert operator.add(2, 3) == 5 and not operator.__file__.startswith(sys.argv[1]), operator.__file__; "
-            "print(modelyard.operator.about.__name__)")
+            "print(modelyard.operator.conditions.__name__)")
     for cwd in ("/", str(ROOT)):  # from ROOT, '' (the repository root) comes first on sys.path
         answer = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, cwd=cwd)
         assert answer.returncode == 0, answer.stderr
-        assert answer.stdout.strip() == "modelyard.operator.about"
+        assert answer.stdout.strip() == "modelyard.operator.conditions"
     # What broke `make` when operator/ had an __init__.py: a fresh venv's `python -m pip`
     # run from the repository root, before any .pth file had imported collections (-S).
     base = getattr(sys, "_base_executable", sys.executable)

@@ -16,7 +16,7 @@ from modelyard.registry.store import RegistryStore
 @pytest.mark.slow
 def test_quickstart_trains_pushes_aliases_pulls_and_stops(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    answer = subprocess.run([sys.executable, "-m", "modelyard.registry.cli.main", "quickstart", "--home", str(home),
+    answer = subprocess.run([sys.executable, "-m", "modelyard.cli", "quickstart", "--home", str(home),
                              "--epochs", "5"], capture_output=True, text=True, timeout=600,
                             env={**os.environ, "COLUMNS": "200"})
     assert answer.returncode == 0, answer.stderr + answer.stdout

@@ -24,7 +24,7 @@ import torch
 from modelyard.bentos.examples import digits
 from modelyard.bentos.packager import package_version
 from modelyard.registry.client import RegistryClient
-from modelyard.registry.local import stop_process
+from modelyard.registry.processes.children import stop_process
 from modelyard.registry.settings import RegistrySettings
 from tests.support.servers import ThreadedRegistry, free_port, wait_ready
 
@@ -65,7 +65,7 @@ def start_serving(served: Served, cache: Path, ref: str = "digits@production",
     log = served.workdir / f"serve-{port}.log"
     handle = open(log, "w")  # noqa: SIM115 - the child keeps it
     process = subprocess.Popen(
-        [sys.executable, "-m", "modelyard.registry.cli.main", "serve", ref, "--port", str(port), "--cache",
+        [sys.executable, "-m", "modelyard.cli", "serve", ref, "--port", str(port), "--cache",
          str(cache), *extra],
         env={**os.environ, "MODELYARD_REGISTRY_URL": served.registry.url, "COLUMNS": "200"},
         stdout=handle, stderr=subprocess.STDOUT, text=True,
@@ -146,7 +146,7 @@ def test_a_warm_cache_skips_the_download(served: Served, tmp_path: Path) -> None
         second = fetch(client, "digits:1", cache)
         assert first.downloaded and not second.downloaded and second.directory == first.directory
         assert served.registry.app.state.metrics.artifact_bytes.labels("out")._value.get() == outbound
-    pulled = subprocess.run([sys.executable, "-m", "modelyard.registry.cli.main", "pull", "digits@production",
+    pulled = subprocess.run([sys.executable, "-m", "modelyard.cli", "pull", "digits@production",
                              "--to", str(cache)], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "MODELYARD_REGISTRY_URL": served.registry.url, "COLUMNS": "200"})
     assert pulled.returncode == 0 and "from the cache" in pulled.stdout, pulled.stderr
@@ -178,7 +178,7 @@ def test_a_tampered_store_is_refused(served: Served, tmp_path: Path) -> None:
     original = blob.read_bytes()
     try:
         blob.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
-        pulled = subprocess.run([sys.executable, "-m", "modelyard.registry.cli.main", "pull", "digits:1", "--to",
+        pulled = subprocess.run([sys.executable, "-m", "modelyard.cli", "pull", "digits:1", "--to",
                                  str(tmp_path / "fresh")], capture_output=True, text=True, timeout=120,
                                 env={**os.environ, "MODELYARD_REGISTRY_URL": served.registry.url})
         assert pulled.returncode == 1 and "sha256" in pulled.stderr, pulled.stdout + pulled.stderr
@@ -192,7 +192,7 @@ def test_your_own_service_is_packaged_pushed_and_served(served: Served, tmp_path
     """The embedding example: a user BentoML service with its own code, pushed as format `bento`."""
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "MODELYARD_REGISTRY_URL": served.registry.url, "COLUMNS": "200"}
-    pushed = subprocess.run([sys.executable, "-m", "modelyard.registry.cli.main", "package", "--service",
+    pushed = subprocess.run([sys.executable, "-m", "modelyard.cli", "package", "--service",
                              str(root / "bentos/examples/embedding/service.py:TextEmbedding"), "--model", "minilm"],
                             capture_output=True, text=True, timeout=600, env=env)
     assert pushed.returncode == 0, pushed.stderr + pushed.stdout
@@ -211,7 +211,7 @@ def test_your_own_service_is_packaged_pushed_and_served(served: Served, tmp_path
         assert similarity[0, 1] > similarity[0, 2] + 0.2  # meaning, not noise
     finally:
         stop(process)
-    bad = subprocess.run([sys.executable, "-m", "modelyard.registry.cli.main", "package", "--service",
+    bad = subprocess.run([sys.executable, "-m", "modelyard.cli", "package", "--service",
                           "nowhere.py:X", "--model", "minilm"], capture_output=True, text=True, timeout=60, env=env)
     assert bad.returncode == 1 and "path/to/service.py:ClassName" in bad.stderr
     assert served.registry.store.get_model("minilm").latest_version == 1  # the refused call created nothing
@@ -249,7 +249,7 @@ def test_a_model_version_runs_the_installed_service_not_code_from_its_bento(serv
 
 
 def pull(served: Served, ref: str, to: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "modelyard.registry.cli.main", "pull", ref, "--to", str(to)],
+    return subprocess.run([sys.executable, "-m", "modelyard.cli", "pull", ref, "--to", str(to)],
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, "MODELYARD_REGISTRY_URL": served.registry.url, "COLUMNS": "200"})
 

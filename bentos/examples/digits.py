@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelyard.registry.signature import INPUT_KEY, OUTPUT_KEY, InputSignature, logits_output
+
 INPUT_SHAPE = (1, 8, 8)
 CLASSES = [str(i) for i in range(10)]
 
@@ -72,7 +74,4 @@ def export(model: Any, path: Path) -> dict[str, Any]:
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.export.export(model, example, dynamic_shapes=({0: batch},))
     torch.export.save(program, str(path))
-    return {
-        "input": {"shape": [-1, *INPUT_SHAPE], "dtype": "float32"},
-        "output": {"kind": "logits", "labels": CLASSES},
-    }
+    return {INPUT_KEY: InputSignature((-1, *INPUT_SHAPE), "float32").to_metadata(), OUTPUT_KEY: logits_output(CLASSES)}

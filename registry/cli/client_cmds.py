@@ -1,4 +1,4 @@
-"""Client commands: push, pull, models, versions, alias."""
+"""Client commands: push, models, versions, alias (and the artifact half of pull)."""
 
 from __future__ import annotations
 
@@ -6,26 +6,22 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
+from modelyard.registry import defaults
 from modelyard.registry.cli.common import (
-    DEFAULT_URL, JsonOption, RegistryOption, TokenOption, client, console, human_size, parse_metrics, parse_pairs,
+    JsonOption, RegistryOption, TokenOption, bytes_progress, client, console, human_size, parse_metrics, parse_pairs,
     print_json,
 )
-from modelyard.registry.client import file_sha256
+from modelyard.registry.client import RegistryClient, file_sha256
 from modelyard.registry.errors import RegistryError, Unavailable
-from modelyard.registry.formats import signature_metadata, sniff_format
+from modelyard.registry.formats import sniff_format
+from modelyard.registry.signature import signature_metadata
 from modelyard.registry.names import check_alias, check_model_name, parse_model_ref
 
 models_app = typer.Typer(help="Registered models.", no_args_is_help=True)
 versions_app = typer.Typer(help="Model versions.", no_args_is_help=True)
 alias_app = typer.Typer(help="Aliases (movable names such as 'production').", no_args_is_help=True)
-
-
-def _bytes_progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeRemainingColumn(), console=console, transient=True)
 
 
 def push(
@@ -41,7 +37,7 @@ def push(
     labels: Annotated[str | None, typer.Option("--labels", help="comma-separated output class labels")] = None,
     description: Annotated[str, typer.Option("--description", "-d")] = "",
     source: Annotated[str | None, typer.Option("--source", help="lineage: commit, run id, dataset …")] = None,
-    registry: RegistryOption = DEFAULT_URL,
+    registry: RegistryOption = defaults.REGISTRY_URL,
     token: TokenOption = None,
 ) -> None:
     """Upload FILE as a new version of MODEL (streamed, digest-checked) and print it.
@@ -60,7 +56,7 @@ def push(
         metadata = {"filename": file.name, **signature_metadata(
             input_shape, input_dtype, [label.strip() for label in labels.split(",")] if labels else None)}
         size = file.stat().st_size
-        with _bytes_progress() as progress:
+        with bytes_progress() as progress:
             task = progress.add_task("hashing", total=size)
             digest = file_sha256(file, lambda n: progress.advance(task, n))
             registry_client.ensure_model(model)
@@ -86,32 +82,16 @@ def push(
             console.print(f"alias [bold]{model}@{alias}[/bold] → {version.version}", highlight=False)
 
 
-def pull(
-    ref: Annotated[str, typer.Argument(help="NAME@ALIAS or NAME:VERSION")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="write the artifact to this file")] = None,
-    to: Annotated[Path | None, typer.Option("--to", help="fetch the version's Bento into this cache directory "
-                                                          "(what a model pod's init container runs)")] = None,
-    registry: RegistryOption = DEFAULT_URL,
-    token: TokenOption = None,
-) -> None:
-    """Download a version's artifact (-o FILE) or its Bento (--to DIR), verifying the sha256."""
-    if (output is None) == (to is None):
-        raise typer.BadParameter("give exactly one of --output FILE or --to DIR")
-    with client(registry, token) as registry_client:
-        if to is not None:
-            from modelyard.bentos.runtime import describe, fetch
-
-            fetched = fetch(registry_client, parse_model_ref(ref), to.expanduser())
-            console.print(f"pulled {describe(fetched)} → {fetched.directory}", highlight=False, soft_wrap=True)
-            return
-        assert output is not None
-        version = registry_client.resolve(parse_model_ref(ref))
-        with _bytes_progress() as progress:
-            task = progress.add_task(f"downloading {version.model}:{version.version}", total=version.size)
-            registry_client.download_artifact(version.model, version.version, output,
-                                              progress=lambda n: progress.advance(task, n))
-        console.print(f"pulled [bold]{version.model}:{version.version}[/bold] {version.digest} → {output}",
-                      highlight=False)
+def pull_artifact(registry_client: RegistryClient, ref: str, output: Path) -> None:
+    """``modelyard pull REF -o FILE``: the version's artifact, sha256-checked, with a progress bar.
+    (The command itself is ``bentos.cli.pull``, which also fetches what serves a version.)"""
+    version = registry_client.resolve(parse_model_ref(ref))
+    with bytes_progress() as progress:
+        task = progress.add_task(f"downloading {version.model}:{version.version}", total=version.size)
+        registry_client.download_artifact(version.model, version.version, output,
+                                          progress=lambda n: progress.advance(task, n))
+    console.print(f"pulled [bold]{version.model}:{version.version}[/bold] {version.digest} → {output}",
+                  highlight=False)
 
 
 @models_app.command("ls")
@@ -120,7 +100,7 @@ def models_ls(
     tag: Annotated[list[str] | None, typer.Option("--tag", help="KEY=VALUE filter, repeatable")] = None,
     alias: Annotated[str | None, typer.Option("--alias", help="only models with this alias")] = None,
     as_json: JsonOption = False,
-    registry: RegistryOption = DEFAULT_URL,
+    registry: RegistryOption = defaults.REGISTRY_URL,
     token: TokenOption = None,
 ) -> None:
     """List registered models."""
@@ -140,7 +120,7 @@ def models_ls(
 @models_app.command("delete")
 def models_delete(
     name: Annotated[str, typer.Argument(help="model name")],
-    registry: RegistryOption = DEFAULT_URL,
+    registry: RegistryOption = defaults.REGISTRY_URL,
     token: TokenOption = None,
 ) -> None:
     """Delete a model and all its versions (refused while it has aliases)."""
@@ -154,7 +134,7 @@ def versions_ls(
     name: Annotated[str, typer.Argument(help="model name")],
     status: Annotated[str | None, typer.Option("--status", help="pending | ready | failed")] = None,
     as_json: JsonOption = False,
-    registry: RegistryOption = DEFAULT_URL,
+    registry: RegistryOption = defaults.REGISTRY_URL,
     token: TokenOption = None,
 ) -> None:
     """List a model's versions, newest first."""
@@ -175,7 +155,7 @@ def versions_ls(
 @versions_app.command("show")
 def versions_show(
     ref: Annotated[str, typer.Argument(help="NAME@ALIAS or NAME:VERSION")],
-    registry: RegistryOption = DEFAULT_URL,
+    registry: RegistryOption = defaults.REGISTRY_URL,
     token: TokenOption = None,
 ) -> None:
     """Print one version as JSON."""
@@ -188,7 +168,7 @@ def alias_set(
     name: Annotated[str, typer.Argument(help="model name")],
     alias: Annotated[str, typer.Argument(help="alias, e.g. production")],
     version: Annotated[int, typer.Argument(help="version number", min=1)],
-    registry: RegistryOption = DEFAULT_URL,
+    registry: RegistryOption = defaults.REGISTRY_URL,
     token: TokenOption = None,
 ) -> None:
     """Point ALIAS at VERSION (deployments following it roll the version out)."""
@@ -202,7 +182,7 @@ def alias_set(
 def alias_get(
     name: Annotated[str, typer.Argument(help="model name")],
     alias: Annotated[str, typer.Argument(help="alias")],
-    registry: RegistryOption = DEFAULT_URL,
+    registry: RegistryOption = defaults.REGISTRY_URL,
     token: TokenOption = None,
 ) -> None:
     """Print the version an alias points at."""
@@ -215,7 +195,7 @@ def alias_get(
 def alias_rm(
     name: Annotated[str, typer.Argument(help="model name")],
     alias: Annotated[str, typer.Argument(help="alias")],
-    registry: RegistryOption = DEFAULT_URL,
+    registry: RegistryOption = defaults.REGISTRY_URL,
     token: TokenOption = None,
 ) -> None:
     """Delete an alias."""

@@ -1,4 +1,5 @@
-"""Options and error handling shared by every client command."""
+"""Options and error handling shared by every client command (the registry's, the packaging and
+serving commands, the operator's): part of the base package so each layer can use them."""
 
 from __future__ import annotations
 
@@ -10,21 +11,21 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from modelyard.registry.client import RegistryClient
 from modelyard.registry.errors import RegistryError
 from modelyard.registry.names import InvalidName
-from modelyard.registry.settings import DEFAULT_REGISTRY_URL
+from modelyard.registry.defaults import Env
 
 console = Console()
 errors = Console(stderr=True)
 
-RegistryOption = Annotated[str, typer.Option("--registry", envvar="MODELYARD_REGISTRY_URL",
+RegistryOption = Annotated[str, typer.Option("--registry", envvar=Env.REGISTRY_URL,
                                              help="registry URL", show_default=True)]
-TokenOption = Annotated[str | None, typer.Option("--token", envvar="MODELYARD_TOKEN", help="bearer token",
+TokenOption = Annotated[str | None, typer.Option("--token", envvar=Env.TOKEN, help="bearer token",
                                                  show_default=False)]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
-DEFAULT_URL = DEFAULT_REGISTRY_URL
 
 
 @contextmanager
@@ -46,6 +47,12 @@ def reported_errors() -> Iterator[None]:
 def client(registry: str, token: str | None) -> Iterator[RegistryClient]:
     with reported_errors(), RegistryClient(registry, token) as registry_client:
         yield registry_client
+
+
+def bytes_progress() -> Progress:
+    """A transfer's progress bar (hashing, upload, download) on the console; gone when done."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeRemainingColumn(), console=console, transient=True)
 
 
 def parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from modelyard.registry.cli.common import console, errors, reported_errors
+from modelyard.registry import defaults
+from modelyard.registry.defaults import Env
 from modelyard.registry.settings import RegistrySettings, default_db_url
+
+if TYPE_CHECKING:
+    from modelyard.registry.store import RegistryStore
 
 registry_app = typer.Typer(help="Run and administer the registry server.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens (scopes: read < write < admin).", no_args_is_help=True)
@@ -18,17 +23,17 @@ registry_app.add_typer(token_app, name="token")
 auth_app = typer.Typer(help="Whether the registry requires tokens.", no_args_is_help=True)
 registry_app.add_typer(auth_app, name="auth")
 
-DbOption = Annotated[str | None, typer.Option("--db", envvar="MODELYARD_DB_URL",
+DbOption = Annotated[str | None, typer.Option("--db", envvar=Env.DB_URL,
                                               help="SQLAlchemy URL [default: SQLite under MODELYARD_HOME]",
                                               show_default=False)]
 
 
 @registry_app.command("serve")
 def serve(
-    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port")] = 8080,
+    host: Annotated[str, typer.Option(help="bind address")] = defaults.REGISTRY_HOST,
+    port: Annotated[int, typer.Option(help="port")] = defaults.REGISTRY_PORT,
     db: DbOption = None,
-    artifacts: Annotated[str | None, typer.Option("--artifacts", envvar="MODELYARD_ARTIFACTS",
+    artifacts: Annotated[str | None, typer.Option("--artifacts", envvar=Env.ARTIFACTS,
                                                   help="directory or s3://bucket/prefix", show_default=False)] = None,
     anonymous_read: Annotated[bool | None, typer.Option("--anonymous-read/--no-anonymous-read",
                                                         help="let clients without a token read "
@@ -59,9 +64,9 @@ def serve(
 
             uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
         else:
-            from modelyard.registry.server.app import prepare_database
+            from modelyard.registry.db.prepare import prepare_database
 
-            prepare_database(settings)  # migrate once, before the workers start
+            prepare_database(settings.db_url, settings.migrate_on_start)  # migrate once, before the workers start
             os.environ.update(settings.to_env())
             uvicorn.run("modelyard.registry.server.app:create_app_from_env", factory=True, workers=workers,
                         **common)  # type: ignore[arg-type]
@@ -81,10 +86,10 @@ def migrate(db: DbOption = None) -> None:
     console.print(f"schema at revision {after}" + ("" if before == after else f" (was {before or 'empty'})"))
 
 
-def _store(db: str | None):  # noqa: ANN202 - internal helper
-    from modelyard.registry.server.app import prepare_database
+def _store(db: str | None) -> RegistryStore:
+    from modelyard.registry.store import RegistryStore
 
-    return prepare_database(RegistrySettings(db_url=db or default_db_url(), migrate_on_start=True))
+    return RegistryStore.open(db or default_db_url(), migrate_on_start=True)
 
 
 @token_app.command("create")

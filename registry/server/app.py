@@ -12,9 +12,6 @@ from fastapi import FastAPI
 
 from modelyard.registry import garbage
 from modelyard.registry.artifacts import ArtifactStore, open_artifact_store
-from modelyard.registry.db.engine import create_db_engine, is_sqlite
-from modelyard.registry.db.file_guard import quick_check
-from modelyard.registry.db.migrate import current_revision, head_revision, upgrade
 from modelyard.registry.server import aliases_api, artifacts_api, events_api, health_api, models_api, versions_api
 from modelyard.registry.server.auth import Authenticator
 from modelyard.registry.server.metrics import MetricsMiddleware, RegistryMetrics
@@ -22,33 +19,10 @@ from modelyard.registry.server.notify import EventNotifier
 from modelyard.registry.server.problems import install_problem_handlers
 from modelyard.registry.settings import RegistrySettings
 from modelyard.registry.store import RegistryStore
-from modelyard.registry.tuning import tune_for_serving
+from modelyard.registry.processes.tuning import tune_for_serving
 
 log = logging.getLogger("modelyard.registry")
 API_PREFIX = "/api/v1"
-
-
-class SchemaNotMigrated(ValueError):
-    """The database's schema is behind this server's; run ``modelyard registry migrate``."""
-
-
-def prepare_database(settings: RegistrySettings) -> RegistryStore:
-    engine = create_db_engine(settings.db_url)
-    migrate = settings.migrate_on_start if settings.migrate_on_start is not None else is_sqlite(settings.db_url)
-    if migrate:
-        upgrade(engine)
-    elif current_revision(engine) != head_revision():
-        raise SchemaNotMigrated(
-            f"database schema is at {current_revision(engine) or 'nothing'}, this server needs {head_revision()}: "
-            "run `modelyard registry migrate --db …` first (or set MODELYARD_MIGRATE_ON_START=true)"
-        )
-    store = RegistryStore(engine)
-    if engine.dialect.name == "sqlite":
-        store.damage = quick_check(engine)
-        if store.damage:
-            log.error("the database %s failed its integrity check: %s; writes are refused and /readyz fails "
-                      "until it is restored from a backup", engine.url.database, store.damage)
-    return store
 
 
 async def sweep_periodically(store: RegistryStore, artifacts: ArtifactStore, interval: float) -> None:
@@ -67,7 +41,7 @@ async def sweep_periodically(store: RegistryStore, artifacts: ArtifactStore, int
 
 def create_app(settings: RegistrySettings | None = None) -> FastAPI:
     settings = settings or RegistrySettings()
-    store = prepare_database(settings)
+    store = RegistryStore.open(settings.db_url, settings.migrate_on_start)
     store.inline_writes = store.inline_reads and settings.workers == 1
     for name, (scope, token) in settings.seed_tokens.items():
         if store.ensure_token(name, scope, token):

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from modelyard.registry.client import RegistryClient
-from modelyard.registry.local import free_port, stop_process
+from modelyard.registry.processes.children import free_port, stop_process
 from tests.support.artifacts import program_bytes
 
 
@@ -22,7 +22,7 @@ class OperatorProcess:
     def __init__(self, kubeconfig: Path, registry_url: str, namespaces: list[str], log: Path, *,
                  extra: tuple[str, ...] = ()) -> None:
         self.metrics_port = free_port()
-        self.args = [sys.executable, "-m", "modelyard.registry.cli.main", "operator", "run",
+        self.args = [sys.executable, "-m", "modelyard.cli", "operator", "run",
                      "--kubeconfig", str(kubeconfig), "--registry", registry_url, "--standalone",
                      "--metrics-host", "127.0.0.1", "--metrics-port", str(self.metrics_port),
                      "--fallback-resolve-seconds", "2", "--failure-retry-seconds", "2",

@@ -1,5 +1,6 @@
 """``modelyard``: one command line for the registry, packaging, serving and the operator.
 
+Each package owns its sub-commands; this module only mounts them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ app = typer.Typer(
 )
 app.add_typer(registry_app, name="registry")
 app.command()(client_cmds.push)
-app.command()(client_cmds.pull)
+app.command()(bento_cmds.pull)
 app.add_typer(client_cmds.models_app, name="models")
 app.add_typer(client_cmds.versions_app, name="versions")
 app.add_typer(client_cmds.alias_app, name="alias")
@@ -29,6 +30,3 @@ app.command()(bento_cmds.package)
 app.command()(bento_cmds.serve)
 app.command()(quickstart)
 app.add_typer(operator_app, name="operator")
-
-if __name__ == "__main__":
-    app()

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import httpx
 
+from modelyard.registry.defaults import Env
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -62,11 +64,11 @@ class RegistryProcess:
     @classmethod
     def on(cls, db_url: str, artifacts: Path | str, env: dict[str, str] | None = None,
            args: tuple[str, ...] = ()) -> RegistryProcess:
-        return cls({"MODELYARD_DB_URL": db_url, "MODELYARD_ARTIFACTS": str(artifacts), **(env or {})}, args)
+        return cls({Env.DB_URL: db_url, Env.ARTIFACTS: str(artifacts), **(env or {})}, args)
 
     def start(self, timeout: float = 30.0) -> RegistryProcess:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "modelyard.registry.cli.main", "registry", "serve", "--port", str(self.port),
+            [sys.executable, "-m", "modelyard.registry.cli", "serve", "--port", str(self.port),
              "--log-level", self.log_level, *self.args], env=self.env,
         )
         try:

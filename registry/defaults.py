@@ -1,0 +1,100 @@
+"""Every default and every ``MODELYARD_*`` environment variable name of the product, in one place.
+
+The registry, the model server, the operator and the command line take their defaults from
+here; the charts' ``values.yaml`` files and the CRD's schema defaults are checked against it
+(``tests/test_defaults.py``), so a default changes in one line and a test names every copy
+that has to follow.
+
+It lives in the base package so that every layer can read it without importing upward.
+Plain constants only: importing this loads nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+
+class Env:
+    """Environment variable names (the flag each one backs is named in the README)."""
+
+    HOME: Final = "MODELYARD_HOME"
+    # registry server
+    DB_URL: Final = "MODELYARD_DB_URL"
+    ARTIFACTS: Final = "MODELYARD_ARTIFACTS"
+    ANONYMOUS_READ: Final = "MODELYARD_ANONYMOUS_READ"
+    MIGRATE_ON_START: Final = "MODELYARD_MIGRATE_ON_START"
+    WORKERS: Final = "MODELYARD_WORKERS"
+    GC_INTERVAL_SECONDS: Final = "MODELYARD_GC_INTERVAL_SECONDS"
+    ADMIN_TOKEN: Final = "MODELYARD_ADMIN_TOKEN"
+    OPERATOR_TOKEN: Final = "MODELYARD_OPERATOR_TOKEN"
+    PULL_TOKEN: Final = "MODELYARD_PULL_TOKEN"
+    # clients (CLI, model server, operator)
+    REGISTRY_URL: Final = "MODELYARD_REGISTRY_URL"
+    TOKEN: Final = "MODELYARD_TOKEN"
+    # model server
+    MAX_BATCH_SIZE: Final = "MODELYARD_MAX_BATCH_SIZE"
+    MAX_LATENCY_MS: Final = "MODELYARD_MAX_LATENCY_MS"
+    BATCHING: Final = "MODELYARD_BATCHING"
+    SERVE_WORKERS: Final = "MODELYARD_SERVE_WORKERS"
+    GPUS: Final = "MODELYARD_GPUS"
+    TORCH_THREADS: Final = "MODELYARD_TORCH_THREADS"
+    ACCESS_LOG: Final = "MODELYARD_ACCESS_LOG"
+    MAX_REQUEST_BYTES: Final = "MODELYARD_MAX_REQUEST_BYTES"
+    CACHE: Final = "MODELYARD_CACHE"
+    BENTO_DIR: Final = "MODELYARD_BENTO_DIR"
+    """Set by the runtime for the service it starts: where the model's files are."""
+    FAILURE_FILE: Final = "MODELYARD_FAILURE_FILE"
+    """Set by the runtime's supervisor: where a worker writes why the model failed to load."""
+    # operator
+    TOKEN_SECRET: Final = "MODELYARD_TOKEN_SECRET"
+    RUNTIME_IMAGE: Final = "MODELYARD_RUNTIME_IMAGE"
+    PEERING: Final = "MODELYARD_PEERING"
+    LOG_FORMAT: Final = "MODELYARD_LOG_FORMAT"
+    MODEL_SERVER_CHART: Final = "MODELYARD_MODEL_SERVER_CHART"
+
+
+# -- the registry ----------------------------------------------------------------------------
+HOME: Final = "~/.modelyard"
+REGISTRY_HOST: Final = "127.0.0.1"
+REGISTRY_PORT: Final = 8080
+REGISTRY_URL: Final = f"http://{REGISTRY_HOST}:{REGISTRY_PORT}"
+"""Where clients look for a registry: the embedded one on this machine."""
+IN_CLUSTER_REGISTRY_URL: Final = f"http://modelyard-registry.modelyard:{REGISTRY_PORT}"
+"""The chart's registry Service, as the model-server chart's values name it."""
+GC_INTERVAL_SECONDS: Final = 3600.0
+TOKEN_CACHE_SECONDS: Final = 1.0
+"""How long a server trusts a token lookup: a revoked token stops working within this."""
+
+# -- the model server (bentos; the operator passes a spec's values through the chart) ---------
+MODEL_SERVER_HOST: Final = "127.0.0.1"
+MODEL_SERVER_PORT: Final = 3000
+MAX_BATCH_SIZE: Final = 32
+MAX_LATENCY_MS: Final = 1000
+"""BentoML answers 503 ("overloaded") to requests it cannot serve within this, so it is a
+load-shedding bound, not a batching window: 10 ms shed 80% of single requests at concurrency 32
+on 2 cores (benchmarks/serving_bench.py), 1000 ms none."""
+BATCHING: Final = True
+SERVE_WORKERS: Final = 1
+MAX_REQUEST_BYTES: Final = 32 << 20
+"""Larger request bodies get a 413 before they are read: a JSON body is parsed on the event loop
+at about 50 ms per MB, so this bounds how long one request can hold the probes."""
+
+# -- the operator and a ModelDeployment's spec ------------------------------------------------
+RUNTIME_IMAGE: Final = "ghcr.io/modelyard/modelyard-runtime:0.1.0"
+TOKEN_SECRET: Final = "modelyard-registry-token"
+TOKEN_SECRET_KEY: Final = "token"
+REPLICAS: Final = 1
+CPU: Final = "1"
+MEMORY: Final = "2Gi"
+GPU: Final = 0
+AUTOSCALING_MIN_REPLICAS: Final = 1
+TARGET_CPU_UTILIZATION: Final = 70
+ROLLOUT_STRATEGY: Final = "RollingUpdate"
+PROGRESS_DEADLINE_SECONDS: Final = 600
+AUTO_ROLLBACK: Final = True
+CANARY_WEIGHT: Final = 10
+CANARY_STEP_SECONDS: Final = 60
+FALLBACK_RESOLVE_SECONDS: Final = 60.0
+"""How often the operator re-resolves every resource while the registry's event feed is down."""
+FAILURE_RETRY_SECONDS: Final = 60.0
+"""How soon a resource whose model, alias or version is missing is retried (events heal it sooner)."""
