@@ -15,8 +15,8 @@ operator_app = typer.Typer(help="The Kubernetes operator (ModelDeployment → He
 @operator_app.command("run")
 def run(
     registry: Annotated[str, typer.Option("--registry", envvar=Env.REGISTRY_URL,
-                                          help="the operator's registry (its token is sent there only; a spec naming another "
-                                               "registry must bring spec.registry.tokenSecretRef)")]
+                                          help="the operator's registry (its token is sent there only; a spec "
+                                               "naming another registry must bring spec.registry.tokenSecretRef)")]
     = defaults.REGISTRY_URL,
     token: Annotated[str | None, typer.Option("--token", envvar=Env.TOKEN, show_default=False,
                                               help="the operator's registry token")] = None,

@@ -6,56 +6,45 @@ condition rewritten with a new message keeps the time its state began.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+
+from modelyard.operator.status import Condition, ConditionType, HistoryEntry
 
 HISTORY_LIMIT = 10
-
-READY = "Ready"
-PROGRESSING = "Progressing"
-DEGRADED = "Degraded"
-REGISTRY_REACHABLE = "RegistryReachable"
-REGISTRY_WATCH = "RegistryWatch"
-
-CONDITION_ORDER = (READY, PROGRESSING, DEGRADED, REGISTRY_REACHABLE, REGISTRY_WATCH)
+CONDITION_ORDER = tuple(ConditionType)
 
 
-def set_condition(conditions: Sequence[Mapping[str, Any]], type_: str, status: bool | None, reason: str,
-                  message: str, now: str) -> list[dict[str, Any]]:
+def set_condition(conditions: Sequence[Condition], type_: ConditionType, status: bool | None, reason: str,
+                  message: str, now: str) -> list[Condition]:
     """``conditions`` with ``type_`` set; ``status`` None means Unknown."""
     text = "Unknown" if status is None else ("True" if status else "False")
-    out: list[dict[str, Any]] = []
+    out: list[Condition] = []
     found = False
     for condition in conditions:
-        if condition.get("type") != type_:
-            out.append(dict(condition))
+        if condition.type != type_:
+            out.append(condition.model_copy())
             continue
         found = True
-        since = condition.get("lastTransitionTime") if condition.get("status") == text else now
-        out.append({"type": type_, "status": text, "reason": reason, "message": message,
-                    "lastTransitionTime": since or now})
+        since = condition.last_transition_time if condition.status == text else now
+        out.append(Condition(type=type_, status=text, reason=reason, message=message,
+                             last_transition_time=since or now))
     if not found:
-        out.append({"type": type_, "status": text, "reason": reason, "message": message,
-                    "lastTransitionTime": now})
-    rank = {name: i for i, name in enumerate(CONDITION_ORDER)}
-    return sorted(out, key=lambda c: rank.get(c.get("type", ""), len(rank)))
+        out.append(Condition(type=type_, status=text, reason=reason, message=message, last_transition_time=now))
+    rank = {str(name): i for i, name in enumerate(CONDITION_ORDER)}
+    return sorted(out, key=lambda c: rank.get(c.type, len(rank)))
 
 
-def condition(conditions: Sequence[Mapping[str, Any]] | None, type_: str) -> Mapping[str, Any] | None:
-    return next((c for c in conditions or () if c.get("type") == type_), None)
-
-
-def add_history(history: Sequence[Mapping[str, Any]] | None, entry: Mapping[str, Any]) -> list[dict[str, Any]]:
+def add_history(history: Sequence[HistoryEntry], entry: HistoryEntry) -> list[HistoryEntry]:
     """Append a rollout, keeping the newest ``HISTORY_LIMIT``."""
-    return [dict(h) for h in history or ()][-(HISTORY_LIMIT - 1):] + [dict(entry)]
+    return [h.model_copy() for h in history][-(HISTORY_LIMIT - 1):] + [entry]
 
 
-def finish_history(history: Sequence[Mapping[str, Any]] | None, revision: int, result: str, reason: str,
-                   now: str) -> list[dict[str, Any]]:
+def finish_history(history: Sequence[HistoryEntry], revision: int | None, result: str, reason: str,
+                   now: str) -> list[HistoryEntry]:
     """Record the outcome of the rollout that created ``revision`` (the newest entry with it)."""
-    out = [dict(h) for h in history or ()]
-    for entry in reversed(out):
-        if entry.get("revision") == revision:
-            entry.update(result=result, reason=reason, time=now)
+    out = [h.model_copy() for h in history]
+    for i in range(len(out) - 1, -1, -1):
+        if out[i].revision == revision:
+            out[i] = out[i].model_copy(update={"result": result, "reason": reason, "time": now})
             break
     return out

@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
 from modelyard.operator import metrics
+from modelyard.registry import defaults
 from modelyard.registry.client import RegistryClient
 from modelyard.registry.errors import RegistryError
 from modelyard.registry.schemas import EventPage
@@ -27,8 +28,8 @@ WAKES_ON_ANY_CHANGE = ("model.created", "version.ready", "version.packaged", "ve
 
 
 class RegistryFollower:
-    def __init__(self, client: RegistryClient, wake: Wake, *, fallback_seconds: float = 60.0,
-                 poll_seconds: float = 5.0) -> None:
+    def __init__(self, client: RegistryClient, wake: Wake, *,
+                 fallback_seconds: float = defaults.FALLBACK_RESOLVE_SECONDS, poll_seconds: float = 5.0) -> None:
         self.client = client
         self.wake = wake
         self.fallback_seconds = fallback_seconds

@@ -13,7 +13,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from modelyard.operator.rollout import to_time
+from modelyard.operator.status import to_time
 
 GROUP, VERSION, PLURAL, KIND = "modelyard.io", "v1alpha1", "modeldeployments", "ModelDeployment"
 TRIGGER_ANNOTATION = "modelyard.io/registry-event"

@@ -8,15 +8,14 @@ the reason, retried slowly and healed by the registry's events).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
+from modelyard.operator.spec import ModelSelector
+from modelyard.operator.status import Reason
 from modelyard.operator.values import ResolvedVersion
 from modelyard.registry.client import RegistryClient
 from modelyard.registry.errors import Forbidden, NotFound, RegistryError, Unauthorized, Unavailable
 
 MODEL_NOT_FOUND, ALIAS_NOT_FOUND, VERSION_NOT_FOUND, VERSION_NOT_READY = (
-    "ModelNotFound", "AliasNotFound", "VersionNotFound", "VersionNotReady")
+    Reason.MODEL_NOT_FOUND, Reason.ALIAS_NOT_FOUND, Reason.VERSION_NOT_FOUND, Reason.VERSION_NOT_READY)
 
 
 class ResolveFailure(Exception):
@@ -31,9 +30,8 @@ class RegistryUnreachable(Exception):
     """The registry did not answer (network, 5xx, credentials)."""
 
 
-def resolve(client: RegistryClient, model: Mapping[str, Any]) -> ResolvedVersion:
-    name = str(model["name"])
-    alias = model.get("alias")
+def resolve(client: RegistryClient, model: ModelSelector) -> ResolvedVersion:
+    name, alias = model.name, model.alias
     try:
         if alias:
             try:
@@ -42,7 +40,8 @@ def resolve(client: RegistryClient, model: Mapping[str, Any]) -> ResolvedVersion
                 client.get_model(name)  # NotFound here means the model itself is missing
                 raise ResolveFailure(ALIAS_NOT_FOUND, f"model {name!r} has no alias {alias!r}") from None
         else:
-            number = int(model["version"])
+            assert model.version is not None  # a selector has exactly one of alias and version
+            number = model.version
         try:
             version = client.get_version(name, number)
         except NotFound:

@@ -1,39 +1,17 @@
-"""Rollout decisions: pure functions of the spec, the status the operator keeps, the Helm
-release and the Deployments' reported state.  Handlers and the reconciler only do I/O.
-
-``status.rollout`` is the operator's bookkeeping, kept in the resource so a restarted
-operator picks up a rollout where the old one left it:
-
-    state: Progressing | Canary | Complete | RolledBack | Failed
-    revision, version, digest          what this rollout deploys (the Helm revision that made it)
-    startedAt, readySince              RFC 3339; readySince: when a canary became ready
-    stableVersion, stableDigest        what served before (a canary runs beside it)
-    lastReadyRevision, lastReadyVersion, lastReadyDigest   the newest release that became ready
-    failedVersion, failedGeneration    a version that failed for this spec: not retried until either changes
-"""
+"""Rollout decisions: pure functions of the spec, the rollout record the operator keeps in the
+status (``status.RolloutRecord``), the Helm release and the Deployments' reported state."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
+from modelyard.operator.spec import DeploymentSpec, Strategy
+from modelyard.operator.status import RolloutRecord, RolloutState, from_time
 from modelyard.operator.values import OperatorDefaults, ResolvedVersion, model_server_values
-
-PROGRESSING, CANARY, COMPLETE, ROLLED_BACK, FAILED = "Progressing", "Canary", "Complete", "RolledBack", "Failed"
-IN_FLIGHT = (PROGRESSING, CANARY)
-
-
-def to_time(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def from_time(text: str | None) -> float | None:
-    if not text:
-        return None
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
 
 
 def same_values(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
@@ -54,40 +32,40 @@ class ReleasePlan:
     """Non-empty: the resolved version failed for this spec before; nothing is rolled out."""
 
 
-def plan_release(spec: Mapping[str, Any], resolved: ResolvedVersion, rollout: Mapping[str, Any],
+def plan_release(spec: DeploymentSpec, resolved: ResolvedVersion, rollout: RolloutRecord,
                  generation: int, current_values: Mapping[str, Any] | None,
                  defaults: OperatorDefaults) -> ReleasePlan:
-    """Desired values for ``resolved``; raises values.SpecError for specs it cannot render."""
-    if rollout.get("failedVersion") == resolved.version and rollout.get("failedGeneration") == generation:
+    """Desired values for ``resolved``; raises spec.SpecError for specs it cannot render."""
+    if rollout.failed_version == resolved.version and rollout.failed_generation == generation:
         values = dict(current_values or {})
         return ReleasePlan(values, upgrade=False, held_back=(
-            f"version {resolved.version} failed its rollout ({rollout.get('state')}); it is not retried "
-            f"until the spec changes or {spec['model'].get('alias') or 'the version'} moves"))
+            f"version {resolved.version} failed its rollout ({rollout.state}); it is not retried "
+            f"until the spec changes or {spec.model.alias or 'the version'} moves"))
     stable = _stable_for_canary(spec, resolved, rollout, current_values)
     values = model_server_values(spec, resolved, defaults, stable=stable)
     return ReleasePlan(values, upgrade=not same_values(values, current_values), canary=stable is not None,
                        stable=stable)
 
 
-def _stable_of(rollout: Mapping[str, Any], resolved: ResolvedVersion) -> ResolvedVersion | None:
-    if rollout.get("stableVersion") is None:
-        return None
-    return ResolvedVersion(resolved.name, int(rollout["stableVersion"]), rollout.get("stableDigest") or "",
-                           resolved.alias)
+def pinned(spec: DeploymentSpec, version: int, digest: str | None) -> ResolvedVersion:
+    """A version the operator recorded earlier (stable, last ready, canary target) of ``spec.model``."""
+    return ResolvedVersion(spec.model.name, int(version), digest or "", spec.model.alias or "")
 
 
-def _stable_for_canary(spec: Mapping[str, Any], resolved: ResolvedVersion, rollout: Mapping[str, Any],
+def _stable_for_canary(spec: DeploymentSpec, resolved: ResolvedVersion, rollout: RolloutRecord,
                        current_values: Mapping[str, Any] | None) -> ResolvedVersion | None:
     """During a Canary rollout the version that became ready last keeps serving as the primary."""
-    if (spec.get("rollout") or {}).get("strategy") != "Canary" or not current_values:
+    if spec.rollout.strategy != Strategy.CANARY or not current_values:
         return None
-    if rollout.get("state") == CANARY and rollout.get("version") == resolved.version:
+    if rollout.state == RolloutState.CANARY and rollout.version == resolved.version:
         # A canary of this very version is on its way: keep it; promotion is a separate step.
-        return _stable_of(rollout, resolved)
-    version = rollout.get("lastReadyVersion")
-    if version is None or int(version) == resolved.version:
+        if rollout.stable_version is None:
+            return None
+        return ResolvedVersion(resolved.name, rollout.stable_version, rollout.stable_digest or "", resolved.alias)
+    version = rollout.last_ready_version
+    if version is None or version == resolved.version:
         return None
-    return ResolvedVersion(resolved.name, int(version), rollout.get("lastReadyDigest") or "", resolved.alias)
+    return ResolvedVersion(resolved.name, version, rollout.last_ready_digest or "", resolved.alias)
 
 
 @dataclass(frozen=True)
@@ -119,6 +97,7 @@ class Track:
 
 
 def track_of(deployment: Mapping[str, Any]) -> Track:
+    """A Deployment as the Kubernetes API returns it (the parsing edge for Deployments)."""
     meta, spec, status = deployment.get("metadata") or {}, deployment.get("spec") or {}, deployment.get("status") or {}
     desired = spec.get("replicas")
     desired = 1 if desired is None else int(desired)
@@ -132,17 +111,24 @@ def track_of(deployment: Mapping[str, Any]) -> Track:
     )
 
 
+class VerdictAction(StrEnum):
+    WAIT = "wait"
+    COMPLETE = "complete"
+    PROMOTE = "promote"
+    CANARY_READY = "canary-ready"
+    DEADLINE = "deadline"
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """What check_rollout should do now."""
+    """What the rollout check should do now."""
 
-    action: str
-    """wait | complete | promote | canary-ready | deadline"""
+    action: VerdictAction
     recheck_at: float | None = None
     message: str = ""
 
 
-def judge(rollout: Mapping[str, Any], tracks: list[Track], spec: Mapping[str, Any], now: float) -> Verdict:
+def judge(rollout: RolloutRecord, tracks: list[Track], spec: DeploymentSpec, now: float) -> Verdict:
     """The rollout's next step from its Deployments' status.
 
     The deadline is Kubernetes' own: a rollout fails when the Deployment controller reports
@@ -151,26 +137,24 @@ def judge(rollout: Mapping[str, Any], tracks: list[Track], spec: Mapping[str, An
     operator's clock (``startedAt`` + the same seconds) decides only while there is no
     Deployment to judge by, or the controller has not picked up the new spec.
     """
-    state = rollout.get("state")
-    if state not in IN_FLIGHT:
-        return Verdict("wait")
-    settings = spec.get("rollout") or {}
-    limit = int(settings.get("progressDeadlineSeconds", 600))
-    deadline = (from_time(rollout.get("startedAt")) or now) + limit
+    if not rollout.in_flight:
+        return Verdict(VerdictAction.WAIT)
+    limit = spec.rollout.progress_deadline_seconds
+    deadline = (from_time(rollout.started_at) or now) + limit
     stable = [t for t in tracks if t.track == "stable"]
     canary = [t for t in tracks if t.track == "canary"]
-    if state == CANARY:
+    if rollout.state == RolloutState.CANARY:
         if canary and all(t.rolled_out for t in canary):
-            since = from_time(rollout.get("readySince"))
-            step = int((settings.get("canary") or {}).get("stepSeconds", 60))
+            since = from_time(rollout.ready_since)
+            step = spec.rollout.canary.step_seconds
             if since is None:
-                return Verdict("canary-ready", recheck_at=now + step)
+                return Verdict(VerdictAction.CANARY_READY, recheck_at=now + step)
             if now >= since + step:
-                return Verdict("promote")
-            return Verdict("wait", recheck_at=since + step)
+                return Verdict(VerdictAction.PROMOTE)
+            return Verdict(VerdictAction.WAIT, recheck_at=since + step)
     elif stable and all(t.rolled_out for t in stable):
-        return Verdict("complete")
-    watched = canary if state == CANARY else stable
+        return Verdict(VerdictAction.COMPLETE)
+    watched = canary if rollout.state == RolloutState.CANARY else stable
     waiting = [t for t in watched if not t.rolled_out]
     stalled = [t for t in waiting if t.current and t.stalled]
     unseen = not watched or any(not t.current for t in waiting)
@@ -179,8 +163,8 @@ def judge(rollout: Mapping[str, Any], tracks: list[Track], spec: Mapping[str, An
         detail = ", ".join(f"{t.name}: {t.ready}/{t.desired} ready, {t.updated} updated" for t in shown)
         why = (f"made no progress for {limit} s" if stalled
                else f"not taken up by the Deployment controller within {limit} s")
-        return Verdict("deadline", message=f"{why} ({detail or 'no Deployment found'})")
-    return Verdict("wait", recheck_at=deadline if unseen else None)
+        return Verdict(VerdictAction.DEADLINE, message=f"{why} ({detail or 'no Deployment found'})")
+    return Verdict(VerdictAction.WAIT, recheck_at=deadline if unseen else None)
 
 
 def replica_counts(tracks: list[Track]) -> tuple[int, int]:

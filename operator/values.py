@@ -9,23 +9,15 @@ resource from producing a new Helm revision.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-DEFAULT_RUNTIME_IMAGE = "ghcr.io/modelyard/modelyard-runtime:0.1.0"
-DEFAULT_TOKEN_SECRET = "modelyard-registry-token"
-DEFAULT_MAX_REQUEST_BYTES = 32 << 20
-"""The model server's own default (``modelyard.bentos.config``); tests keep the two, the chart and the CRD equal."""
+from modelyard.operator.spec import Autoscaling, DeploymentSpec, RegistrySpec, SecretRef, SpecError, Strategy
+from modelyard.operator.status import Reason
+from modelyard.registry import defaults
 
-
-class SpecError(ValueError):
-    """A spec the CRD schema let through but that cannot be rendered (reported as a status reason)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+REGISTRY_TOKEN_REQUIRED = Reason.REGISTRY_TOKEN_REQUIRED.value
 
 
 @dataclass(frozen=True)
@@ -42,12 +34,9 @@ class ResolvedVersion:
 class OperatorDefaults:
     """The operator's configuration that a spec may override."""
 
-    registry_url: str = "http://modelyard-registry.modelyard:8080"
-    token_secret: str = DEFAULT_TOKEN_SECRET
-    runtime_image: str = DEFAULT_RUNTIME_IMAGE
-
-
-REGISTRY_TOKEN_REQUIRED = "RegistryTokenRequired"
+    registry_url: str = defaults.IN_CLUSTER_REGISTRY_URL
+    token_secret: str = defaults.TOKEN_SECRET
+    runtime_image: str = defaults.RUNTIME_IMAGE
 
 
 @dataclass(frozen=True)
@@ -60,7 +49,7 @@ class RegistryAccess:
     """
 
     url: str
-    spec_token_ref: Mapping[str, Any] | None
+    spec_token_ref: SecretRef | None
     pod_token_ref: dict[str, str]
 
 
@@ -69,18 +58,16 @@ def _comparable(url: str) -> tuple[str, str, str]:
     return parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/")
 
 
-def registry_access(spec: Mapping[str, Any], defaults: OperatorDefaults) -> RegistryAccess:
-    registry = spec.get("registry") or {}
-    url = registry.get("url") or defaults.registry_url
-    ref = registry.get("tokenSecretRef") or None
-    if ref is None and _comparable(url) != _comparable(defaults.registry_url):
+def registry_access(registry: RegistrySpec, operator: OperatorDefaults) -> RegistryAccess:
+    url = registry.url or operator.registry_url
+    ref = registry.token_secret_ref
+    if ref is None and _comparable(url) != _comparable(operator.registry_url):
         raise SpecError(REGISTRY_TOKEN_REQUIRED,
-                        f"spec.registry.url {url} is not this operator's registry ({defaults.registry_url}): name a "
+                        f"spec.registry.url {url} is not this operator's registry ({operator.registry_url}): name a "
                         "Secret with a token for it in spec.registry.tokenSecretRef (the operator sends its own token "
                         "to its own registry only, and model pods would get a token meant for another registry)")
-    pod_ref = ref or {"name": defaults.token_secret, "key": "token"}
-    return RegistryAccess(url=url, spec_token_ref=ref,
-                          pod_token_ref={"name": str(pod_ref.get("name", "")), "key": str(pod_ref.get("key", "token"))})
+    pod_ref = ref or SecretRef(name=operator.token_secret)
+    return RegistryAccess(url=url, spec_token_ref=ref, pod_token_ref={"name": pod_ref.name, "key": pod_ref.key})
 
 
 def split_image(image: str) -> tuple[str, str]:
@@ -113,8 +100,8 @@ def canary_replicas(total: int, weight: int) -> int:
     return max(1, math.ceil(total * weight / 100))
 
 
-def model_server_values(spec: Mapping[str, Any], resolved: ResolvedVersion,
-                        defaults: OperatorDefaults = OperatorDefaults(), *,
+def model_server_values(spec: DeploymentSpec, resolved: ResolvedVersion,
+                        operator: OperatorDefaults = OperatorDefaults(), *,
                         stable: ResolvedVersion | None = None) -> dict[str, Any]:
     """The Helm values for one ModelDeployment.
 
@@ -123,59 +110,49 @@ def model_server_values(spec: Mapping[str, Any], resolved: ResolvedVersion,
     Deployment and runs ``resolved`` as the canary at the spec's weight.  Promotion
     is the same call without ``stable``.
     """
-    model = spec.get("model") or {}
-    if not isinstance(model, Mapping) or not model.get("name"):
-        raise SpecError("InvalidSpec", "spec.model.name is required")
-    if ("version" in model) == ("alias" in model):
-        raise SpecError("InvalidSpec", "spec.model needs exactly one of version or alias")
-    if resolved.name != model["name"]:
-        raise SpecError("InvalidSpec", f"resolved model {resolved.name!r} is not spec.model.name {model['name']!r}")
+    if resolved.name != spec.model.name:
+        raise SpecError("InvalidSpec", f"resolved model {resolved.name!r} is not spec.model.name {spec.model.name!r}")
 
-    access = registry_access(spec, defaults)
-    resources = spec.get("resources") or {}
-    serving = spec.get("serving") or {}
-    rollout = spec.get("rollout") or {}
-    strategy = rollout.get("strategy", "RollingUpdate")
-    replicas = int(spec.get("replicas", 1))
-    cpu = quantity(resources.get("cpu", "1"))
-    memory = quantity(resources.get("memory", "2Gi"))
+    access = registry_access(spec.registry, operator)
+    resources, serving, rollout = spec.resources, spec.serving, spec.rollout
+    cpu = quantity(resources.cpu)
+    memory = quantity(resources.memory)
 
     values: dict[str, Any] = {
         "model": _model(resolved),
         "registry": {"url": access.url, "tokenSecretRef": access.pod_token_ref},
-        "image": {**image_values(spec.get("image") or defaults.runtime_image), "pullPolicy": "IfNotPresent"},
-        "replicas": replicas,
-        "autoscaling": _autoscaling(spec.get("autoscaling")),
-        "resources": {"gpu": int(resources.get("gpu", 0)), "gpuType": resources.get("gpuType", ""),
+        "image": {**image_values(spec.image or operator.runtime_image), "pullPolicy": "IfNotPresent"},
+        "replicas": spec.replicas,
+        "autoscaling": _autoscaling(spec.autoscaling),
+        "resources": {"gpu": resources.gpu, "gpuType": resources.gpu_type,
                       "cpu": cpu, "memory": memory, "cpuLimit": cpu, "memoryLimit": memory},
-        "serving": {"maxBatchSize": int(serving.get("maxBatchSize", 32)),
-                    "maxLatencyMs": int(serving.get("maxLatencyMs", 1000)),
-                    "workers": int(serving.get("workers", 1)),
-                    "batching": bool(serving.get("batching", True)),
-                    "maxRequestBytes": int(serving.get("maxRequestBytes", DEFAULT_MAX_REQUEST_BYTES))},
-        "rollout": {"strategy": strategy,
-                    "progressDeadlineSeconds": int(rollout.get("progressDeadlineSeconds", 600))},
+        "serving": {"maxBatchSize": serving.max_batch_size,
+                    "maxLatencyMs": serving.max_latency_ms,
+                    "workers": serving.workers,
+                    "batching": serving.batching,
+                    "maxRequestBytes": serving.max_request_bytes},
+        "rollout": {"strategy": rollout.strategy.value,
+                    "progressDeadlineSeconds": rollout.progress_deadline_seconds},
         "canary": {"enabled": False, "model": {"version": resolved.version, "digest": resolved.digest},
                    "replicas": 1},
         "cache": {"sizeLimit": "10Gi", "persistentVolumeClaim": {"enabled": False, "claimName": "",
                                                                "storageClassName": "", "size": "20Gi",
                                                                "accessMode": "ReadWriteOnce"}},
-        "service": {"type": "ClusterIP", "port": 3000},
-        "nodeSelector": dict(spec.get("nodeSelector") or {}),
-        "tolerations": [dict(t) for t in spec.get("tolerations") or []],
-        "affinity": dict(spec.get("affinity") or {}),
+        "service": {"type": "ClusterIP", "port": defaults.MODEL_SERVER_PORT},
+        "nodeSelector": dict(spec.node_selector),
+        "tolerations": [dict(t) for t in spec.tolerations],
+        "affinity": dict(spec.affinity),
     }
-    if values["resources"]["gpu"] < 0:
+    if resources.gpu < 0:
         raise SpecError("InvalidResources", "resources.gpu must not be negative")
-    if values["resources"]["gpuType"] and not values["resources"]["gpu"]:
+    if resources.gpu_type and not resources.gpu:
         raise SpecError("InvalidResources", "resources.gpuType needs resources.gpu of at least 1")
 
-    if strategy == "Canary" and stable is not None and stable.version != resolved.version:
-        weight = int((rollout.get("canary") or {}).get("weight", 10))
-        total = values["autoscaling"]["minReplicas"] if values["autoscaling"]["enabled"] else replicas
+    if rollout.strategy == Strategy.CANARY and stable is not None and stable.version != resolved.version:
+        total = values["autoscaling"]["minReplicas"] if values["autoscaling"]["enabled"] else spec.replicas
         values["model"] = _model(stable)
         values["canary"] = {"enabled": True, "model": {"version": resolved.version, "digest": resolved.digest},
-                            "replicas": canary_replicas(max(total, 1), weight)}
+                            "replicas": canary_replicas(max(total, 1), rollout.canary.weight)}
     return values
 
 
@@ -183,11 +160,12 @@ def _model(version: ResolvedVersion) -> dict[str, Any]:
     return {"name": version.name, "version": version.version, "digest": version.digest, "alias": version.alias}
 
 
-def _autoscaling(spec: Mapping[str, Any] | None) -> dict[str, Any]:
-    if not spec:
-        return {"enabled": False, "minReplicas": 1, "maxReplicas": 1, "targetCPUUtilization": 70}
-    low, high = int(spec.get("minReplicas", 1)), int(spec["maxReplicas"])
+def _autoscaling(spec: Autoscaling | None) -> dict[str, Any]:
+    if spec is None:
+        return {"enabled": False, "minReplicas": 1, "maxReplicas": 1,
+                "targetCPUUtilization": defaults.TARGET_CPU_UTILIZATION}
+    low, high = spec.min_replicas, spec.max_replicas
     if high < low:
         raise SpecError("InvalidAutoscaling", f"autoscaling.maxReplicas ({high}) is below minReplicas ({low})")
     return {"enabled": True, "minReplicas": low, "maxReplicas": high,
-            "targetCPUUtilization": int(spec.get("targetCPUUtilization", 70))}
+            "targetCPUUtilization": spec.target_cpu_utilization}

@@ -154,11 +154,6 @@ class RegistryClient:
             params["status"] = status
         yield from self._pages(f"/models/{name}/versions", params, schemas.Page[schemas.Version])
 
-    def latest_version(self, name: str) -> schemas.Version | None:
-        answer = self._request("GET", f"/models/{name}/versions", params={"order": "desc", "limit": 1})
-        items = schemas.Page[schemas.Version].model_validate_json(answer.content).items
-        return items[0] if items else None
-
     def update_version(self, name: str, version: int, *, description: str | None = None,
                        metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None) -> schemas.Version:
         body = schemas.VersionUpdate(description=description, metrics=metrics, tags=tags).model_dump(exclude_none=True)

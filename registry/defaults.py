@@ -62,8 +62,10 @@ REGISTRY_URL: Final = f"http://{REGISTRY_HOST}:{REGISTRY_PORT}"
 IN_CLUSTER_REGISTRY_URL: Final = f"http://modelyard-registry.modelyard:{REGISTRY_PORT}"
 """The chart's registry Service, as the model-server chart's values name it."""
 GC_INTERVAL_SECONDS: Final = 3600.0
-TOKEN_CACHE_SECONDS: Final = 1.0
+TOKEN_CACHE_SECONDS: Final = 5.0
 """How long a server trusts a token lookup: a revoked token stops working within this."""
+OPEN_MODE_CACHE_SECONDS: Final = 1.0
+"""How long a server trusts its answer to "does any token exist?" (auth on or off)."""
 
 # -- the model server (bentos; the operator passes a spec's values through the chart) ---------
 MODEL_SERVER_HOST: Final = "127.0.0.1"

@@ -103,5 +103,4 @@ def error_from_problem(status: int, body: dict[str, Any] | None, fallback: str) 
     detail = str(body.get("detail") or body.get("title") or fallback)
     known = {"type", "title", "status", "detail", "code", "instance"}
     error = cls(detail, extra={k: v for k, v in body.items() if k not in known})
-    error.http_status = status  # type: ignore[attr-defined]
     return error

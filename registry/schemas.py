@@ -10,10 +10,9 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from modelyard.registry.names import ALIAS_PATTERN, NAME_PATTERN, check_tag_key
+from modelyard.registry.names import NAME_PATTERN, check_tag_key
 
 ModelName = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=63)]
-AliasName = Annotated[str, StringConstraints(pattern=ALIAS_PATTERN, max_length=63)]
 MAX_VERSION = 2_147_483_647
 """Version numbers are 32-bit integers in the schema."""
 VersionNumber = Annotated[int, Field(ge=1, le=MAX_VERSION)]

@@ -64,6 +64,10 @@ class RegistrySettings:
     gc_interval_seconds: float = field(
         default_factory=lambda: float(os.environ.get(Env.GC_INTERVAL_SECONDS) or defaults.GC_INTERVAL_SECONDS))
 
+    # How long a server trusts an authentication lookup (constructor settings: tests set them to 0).
+    token_cache_seconds: float = defaults.TOKEN_CACHE_SECONDS
+    open_mode_cache_seconds: float = defaults.OPEN_MODE_CACHE_SECONDS
+
     def to_env(self) -> dict[str, str]:
         """The same settings as environment variables, for worker processes."""
         env = {Env.DB_URL: self.db_url, Env.ARTIFACTS: self.artifacts_url,

@@ -69,7 +69,8 @@ def decode_cursor(cursor: str) -> str:
 # Hot-path statements are built once: constructing a select costs more than running it on SQLite.
 _VERSION_COLUMNS = (
     db.ModelVersion.id, db.ModelVersion.version, db.ModelVersion.status, db.ModelVersion.digest,
-    db.ModelVersion.size, db.ModelVersion.format, db.ModelVersion.description, db.ModelVersion.meta,
+    db.ModelVersion.size, db.ModelVersion.format, db.ModelVersion.description,
+    db.ModelVersion.meta.label("meta"),  # the column is "metadata"; both row kinds then read .meta
     db.ModelVersion.metrics, db.ModelVersion.tags, db.ModelVersion.source, db.ModelVersion.created_by,
     db.ModelVersion.created_at, db.ModelVersion.updated_at, db.ModelVersion.bento_tag,
     db.ModelVersion.bento_digest, db.ModelVersion.bento_size,
@@ -121,10 +122,12 @@ def _bento(row: Any) -> schemas.Bento | None:
     return schemas.Bento(tag=row.bento_tag, digest=row.bento_digest, size=row.bento_size)
 
 
-def _version_from_row(model_name: str, row: Row[Any], aliases: list[str]) -> schemas.Version:
+def version_from_row(model_name: str, row: Row[Any] | db.ModelVersion, aliases: list[str]) -> schemas.Version:
+    """The API's Version from a row of ``_VERSION_COLUMNS`` or an ORM ModelVersion: one converter, so
+    a new column is added in one place."""
     return schemas.Version(
         model=model_name, version=row.version, status=row.status, digest=row.digest, size=row.size,
-        format=row.format, description=row.description, metadata=row.metadata, metrics=row.metrics,
+        format=row.format, description=row.description, metadata=row.meta, metrics=row.metrics,
         tags=row.tags, aliases=aliases, source=row.source, bento=_bento(row), created_by=row.created_by,
         created_at=row.created_at, updated_at=row.updated_at,
     )
@@ -290,15 +293,6 @@ class RegistryStore:
             created_at=row.created_at, updated_at=row.updated_at,
         )
 
-    @staticmethod
-    def _to_version(model_name: str, row: db.ModelVersion, aliases: list[str]) -> schemas.Version:
-        return schemas.Version(
-            model=model_name, version=row.version, status=row.status, digest=row.digest, size=row.size,
-            format=row.format, description=row.description, metadata=row.meta, metrics=row.metrics,
-            tags=row.tags, aliases=aliases, source=row.source, bento=_bento(row), created_by=row.created_by,
-            created_at=row.created_at, updated_at=row.updated_at,
-        )
-
     # -- models ---------------------------------------------------------------------
 
     def create_model(self, body: schemas.ModelCreate) -> schemas.Model:
@@ -426,7 +420,7 @@ class RegistryStore:
                     raise NotFound(f"model {name!r} does not exist")
                 raise NotFound(f"version {version} of model {name!r} does not exist")
             aliases = list(connection.scalars(_SELECT_VERSION_ALIASES, {"version_id": row.id}))
-        return _version_from_row(name, row, aliases)
+        return version_from_row(name, row, aliases)
 
     def list_versions(self, name: str, *, order: str = "asc", status: str | None = None,
                       tags: Sequence[tuple[str, str]] = (), limit: int = 100,
@@ -450,7 +444,7 @@ class RegistryStore:
             more = len(rows) > limit
             rows = rows[:limit]
             aliases = self._aliases_by_version(session, [row.id for row in rows])
-            items = [self._to_version(name, row, aliases[row.id]) for row in rows]
+            items = [version_from_row(name, row, aliases[row.id]) for row in rows]
         return schemas.Page[schemas.Version](
             items=items, next_cursor=encode_cursor(rows[-1].version) if more else None
         )
@@ -465,7 +459,7 @@ class RegistryStore:
             if body.tags is not None:
                 row.tags = dict(body.tags)
             row.updated_at = db.utcnow()
-            return self._to_version(name, row, self._aliases_by_version(session, [row.id])[row.id])
+            return version_from_row(name, row, self._aliases_by_version(session, [row.id])[row.id])
 
     def delete_version(self, name: str, version: int) -> list[str]:
         """Delete one version; refused (409) while an alias points at it.
@@ -516,7 +510,7 @@ class RegistryStore:
                 row.format = row.format or format
                 row.updated_at = db.utcnow()
                 self._emit(session, "version.ready", name, version)
-            return self._to_version(name, row, self._aliases_by_version(session, [row.id])[row.id])
+            return version_from_row(name, row, self._aliases_by_version(session, [row.id])[row.id])
 
     def mark_packaged(self, name: str, version: int, tag: str, digest: str, size: int, *,
                       claim: int | None = None) -> schemas.Version:
@@ -538,7 +532,7 @@ class RegistryStore:
                 row.bento_tag, row.bento_digest, row.bento_size = tag, digest, size
                 row.updated_at = db.utcnow()
                 self._emit(session, "version.packaged", name, version)
-            return self._to_version(name, row, self._aliases_by_version(session, [row.id])[row.id])
+            return version_from_row(name, row, self._aliases_by_version(session, [row.id])[row.id])
 
     def clear_bento(self, name: str, version: int) -> list[str]:
         """Forget the version's Bento (emits ``version.unpackaged``); returns its digest when nothing

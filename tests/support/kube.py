@@ -20,7 +20,7 @@ import helm_python as helm
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from modelyard.operator.rollout import to_time
+from modelyard.operator.status import to_time
 
 SCRIPT = Path(__file__).resolve().parents[1] / "cluster" / "kube-apiserver.sh"
 
