@@ -7,6 +7,7 @@ step and written back as a merge patch of what changed (``to_patch``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -15,10 +16,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
+log = logging.getLogger("modelyard.operator")
+
 
 class Phase(StrEnum):
     PENDING = "Pending"
     RESOLVING = "Resolving"
+    PACKAGING = "Packaging"
+    """Allowed by the CRD for compatibility; the operator no longer sets it (pods fetch what serves)."""
     ROLLING_OUT = "RollingOut"
     READY = "Ready"
     DEGRADED = "Degraded"
@@ -175,7 +180,8 @@ class DeploymentStatus(_Part):
         stopping the operator."""
         try:
             return cls.model_validate(dict(status or {}))
-        except ValidationError:
+        except ValidationError as error:
+            log.warning("ignoring an unreadable status (%s); starting from an empty one", error)
             return cls()
 
     def to_dict(self) -> dict[str, Any]:

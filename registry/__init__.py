@@ -1,6 +1,10 @@
-"""Modelyard's model registry: store, artifact stores, REST server, client and CLI.
+"""Modelyard's model registry: store, artifact stores, REST server, client and its commands.
 
-Layered like MLflow's registry: ``db`` + ``store`` hold the data, ``artifacts``
-hold the bytes, ``server`` speaks HTTP over them, ``client`` speaks HTTP to it,
-and ``cli`` is a thin shell over the client (and, for admin commands, the store).
+The base of the dependency order (``cli`` → ``operator``, ``bentos`` → ``registry``): it imports
+nothing of ours, and everything else may import it (``tests/test_dependencies.py``).
+
+Layered like MLflow's registry: ``operations`` is the contract that both ``store`` (over ``db``)
+and ``client`` (over HTTP) satisfy; ``artifacts`` hold the bytes, ``server`` speaks HTTP over the
+store, ``cli`` holds the registry's commands and the helpers every package's commands share,
+``defaults`` every default and environment variable name, ``processes`` child server processes.
 """

@@ -12,18 +12,17 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import httpx
 
-from modelyard.registry import schemas
+from modelyard.registry import defaults, schemas
+from modelyard.registry.defaults import Env
 from modelyard.registry.digests import format_content_digest, parse_digest
 from modelyard.registry.errors import Conflict, DigestMismatch, NotFound, RegistryError, Unavailable, error_from_problem
 from modelyard.registry.names import ModelRef, parse_model_ref
-from modelyard.registry import defaults
-from modelyard.registry.defaults import Env
 
 CHUNK = 1 << 20
 Progress = Callable[[int], None]
@@ -58,6 +57,7 @@ class RegistryClient:
         )
 
     def close(self) -> None:
+        """Close the connection pool (the context manager does this)."""
         self._http.close()
 
     def __enter__(self) -> RegistryClient:
@@ -90,8 +90,9 @@ class RegistryClient:
 
     # -- models ---------------------------------------------------------------------
 
-    def create_model(self, name: str, description: str = "", tags: dict[str, str] | None = None) -> schemas.Model:
-        body = schemas.ModelCreate(name=name, description=description, tags=tags or {})
+    def create_model(self, name: str, description: str = "", tags: Mapping[str, str] | None = None) -> schemas.Model:
+        """See ``RegistryOperations.create_model``."""
+        body = schemas.validated(schemas.ModelCreate, name=name, description=description, tags=dict(tags or {}))
         return schemas.Model.model_validate_json(self._request("POST", "/models", json=body.model_dump()).content)
 
     def ensure_model(self, name: str) -> schemas.Model:
@@ -106,23 +107,43 @@ class RegistryClient:
             return self.get_model(name)
 
     def get_model(self, name: str) -> schemas.Model:
+        """See ``RegistryOperations.get_model``."""
         return schemas.Model.model_validate_json(self._request("GET", f"/models/{name}").content)
 
-    def list_models(self, *, prefix: str | None = None, tags: dict[str, str] | None = None,
+    def list_models(self, *, prefix: str | None = None, tags: Mapping[str, str] | None = None,
+                    alias: str | None = None, limit: int = 100,
+                    cursor: str | None = None) -> schemas.Page[schemas.Model]:
+        """See ``RegistryOperations.list_models``; :meth:`iter_models` walks every page."""
+        params = self._model_filters(prefix, tags, alias, limit)
+        if cursor:
+            params["cursor"] = cursor
+        return schemas.Page[schemas.Model].model_validate_json(self._request("GET", "/models", params=params).content)
+
+    def iter_models(self, *, prefix: str | None = None, tags: Mapping[str, str] | None = None,
                     alias: str | None = None, page_size: int = 100) -> Iterator[schemas.Model]:
-        params: dict[str, Any] = {"limit": page_size, "tag": [f"{k}={v}" for k, v in (tags or {}).items()]}
+        """Every model :meth:`list_models` would list, page after page."""
+        yield from self._pages("/models", self._model_filters(prefix, tags, alias, page_size),
+                               schemas.Page[schemas.Model])
+
+    @staticmethod
+    def _model_filters(prefix: str | None, tags: Mapping[str, str] | None, alias: str | None,
+                       limit: int) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit, "tag": [f"{k}={v}" for k, v in (tags or {}).items()]}
         if prefix:
             params["prefix"] = prefix
         if alias:
             params["alias"] = alias
-        yield from self._pages("/models", params, schemas.Page[schemas.Model])
+        return params
 
     def update_model(self, name: str, *, description: str | None = None,
-                     tags: dict[str, str] | None = None) -> schemas.Model:
-        body = schemas.ModelUpdate(description=description, tags=tags).model_dump(exclude_none=True)
+                     tags: Mapping[str, str] | None = None) -> schemas.Model:
+        """See ``RegistryOperations.update_model``."""
+        body = schemas.validated(schemas.ModelUpdate, description=description,
+                                 tags=None if tags is None else dict(tags)).model_dump(exclude_none=True)
         return schemas.Model.model_validate_json(self._request("PATCH", f"/models/{name}", json=body).content)
 
     def delete_model(self, name: str) -> None:
+        """See ``RegistryOperations.delete_model`` (needs an admin token)."""
         self._request("DELETE", f"/models/{name}")
 
     def _pages(self, path: str, params: dict[str, Any], page_type: Any) -> Iterator[Any]:
@@ -136,31 +157,56 @@ class RegistryClient:
     # -- versions -------------------------------------------------------------------
 
     def create_version(self, name: str, *, format: str | None = None, description: str = "",
-                       metadata: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
-                       tags: dict[str, str] | None = None, source: str | None = None) -> schemas.Version:
-        body = schemas.VersionCreate(format=format, description=description, metadata=metadata or {},
-                                     metrics=metrics or {}, tags=tags or {}, source=source)
+                       metadata: Mapping[str, Any] | None = None, metrics: Mapping[str, float] | None = None,
+                       tags: Mapping[str, str] | None = None, source: str | None = None) -> schemas.Version:
+        """See ``RegistryOperations.create_version``."""
+        body = schemas.validated(schemas.VersionCreate, format=format, description=description,
+                                 metadata=dict(metadata or {}), metrics=dict(metrics or {}), tags=dict(tags or {}),
+                                 source=source)
         answer = self._request("POST", f"/models/{name}/versions", json=body.model_dump(mode="json"))
         return schemas.Version.model_validate_json(answer.content)
 
     def get_version(self, name: str, version: int) -> schemas.Version:
+        """See ``RegistryOperations.get_version``."""
         return schemas.Version.model_validate_json(self._request("GET", f"/models/{name}/versions/{version}").content)
 
     def list_versions(self, name: str, *, order: str = "asc", status: str | None = None,
-                      tags: dict[str, str] | None = None, page_size: int = 100) -> Iterator[schemas.Version]:
-        params: dict[str, Any] = {"limit": page_size, "order": order,
+                      tags: Mapping[str, str] | None = None, limit: int = 100,
+                      cursor: str | None = None) -> schemas.Page[schemas.Version]:
+        """See ``RegistryOperations.list_versions``; :meth:`iter_versions` walks every page."""
+        params = self._version_filters(order, status, tags, limit)
+        if cursor:
+            params["cursor"] = cursor
+        answer = self._request("GET", f"/models/{name}/versions", params=params)
+        return schemas.Page[schemas.Version].model_validate_json(answer.content)
+
+    def iter_versions(self, name: str, *, order: str = "asc", status: str | None = None,
+                      tags: Mapping[str, str] | None = None, page_size: int = 100) -> Iterator[schemas.Version]:
+        """Every version :meth:`list_versions` would list, page after page."""
+        yield from self._pages(f"/models/{name}/versions", self._version_filters(order, status, tags, page_size),
+                               schemas.Page[schemas.Version])
+
+    @staticmethod
+    def _version_filters(order: str, status: str | None, tags: Mapping[str, str] | None,
+                         limit: int) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit, "order": order,
                                   "tag": [f"{k}={v}" for k, v in (tags or {}).items()]}
         if status:
             params["status"] = status
-        yield from self._pages(f"/models/{name}/versions", params, schemas.Page[schemas.Version])
+        return params
 
     def update_version(self, name: str, version: int, *, description: str | None = None,
-                       metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None) -> schemas.Version:
-        body = schemas.VersionUpdate(description=description, metrics=metrics, tags=tags).model_dump(exclude_none=True)
+                       metrics: Mapping[str, float] | None = None,
+                       tags: Mapping[str, str] | None = None) -> schemas.Version:
+        """See ``RegistryOperations.update_version``."""
+        body = schemas.validated(schemas.VersionUpdate, description=description,
+                                 metrics=None if metrics is None else dict(metrics),
+                                 tags=None if tags is None else dict(tags)).model_dump(exclude_none=True)
         answer = self._request("PATCH", f"/models/{name}/versions/{version}", json=body)
         return schemas.Version.model_validate_json(answer.content)
 
     def delete_version(self, name: str, version: int) -> None:
+        """See ``RegistryOperations.delete_version``."""
         self._request("DELETE", f"/models/{name}/versions/{version}")
 
     # -- artifacts --------------------------------------------------------------------
@@ -202,6 +248,7 @@ class RegistryClient:
         return schemas.Version.model_validate_json(answer.content)
 
     def delete_bento(self, name: str, version: int) -> None:
+        """Forget the version's Bento (its artifact stays); ``modelyard package`` builds it again."""
         self._request("DELETE", f"/models/{name}/versions/{version}/bento")
 
     def download_artifact(self, name: str, version: int, destination: Path | str, *,
@@ -256,13 +303,16 @@ class RegistryClient:
     # -- aliases --------------------------------------------------------------------
 
     def set_alias(self, name: str, alias: str, version: int) -> schemas.Alias:
+        """See ``RegistryOperations.set_alias``."""
         answer = self._request("PUT", f"/models/{name}/aliases/{alias}", json={"version": version})
         return schemas.Alias.model_validate_json(answer.content)
 
     def get_alias(self, name: str, alias: str) -> schemas.Alias:
+        """See ``RegistryOperations.get_alias``."""
         return schemas.Alias.model_validate_json(self._request("GET", f"/models/{name}/aliases/{alias}").content)
 
     def delete_alias(self, name: str, alias: str) -> None:
+        """See ``RegistryOperations.delete_alias``."""
         self._request("DELETE", f"/models/{name}/aliases/{alias}")
 
     def resolve(self, ref: str | ModelRef) -> schemas.Version:

@@ -8,8 +8,9 @@ from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
+from modelyard.registry.errors import Invalid
 from modelyard.registry.names import NAME_PATTERN, check_tag_key
 
 ModelName = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=63)]
@@ -210,3 +211,17 @@ class Problem(BaseModel):
     detail: str
     code: str
     instance: str | None = None
+
+
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+def validated(body: type[_Body], **fields: Any) -> _Body:
+    """The request body the HTTP API would accept, or ``Invalid`` (422) saying what is wrong: the
+    store and the client hold their callers to the same limits as the server's routes."""
+    try:
+        return body.model_validate(fields)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+                             for e in error.errors(include_url=False))
+        raise Invalid(problems) from None

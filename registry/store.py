@@ -15,7 +15,7 @@ import contextlib
 import hashlib
 import secrets
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -114,6 +114,12 @@ _BLOB_IN_USE = select(or_(
 ))
 _SELECT_EVENTS = (select(db.Event.id, db.Event.type, db.Event.model, db.Event.version, db.Event.alias, db.Event.time)
                   .where(db.Event.id > bindparam("after")).order_by(db.Event.id).limit(bindparam("limit")))
+
+
+TagFilter = Mapping[str, str] | Sequence[tuple[str, str]] | None
+"""Tags a listed item must all carry: a mapping, or (key, value) pairs as the query string repeats them."""
+def _tag_pairs(tags: TagFilter) -> Iterable[tuple[str, str]]:
+    return tags.items() if isinstance(tags, Mapping) else (tags or ())
 
 
 def _bento(row: Any) -> schemas.Bento | None:
@@ -295,7 +301,9 @@ class RegistryStore:
 
     # -- models ---------------------------------------------------------------------
 
-    def create_model(self, body: schemas.ModelCreate) -> schemas.Model:
+    def create_model(self, name: str, description: str = "", tags: Mapping[str, str] | None = None) -> schemas.Model:
+        """See ``RegistryOperations.create_model``."""
+        body = schemas.validated(schemas.ModelCreate, name=name, description=description, tags=dict(tags or {}))
         now = db.utcnow()
         try:
             with self._write_core() as connection:
@@ -313,14 +321,15 @@ class RegistryStore:
             row = self._model_row(session, name)
             return self._to_model(row, self._aliases_of_model(session, row.id))
 
-    def list_models(self, *, prefix: str | None = None, tags: Sequence[tuple[str, str]] = (),
+    def list_models(self, *, prefix: str | None = None, tags: TagFilter = None,
                     alias: str | None = None, limit: int = 100,
                     cursor: str | None = None) -> schemas.Page[schemas.Model]:
+        """See ``RegistryOperations.list_models``; ``tags`` may also be (key, value) pairs."""
         query = select(db.RegisteredModel).order_by(db.RegisteredModel.name).limit(limit + 1)
         if prefix:
             escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             query = query.where(db.RegisteredModel.name.like(escaped + "%", escape="\\"))
-        for key, value in tags:
+        for key, value in _tag_pairs(tags):
             query = query.where(db.RegisteredModel.tags[key].as_string() == value)
         if alias:
             query = query.where(
@@ -348,7 +357,11 @@ class RegistryStore:
             items=items, next_cursor=encode_cursor(rows[-1].name) if more else None
         )
 
-    def update_model(self, name: str, body: schemas.ModelUpdate) -> schemas.Model:
+    def update_model(self, name: str, *, description: str | None = None,
+                     tags: Mapping[str, str] | None = None) -> schemas.Model:
+        """See ``RegistryOperations.update_model``."""
+        body = schemas.validated(schemas.ModelUpdate, description=description,
+                                 tags=None if tags is None else dict(tags))
         with self._write() as session:
             row = self._model_row(session, name, lock=True)
             if body.description is not None:
@@ -358,7 +371,12 @@ class RegistryStore:
             row.updated_at = db.utcnow()
             return self._to_model(row, self._aliases_of_model(session, row.id))
 
-    def delete_model(self, name: str) -> list[str]:
+    def delete_model(self, name: str) -> None:
+        """See ``RegistryOperations.delete_model``.  The blobs it frees wait for the periodic sweep;
+        the server uses :meth:`remove_model` to delete them at once."""
+        self.remove_model(name)
+
+    def remove_model(self, name: str) -> list[str]:
         """Delete a model and its versions; refused while any alias exists.
 
         Returns the artifact digests no remaining version refers to, for
@@ -394,8 +412,14 @@ class RegistryStore:
 
     # -- versions ---------------------------------------------------------------------
 
-    def create_version(self, name: str, body: schemas.VersionCreate,
+    def create_version(self, name: str, *, format: str | None = None, description: str = "",
+                       metadata: Mapping[str, Any] | None = None, metrics: Mapping[str, float] | None = None,
+                       tags: Mapping[str, str] | None = None, source: str | None = None,
                        created_by: str | None = None) -> schemas.Version:
+        """See ``RegistryOperations.create_version``; ``created_by`` names the caller (the server's)."""
+        body = schemas.validated(schemas.VersionCreate, format=format, description=description,
+                          metadata=dict(metadata or {}), metrics=dict(metrics or {}), tags=dict(tags or {}),
+                          source=source)
         now = db.utcnow()
         values = {
             "status": schemas.VersionStatus.pending.value, "digest": None, "size": None,
@@ -423,8 +447,9 @@ class RegistryStore:
         return version_from_row(name, row, aliases)
 
     def list_versions(self, name: str, *, order: str = "asc", status: str | None = None,
-                      tags: Sequence[tuple[str, str]] = (), limit: int = 100,
+                      tags: TagFilter = None, limit: int = 100,
                       cursor: str | None = None) -> schemas.Page[schemas.Version]:
+        """See ``RegistryOperations.list_versions``; ``tags`` may also be (key, value) pairs."""
         descending = order == "desc"
         number = db.ModelVersion.version
         with self._read() as session:
@@ -433,7 +458,7 @@ class RegistryStore:
                      .order_by(number.desc() if descending else number.asc()).limit(limit + 1))
             if status:
                 query = query.where(db.ModelVersion.status == status)
-            for key, value in tags:
+            for key, value in _tag_pairs(tags):
                 query = query.where(db.ModelVersion.tags[key].as_string() == value)
             if cursor:
                 raw = decode_cursor(cursor)
@@ -449,7 +474,12 @@ class RegistryStore:
             items=items, next_cursor=encode_cursor(rows[-1].version) if more else None
         )
 
-    def update_version(self, name: str, version: int, body: schemas.VersionUpdate) -> schemas.Version:
+    def update_version(self, name: str, version: int, *, description: str | None = None,
+                       metrics: Mapping[str, float] | None = None,
+                       tags: Mapping[str, str] | None = None) -> schemas.Version:
+        """See ``RegistryOperations.update_version``."""
+        body = schemas.validated(schemas.VersionUpdate, description=description,
+                          metrics=None if metrics is None else dict(metrics), tags=None if tags is None else dict(tags))
         with self._write() as session:
             row = self._version_row(session, self._model_row(session, name, lock=True), version)
             if body.description is not None:
@@ -461,7 +491,11 @@ class RegistryStore:
             row.updated_at = db.utcnow()
             return version_from_row(name, row, self._aliases_by_version(session, [row.id])[row.id])
 
-    def delete_version(self, name: str, version: int) -> list[str]:
+    def delete_version(self, name: str, version: int) -> None:
+        """See ``RegistryOperations.delete_version`` (and ``delete_model`` on the blobs it frees)."""
+        self.remove_version(name, version)
+
+    def remove_version(self, name: str, version: int) -> list[str]:
         """Delete one version; refused (409) while an alias points at it.
 
         Returns its artifact and Bento digests that no other version shares, for

@@ -18,8 +18,8 @@ from tests.support.servers import ThreadedRegistry
 
 
 def test_store_records_one_bento_per_version(store: RegistryStore) -> None:
-    store.create_model(schemas.ModelCreate(name="m"))
-    store.create_version("m", schemas.VersionCreate())
+    store.create_model("m")
+    store.create_version("m")
     with pytest.raises(Conflict, match="pending"):
         store.mark_packaged("m", 1, "m:v1", "sha256:" + "b" * 64, 5)
     store.mark_ready("m", 1, "sha256:" + "a" * 64, 5)
@@ -38,7 +38,7 @@ def test_store_records_one_bento_per_version(store: RegistryStore) -> None:
     with pytest.raises(NotFound):
         store.clear_bento("m", 1)
     store.mark_packaged("m", 1, "m:v2", "sha256:" + "c" * 64, 7)
-    assert sorted(store.delete_version("m", 1)) == ["sha256:" + "a" * 64, "sha256:" + "c" * 64]
+    assert sorted(store.remove_version("m", 1)) == ["sha256:" + "a" * 64, "sha256:" + "c" * 64]
 
 
 def test_bento_upload_download_and_delete_over_http(sqlite_registry: ThreadedRegistry, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelyard.registry import garbage, schemas
+from modelyard.registry import garbage
 from modelyard.registry.artifacts.base import StoredArtifact
 from modelyard.registry.artifacts.local import LocalArtifactStore
 from modelyard.registry.store import PENDING_UPLOAD_TTL, RegistryStore
@@ -172,8 +172,8 @@ def test_the_sweep_removes_only_old_blobs_that_nothing_uses(store: RegistryStore
         os.utime(path, (time.time() - age, time.time() - age))
         return digest
 
-    store.create_model(schemas.ModelCreate(name="m"))
-    store.create_version("m", schemas.VersionCreate())
+    store.create_model("m")
+    store.create_version("m")
     used = blob(b"used", 7200)
     store.mark_ready("m", 1, used, 4)
     orphan = blob(b"orphan", 7200)
@@ -200,8 +200,8 @@ def test_the_sweep_removes_only_old_blobs_that_nothing_uses(store: RegistryStore
 
 
 def test_bento_deletion_is_an_event(store: RegistryStore) -> None:
-    store.create_model(schemas.ModelCreate(name="m"))
-    store.create_version("m", schemas.VersionCreate())
+    store.create_model("m")
+    store.create_version("m")
     store.mark_ready("m", 1, "sha256:" + "a" * 64, 5)
     store.mark_packaged("m", 1, "m:v1", "sha256:" + "b" * 64, 7)
     assert store.clear_bento("m", 1) == ["sha256:" + "b" * 64]

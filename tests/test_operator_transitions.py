@@ -346,3 +346,24 @@ def test_the_troubleshooting_table_is_what_the_operator_sets() -> None:
 def test_each_troubleshooting_reason_has_a_transition_that_sets_it(reason: str) -> None:
     step = SCENARIOS[reason]()
     assert reason in {c.reason for c in step.status.conditions}, step.status.conditions
+
+
+def test_a_status_read_and_written_back_unchanged_needs_no_patch() -> None:
+    """As the API server stores it: empty strings dropped (``kube.without_empty``), camelCase."""
+    raw = {"phase": "Ready", "observedGeneration": 3,
+           "model": {"name": "digits-cnn", "version": 7, "digest": V7.digest, "alias": "production"},
+           "helm": {"release": "md", "revision": 4, "chart": "model-server-0.1.0"},
+           "conditions": [{"type": "Ready", "status": "True", "reason": "MinimumReplicasAvailable",
+                           "message": "2/2 replicas ready", "lastTransitionTime": "2026-12-01T00:00:00Z"},
+                          {"type": "Degraded", "status": "False", "reason": "None",
+                           "lastTransitionTime": "2026-12-01T00:00:00Z"}],
+           "history": [{"version": 7, "revision": 4, "result": "Ready", "time": "2026-12-01T00:00:00Z"}],
+           "rollout": {"state": "Complete", "revision": 4, "version": 7, "lastReadyRevision": 4}}
+    status = DeploymentStatus.parse(raw)
+    assert status.rollout.state == RolloutState.COMPLETE and status.rollout.last_ready_revision == 4
+    assert to_patch(DeploymentStatus.parse(raw).to_dict(), status.to_dict()) == {}
+    assert status.to_dict()["rollout"] == raw["rollout"] and status.to_dict()["helm"] == raw["helm"]
+    assert DeploymentStatus.parse({"phase": "Packaging"}).phase == Phase.PACKAGING  # the CRD allows it
+    cleared = status.model_copy(update={"rollout": status.rollout.model_copy(update={"last_ready_revision": None})})
+    assert to_patch(status.to_dict(), cleared.to_dict()) == {  # a field that went is deleted by the merge patch
+        "rollout": {"state": "Complete", "revision": 4, "version": 7, "lastReadyRevision": None}}

@@ -94,14 +94,14 @@ def test_registry_on_s3_end_to_end(bucket: str, tmp_path: Path) -> None:
 
 def test_garbage_collection_on_s3(bucket: str, store) -> None:  # noqa: ANN001 - the SQL store fixture
     """The same collector serves S3: it lists the bucket's blobs and deletes only what nothing uses."""
-    from modelyard.registry import garbage, schemas
+    from modelyard.registry import garbage
 
     artifacts = S3ArtifactStore.from_url(f"s3://{bucket}/reg")
     kept, orphan = program_bytes(b"kept"), program_bytes(b"orphan")
     for data in (kept, orphan):
         anyio.run(artifacts.put, sha256(data)[7:], chunks_of(data))
-    store.create_model(schemas.ModelCreate(name="m"))
-    store.create_version("m", schemas.VersionCreate())
+    store.create_model("m")
+    store.create_version("m")
     store.mark_ready("m", 1, sha256(kept), len(kept))
     assert {f"sha256:{h}" for h, _ in artifacts.list_blobs()} == {sha256(kept), sha256(orphan)}
     with artifacts.open(sha256(kept)[7:]) as file:  # ranged reads behind a seekable file

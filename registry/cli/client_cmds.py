@@ -105,7 +105,7 @@ def models_ls(
 ) -> None:
     """List registered models."""
     with client(registry, token) as registry_client:
-        found = list(registry_client.list_models(prefix=prefix, tags=parse_pairs(tag, "--tag"), alias=alias))
+        found = list(registry_client.iter_models(prefix=prefix, tags=parse_pairs(tag, "--tag"), alias=alias))
     if as_json:
         print_json([m.model_dump(mode="json") for m in found])
         return
@@ -139,7 +139,7 @@ def versions_ls(
 ) -> None:
     """List a model's versions, newest first."""
     with client(registry, token) as registry_client:
-        found = list(registry_client.list_versions(name, order="desc", status=status))
+        found = list(registry_client.iter_versions(name, order="desc", status=status))
     if as_json:
         print_json([v.model_dump(mode="json") for v in found])
         return

@@ -1,1 +1,2 @@
-"""Database layer: ORM tables, engine set-up and migrations."""
+"""Database layer: ORM tables, engine set-up, migrations and opening a database ready for use
+(``prepare``); part of the base package."""

@@ -20,7 +20,7 @@ router = APIRouter(prefix="/models", tags=["models"])
 
 @router.post("", status_code=201, response_model=None, responses={201: {"model": schemas.Model}})
 async def create_model(body: schemas.ModelCreate, store: Store, _: Writer) -> Response:
-    model = await run_write(store, store.create_model, body)
+    model = await run_write(store, store.create_model, body.name, body.description, body.tags)
     return created(model, f"/api/v1/models/{model.name}")
 
 
@@ -44,11 +44,11 @@ async def get_model(name: ModelPath, store: Store, _: Reader) -> schemas.Model:
 
 @router.patch("/{name}", response_model=schemas.Model)
 async def update_model(name: ModelPath, body: schemas.ModelUpdate, store: Store, _: Writer) -> schemas.Model:
-    return await run_write(store, store.update_model, name, body)
+    return await run_write(store, lambda: store.update_model(name, description=body.description, tags=body.tags))
 
 
 @router.delete("/{name}", status_code=204, response_class=Response)
 async def delete_model(name: ModelPath, store: Store, artifacts: Artifacts, _: Admin) -> Response:
     """Delete a model with all its versions (admin scope); refused while it has aliases."""
-    await collect_garbage(store, artifacts, await run_write(store, store.delete_model, name))
+    await collect_garbage(store, artifacts, await run_write(store, store.remove_model, name))
     return Response(status_code=204)

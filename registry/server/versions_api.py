@@ -21,7 +21,10 @@ router = APIRouter(prefix="/models/{name}/versions", tags=["versions"])
 async def create_version(name: ModelPath, store: Store, who: Writer,
                          body: schemas.VersionCreate | None = None) -> Response:
     """Allocate the next version number (status ``pending`` until its artifact is uploaded)."""
-    version = await run_write(store, store.create_version, name, body or schemas.VersionCreate(), who)
+    body = body or schemas.VersionCreate()
+    version = await run_write(store, lambda: store.create_version(
+        name, format=body.format.value if body.format else None, description=body.description, metadata=body.metadata,
+        metrics=body.metrics, tags=body.tags, source=body.source, created_by=who))
     return created(version, f"/api/v1/models/{name}/versions/{version.version}")
 
 
@@ -48,12 +51,13 @@ async def get_version(name: ModelPath, version: VersionPath, request: Request, _
 @router.patch("/{version}", response_model=schemas.Version)
 async def update_version(name: ModelPath, version: VersionPath, body: schemas.VersionUpdate, store: Store,
                          _: Writer) -> schemas.Version:
-    return await run_write(store, store.update_version, name, version, body)
+    return await run_write(store, lambda: store.update_version(name, version, description=body.description,
+                                                               metrics=body.metrics, tags=body.tags))
 
 
 @router.delete("/{version}", status_code=204, response_class=Response)
 async def delete_version(name: ModelPath, version: VersionPath, store: Store, artifacts: Artifacts,
                          _: Writer) -> Response:
     """Delete a version; refused (409) while an alias points at it."""
-    await collect_garbage(store, artifacts, await run_write(store, store.delete_version, name, version))
+    await collect_garbage(store, artifacts, await run_write(store, store.remove_version, name, version))
     return Response(status_code=204)
