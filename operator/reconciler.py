@@ -23,7 +23,7 @@ import kopf
 from modelyard.operator import metrics
 from modelyard.operator.config import OperatorConfig
 from modelyard.operator.follower import Key, RegistryFollower
-from modelyard.operator.helm_driver import HelmDriver
+from modelyard.operator.helm_driver import HelmDriver, ReleaseState
 from modelyard.operator.kube import Kube
 from modelyard.operator.resolve import RegistryUnreachable, ResolveFailure, resolve
 from modelyard.operator.rollout import track_of
@@ -147,11 +147,11 @@ class Reconciler:
         if step.rollout:
             metrics.ROLLOUTS.labels(step.rollout).inc()
 
-    async def _run_helm(self, namespace: str, name: str, action: HelmAction) -> int:
+    async def _run_helm(self, namespace: str, name: str, action: HelmAction, current: ReleaseState | None) -> int:
+        """Run ``action``; an upgrade starts from ``current``, the release as the caller read it."""
         if action.verb == HelmVerb.ROLLBACK:
             assert action.revision is not None
             return await self.helm_call(self.helm.rollback, namespace, name, action.revision)
-        current = await self.helm_call(self.helm.current, namespace, name)
         return await self.helm_call(self.helm.apply, namespace, name, action.values, description=action.description,
                                     current=current)
 
@@ -193,7 +193,7 @@ class Reconciler:
             resolution: Resolution = await self.io(resolve, client, spec.model)
         except (RegistryUnreachable, ResolveFailure) as failure:
             resolution = failure
-        release = None
+        release, current = None, None
         if isinstance(resolution, ResolvedVersion):
             current = await self.helm_call(self.helm.current, namespace, name)
             if current is not None:
@@ -210,7 +210,7 @@ class Reconciler:
         if event_time is not None:
             metrics.EVENT_TO_UPGRADE_SECONDS.observe(max(0.0, self.clock() - event_time))
         try:
-            result: int | HelmFailure = await self._run_helm(namespace, name, step.helm)
+            result: int | HelmFailure = await self._run_helm(namespace, name, step.helm, current)
         except helm.HelmError as error:
             result = HelmFailure(str(error))
         return await self._take(md, inputs, reconcile_step(inputs, result), before=step.status)
@@ -258,7 +258,8 @@ class Reconciler:
                              defaults=self.config.defaults)
         step = check_step(inputs)
         if step.helm is not None:
-            step = check_step(inputs, await self._run_helm(namespace, name, step.helm))
+            current = await self.helm_call(self.helm.current, namespace, name)
+            step = check_step(inputs, await self._run_helm(namespace, name, step.helm, current))
         await self._write(md, status, step)
         if step.recheck_at is not None:
             self.schedule(key, step.recheck_at)
