@@ -118,9 +118,10 @@ def program_chunks(block: bytes, blocks: int) -> Iterator[bytes]:
     """A model program the registry accepts (the layout of a torch.export archive) whose one
     weight is ``blocks`` copies of ``block``, made and streamed in bounded memory."""
     sink = _Sink()
+    stamp = (2026, 1, 1, 0, 0, 0)  # fixed: the bytes are made twice (hashed, then sent) and must match
     with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED) as archive:
-        archive.writestr("model/archive_format", "pt2")
-        with archive.open("model/data/weights/weight_0", "w", force_zip64=True) as entry:
+        archive.writestr(zipfile.ZipInfo("model/archive_format", stamp), "pt2")
+        with archive.open(zipfile.ZipInfo("model/data/weights/weight_0", stamp), "w", force_zip64=True) as entry:
             for _ in range(blocks):
                 entry.write(block)
                 yield from sink.drain()
@@ -162,8 +163,10 @@ async def big_artifact(session: aiohttp.ClientSession, server: Server, api: str,
     async with session.put(f"{api}/models/big-artifact/versions/{version}/artifact", data=body(),
                            headers={"Content-Digest": header},
                            timeout=aiohttp.ClientTimeout(total=1800)) as r:
-        await r.read()
-        upload.errors += r.status != 200
+        answer = await r.read()
+        if r.status != 200:  # say why: a failed upload makes the download figure meaningless
+            upload.errors += 1
+            print(f"large upload answered {r.status}: {answer[:500]!r}", file=sys.stderr)
     upload.seconds, upload.ops = time.perf_counter() - t0, 1
     sampling.set()
     sampler.join()
