@@ -13,6 +13,7 @@ COPY pyproject.toml README.md ./
 COPY registry registry
 COPY bentos bentos
 COPY operator operator
+COPY cli cli
 COPY charts/model-server /opt/modelyard/charts/model-server
 RUN python3 -m venv /opt/modelyard && pip install '.[postgres,s3,operator]' && rm -rf /src
 ENV MODELYARD_MODEL_SERVER_CHART=/opt/modelyard/charts/model-server

@@ -18,6 +18,7 @@ COPY pyproject.toml README.md ./
 COPY registry registry
 COPY bentos bentos
 COPY operator operator
+COPY cli cli
 RUN pip install '.[serve]' && rm -rf /src
 RUN useradd --uid 10001 --create-home --home-dir /home/modelyard modelyard \
     && mkdir -p /cache && chown 10001:10001 /cache

@@ -64,3 +64,16 @@ def test_both_images_take_a_base_and_default_to_python_3_11() -> None:
     for dockerfile in ("runtime.Dockerfile", "modelyard.Dockerfile"):
         text = (ROOT / "docker" / dockerfile).read_text()
         assert "ARG BASE=python:3.11-slim\nFROM ${BASE}\n" in text, dockerfile
+
+
+def test_the_images_carry_every_package() -> None:
+    """An image without a package folder installs a `modelyard` whose entry point cannot import."""
+    import re
+
+    images = (ROOT / "tests" / "cluster" / "images.sh").read_text()
+    hashed = re.search(r'find "\$1" ([^\n]*) -type f', images)
+    assert hashed, "images.sh: the input hash's find line moved"
+    for dockerfile in (ROOT / "docker").glob("*.Dockerfile"):
+        copied = set(re.findall(r"^COPY (\S+) \1$", dockerfile.read_text(), re.M))
+        assert set(FOLDERS) <= copied, f"{dockerfile.name} does not copy {sorted(set(FOLDERS) - copied)}"
+    assert set(FOLDERS) <= set(hashed.group(1).split()), "images.sh does not hash every package folder"

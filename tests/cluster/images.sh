@@ -57,7 +57,7 @@ base_image() {
 inputs_hash() {  # DOCKERFILE: the Dockerfile, the base recipe and every source file it copies
   (cd "$ROOT" && {
     echo "$BASE_RECIPE"
-    find "$1" pyproject.toml README.md registry bentos operator charts/model-server -type f \
+    find "$1" pyproject.toml README.md registry bentos operator cli charts/model-server -type f \
       ! -path '*/__pycache__/*' ! -name '*.pyc' | LC_ALL=C sort | xargs sha256sum
   } | sha256sum | cut -c1-16)
 }
