@@ -30,7 +30,8 @@ from modelyard.operator.rollout import track_of
 from modelyard.operator.spec import DeploymentSpec, SpecError
 from modelyard.operator.status import DeploymentStatus, Reason, to_patch
 from modelyard.operator.transitions import (CheckInputs, FeedHealth, HelmAction, HelmFailure, HelmVerb, Outcome,
-                                            ReconcileInputs, Release, Resolution, Step, check_step, reconcile_step)
+                                            ReconcileInputs, Release, Resolution, Retry, Step, check_step,
+                                            reconcile_step)
 from modelyard.operator.values import RegistryAccess, ResolvedVersion, registry_access
 from modelyard.registry.client import RegistryClient
 
@@ -160,22 +161,26 @@ class Reconciler:
     async def reconcile(self, namespace: str, name: str, retry: int = 0) -> None:
         key = (namespace, name)
         started = time.perf_counter()
-        outcome = Outcome.ERROR
+        outcome, again = Outcome.ERROR, None
         try:
             async with self.lock(key):
-                outcome = await self._reconcile(key, retry)
+                outcome, again = await self._reconcile(key, retry)
         finally:
             metrics.RECONCILES.labels(outcome.value).inc()
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+        if again is not None:  # kopf runs the handler again: after the delay, or on the next spec change
+            if again.delay is None:
+                raise kopf.PermanentError(again.message)
+            raise kopf.TemporaryError(again.message, delay=again.delay)
         if outcome in (Outcome.UPGRADED, Outcome.UNCHANGED):
             self.request_check(namespace, name)
 
-    async def _reconcile(self, key: Key, retry: int) -> Outcome:
+    async def _reconcile(self, key: Key, retry: int) -> tuple[Outcome, Retry | None]:
         """Read the resource and what it depends on, take one transition, run Helm, write."""
         namespace, name = key
         md = await self.io(self.kube.get, namespace, name)
         if md is None or md["metadata"].get("deletionTimestamp"):
-            return Outcome.GONE
+            return Outcome.GONE, None
         status = DeploymentStatus.parse(md.get("status"))
         common: dict[str, Any] = dict(
             name=name, namespace=namespace, generation=int(md["metadata"].get("generation") or 1), status=status,
@@ -185,7 +190,8 @@ class Reconciler:
             spec = DeploymentSpec.parse(md.get("spec"))
             access = registry_access(spec.registry, self.config.defaults)
         except SpecError as error:
-            return await self._take(md, ReconcileInputs(**common, spec=None, resolution=error, now=self.clock()))
+            return await self._take(md, status, reconcile_step(
+                ReconcileInputs(**common, spec=None, resolution=error, now=self.clock())))
         client, follower = self._registry(access, await self._registry_token(md, access))
         follower.subscribe(key, spec.model.name, spec.model.alias or "")
         feed = FeedHealth(follower.healthy, follower.error, self.config.fallback_resolve_seconds)
@@ -204,7 +210,7 @@ class Reconciler:
         if step.outcome in (Outcome.UPGRADED, Outcome.UNCHANGED, Outcome.HELD_BACK):
             await self._ensure_pull_token(md, access)
         if step.helm is None:
-            return await self._take(md, inputs, step)
+            return await self._take(md, status, step)
         await self._write(md, status, step)  # recorded as started before Helm runs
         event_time = follower.event_times.pop(key, None)
         if event_time is not None:
@@ -213,18 +219,12 @@ class Reconciler:
             result: int | HelmFailure = await self._run_helm(namespace, name, step.helm, current)
         except helm.HelmError as error:
             result = HelmFailure(str(error))
-        return await self._take(md, inputs, reconcile_step(inputs, result), before=step.status)
+        return await self._take(md, step.status, reconcile_step(inputs, result))
 
-    async def _take(self, md: dict[str, Any], inputs: ReconcileInputs, step: Step | None = None,
-                    before: DeploymentStatus | None = None) -> Outcome:
-        """Write a reconcile step, then end the handler the way the step says (kopf retries)."""
-        step = step or reconcile_step(inputs)
-        await self._write(md, before or inputs.status, step)
-        if step.retry is not None:
-            if step.retry.delay is None:
-                raise kopf.PermanentError(step.retry.message)
-            raise kopf.TemporaryError(step.retry.message, delay=step.retry.delay)
-        return step.outcome
+    async def _take(self, md: dict[str, Any], before: DeploymentStatus, step: Step) -> tuple[Outcome, Retry | None]:
+        """Write a reconcile step; what it says about retrying goes back to ``reconcile``."""
+        await self._write(md, before, step)
+        return step.outcome, step.retry
 
     async def _ensure_pull_token(self, md: dict[str, Any], access: RegistryAccess) -> None:
         """Model pods pull with the Secret ``config.token_secret``; create it, holding the read-only

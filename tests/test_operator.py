@@ -130,6 +130,10 @@ def test_missing_model_fails_with_a_reason_and_heals_when_the_registry_catches_u
     status = bed.wait_status("later", lambda s: s.get("phase") == "Failed", "Failed")
     assert condition(status, "Ready")["reason"] == "ModelNotFound"
     assert "later-model" in condition(status, "Ready")["message"]
+    # Counted by what happened, not as an error of the operator's own.
+    eventually(lambda: 'modelyard_operator_reconciles_total{result="failed"}' in bed.operator.metrics(), timeout=10,
+               what="a failed reconcile counted as failed")
+    assert 'modelyard_operator_failures_total{reason="ModelNotFound"}' in bed.operator.metrics()
 
     (v1,) = push_versions(bed.registry_client, "later-model", 1)
     status = bed.wait_status("later", lambda s: condition(s, "Ready").get("reason") == "AliasNotFound",
