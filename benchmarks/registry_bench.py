@@ -185,6 +185,29 @@ async def big_artifact(session: aiohttp.ClientSession, server: Server, api: str,
     return [upload, download]
 
 
+async def many_versions(session: aiohttp.ClientSession, api: str, args: argparse.Namespace) -> list[Phase]:
+    """One model with ``--versions`` versions (10,000 by default), 200 of them deployed in 20 clusters:
+    what serves where, and a model's newest page of versions, as a dashboard asks for them."""
+    n = args.versions
+    seeds = [await run_fixed(session, "seed", [("POST", f"{api}/models", {"json": {"name": "big"}})], 1),
+             await run_fixed(session, "seed", [("POST", f"{api}/models/big/versions",
+                                                {"json": {"metrics": {"acc": 0.9}}}) for _ in range(n)], 16),
+             await run_fixed(session, "seed", [
+                 ("PUT", f"{api}/deployments/c{i % 20}/ns-{i}/big", {"json": {
+                     "model": "big", "version": n - i % 50, "phase": "Ready", "ready_replicas": 2,
+                     "desired_replicas": 2}}) for i in range(200)], 16)]
+    if any(seed.errors for seed in seeds):
+        raise RuntimeError("seeding the large model failed: its figures would mean nothing")
+    return [
+        await run_get(session, f"GET /deployments?model (c=16, {n} versions)",
+                      [f"{api}/deployments?model=big&limit=100"], 16, args.duration),
+        await run_get(session, "GET /deployments?cluster (c=16)",
+                      [f"{api}/deployments?cluster=c{i}" for i in range(20)], 16, args.duration),
+        await run_get(session, f"newest 50 of {n} versions (c=16)",
+                      [f"{api}/models/big/versions?order=desc&limit=50"], 16, args.duration),
+    ]
+
+
 async def bench_backend(label: str, db_url: str, args: argparse.Namespace) -> tuple[list[Phase], dict[str, float]]:
     workdir = Path(tempfile.mkdtemp(prefix=f"modelyard-bench-{label}-"))
     server = Server(db_url, workdir)
@@ -222,6 +245,7 @@ async def bench_backend(label: str, db_url: str, args: argparse.Namespace) -> tu
             phases.append(await run_fixed(session, "200 filtered searches (c=16)", [
                 ("GET", f"{api}/models", {"params": {"prefix": "model-0", "tag": f"team=t{i % 10}", "limit": "50"}})
                 for i in range(200)], 16))
+            phases += await many_versions(session, api, args)
             facts["rss_after_load_MiB"] = server.rss() / MiB
             phases += await big_artifact(session, server, api, args.artifact_mib * MiB)
     finally:
@@ -272,13 +296,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, help="seconds per timed phase [20]")
     parser.add_argument("--models", type=int, help="models to create [200]")
+    parser.add_argument("--versions", type=int, help="versions of the one large model [10000]")
     parser.add_argument("--artifact-mib", type=int, help="size of the large artifact [1024]")
     parser.add_argument("--postgres", action="store_true", help="also run on a throwaway PostgreSQL cluster")
     parser.add_argument("--pg-dsn", help="also run on this (empty) PostgreSQL database")
-    parser.add_argument("--quick", action="store_true", help="2 s phases, 40 models, 64 MiB artifact")
+    parser.add_argument("--quick", action="store_true", help="2 s phases, 40 models, 500 versions, 64 MiB artifact")
     args = parser.parse_args()
-    defaults = (2.0, 40, 64) if args.quick else (20.0, 200, 1024)
-    for name, default in zip(("duration", "models", "artifact_mib"), defaults, strict=True):
+    defaults = (2.0, 40, 500, 64) if args.quick else (20.0, 200, 10_000, 1024)
+    for name, default in zip(("duration", "models", "versions", "artifact_mib"), defaults, strict=True):
         if getattr(args, name) is None:
             setattr(args, name, default)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import typer
@@ -49,6 +50,12 @@ def run(
     fallback_resolve_seconds: Annotated[float, typer.Option(
         "--fallback-resolve-seconds", help="re-resolve period while the registry's event feed is down")]
     = defaults.FALLBACK_RESOLVE_SECONDS,
+    cluster_name: Annotated[str, typer.Option("--cluster-name", envvar=Env.CLUSTER_NAME,
+                                              help="the name deployments are reported to the registry under")]
+    = defaults.CLUSTER_NAME,
+    report_seconds: Annotated[float, typer.Option("--report-seconds", min=0.1,
+                                                  help="heartbeat: how often each deployment is reported again")]
+    = defaults.DEPLOYMENT_REPORT_SECONDS,
     failure_retry_seconds: Annotated[float, typer.Option(
         "--failure-retry-seconds", help="retry period for a missing model/alias/version")]
     = defaults.FAILURE_RETRY_SECONDS,
@@ -59,6 +66,8 @@ def run(
 
     if all_namespaces and namespace:
         raise typer.BadParameter("use --namespace or --all-namespaces, not both")
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", cluster_name):
+        raise typer.BadParameter(f"--cluster-name {cluster_name!r}: use a DNS label (a-z, 0-9, -; at most 63)")
     if log_format not in ("plain", "full", "json"):
         raise typer.BadParameter(f"--log-format must be plain, full or json, not {log_format!r}")
     run_operator(OperatorConfig(
@@ -67,4 +76,5 @@ def run(
         kubeconfig=kubeconfig, peering=None if standalone else peering, log_format=log_format,
         metrics_host=metrics_host, metrics_port=metrics_port, health_host=health_host, health_port=health_port,
         fallback_resolve_seconds=fallback_resolve_seconds, failure_retry_seconds=failure_retry_seconds,
+        cluster_name=cluster_name, report_seconds=report_seconds,
     ))

@@ -36,6 +36,10 @@ class OperatorConfig:
     failure_retry_seconds: float = defaults.FAILURE_RETRY_SECONDS
     """How soon a resource whose model/alias/version is missing is retried (events heal it sooner)."""
     helm_threads: int = 16
+    cluster_name: str = defaults.CLUSTER_NAME
+    """The name deployments are reported under to the registry (one per cluster)."""
+    report_seconds: float = defaults.DEPLOYMENT_REPORT_SECONDS
+    """How often every deployment is reported again when nothing changed (the heartbeat)."""
 
     @property
     def defaults(self) -> OperatorDefaults:

@@ -25,6 +25,7 @@ from modelyard.operator.config import OperatorConfig
 from modelyard.operator.follower import Key, RegistryFollower
 from modelyard.operator.helm_driver import HelmDriver, ReleaseState
 from modelyard.operator.kube import Kube
+from modelyard.operator.reporting import DeploymentReporter, deployment_report
 from modelyard.operator.resolve import RegistryUnreachable, ResolveFailure, resolve
 from modelyard.operator.rollout import track_of
 from modelyard.operator.spec import DeploymentSpec, SpecError
@@ -54,6 +55,9 @@ class Reconciler:
         self._followers: dict[tuple[str, str | None], RegistryFollower] = {}
         self._token_secrets: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._clients: dict[Key, RegistryClient] = {}
+        self.reporter = DeploymentReporter(config.cluster_name, config.report_seconds, self.io)
+        self._heartbeat: asyncio.Task[None] | None = None
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -74,6 +78,8 @@ class Reconciler:
     async def stop(self) -> None:
         for timer in self._timers.values():
             timer.cancel()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         for follower in self._followers.values():
             await follower.stop()
         for task in list(self._tasks):
@@ -134,11 +140,20 @@ class Reconciler:
 
         self._spawn(run())
 
-    async def _write(self, md: dict[str, Any], before: DeploymentStatus, step: Step) -> None:
-        """One status patch (what changed since ``before``) and the step's Events."""
+    async def _write(self, md: dict[str, Any], before: DeploymentStatus, step: Step,
+                     spec: DeploymentSpec | None = None) -> None:
+        """One status patch (what changed since ``before``) and the step's Events; the new status goes
+        to the registry too (``reporting``), without waiting for it."""
+        key = (md["metadata"]["namespace"], md["metadata"]["name"])
         changed = to_patch(before.to_dict(), step.status.to_dict())
         if changed:
-            await self.io(self.kube.patch_status, md["metadata"]["namespace"], md["metadata"]["name"], changed)
+            await self.io(self.kube.patch_status, key[0], key[1], changed)
+        client = self._clients.get(key)
+        if spec is not None and client is not None and self.reporter.update(
+                key, client, deployment_report(spec, step.status)):
+            self._spawn(self.reporter.send(key))
+            if self._heartbeat is None:
+                self._heartbeat = asyncio.get_running_loop().create_task(self.reporter.heartbeat())
         for event in step.events:
             await self.io(self.kube.event, md, event.type, event.reason, event.message)
         if step.failure:
@@ -193,6 +208,7 @@ class Reconciler:
             return await self._take(md, status, reconcile_step(
                 ReconcileInputs(**common, spec=None, resolution=error, now=self.clock())))
         client, follower = self._registry(access, await self._registry_token(md, access))
+        self._clients[key] = client
         follower.subscribe(key, spec.model.name, spec.model.alias or "")
         feed = FeedHealth(follower.healthy, follower.error, self.config.fallback_resolve_seconds)
         try:
@@ -210,8 +226,8 @@ class Reconciler:
         if step.outcome in (Outcome.UPGRADED, Outcome.UNCHANGED, Outcome.HELD_BACK):
             await self._ensure_pull_token(md, access)
         if step.helm is None:
-            return await self._take(md, status, step)
-        await self._write(md, status, step)  # recorded as started before Helm runs
+            return await self._take(md, status, step, spec)
+        await self._write(md, status, step, spec)  # recorded as started before Helm runs
         event_time = follower.event_times.pop(key, None)
         if event_time is not None:
             metrics.EVENT_TO_UPGRADE_SECONDS.observe(max(0.0, self.clock() - event_time))
@@ -219,11 +235,12 @@ class Reconciler:
             result: int | HelmFailure = await self._run_helm(namespace, name, step.helm, current)
         except helm.HelmError as error:
             result = HelmFailure(str(error))
-        return await self._take(md, step.status, reconcile_step(inputs, result))
+        return await self._take(md, step.status, reconcile_step(inputs, result), spec)
 
-    async def _take(self, md: dict[str, Any], before: DeploymentStatus, step: Step) -> tuple[Outcome, Retry | None]:
+    async def _take(self, md: dict[str, Any], before: DeploymentStatus, step: Step,
+                    spec: DeploymentSpec | None = None) -> tuple[Outcome, Retry | None]:
         """Write a reconcile step; what it says about retrying goes back to ``reconcile``."""
-        await self._write(md, before, step)
+        await self._write(md, before, step, spec)
         return step.outcome, step.retry
 
     async def _ensure_pull_token(self, md: dict[str, Any], access: RegistryAccess) -> None:
@@ -260,7 +277,7 @@ class Reconciler:
         if step.helm is not None:
             current = await self.helm_call(self.helm.current, namespace, name)
             step = check_step(inputs, await self._run_helm(namespace, name, step.helm, current))
-        await self._write(md, status, step)
+        await self._write(md, status, step, spec)
         if step.recheck_at is not None:
             self.schedule(key, step.recheck_at)
         elif step.check_now:
@@ -283,5 +300,18 @@ class Reconciler:
                 raise kopf.TemporaryError(f"helm uninstall failed: {error}", delay=10) from error
             if left is not None and left.status != "uninstalled":
                 raise kopf.TemporaryError(f"release {name} still {left.status}", delay=5)
+            await self.reporter.remove(key, self._clients.pop(key, None) or await self._client_for(key))
         self._locks.pop(key, None)
+
+    async def _client_for(self, key: Key) -> RegistryClient | None:
+        """The registry client of a resource this operator has not reconciled since it started (deleted
+        while the operator was away): from its spec, so its report is removed all the same."""
+        md = await self.io(self.kube.get, *key)
+        if md is None:
+            return None
+        try:
+            access = registry_access(DeploymentSpec.parse(md.get("spec")).registry, self.config.defaults)
+        except SpecError:
+            return None
+        return self._registry(access, await self._registry_token(md, access))[0]
 

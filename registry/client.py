@@ -142,9 +142,9 @@ class RegistryClient:
                                  tags=None if tags is None else dict(tags)).model_dump(exclude_none=True)
         return schemas.Model.model_validate_json(self._request("PATCH", f"/models/{name}", json=body).content)
 
-    def delete_model(self, name: str) -> None:
+    def delete_model(self, name: str, *, force: bool = False) -> None:
         """See ``RegistryOperations.delete_model`` (needs an admin token)."""
-        self._request("DELETE", f"/models/{name}")
+        self._request("DELETE", f"/models/{name}", params={"force": "true"} if force else None)
 
     def _pages(self, path: str, params: dict[str, Any], page_type: Any) -> Iterator[Any]:
         while True:
@@ -205,9 +205,9 @@ class RegistryClient:
         answer = self._request("PATCH", f"/models/{name}/versions/{version}", json=body)
         return schemas.Version.model_validate_json(answer.content)
 
-    def delete_version(self, name: str, version: int) -> None:
-        """See ``RegistryOperations.delete_version``."""
-        self._request("DELETE", f"/models/{name}/versions/{version}")
+    def delete_version(self, name: str, version: int, *, force: bool = False) -> None:
+        """See ``RegistryOperations.delete_version`` (``force`` needs an admin token)."""
+        self._request("DELETE", f"/models/{name}/versions/{version}", params={"force": "true"} if force else None)
 
     # -- artifacts --------------------------------------------------------------------
 
@@ -314,6 +314,64 @@ class RegistryClient:
     def delete_alias(self, name: str, alias: str) -> None:
         """See ``RegistryOperations.delete_alias``."""
         self._request("DELETE", f"/models/{name}/aliases/{alias}")
+
+    def alias_history(self, name: str, alias: str, *, limit: int = 100,
+                      cursor: str | None = None) -> schemas.Page[schemas.AliasMove]:
+        """Who moved the alias, from which version to which, when: newest first."""
+        params: dict[str, Any] = {"limit": limit, **({"cursor": cursor} if cursor else {})}
+        answer = self._request("GET", f"/models/{name}/aliases/{alias}/history", params=params)
+        return schemas.Page[schemas.AliasMove].model_validate_json(answer.content)
+
+    def protect_alias(self, name: str, alias: str, protection: schemas.AliasProtection) -> schemas.AliasProtection:
+        """Protect the alias (admin token): moves then need admin scope or a version meeting the rules."""
+        answer = self._request("PUT", f"/models/{name}/aliases/{alias}/protection", json=protection.model_dump())
+        return schemas.AliasProtection.model_validate_json(answer.content)
+
+    def unprotect_alias(self, name: str, alias: str) -> None:
+        self._request("DELETE", f"/models/{name}/aliases/{alias}/protection")
+
+    def alias_protection(self, name: str, alias: str) -> schemas.AliasProtection | None:
+        """The alias's rules, or None when it is not protected."""
+        try:
+            answer = self._request("GET", f"/models/{name}/aliases/{alias}/protection")
+        except NotFound:
+            return None
+        return schemas.AliasProtection.model_validate_json(answer.content)
+
+    # -- deployments ------------------------------------------------------------------
+
+    def report_deployment(self, cluster: str, namespace: str, name: str,
+                          report: schemas.DeploymentReport) -> schemas.Deployment:
+        """See ``RegistryOperations.report_deployment`` (a report-scope token is enough)."""
+        answer = self._request("PUT", f"/deployments/{cluster}/{namespace}/{name}",
+                               content=report.model_dump_json(), headers={"Content-Type": "application/json"})
+        return schemas.Deployment.model_validate_json(answer.content)
+
+    def remove_deployment(self, cluster: str, namespace: str, name: str) -> None:
+        """See ``RegistryOperations.remove_deployment``."""
+        self._request("DELETE", f"/deployments/{cluster}/{namespace}/{name}")
+
+    def list_deployments(self, *, model: str | None = None, version: int | None = None, cluster: str | None = None,
+                         namespace: str | None = None, phase: str | None = None, limit: int = 100,
+                         cursor: str | None = None) -> schemas.Page[schemas.Deployment]:
+        """See ``RegistryOperations.list_deployments``; :meth:`iter_deployments` walks every page."""
+        params = self._deployment_filters(model, version, cluster, namespace, phase, limit)
+        if cursor:
+            params["cursor"] = cursor
+        answer = self._request("GET", "/deployments", params=params)
+        return schemas.Page[schemas.Deployment].model_validate_json(answer.content)
+
+    def iter_deployments(self, *, model: str | None = None, version: int | None = None,
+                         cluster: str | None = None, namespace: str | None = None, phase: str | None = None,
+                         page_size: int = 100) -> Iterator[schemas.Deployment]:
+        yield from self._pages("/deployments", self._deployment_filters(model, version, cluster, namespace, phase,
+                                                                        page_size), schemas.Page[schemas.Deployment])
+
+    @staticmethod
+    def _deployment_filters(model: str | None, version: int | None, cluster: str | None, namespace: str | None,
+                            phase: str | None, limit: int) -> dict[str, Any]:
+        given = {"model": model, "version": version, "cluster": cluster, "namespace": namespace, "phase": phase}
+        return {"limit": limit, **{k: v for k, v in given.items() if v is not None}}
 
     def resolve(self, ref: str | ModelRef) -> schemas.Version:
         """``NAME@ALIAS`` or ``NAME:VERSION`` → that version."""

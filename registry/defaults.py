@@ -25,6 +25,7 @@ class Env:
     MIGRATE_ON_START: Final = "MODELYARD_MIGRATE_ON_START"
     WORKERS: Final = "MODELYARD_WORKERS"
     GC_INTERVAL_SECONDS: Final = "MODELYARD_GC_INTERVAL_SECONDS"
+    DEPLOYMENT_STALE_SECONDS: Final = "MODELYARD_DEPLOYMENT_STALE_SECONDS"
     ADMIN_TOKEN: Final = "MODELYARD_ADMIN_TOKEN"
     OPERATOR_TOKEN: Final = "MODELYARD_OPERATOR_TOKEN"
     PULL_TOKEN: Final = "MODELYARD_PULL_TOKEN"
@@ -51,6 +52,7 @@ class Env:
     PEERING: Final = "MODELYARD_PEERING"
     LOG_FORMAT: Final = "MODELYARD_LOG_FORMAT"
     MODEL_SERVER_CHART: Final = "MODELYARD_MODEL_SERVER_CHART"
+    CLUSTER_NAME: Final = "MODELYARD_CLUSTER_NAME"
 
 
 # -- the registry ----------------------------------------------------------------------------
@@ -66,6 +68,10 @@ TOKEN_CACHE_SECONDS: Final = 5.0
 """How long a server trusts a token lookup: a revoked token stops working within this."""
 OPEN_MODE_CACHE_SECONDS: Final = 1.0
 """How long a server trusts its answer to "does any token exist?" (auth on or off)."""
+DEPLOYMENT_REPORT_SECONDS: Final = 30.0
+"""How often an operator reports each deployment again when nothing changed (a heartbeat)."""
+DEPLOYMENT_STALE_SECONDS: Final = 3 * DEPLOYMENT_REPORT_SECONDS
+"""A deployment not reported for this long is shown as stale: three missed heartbeats."""
 
 # -- the model server (bentos; the operator passes a spec's values through the chart) ---------
 MODEL_SERVER_HOST: Final = "127.0.0.1"
@@ -98,5 +104,7 @@ CANARY_WEIGHT: Final = 10
 CANARY_STEP_SECONDS: Final = 60
 FALLBACK_RESOLVE_SECONDS: Final = 60.0
 """How often the operator re-resolves every resource while the registry's event feed is down."""
+CLUSTER_NAME: Final = "default"
+"""The name an operator reports its deployments under (the chart sets it per cluster)."""
 FAILURE_RETRY_SECONDS: Final = 60.0
 """How soon a resource whose model, alias or version is missing is retried (events heal it sooner)."""

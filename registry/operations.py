@@ -46,9 +46,10 @@ class RegistryOperations(Protocol):
         """Replace what is given (tags as a whole).  Raises ``NotFound`` or ``Invalid``."""
         ...
 
-    def delete_model(self, name: str) -> None:
+    def delete_model(self, name: str, *, force: bool = False) -> None:
         """Delete the model and its versions.  Raises ``NotFound``, or ``Conflict`` while any alias
-        exists (delete or move aliases first)."""
+        exists (delete or move aliases first) or a live deployment serves one of its versions
+        (``force`` overrides the latter)."""
         ...
 
     # -- versions -----------------------------------------------------------------------
@@ -77,8 +78,9 @@ class RegistryOperations(Protocol):
         """Replace what is given (metrics and tags as a whole).  Raises ``NotFound`` or ``Invalid``."""
         ...
 
-    def delete_version(self, name: str, version: int) -> None:
-        """Raises ``NotFound``, or ``Conflict`` while an alias points at the version."""
+    def delete_version(self, name: str, version: int, *, force: bool = False) -> None:
+        """Raises ``NotFound``, or ``Conflict`` while an alias points at the version or a live deployment
+        serves it (naming the deployment; ``force``, an admin's, overrides the latter)."""
         ...
 
     # -- aliases ------------------------------------------------------------------------
@@ -94,6 +96,26 @@ class RegistryOperations(Protocol):
 
     def delete_alias(self, name: str, alias: str) -> None:
         """Raises ``NotFound``."""
+        ...
+
+
+    # -- deployments (reported by operators) ---------------------------------------------------
+
+    def report_deployment(self, cluster: str, namespace: str, name: str,
+                          report: schemas.DeploymentReport) -> schemas.Deployment:
+        """Record what ``cluster/namespace/name`` serves now (an upsert; ``deployment.updated`` when more
+        than the heartbeat changed).  Raises ``Invalid`` (names, limits)."""
+        ...
+
+    def remove_deployment(self, cluster: str, namespace: str, name: str) -> None:
+        """Its ModelDeployment was deleted (``deployment.removed``).  Raises ``NotFound``."""
+        ...
+
+    def list_deployments(self, *, model: str | None = None, version: int | None = None, cluster: str | None = None,
+                         namespace: str | None = None, phase: str | None = None, limit: int = 100,
+                         cursor: str | None = None) -> schemas.Page[schemas.Deployment]:
+        """One page by cluster, namespace and name; ``phase="Stale"`` lists those whose operator stopped
+        reporting.  Raises ``BadRequest`` (a cursor not handed out)."""
         ...
 
 

@@ -143,6 +143,18 @@ class Bento(BaseModel):
     size: int
 
 
+class DeploymentRef(BaseModel):
+    """Where a version runs, as its operator last reported it."""
+
+    cluster: str
+    namespace: str
+    name: str
+    phase: str
+    ready_replicas: int
+    desired_replicas: int
+    stale: bool = Field(description="the operator has not reported for longer than the registry's stale time")
+
+
 class Version(BaseModel):
     model: str
     version: int
@@ -160,10 +172,29 @@ class Version(BaseModel):
     created_by: str | None
     created_at: datetime
     updated_at: datetime
+    deployments: list[DeploymentRef] = Field(default=[], description="where it runs, as operators report it")
 
 
 class AliasSet(_Strict):
     version: VersionNumber
+
+
+RULE_PATTERN = r"^\s*([A-Za-z0-9_.:/-]{1,64})\s*(>=|<=|==|>|<)\s*(-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?)\s*$"
+Rule = Annotated[str, StringConstraints(pattern=RULE_PATTERN, max_length=128)]
+
+
+class AliasProtection(_Strict):
+    """``require``: every rule (``METRIC OP NUMBER``, e.g. ``accuracy>=0.95``) must hold for a version
+    before a non-admin caller may point the alias at it; an empty list: admin only."""
+
+    require: Annotated[list[Rule], Field(max_length=16)] = []
+
+
+class AliasMove(BaseModel):
+    from_version: int | None
+    to_version: int | None = Field(description="null: the alias was deleted")
+    actor: str = Field(description='who: "token:NAME", or "anonymous" on an open registry')
+    time: datetime
 
 
 class Alias(BaseModel):
@@ -173,9 +204,44 @@ class Alias(BaseModel):
     digest: str | None
 
 
+ClusterName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", max_length=63)]
+NamespaceName = ClusterName
+ResourceName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$", max_length=253)]
+Phase = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{1,16}$")]
+Replicas = Annotated[int, Field(ge=0, le=100_000)]
+
+
+class DeploymentReport(_Strict):
+    """What an operator reports about one ModelDeployment (``PUT /deployments/{cluster}/{ns}/{name}``)."""
+
+    model: ModelName
+    version: VersionNumber | None = None
+    digest: Annotated[str, StringConstraints(max_length=71)] | None = None
+    phase: Phase
+    ready_replicas: Replicas = 0
+    desired_replicas: Replicas = 0
+    helm_revision: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
+    url: Annotated[str, StringConstraints(max_length=512)] | None = None
+    last_transition_time: datetime | None = None
+    rollout_result: Annotated[str, StringConstraints(max_length=64)] | None = None
+    rollout_reason: Annotated[str, StringConstraints(max_length=1024)] | None = None
+
+
+class Deployment(DeploymentReport):
+    model_config = ConfigDict(extra="ignore")
+
+    cluster: str
+    namespace: str
+    name: str
+    reporter: str = Field(description="the token that reported it")
+    reported_at: datetime = Field(description="the registry's clock when the last report arrived")
+    stale: bool = Field(description="no report for longer than the registry's stale time: not known healthy")
+
+
 EVENT_TYPES = (
     "model.created", "model.deleted", "version.created", "version.ready", "version.packaged",
     "version.unpackaged", "version.deleted", "alias.set", "alias.deleted", "auth.enabled", "auth.opened",
+    "deployment.updated", "deployment.removed",
 )
 
 

@@ -34,8 +34,9 @@ def _env_flag(name: str) -> bool | None:
 
 
 # Environment variables that seed a token of a scope at start-up (values from Secrets).  The
-# operator only resolves versions (read); model pods get a separate read-only pull token.
-SEED_TOKEN_ENV = {Env.ADMIN_TOKEN: ("admin", "admin"), Env.OPERATOR_TOKEN: ("operator", "read"),
+# operator resolves versions and reports deployments (report); model pods get a separate
+# read-only pull token.
+SEED_TOKEN_ENV = {Env.ADMIN_TOKEN: ("admin", "admin"), Env.OPERATOR_TOKEN: ("operator", "report"),
                   Env.PULL_TOKEN: ("pull", "read")}
 
 
@@ -64,6 +65,10 @@ class RegistrySettings:
     gc_interval_seconds: float = field(
         default_factory=lambda: float(os.environ.get(Env.GC_INTERVAL_SECONDS) or defaults.GC_INTERVAL_SECONDS))
 
+    # A deployment its operator stopped reporting for this long is shown as stale.
+    deployment_stale_seconds: float = field(default_factory=lambda: float(
+        os.environ.get(Env.DEPLOYMENT_STALE_SECONDS) or defaults.DEPLOYMENT_STALE_SECONDS))
+
     # How long a server trusts an authentication lookup (constructor settings: tests set them to 0).
     token_cache_seconds: float = defaults.TOKEN_CACHE_SECONDS
     open_mode_cache_seconds: float = defaults.OPEN_MODE_CACHE_SECONDS
@@ -71,7 +76,8 @@ class RegistrySettings:
     def to_env(self) -> dict[str, str]:
         """The same settings as environment variables, for worker processes."""
         env = {Env.DB_URL: self.db_url, Env.ARTIFACTS: self.artifacts_url,
-               Env.WORKERS: str(self.workers), Env.GC_INTERVAL_SECONDS: str(self.gc_interval_seconds)}
+               Env.WORKERS: str(self.workers), Env.GC_INTERVAL_SECONDS: str(self.gc_interval_seconds),
+               Env.DEPLOYMENT_STALE_SECONDS: str(self.deployment_stale_seconds)}
         if self.anonymous_read is not None:
             env[Env.ANONYMOUS_READ] = "true" if self.anonymous_read else "false"
         if self.migrate_on_start is not None:

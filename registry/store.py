@@ -10,7 +10,6 @@ reader following ``/events?after=N`` can never skip one that committed late.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import secrets
@@ -26,16 +25,19 @@ from sqlalchemy import (Connection, Engine, Row, and_, bindparam, delete, exists
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from modelyard.registry import schemas
+from modelyard.registry import defaults, schemas
+from modelyard.registry.cursors import decode_cursor, encode_cursor
 from modelyard.registry.db import models as db
 from modelyard.registry.db.engine import WRITE_OPTION
 from modelyard.registry.db.fast_reads import SqliteFastReader
 from modelyard.registry.db.file_guard import DatabaseFileGuard, sqlite_file
 from modelyard.registry.db.prepare import prepare_database
-from modelyard.registry.errors import BadRequest, Conflict, NotFound, Unavailable
+from modelyard.registry.alias_rules import failures
+from modelyard.registry.deployment_records import DeploymentRecords
+from modelyard.registry.errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
 
-SCOPES = ("read", "write", "admin")
-"""Each scope includes the ones before it."""
+SCOPES = ("read", "report", "write", "admin")
+"""Each scope includes the ones before it; ``report`` is an operator's: read, and report deployments."""
 
 EVENT_LOCK_KEY = 0x6D6F64656C  # "model": any constant shared by all registry replicas
 BLOB_LOCK_KEY = 0x626C6F62  # "blob": serializes garbage collection against uploads being registered
@@ -53,17 +55,6 @@ def scope_allows(granted: str, needed: str) -> bool:
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def encode_cursor(value: str | int) -> str:
-    return base64.urlsafe_b64encode(str(value).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str:
-    try:
-        return base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"invalid cursor {cursor!r}: pass back the next_cursor of a previous page") from exc
 
 
 # Hot-path statements are built once: constructing a select costs more than running it on SQLite.
@@ -102,7 +93,7 @@ _INSERT_MODEL = insert(db.RegisteredModel.__table__)
 _INSERT_VERSION = insert(db.ModelVersion.__table__)
 _INSERT_EVENT = insert(db.Event.__table__)
 _INSERT_CLAIM = insert(db.PendingBlob.__table__).returning(db.PendingBlob.id)
-_SELECT_TOKEN_SCOPE = select(db.ApiToken.scope).where(
+_SELECT_TOKEN = select(db.ApiToken.name, db.ApiToken.scope).where(
     db.ApiToken.token_hash == bindparam("token_hash"), db.ApiToken.revoked_at.is_(None))
 _SELECT_AUTH_STATE = select(db.RegistryState.value).where(db.RegistryState.key == AUTH_KEY)
 # One statement, so one snapshot: a blob is in use while a version (as artifact or Bento) or an
@@ -128,14 +119,15 @@ def _bento(row: Any) -> schemas.Bento | None:
     return schemas.Bento(tag=row.bento_tag, digest=row.bento_digest, size=row.bento_size)
 
 
-def version_from_row(model_name: str, row: Row[Any] | db.ModelVersion, aliases: list[str]) -> schemas.Version:
+def version_from_row(model_name: str, row: Row[Any] | db.ModelVersion, aliases: list[str],
+                     deployments: list[schemas.DeploymentRef] | None = None) -> schemas.Version:
     """The API's Version from a row of ``_VERSION_COLUMNS`` or an ORM ModelVersion: one converter, so
     a new column is added in one place."""
     return schemas.Version(
         model=model_name, version=row.version, status=row.status, digest=row.digest, size=row.size,
         format=row.format, description=row.description, metadata=row.meta, metrics=row.metrics,
         tags=row.tags, aliases=aliases, source=row.source, bento=_bento(row), created_by=row.created_by,
-        created_at=row.created_at, updated_at=row.updated_at,
+        created_at=row.created_at, updated_at=row.updated_at, deployments=deployments or [],
     )
 
 
@@ -148,11 +140,14 @@ class TokenInfo:
     revoked: bool
 
 
-class RegistryStore:
+class RegistryStore(DeploymentRecords):
     """Registry operations over a SQLAlchemy engine (SQLite or PostgreSQL)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *,
+                 deployment_stale_seconds: float = defaults.DEPLOYMENT_STALE_SECONDS) -> None:
         self.engine = engine
+        self.stale_after = timedelta(seconds=deployment_stale_seconds)
+        """A deployment not reported for this long is stale (``deployment_records``)."""
         self.event_listeners: list[Callable[[], None]] = []
         """Called (from the writing thread) after a transaction that appended events commits."""
         self._write_engine = engine.execution_options(**{WRITE_OPTION: True})
@@ -175,11 +170,12 @@ class RegistryStore:
         """What the start-up integrity check found wrong with the database, if anything."""
 
     @classmethod
-    def open(cls, db_url: str, migrate_on_start: bool | None = None) -> RegistryStore:
+    def open(cls, db_url: str, migrate_on_start: bool | None = None, *,
+             deployment_stale_seconds: float = defaults.DEPLOYMENT_STALE_SECONDS) -> RegistryStore:
         """A store on ``db_url`` with its schema at head (``db.prepare``); the server and the admin
         commands open it this way."""
         prepared = prepare_database(db_url, migrate_on_start)
-        store = cls(prepared.engine)
+        store = cls(prepared.engine, deployment_stale_seconds=deployment_stale_seconds)
         store.damage = prepared.damage
         return store
 
@@ -371,12 +367,12 @@ class RegistryStore:
             row.updated_at = db.utcnow()
             return self._to_model(row, self._aliases_of_model(session, row.id))
 
-    def delete_model(self, name: str) -> None:
+    def delete_model(self, name: str, *, force: bool = False) -> None:
         """See ``RegistryOperations.delete_model``.  The blobs it frees wait for the periodic sweep;
         the server uses :meth:`remove_model` to delete them at once."""
-        self.remove_model(name)
+        self.remove_model(name, force=force)
 
-    def remove_model(self, name: str) -> list[str]:
+    def remove_model(self, name: str, *, force: bool = False) -> list[str]:
         """Delete a model and its versions; refused while any alias exists.
 
         Returns the artifact digests no remaining version refers to, for
@@ -384,6 +380,8 @@ class RegistryStore:
         """
         with self._write() as session:
             row = self._model_row(session, name, lock=True)
+            if not force:
+                self._refuse_while_served(session, name, None, f"model {name!r}")
             aliases = self._aliases_of_model(session, row.id)
             if aliases:
                 listed = ", ".join(f"{a} → {v}" for a, v in aliases.items())
@@ -444,7 +442,8 @@ class RegistryStore:
                     raise NotFound(f"model {name!r} does not exist")
                 raise NotFound(f"version {version} of model {name!r} does not exist")
             aliases = list(connection.scalars(_SELECT_VERSION_ALIASES, {"version_id": row.id}))
-        return version_from_row(name, row, aliases)
+            deployments = self._deployments_of(connection, name, [version])[version]
+        return version_from_row(name, row, aliases, deployments)
 
     def list_versions(self, name: str, *, order: str = "asc", status: str | None = None,
                       tags: TagFilter = None, limit: int = 100,
@@ -469,7 +468,8 @@ class RegistryStore:
             more = len(rows) > limit
             rows = rows[:limit]
             aliases = self._aliases_by_version(session, [row.id for row in rows])
-            items = [version_from_row(name, row, aliases[row.id]) for row in rows]
+            served = self._deployments_of(session, name, [row.version for row in rows])
+            items = [version_from_row(name, row, aliases[row.id], served[row.version]) for row in rows]
         return schemas.Page[schemas.Version](
             items=items, next_cursor=encode_cursor(rows[-1].version) if more else None
         )
@@ -491,11 +491,11 @@ class RegistryStore:
             row.updated_at = db.utcnow()
             return version_from_row(name, row, self._aliases_by_version(session, [row.id])[row.id])
 
-    def delete_version(self, name: str, version: int) -> None:
+    def delete_version(self, name: str, version: int, *, force: bool = False) -> None:
         """See ``RegistryOperations.delete_version`` (and ``delete_model`` on the blobs it frees)."""
-        self.remove_version(name, version)
+        self.remove_version(name, version, force=force)
 
-    def remove_version(self, name: str, version: int) -> list[str]:
+    def remove_version(self, name: str, version: int, *, force: bool = False) -> list[str]:
         """Delete one version; refused (409) while an alias points at it.
 
         Returns its artifact and Bento digests that no other version shares, for
@@ -504,6 +504,8 @@ class RegistryStore:
         with self._write() as session:
             model = self._model_row(session, name, lock=True)
             row = self._version_row(session, model, version)
+            if not force:
+                self._refuse_while_served(session, name, version, f"version {version} of model {name!r}")
             aliases = self._aliases_by_version(session, [row.id])[row.id]
             if aliases:
                 raise Conflict(
@@ -657,8 +659,11 @@ class RegistryStore:
 
     # -- aliases ------------------------------------------------------------------------
 
-    def set_alias(self, name: str, alias: str, version: int) -> schemas.Alias:
-        """Point ``alias`` at a ready version; a no-op (no event) when it already does."""
+    def set_alias(self, name: str, alias: str, version: int, *, actor: str = "anonymous",
+                  admin: bool = True) -> schemas.Alias:
+        """Point ``alias`` at a ready version; a no-op (no event) when it already does.  A protected
+        alias moves for ``admin`` callers, or to a version whose metrics meet its rules (``Forbidden``
+        naming the rule that failed).  Every move is recorded with ``actor`` (the audit trail)."""
         with self._write() as session:
             model = self._model_row(session, name, lock=True)
             target = self._version_row(session, model, version)
@@ -668,13 +673,85 @@ class RegistryStore:
             row = session.scalars(
                 select(db.Alias).where(db.Alias.model_id == model.id, db.Alias.alias == alias)
             ).one_or_none()
+            if row is not None and row.version_id == target.id:
+                return schemas.Alias(model=name, alias=alias, version=version, digest=target.digest)
+            self._check_protection(session, model, alias, target, admin)
             if row is None:
                 session.add(db.Alias(model_id=model.id, alias=alias, version_id=target.id))
-                self._emit(session, "alias.set", name, version, alias)
-            elif row.version_id != target.id:
+                previous = None
+            else:
+                previous = session.scalar(select(db.ModelVersion.version).where(db.ModelVersion.id == row.version_id))
                 row.version_id, row.updated_at = target.id, db.utcnow()
-                self._emit(session, "alias.set", name, version, alias)
+            session.add(db.AliasMove(model_id=model.id, alias=alias, from_version=previous, to_version=version,
+                                     actor=actor))
+            self._emit(session, "alias.set", name, version, alias)
             return schemas.Alias(model=name, alias=alias, version=version, digest=target.digest)
+
+    def _check_protection(self, session: Session, model: db.RegisteredModel, alias: str,
+                          target: db.ModelVersion | None, admin: bool) -> None:
+        if admin:
+            return
+        rule = session.scalars(select(db.AliasRule).where(db.AliasRule.model_id == model.id,
+                                                          db.AliasRule.alias == alias)).one_or_none()
+        if rule is None:
+            return
+        required = list(rule.rules.get("require") or [])
+        if target is None or not required:
+            raise Forbidden(f"alias {alias!r} of model {model.name!r} is protected: only an admin token may "
+                            + ("delete it" if target is None else "move it"))
+        broken = failures(required, target.metrics)
+        if broken:
+            raise Forbidden(f"alias {alias!r} of model {model.name!r} is protected: version {target.version} "
+                            f"does not meet {'; '.join(broken)}", extra={"failed": broken})
+
+    def protect_alias(self, name: str, alias: str, protection: schemas.AliasProtection) -> schemas.AliasProtection:
+        """Protect ``alias`` (it need not exist yet): see :meth:`set_alias`.  Replaces earlier rules."""
+        with self._write() as session:
+            model = self._model_row(session, name, lock=True)
+            row = session.scalars(select(db.AliasRule).where(db.AliasRule.model_id == model.id,
+                                                             db.AliasRule.alias == alias)).one_or_none()
+            rules = {"require": list(protection.require)}
+            if row is None:
+                session.add(db.AliasRule(model_id=model.id, alias=alias, rules=rules))
+            else:
+                row.rules, row.updated_at = rules, db.utcnow()
+        return protection
+
+    def unprotect_alias(self, name: str, alias: str) -> None:
+        """Anyone with write scope may move it again.  Raises ``NotFound`` when it is not protected."""
+        with self._write() as session:
+            model = self._model_row(session, name, lock=True)
+            deleted = session.execute(delete(db.AliasRule).where(db.AliasRule.model_id == model.id,
+                                                                 db.AliasRule.alias == alias)).rowcount
+            if not deleted:
+                raise NotFound(f"alias {alias!r} of model {name!r} is not protected")
+
+    def alias_protection(self, name: str, alias: str) -> schemas.AliasProtection | None:
+        with self._read() as session:
+            model = self._model_row(session, name)
+            rules = session.scalar(select(db.AliasRule.rules).where(db.AliasRule.model_id == model.id,
+                                                                    db.AliasRule.alias == alias))
+        return None if rules is None else schemas.AliasProtection(require=rules.get("require") or [])
+
+    def alias_history(self, name: str, alias: str, *, limit: int = 100,
+                      cursor: str | None = None) -> schemas.Page[schemas.AliasMove]:
+        """Who moved ``alias``, from which version to which, when: newest first."""
+        with self._read() as session:
+            model = self._model_row(session, name)
+            query = (select(db.AliasMove).where(db.AliasMove.model_id == model.id, db.AliasMove.alias == alias)
+                     .order_by(db.AliasMove.id.desc()).limit(limit + 1))
+            if cursor:
+                raw = decode_cursor(cursor)
+                if not raw.isdigit() or len(raw) > 18:
+                    raise BadRequest(f"invalid cursor {cursor!r}: pass back the next_cursor of a previous page")
+                query = query.where(db.AliasMove.id < int(raw))
+            rows = list(session.scalars(query))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return schemas.Page[schemas.AliasMove](
+            items=[schemas.AliasMove(from_version=r.from_version, to_version=r.to_version, actor=r.actor, time=r.time)
+                   for r in rows],
+            next_cursor=encode_cursor(rows[-1].id) if more else None)
 
     def get_alias(self, name: str, alias: str) -> schemas.Alias:
         """The operator's hot path: one prepared, indexed join."""
@@ -695,7 +772,8 @@ class RegistryStore:
                 raise NotFound(f"model {name!r} does not exist")
         raise NotFound(f"model {name!r} has no alias {alias!r}")
 
-    def delete_alias(self, name: str, alias: str) -> None:
+    def delete_alias(self, name: str, alias: str, *, actor: str = "anonymous", admin: bool = True) -> None:
+        """See ``RegistryOperations.delete_alias``; a protected alias is deleted by ``admin`` callers only."""
         with self._write() as session:
             model = self._model_row(session, name, lock=True)
             row = session.scalars(
@@ -703,8 +781,11 @@ class RegistryStore:
             ).one_or_none()
             if row is None:
                 raise NotFound(f"model {name!r} has no alias {alias!r}")
+            self._check_protection(session, model, alias, None, admin)
             version = session.scalar(select(db.ModelVersion.version).where(db.ModelVersion.id == row.version_id))
             session.delete(row)
+            session.add(db.AliasMove(model_id=model.id, alias=alias, from_version=version, to_version=None,
+                                     actor=actor))
             self._emit(session, "alias.deleted", name, version, alias)
 
     # -- events -----------------------------------------------------------------------
@@ -759,10 +840,11 @@ class RegistryStore:
         except IntegrityError:
             return False  # another replica added it first
 
-    def token_scope(self, token: str) -> str | None:
-        """The scope of a valid, unrevoked token, else None."""
+    def token_identity(self, token: str) -> tuple[str, str] | None:
+        """(name, scope) of a valid, unrevoked token, else None."""
         with self.engine.connect() as connection:
-            return connection.scalar(_SELECT_TOKEN_SCOPE, {"token_hash": hash_token(token)})
+            found = connection.execute(_SELECT_TOKEN, {"token_hash": hash_token(token)}).first()
+        return None if found is None else (found.name, found.scope)
 
     # -- authentication mode ---------------------------------------------------------------
 

@@ -36,7 +36,7 @@ def test_open_until_the_first_token_then_scoped(settings: RegistrySettings) -> N
         as_writer = {"Authorization": f"Bearer {write}"}
         assert httpx.post(f"{api}/models", json={"name": "x"}, headers=as_writer).status_code == 201
         created = httpx.post(f"{api}/models/x/versions", headers=as_writer).json()
-        assert created["created_by"] == "token:write"
+        assert created["created_by"] == "token:writer"  # the token's name: who, not what
         assert httpx.delete(f"{api}/models/x", headers=as_writer).status_code == 403  # model deletion is admin
         assert httpx.delete(f"{api}/models/x", headers={"Authorization": f"Bearer {admin}"}).status_code == 204
         assert httpx.get(f"{api}/models", headers={"Authorization": "Bearer nope"}).status_code == 401
@@ -81,7 +81,8 @@ def test_tokens_from_the_environment_are_seeded_once(settings: RegistrySettings,
     monkeypatch.setenv("MODELYARD_OPERATOR_TOKEN", operator)
     monkeypatch.setenv("MODELYARD_PULL_TOKEN", pull)
     seeded = RegistrySettings(db_url=settings.db_url, artifacts_url=settings.artifacts_url, migrate_on_start=True)
-    assert seeded.seed_tokens == {"admin": ("admin", admin), "operator": ("read", operator), "pull": ("read", pull)}
+    assert seeded.seed_tokens == {"admin": ("admin", admin), "operator": ("report", operator),
+                                  "pull": ("read", pull)}
     with ThreadedRegistry(seeded) as server:
         api = server.url + "/api/v1"
         assert httpx.get(f"{api}/models").status_code == 401  # tokens exist: authentication is on

@@ -15,9 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_registry_benchmark_runs_and_reports_every_phase() -> None:
     answer = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "registry_bench.py"), "--duration", "0.3", "--models", "10",
-         "--artifact-mib", "4"], capture_output=True, text=True, timeout=300,
+         "--versions", "60", "--artifact-mib", "4"], capture_output=True, text=True, timeout=300,
     )
     assert answer.returncode == 0, answer.stderr[-3000:]  # non-zero when any request failed
     for phase in ("create 10 models", "create 50 versions", "resolve alias (c=64)", "floor: GET /healthz",
-                  "upload 4 MiB", "download 4 MiB", "start→/readyz", "x the framework floor"):
+                  "upload 4 MiB", "download 4 MiB", "start→/readyz", "x the framework floor",
+                  "GET /deployments?model (c=16, 60 versions)", "newest 50 of 60 versions"):
         assert phase in answer.stdout, answer.stdout

@@ -53,6 +53,7 @@ def test_the_modelyard_charts_values_are_the_defaults() -> None:
     values = load_yaml(CHARTS / "modelyard" / "values.yaml")
     assert values["registry"]["port"] == defaults.REGISTRY_PORT
     assert values["operator"]["tokenSecretName"] == defaults.TOKEN_SECRET
+    assert values["operator"]["clusterName"] == defaults.CLUSTER_NAME
     repository, tag = split_image(defaults.RUNTIME_IMAGE)
     assert values["operator"]["runtimeImage"]["repository"] == repository
     assert load_yaml(CHARTS / "modelyard" / "Chart.yaml")["appVersion"] == tag

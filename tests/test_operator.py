@@ -18,6 +18,7 @@ from kubernetes import client
 
 from modelyard.operator.helm_driver import HelmDriver
 from modelyard.registry.client import RegistryClient
+from modelyard.registry.errors import Conflict
 from modelyard.registry.processes.children import RegistryProcess
 from tests.helpers import condition, eventually
 from tests.support.kube import KubeApiServer, status_code, unique_namespace
@@ -253,3 +254,56 @@ def test_a_spec_naming_another_registry_gets_the_operators_token_never(bed: Bed)
         assert secret_token(bed, "modelyard-registry-token") is None
     finally:
         elsewhere.close()
+
+
+def test_deployments_are_reported_to_the_registry_and_turn_stale_without_their_operator(
+        kube: KubeApiServer, modelyard_release: dict, namespace: str, tmp_path: Path) -> None:
+    """Within 2 s of a status change the registry answers with it; a killed operator's deployments
+    turn stale; a deleted resource is removed (also when its operator restarted meanwhile)."""
+    registry = RegistryProcess.on(f"sqlite:///{tmp_path / 'registry.db'}", tmp_path / "artifacts",
+                                  env={"MODELYARD_DEPLOYMENT_STALE_SECONDS": "8"}).start()
+    world = Bed(kube, namespace, registry, tmp_path)
+    extra = ("--cluster-name", "eu-1", "--report-seconds", "2.5")  # slower than the 2 s the report may take
+    world.operator = OperatorProcess(kube.kubeconfig, registry.url, [namespace], tmp_path / "operator.log",
+                                     extra=extra)
+    reports = world.registry_client
+
+    def reported() -> list[Any]:
+        return reports.list_deployments(cluster="eu-1", namespace=namespace).items
+
+    try:
+        v1, v2 = push_versions(reports, "digits", 2)
+        reports.set_alias("digits", "production", v1)
+        world.operator.start()
+        world.create("digits", {"model": {"name": "digits", "alias": "production"}, "replicas": 2})
+        status = world.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == 1, "installed")
+        (found,) = eventually(lambda: [d for d in reported() if d.helm_revision == 1], timeout=2,
+                              what="the status in the registry within 2 s")
+        assert (found.name, found.model, found.version, found.phase) == ("digits", "digits", v1, status["phase"])
+        assert found.digest == status["model"]["digest"] and found.desired_replicas == 2 and not found.stale
+        assert found.url == status["url"]
+        assert [d.cluster for d in reports.get_version("digits", v1).deployments] == ["eu-1"]
+        with pytest.raises(Conflict, match=f"eu-1/{namespace}/digits"):
+            reports.delete_version("digits", v1)
+
+        reports.set_alias("digits", "production", v2)
+        world.wait_status("digits", lambda s: s.get("helm", {}).get("revision") == 2, "upgraded")
+        eventually(lambda: [d for d in reported() if d.version == v2 and d.helm_revision == 2], timeout=2,
+                   what="the alias move in the registry within 2 s")
+        reports.delete_version("digits", v1)  # served no more: the guard let go with the report
+
+        world.operator.kill()
+        (gone_quiet,) = eventually(lambda: [d for d in reported() if d.stale], timeout=15, what="stale")
+        assert gone_quiet.version == v2  # the last word stays, marked not known healthy
+
+        world.operator = OperatorProcess(kube.kubeconfig, registry.url, [namespace], tmp_path / "operator.log",
+                                         extra=extra).start()
+        eventually(lambda: [d for d in reported() if not d.stale], timeout=15, what="fresh again after a restart")
+        world.custom.delete_namespaced_custom_object("modelyard.io", "v1alpha1", namespace, "modeldeployments",
+                                                     "digits")
+        eventually(lambda: reported() == [], timeout=15, what="removed with its resource")
+        assert [e.type for e in reports.events(0, limit=1000).events if e.type.startswith("deployment.")][-1] \
+            == "deployment.removed"
+    finally:
+        world.close()
+        registry.stop()

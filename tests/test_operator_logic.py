@@ -234,3 +234,24 @@ def test_push_versions_helper_uploads_verified_bytes(sqlite_registry: Any) -> No
         versions = [client.get_version("m", n) for n in numbers]
         assert [v.status for v in versions] == ["ready", "ready"]
         assert versions[0].digest != versions[1].digest
+
+
+def test_a_status_becomes_the_registrys_deployment_report() -> None:
+    from modelyard.operator.reporting import deployment_report
+    from modelyard.operator.status import DeploymentStatus
+
+    status = DeploymentStatus.parse({
+        "phase": "Degraded", "replicas": 4, "readyReplicas": 3, "url": "http://md.ml:3000",
+        "model": {"name": "digits-cnn", "version": 7, "digest": V7.digest, "alias": "production"},
+        "helm": {"release": "md", "revision": 5, "chart": "model-server-0.1.0"},
+        "conditions": [{"type": "Ready", "status": "True", "reason": "x", "lastTransitionTime": "2026-12-01T00:00:05Z"},
+                       {"type": "Degraded", "status": "True", "reason": "RolledBack",
+                        "lastTransitionTime": "2026-12-01T00:01:00Z"}],
+        "history": [{"version": 8, "revision": 4, "result": "RolledBack", "reason": "made no progress for 600 s"}]})
+    report = deployment_report(DeploymentSpec.parse(SPEC), status)
+    assert (report.model, report.version, report.digest, report.phase) == ("digits-cnn", 7, V7.digest, "Degraded")
+    assert (report.ready_replicas, report.desired_replicas, report.helm_revision) == (3, 4, 5)
+    assert report.last_transition_time is not None and report.last_transition_time.minute == 1  # the newest
+    assert (report.rollout_result, report.rollout_reason) == ("RolledBack", "made no progress for 600 s")
+    fresh = deployment_report(DeploymentSpec.parse(SPEC), DeploymentStatus())
+    assert (fresh.model, fresh.version, fresh.phase, fresh.desired_replicas) == ("digits-cnn", None, "Pending", 4)

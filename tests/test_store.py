@@ -162,11 +162,11 @@ def test_tokens_are_hashed_scoped_and_revocable(store: RegistryStore) -> None:
     assert not store.auth_enabled()
     token, info = store.create_token("ci", "write")
     assert store.auth_enabled()
-    assert store.token_scope(token) == "write"
-    assert store.token_scope(token + "x") is None
+    assert store.token_identity(token) == ("ci", "write")
+    assert store.token_identity(token + "x") is None
     assert token not in repr(store.list_tokens())
     store.revoke_token(info.id)
-    assert store.token_scope(token) is None
+    assert store.token_identity(token) is None
     with pytest.raises(BadRequest):
         store.create_token("x", "root")
 
@@ -178,7 +178,7 @@ def test_authentication_stays_on_until_an_administrator_opens_the_registry(store
     store.revoke_token(writer.id)
     with pytest.raises(Conflict, match="last live admin token"):
         store.revoke_token(admin.id)
-    assert store.token_scope("x") is None and not store.list_tokens()[1].revoked
+    assert store.token_identity("x") is None and not store.list_tokens()[1].revoked
     store.revoke_token(admin.id, last_admin=True)
     assert all(token.revoked for token in store.list_tokens())
     assert store.auth_enabled()  # no live token, and still closed
@@ -193,11 +193,11 @@ def test_authentication_stays_on_until_an_administrator_opens_the_registry(store
 def test_seeded_tokens_take_the_deployment_scope_and_stay_revoked(store: RegistryStore) -> None:
     seeded = "my_" + "s" * 40
     assert store.ensure_token("operator", "write", seeded) is True
-    assert store.auth_enabled() and store.token_scope(seeded) == "write"
+    assert store.auth_enabled() and store.token_identity(seeded) == ("operator", "write")
     assert store.ensure_token("operator", "read", seeded) is False  # an upgrade narrowed its scope
-    assert store.token_scope(seeded) == "read"
+    assert store.token_identity(seeded) == ("operator", "read")
     store.revoke_token(store.list_tokens()[0].id)
-    assert store.ensure_token("operator", "read", seeded) is False and store.token_scope(seeded) is None
+    assert store.ensure_token("operator", "read", seeded) is False and store.token_identity(seeded) is None
 
 
 def test_racing_alias_set_and_version_delete_stay_consistent(store: RegistryStore) -> None:

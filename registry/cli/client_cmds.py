@@ -1,4 +1,4 @@
-"""Client commands: push, models, versions, alias (and the artifact half of pull)."""
+"""Client commands: push, models, versions, alias, deployments (and the artifact half of pull)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from modelyard.registry import defaults
+from modelyard.registry import defaults, schemas
+from modelyard.registry.alias_rules import Rule
 from modelyard.registry.cli.common import (
     JsonOption, RegistryOption, TokenOption, bytes_progress, client, console, human_size, parse_metrics, parse_pairs,
     print_json,
@@ -22,6 +23,9 @@ from modelyard.registry.names import check_alias, check_model_name, parse_model_
 models_app = typer.Typer(help="Registered models.", no_args_is_help=True)
 versions_app = typer.Typer(help="Model versions.", no_args_is_help=True)
 alias_app = typer.Typer(help="Aliases (movable names such as 'production').", no_args_is_help=True)
+deployments_app = typer.Typer(help="Deployments, as the clusters' operators report them.", no_args_is_help=True)
+ModelArgument = Annotated[str, typer.Argument(help="model name")]
+AliasArgument = Annotated[str, typer.Argument(help="alias")]
 
 
 def push(
@@ -117,21 +121,39 @@ def models_ls(
     console.print(table)
 
 
+ForceOption = Annotated[bool, typer.Option("--force", help="even while a deployment serves it (admin token)")]
+
+
 @models_app.command("delete")
 def models_delete(
-    name: Annotated[str, typer.Argument(help="model name")],
+    name: ModelArgument,
+    force: ForceOption = False,
     registry: RegistryOption = defaults.REGISTRY_URL,
     token: TokenOption = None,
 ) -> None:
-    """Delete a model and all its versions (refused while it has aliases)."""
+    """Delete a model and all its versions (refused while it has aliases or a deployment serves it)."""
     with client(registry, token) as registry_client:
-        registry_client.delete_model(name)
+        registry_client.delete_model(name, force=force)
     console.print(f"deleted model {name}")
+
+
+@versions_app.command("rm")
+def versions_rm(
+    name: ModelArgument,
+    version: Annotated[int, typer.Argument(help="version number", min=1)],
+    force: ForceOption = False,
+    registry: RegistryOption = defaults.REGISTRY_URL,
+    token: TokenOption = None,
+) -> None:
+    """Delete a version (refused while an alias points at it or a deployment serves it)."""
+    with client(registry, token) as registry_client:
+        registry_client.delete_version(name, version, force=force)
+    console.print(f"deleted {name}:{version}")
 
 
 @versions_app.command("ls")
 def versions_ls(
-    name: Annotated[str, typer.Argument(help="model name")],
+    name: ModelArgument,
     status: Annotated[str | None, typer.Option("--status", help="pending | ready | failed")] = None,
     as_json: JsonOption = False,
     registry: RegistryOption = defaults.REGISTRY_URL,
@@ -165,7 +187,7 @@ def versions_show(
 
 @alias_app.command("set")
 def alias_set(
-    name: Annotated[str, typer.Argument(help="model name")],
+    name: ModelArgument,
     alias: Annotated[str, typer.Argument(help="alias, e.g. production")],
     version: Annotated[int, typer.Argument(help="version number", min=1)],
     registry: RegistryOption = defaults.REGISTRY_URL,
@@ -180,8 +202,8 @@ def alias_set(
 
 @alias_app.command("get")
 def alias_get(
-    name: Annotated[str, typer.Argument(help="model name")],
-    alias: Annotated[str, typer.Argument(help="alias")],
+    name: ModelArgument,
+    alias: AliasArgument,
     registry: RegistryOption = defaults.REGISTRY_URL,
     token: TokenOption = None,
 ) -> None:
@@ -193,8 +215,8 @@ def alias_get(
 
 @alias_app.command("rm")
 def alias_rm(
-    name: Annotated[str, typer.Argument(help="model name")],
-    alias: Annotated[str, typer.Argument(help="alias")],
+    name: ModelArgument,
+    alias: AliasArgument,
     registry: RegistryOption = defaults.REGISTRY_URL,
     token: TokenOption = None,
 ) -> None:
@@ -202,3 +224,82 @@ def alias_rm(
     with client(registry, token) as registry_client:
         registry_client.delete_alias(name, alias)
     console.print(f"deleted alias {name}@{alias}")
+
+
+@alias_app.command("protect")
+def alias_protect(
+    name: ModelArgument,
+    alias: AliasArgument,
+    require: Annotated[list[str] | None, typer.Option(
+        "--require", help="METRIC OP NUMBER, e.g. accuracy>=0.95; repeatable (none: admins only)")] = None,
+    registry: RegistryOption = defaults.REGISTRY_URL,
+    token: TokenOption = None,
+) -> None:
+    """Protect ALIAS (admin token): it then moves only for admins, or to versions meeting every rule."""
+    for rule in require or []:
+        Rule.parse(rule)  # a clear message before anything is sent
+    with client(registry, token) as registry_client:
+        registry_client.protect_alias(name, alias, schemas.validated(schemas.AliasProtection, require=require or []))
+    rules = ", ".join(require or []) or "admin tokens only"
+    console.print(f"{name}@{alias} is protected: {rules}", highlight=False)
+
+
+@alias_app.command("unprotect")
+def alias_unprotect(
+    name: ModelArgument,
+    alias: AliasArgument,
+    registry: RegistryOption = defaults.REGISTRY_URL,
+    token: TokenOption = None,
+) -> None:
+    """Lift an alias's protection (admin token)."""
+    with client(registry, token) as registry_client:
+        registry_client.unprotect_alias(name, alias)
+    console.print(f"{name}@{alias} is no longer protected", highlight=False)
+
+
+@alias_app.command("history")
+def alias_history(
+    name: ModelArgument,
+    alias: AliasArgument,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="newest N moves")] = 20,
+    as_json: JsonOption = False,
+    registry: RegistryOption = defaults.REGISTRY_URL,
+    token: TokenOption = None,
+) -> None:
+    """Who moved ALIAS, from which version to which, and when (newest first)."""
+    with client(registry, token) as registry_client:
+        moves = registry_client.alias_history(name, alias, limit=limit).items
+        protection = registry_client.alias_protection(name, alias)
+    if as_json:
+        print_json([m.model_dump(mode="json") for m in moves])
+        return
+    if protection is not None:
+        console.print(f"protected: {', '.join(protection.require) or 'admin tokens only'}", highlight=False)
+    table = Table("TIME", "FROM", "TO", "WHO", box=None)
+    for move in moves:
+        table.add_row(move.time.strftime("%Y-%m-%d %H:%M:%S"), str(move.from_version or "-"),
+                      str(move.to_version) if move.to_version is not None else "(deleted)", move.actor)
+    console.print(table)
+
+
+@deployments_app.command("ls")
+def deployments_ls(
+    model: Annotated[str | None, typer.Option("--model", "-m", help="only this model")] = None,
+    cluster: Annotated[str | None, typer.Option("--cluster", help="only this cluster")] = None,
+    phase: Annotated[str | None, typer.Option("--phase", help="a phase, or Stale")] = None,
+    as_json: JsonOption = False,
+    registry: RegistryOption = defaults.REGISTRY_URL,
+    token: TokenOption = None,
+) -> None:
+    """What serves where, as the clusters' operators report it."""
+    with client(registry, token) as registry_client:
+        found = list(registry_client.iter_deployments(model=model, cluster=cluster, phase=phase))
+    if as_json:
+        print_json([d.model_dump(mode="json") for d in found])
+        return
+    table = Table("CLUSTER", "NAMESPACE", "NAME", "MODEL", "PHASE", "READY", "REVISION", "REPORTED", box=None)
+    for d in found:
+        table.add_row(d.cluster, d.namespace, d.name, f"{d.model}:{d.version or '-'}",
+                      f"{d.phase} (stale)" if d.stale else d.phase, f"{d.ready_replicas}/{d.desired_replicas}",
+                      str(d.helm_revision or "-"), d.reported_at.strftime("%Y-%m-%d %H:%M:%S"))
+    console.print(table)

@@ -149,3 +149,63 @@ class RegistryState(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(256))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Deployment(Base):
+    """What a cluster serves, as its operator last reported it (``PUT /deployments/…``).
+
+    Keyed by where it runs, not by model: a report names the model and version it serves,
+    which may be one the registry no longer has (the report says so; nothing cascades).
+    ``reported_at`` is the registry's clock, so a silent operator shows as stale."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (UniqueConstraint("cluster", "namespace", "name", name="uq_deployments_where"),
+                      Index("ix_deployments_model_version", "model", "version"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cluster: Mapped[str] = mapped_column(String(63))
+    namespace: Mapped[str] = mapped_column(String(63))
+    name: Mapped[str] = mapped_column(String(253))
+    model: Mapped[str] = mapped_column(String(63))
+    version: Mapped[int | None] = mapped_column(Integer, default=None)
+    digest: Mapped[str | None] = mapped_column(String(71), default=None)
+    phase: Mapped[str] = mapped_column(String(16))
+    ready_replicas: Mapped[int] = mapped_column(Integer, default=0)
+    desired_replicas: Mapped[int] = mapped_column(Integer, default=0)
+    helm_revision: Mapped[int | None] = mapped_column(Integer, default=None)
+    url: Mapped[str | None] = mapped_column(String(512), default=None)
+    last_transition_time: Mapped[datetime | None] = mapped_column(default=None)
+    rollout_result: Mapped[str | None] = mapped_column(String(64), default=None)
+    rollout_reason: Mapped[str | None] = mapped_column(String(1024), default=None)
+    reporter: Mapped[str] = mapped_column(String(128))
+    reported_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AliasRule(Base):
+    """A protected alias: moving it needs admin scope, or a version whose metrics meet ``rules``."""
+
+    __tablename__ = "alias_rules"
+    __table_args__ = (UniqueConstraint("model_id", "alias", name="uq_alias_rules_model_alias"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("registered_models.id", ondelete="CASCADE"))
+    alias: Mapped[str] = mapped_column(String(63))
+    rules: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """{"require": ["accuracy>=0.95", …]}: every rule must hold."""
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AliasMove(Base):
+    """One alias change, for the audit trail: who moved it from which version to which, when."""
+
+    __tablename__ = "alias_history"
+    __table_args__ = (Index("ix_alias_history_model_alias", "model_id", "alias", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("registered_models.id", ondelete="CASCADE"))
+    alias: Mapped[str] = mapped_column(String(63))
+    from_version: Mapped[int | None] = mapped_column(Integer, default=None)
+    to_version: Mapped[int | None] = mapped_column(Integer, default=None)
+    """None: the alias was deleted."""
+    actor: Mapped[str] = mapped_column(String(128))
+    time: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,21 +1,27 @@
-"""``/models/{name}/aliases/{alias}``: movable names for versions (``production`` …)."""
+"""``/models/{name}/aliases/{alias}``: movable names for versions (``production`` …), their
+protection rules and their audit trail."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
 from modelyard.registry import schemas
+from modelyard.registry.errors import NotFound
 from modelyard.registry.server.calls import run_write
-from modelyard.registry.server.deps import AliasPath, ModelPath, Reader, Store, Writer, run_read
+from modelyard.registry.server.deps import (Admin, AliasPath, Cursor, Limit, ModelPath, Reader, Store, Writer,
+                                            run_read)
 
 router = APIRouter(prefix="/models/{name}/aliases", tags=["aliases"])
 
 
-@router.put("/{alias}", response_model=schemas.Alias)
+@router.put("/{alias}", response_model=schemas.Alias,
+            responses={403: {"model": schemas.Problem, "description": "a protected alias: which rule failed"}})
 async def set_alias(name: ModelPath, alias: AliasPath, body: schemas.AliasSet, store: Store,
-                    _: Writer) -> schemas.Alias:
-    """Point the alias at a ready version; operators following it roll the new version out."""
-    return await run_write(store, store.set_alias, name, alias, body.version)
+                    who: Writer) -> schemas.Alias:
+    """Point the alias at a ready version; operators following it roll the new version out.  A
+    protected alias moves for admin tokens, or to a version whose metrics meet its rules."""
+    return await run_write(store, lambda: store.set_alias(name, alias, body.version, actor=who.identity,
+                                                          admin=who.admin))
 
 
 @router.get("/{alias}", response_model=None, responses={200: {"model": schemas.Alias}})
@@ -28,6 +34,34 @@ async def get_alias(name: ModelPath, alias: AliasPath, request: Request, _: Read
 
 
 @router.delete("/{alias}", status_code=204, response_class=Response)
-async def delete_alias(name: ModelPath, alias: AliasPath, store: Store, _: Writer) -> Response:
-    await run_write(store, store.delete_alias, name, alias)
+async def delete_alias(name: ModelPath, alias: AliasPath, store: Store, who: Writer) -> Response:
+    await run_write(store, lambda: store.delete_alias(name, alias, actor=who.identity, admin=who.admin))
+    return Response(status_code=204)
+
+
+@router.get("/{alias}/history", response_model=schemas.Page[schemas.AliasMove])
+async def alias_history(name: ModelPath, alias: AliasPath, store: Store, _: Reader, limit: Limit = 100,
+                        cursor: Cursor = None) -> schemas.Page[schemas.AliasMove]:
+    """Every move of the alias, newest first: who, from which version to which, when."""
+    return await run_read(store, lambda: store.alias_history(name, alias, limit=limit, cursor=cursor))
+
+
+@router.get("/{alias}/protection", response_model=schemas.AliasProtection)
+async def get_protection(name: ModelPath, alias: AliasPath, store: Store, _: Reader) -> schemas.AliasProtection:
+    found = await run_read(store, store.alias_protection, name, alias)
+    if found is None:
+        raise NotFound(f"alias {alias!r} of model {name!r} is not protected")
+    return found
+
+
+@router.put("/{alias}/protection", response_model=schemas.AliasProtection)
+async def protect(name: ModelPath, alias: AliasPath, body: schemas.AliasProtection, store: Store,
+                  _: Admin) -> schemas.AliasProtection:
+    """Protect the alias (admin): moving it then needs admin scope, or a version meeting every rule."""
+    return await run_write(store, store.protect_alias, name, alias, body)
+
+
+@router.delete("/{alias}/protection", status_code=204, response_class=Response)
+async def unprotect(name: ModelPath, alias: AliasPath, store: Store, _: Admin) -> Response:
+    await run_write(store, store.unprotect_alias, name, alias)
     return Response(status_code=204)

@@ -12,7 +12,8 @@ from fastapi import FastAPI
 
 from modelyard.registry import garbage
 from modelyard.registry.artifacts import ArtifactStore, open_artifact_store
-from modelyard.registry.server import aliases_api, artifacts_api, events_api, health_api, models_api, versions_api
+from modelyard.registry.server import (aliases_api, artifacts_api, deployments_api, events_api, health_api,
+                                       models_api, versions_api)
 from modelyard.registry.server.auth import Authenticator
 from modelyard.registry.server.metrics import MetricsMiddleware, RegistryMetrics
 from modelyard.registry.server.notify import EventNotifier
@@ -41,7 +42,8 @@ async def sweep_periodically(store: RegistryStore, artifacts: ArtifactStore, int
 
 def create_app(settings: RegistrySettings | None = None) -> FastAPI:
     settings = settings or RegistrySettings()
-    store = RegistryStore.open(settings.db_url, settings.migrate_on_start)
+    store = RegistryStore.open(settings.db_url, settings.migrate_on_start,
+                               deployment_stale_seconds=settings.deployment_stale_seconds)
     store.inline_writes = store.inline_reads and settings.workers == 1
     for name, (scope, token) in settings.seed_tokens.items():
         if store.ensure_token(name, scope, token):
@@ -81,7 +83,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
                                    settings.open_mode_cache_seconds)
     install_problem_handlers(app)
     # The operator's hot path (alias lookups) first: routes are matched in order.
-    for module in (aliases_api, versions_api, events_api, models_api, artifacts_api):
+    for module in (aliases_api, versions_api, events_api, models_api, artifacts_api, deployments_api):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health_api.router)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -14,6 +14,7 @@ working within ``token_cache_seconds`` (``defaults.TOKEN_CACHE_SECONDS``).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from collections.abc import Awaitable, Callable
 
 from fastapi import Request
@@ -26,6 +27,19 @@ from modelyard.registry.server.calls import run_read
 _CACHE_LIMIT = 10_000
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: ``identity`` is recorded (``created_by``, the alias audit trail)."""
+
+    identity: str
+    """"token:NAME" (the name given at ``token create``), or "anonymous"."""
+    scope: str
+
+    @property
+    def admin(self) -> bool:
+        return self.scope == "admin"
+
+
 class Authenticator:
     def __init__(self, store: RegistryStore, anonymous_read: bool | None,
                  token_cache_seconds: float = defaults.TOKEN_CACHE_SECONDS,
@@ -36,7 +50,7 @@ class Authenticator:
         self.open_mode_cache_seconds = open_mode_cache_seconds
         self._open_until = 0.0
         self._open = True
-        self._scopes: dict[str, tuple[float, str | None]] = {}
+        self._tokens: dict[str, tuple[float, tuple[str, str] | None]] = {}
 
     async def _is_open(self) -> bool:
         now = time.monotonic()
@@ -45,41 +59,42 @@ class Authenticator:
             self._open_until = now + self.open_mode_cache_seconds
         return self._open
 
-    async def _scope_of(self, token: str) -> str | None:
+    async def _token(self, token: str) -> tuple[str, str] | None:
         now = time.monotonic()
-        cached = self._scopes.get(token)
+        cached = self._tokens.get(token)
         if cached and cached[0] > now:
             return cached[1]
-        scope = await run_read(self.store, self.store.token_scope, token)
-        if len(self._scopes) >= _CACHE_LIMIT:
-            self._scopes.clear()
-        self._scopes[token] = (now + self.token_cache_seconds, scope)
-        return scope
+        found = await run_read(self.store, self.store.token_identity, token)
+        if len(self._tokens) >= _CACHE_LIMIT:
+            self._tokens.clear()
+        self._tokens[token] = (now + self.token_cache_seconds, found)
+        return found
 
-    async def authorize(self, authorization: str | None, needed: str) -> str:
-        """Return the caller's identity, or raise 401/403."""
+    async def authorize(self, authorization: str | None, needed: str) -> Caller:
+        """Return the caller, or raise 401/403."""
         if authorization:
             kind, _, token = authorization.partition(" ")
             if kind.lower() != "bearer" or not token:
                 raise Unauthorized("use 'Authorization: Bearer <token>'")
-            scope = await self._scope_of(token.strip())
-            if scope is None:
+            found = await self._token(token.strip())
+            if found is None:
                 raise Unauthorized("unknown or revoked token")
+            name, scope = found
             if not scope_allows(scope, needed):
                 raise Forbidden(f"this token has scope {scope!r}; this request needs {needed!r}")
-            return f"token:{scope}"
+            return Caller(f"token:{name}", scope)
         if await self._is_open():
-            return "anonymous"
+            return Caller("anonymous", "admin")  # an open registry: anyone may do anything
         if needed == "read" and self.anonymous_read:
-            return "anonymous"
+            return Caller("anonymous", "read")
         raise Unauthorized("authentication required: pass 'Authorization: Bearer <token>' "
                            "(create one with `modelyard registry token create`)")
 
 
-def require(scope: str) -> Callable[[Request], Awaitable[str]]:
+def require(scope: str) -> Callable[[Request], Awaitable[Caller]]:
     """A FastAPI dependency that admits callers holding ``scope`` (or more)."""
 
-    async def dependency(request: Request) -> str:
+    async def dependency(request: Request) -> Caller:
         auth: Authenticator = request.app.state.auth
         return await auth.authorize(request.headers.get("authorization"), scope)
 

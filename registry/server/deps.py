@@ -11,7 +11,7 @@ from modelyard.registry.artifacts import ArtifactStore
 from modelyard.registry.schemas import MAX_VERSION
 from modelyard.registry.errors import Invalid
 from modelyard.registry.names import ALIAS_PATTERN, NAME_PATTERN, check_tag_key
-from modelyard.registry.server.auth import require
+from modelyard.registry.server.auth import Caller, require
 from modelyard.registry.server.calls import run_read  # noqa: F401 - re-exported for the routers
 from modelyard.registry.store import RegistryStore
 
@@ -21,10 +21,12 @@ VersionPath = Annotated[int, Path(ge=1, le=MAX_VERSION, description="version num
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
 Cursor = Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")]
 TagFilter = Annotated[list[str], Query(description="repeatable key=value tag filter", max_length=16)]
+Force = Annotated[bool, Query(description="delete even while a deployment serves it (admin)")]
 
-Reader = Annotated[str, Depends(require("read"))]
-Writer = Annotated[str, Depends(require("write"))]
-Admin = Annotated[str, Depends(require("admin"))]
+Reader = Annotated[Caller, Depends(require("read"))]
+Reporter = Annotated[Caller, Depends(require("report"))]
+Writer = Annotated[Caller, Depends(require("write"))]
+Admin = Annotated[Caller, Depends(require("admin"))]
 
 
 # Dependencies are ``async def``: FastAPI runs plain ``def`` dependencies in a worker

@@ -10,7 +10,7 @@ from modelyard.registry import schemas
 from modelyard.registry.names import ALIAS_PATTERN
 from modelyard.registry.server.calls import run_write
 from modelyard.registry.server.deps import (
-    Admin, Artifacts, Cursor, Limit, ModelPath, Reader, Store, TagFilter, Writer, created,
+    Admin, Artifacts, Cursor, Force, Limit, ModelPath, Reader, Store, TagFilter, Writer, created,
     parse_tag_filters, run_read,
 )
 from modelyard.registry.server.uploads import collect_garbage
@@ -48,7 +48,9 @@ async def update_model(name: ModelPath, body: schemas.ModelUpdate, store: Store,
 
 
 @router.delete("/{name}", status_code=204, response_class=Response)
-async def delete_model(name: ModelPath, store: Store, artifacts: Artifacts, _: Admin) -> Response:
-    """Delete a model with all its versions (admin scope); refused while it has aliases."""
-    await collect_garbage(store, artifacts, await run_write(store, store.remove_model, name))
+async def delete_model(name: ModelPath, store: Store, artifacts: Artifacts, _: Admin,
+                       force: Force = False) -> Response:
+    """Delete a model with all its versions (admin scope); refused while it has aliases, or while a
+    deployment serves one of its versions (unless ``force``)."""
+    await collect_garbage(store, artifacts, await run_write(store, lambda: store.remove_model(name, force=force)))
     return Response(status_code=204)

@@ -7,9 +7,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request, Response
 
 from modelyard.registry import schemas
+from modelyard.registry.errors import Forbidden
 from modelyard.registry.server.calls import run_write
 from modelyard.registry.server.deps import (
-    Artifacts, Cursor, Limit, ModelPath, Reader, Store, TagFilter, VersionPath, Writer, created,
+    Artifacts, Cursor, Force, Limit, ModelPath, Reader, Store, TagFilter, VersionPath, Writer, created,
     parse_tag_filters, run_read,
 )
 from modelyard.registry.server.uploads import collect_garbage
@@ -24,7 +25,7 @@ async def create_version(name: ModelPath, store: Store, who: Writer,
     body = body or schemas.VersionCreate()
     version = await run_write(store, lambda: store.create_version(
         name, format=body.format.value if body.format else None, description=body.description, metadata=body.metadata,
-        metrics=body.metrics, tags=body.tags, source=body.source, created_by=who))
+        metrics=body.metrics, tags=body.tags, source=body.source, created_by=who.identity))
     return created(version, f"/api/v1/models/{name}/versions/{version.version}")
 
 
@@ -57,7 +58,11 @@ async def update_version(name: ModelPath, version: VersionPath, body: schemas.Ve
 
 @router.delete("/{version}", status_code=204, response_class=Response)
 async def delete_version(name: ModelPath, version: VersionPath, store: Store, artifacts: Artifacts,
-                         _: Writer) -> Response:
-    """Delete a version; refused (409) while an alias points at it."""
-    await collect_garbage(store, artifacts, await run_write(store, store.remove_version, name, version))
+                         who: Writer, force: Force = False) -> Response:
+    """Delete a version; refused (409) while an alias points at it, or while a deployment serves it
+    (``force``, with an admin token, overrides the latter)."""
+    if force and not who.admin:
+        raise Forbidden("force needs an admin token")
+    await collect_garbage(store, artifacts, await run_write(store, lambda: store.remove_version(
+        name, version, force=force)))
     return Response(status_code=204)

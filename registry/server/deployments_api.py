@@ -1,0 +1,49 @@
+"""``/deployments``: what serves where, as operators report it (``deployment_records``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response
+
+from modelyard.registry import schemas
+from modelyard.registry.names import NAME_PATTERN
+from modelyard.registry.server.calls import run_write
+from modelyard.registry.server.deps import Cursor, Limit, Reader, Reporter, Store, run_read
+
+router = APIRouter(prefix="/deployments", tags=["deployments"])
+
+_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+ClusterPath = Annotated[str, Path(pattern=_LABEL, max_length=63, description="the operator's cluster name")]
+NamespacePath = Annotated[str, Path(pattern=_LABEL, max_length=63)]
+NamePath = Annotated[str, Path(pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$", max_length=253)]
+
+
+@router.get("", response_model=schemas.Page[schemas.Deployment])
+async def list_deployments(
+    store: Store, _: Reader, limit: Limit = 100, cursor: Cursor = None,
+    model: Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=63)] = None,
+    version: Annotated[int | None, Query(ge=1, le=schemas.MAX_VERSION)] = None,
+    cluster: Annotated[str | None, Query(pattern=_LABEL, max_length=63)] = None,
+    namespace: Annotated[str | None, Query(pattern=_LABEL, max_length=63)] = None,
+    phase: Annotated[str | None, Query(pattern=r"^[A-Za-z]{1,16}$",
+                                       description="a phase, or Stale for those no longer reported")] = None,
+) -> schemas.Page[schemas.Deployment]:
+    return await run_read(store, lambda: store.list_deployments(
+        model=model, version=version, cluster=cluster, namespace=namespace, phase=phase, limit=limit, cursor=cursor))
+
+
+@router.put("/{cluster}/{namespace}/{name}", response_model=schemas.Deployment)
+async def report_deployment(cluster: ClusterPath, namespace: NamespacePath, name: NamePath,
+                            body: schemas.DeploymentReport, store: Store, who: Reporter) -> schemas.Deployment:
+    """An operator reports a ModelDeployment (on each status change, and as a heartbeat)."""
+    return await run_write(store, lambda: store.report_deployment(cluster, namespace, name, body,
+                                                                  reporter=who.identity))
+
+
+@router.delete("/{cluster}/{namespace}/{name}", status_code=204, response_class=Response)
+async def remove_deployment(cluster: ClusterPath, namespace: NamespacePath, name: NamePath, store: Store,
+                            _: Reporter) -> Response:
+    """The ModelDeployment was deleted."""
+    await run_write(store, store.remove_deployment, cluster, namespace, name)
+    return Response(status_code=204)

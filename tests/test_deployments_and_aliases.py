@@ -1,0 +1,176 @@
+"""What serves where (deployments reported by operators), protected aliases and the alias audit
+trail, against a real registry server over HTTP with real tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from modelyard.registry.settings import RegistrySettings
+from tests.support.servers import ThreadedRegistry
+
+STALE_SECONDS = 1.5
+
+
+class Registry:
+    """A registry with authentication on and one token per scope (``as_(scope)`` → headers)."""
+
+    def __init__(self, server: ThreadedRegistry) -> None:
+        self.server = server
+        self.api = server.url + "/api/v1"
+        self.tokens = {scope: server.store.create_token(f"{scope}-bot", scope)[0]
+                       for scope in ("read", "report", "write", "admin")}
+
+    def as_(self, scope: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[scope]}"}
+
+    def call(self, method: str, path: str, scope: str, **kwargs: Any) -> httpx.Response:
+        return httpx.request(method, self.api + path, headers=self.as_(scope), timeout=10, **kwargs)
+
+    def ready_version(self, model: str, metrics: dict[str, float] | None = None) -> int:
+        if self.call("GET", f"/models/{model}", "read").status_code == 404:
+            assert self.call("POST", "/models", "write", json={"name": model}).status_code == 201
+        number = self.call("POST", f"/models/{model}/versions", "write", json={"metrics": metrics or {}}).json()
+        number = number["version"]
+        digest = "sha256:" + hashlib.sha256(f"{model}{number}".encode()).hexdigest()
+        self.server.store.mark_ready(model, number, digest, 1)
+        return number
+
+    def report(self, cluster: str, namespace: str, name: str, scope: str = "report", **fields: Any) -> httpx.Response:
+        body = {"model": "digits", "version": 1, "phase": "Ready", "ready_replicas": 2, "desired_replicas": 2,
+                **fields}
+        return self.call("PUT", f"/deployments/{cluster}/{namespace}/{name}", scope, json=body)
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    settings = RegistrySettings(db_url=f"sqlite:///{tmp_path / 'r.db'}", artifacts_url=str(tmp_path / "a"),
+                                migrate_on_start=True, deployment_stale_seconds=STALE_SECONDS,
+                                token_cache_seconds=0.0, open_mode_cache_seconds=0.0)
+    with ThreadedRegistry(settings) as server:
+        yield Registry(server)
+
+
+def test_an_operator_reports_deployments_and_anyone_can_ask_what_serves_where(registry: Registry) -> None:
+    v1 = registry.ready_version("digits")
+    assert registry.report("prod-eu", "ml", "digits", version=v1, helm_revision=3, url="http://d.ml:3000",
+                           rollout_result="Ready").status_code == 200
+    assert registry.report("prod-us", "ml", "digits", version=v1, phase="RollingOut").status_code == 200
+    assert registry.report("staging", "team-a", "other", model="other", version=None, phase="Failed",
+                           ready_replicas=0).status_code == 200
+    listed = registry.call("GET", "/deployments", "read").json()
+    assert [(d["cluster"], d["name"]) for d in listed["items"]] == [
+        ("prod-eu", "digits"), ("prod-us", "digits"), ("staging", "other")]
+    first = listed["items"][0]
+    assert (first["phase"], first["helm_revision"], first["reporter"], first["stale"]) == (
+        "Ready", 3, "token:report-bot", False)
+    assert [d["cluster"] for d in registry.call("GET", "/deployments", "read", params={
+        "model": "digits", "phase": "RollingOut"}).json()["items"]] == ["prod-us"]
+    page = registry.call("GET", "/deployments", "read", params={"limit": 2}).json()
+    rest = registry.call("GET", "/deployments", "read", params={"limit": 2, "cursor": page["next_cursor"]}).json()
+    assert [d["name"] for d in page["items"] + rest["items"]] == ["digits", "digits", "other"]
+    assert rest["next_cursor"] is None
+    version = registry.call("GET", f"/models/digits/versions/{v1}", "read").json()
+    assert [(d["cluster"], d["phase"]) for d in version["deployments"]] == [("prod-eu", "Ready"),
+                                                                          ("prod-us", "RollingOut")]
+    listed_versions = registry.call("GET", "/models/digits/versions", "read").json()["items"]
+    assert len(listed_versions[0]["deployments"]) == 2
+
+
+def test_reports_need_the_report_scope_and_are_checked(registry: Registry) -> None:
+    assert registry.report("c", "ml", "x", scope="read").status_code == 403
+    assert registry.report("c", "ml", "x", scope="write").status_code == 200  # scopes include the ones below
+    for bad in ({"phase": "x" * 40}, {"ready_replicas": -1}, {"model": "Not A Name"}, {"url": "u" * 600},
+                {"unknown": 1}):
+        answer = registry.report("c", "ml", "x", **bad)
+        assert answer.status_code == 422 and answer.headers["content-type"] == "application/problem+json", bad
+    assert registry.report("UPPER", "ml", "x").status_code == 422
+    assert registry.report("c", "ml", "x" * 254).status_code == 422
+    assert registry.call("GET", "/deployments", "read", params={"cursor": "garbage!"}).status_code == 400
+    assert registry.call("DELETE", "/deployments/c/ml/missing", "report").status_code == 404
+
+
+def test_heartbeats_keep_a_deployment_fresh_and_silence_turns_it_stale(registry: Registry) -> None:
+    registry.report("c", "ml", "d")
+    after = registry.server.store.last_event_id()
+    for _ in range(3):  # heartbeats: the same report again
+        time.sleep(STALE_SECONDS / 2)
+        assert registry.report("c", "ml", "d").json()["stale"] is False
+    assert registry.server.store.events_after(after) == []  # a heartbeat is not news
+    registry.report("c", "ml", "d", phase="Degraded")
+    assert [e.type for e in registry.server.store.events_after(after)] == ["deployment.updated"]
+    time.sleep(STALE_SECONDS + 0.2)
+    (item,) = registry.call("GET", "/deployments", "read").json()["items"]
+    assert item["stale"] is True and item["phase"] == "Degraded"  # the last word, marked not known healthy
+    assert [d["name"] for d in registry.call("GET", "/deployments", "read",
+                                             params={"phase": "Stale"}).json()["items"]] == ["d"]
+    assert registry.call("GET", "/deployments", "read", params={"phase": "Degraded"}).json()["items"] == []
+    assert registry.call("DELETE", "/deployments/c/ml/d", "report").status_code == 204
+    assert registry.call("GET", "/deployments", "read").json()["items"] == []
+    assert registry.server.store.events_after(after)[-1].type == "deployment.removed"
+
+
+def test_a_version_a_live_deployment_serves_cannot_be_deleted_without_force(registry: Registry) -> None:
+    v1, v2 = registry.ready_version("digits"), registry.ready_version("digits")
+    registry.report("prod", "ml", "digits", version=v1)
+    refused = registry.call("DELETE", f"/models/digits/versions/{v1}", "write")
+    assert refused.status_code == 409 and "prod/ml/digits (Ready)" in refused.json()["detail"]
+    assert refused.json()["deployments"] == ["prod/ml/digits"]
+    assert registry.call("DELETE", "/models/digits", "admin").status_code == 409
+    assert registry.call("DELETE", f"/models/digits/versions/{v1}", "write",
+                         params={"force": "true"}).status_code == 403  # force is an admin's
+    assert registry.call("DELETE", f"/models/digits/versions/{v2}", "write").status_code == 204  # not served
+    time.sleep(STALE_SECONDS + 0.2)  # its operator went silent: no longer holds the version
+    assert registry.call("DELETE", f"/models/digits/versions/{v1}", "write").status_code == 204
+    v3 = registry.ready_version("digits")
+    registry.report("prod", "ml", "digits", version=v3)
+    assert registry.call("DELETE", f"/models/digits/versions/{v3}", "admin",
+                         params={"force": "true"}).status_code == 204
+
+
+def test_a_protected_alias_moves_only_to_versions_that_meet_its_rules(registry: Registry) -> None:
+    good = registry.ready_version("digits", {"accuracy": 0.97, "latency_ms": 4})
+    bad = registry.ready_version("digits", {"accuracy": 0.91, "latency_ms": 4})
+    unmeasured = registry.ready_version("digits")
+    rules = {"require": ["accuracy>=0.95", "latency_ms<10"]}
+    assert registry.call("PUT", "/models/digits/aliases/production/protection", "write",
+                         json=rules).status_code == 403  # protecting is an admin's
+    assert registry.call("PUT", "/models/digits/aliases/production/protection", "admin",
+                         json=rules).json() == rules
+    assert registry.call("PUT", "/models/digits/aliases/production", "write", json={"version": good}).status_code == 200
+    refused = registry.call("PUT", "/models/digits/aliases/production", "write", json={"version": bad})
+    assert refused.status_code == 403 and "accuracy >= 0.95 (accuracy is 0.91)" in refused.json()["detail"]
+    refused = registry.call("PUT", "/models/digits/aliases/production", "write", json={"version": unmeasured})
+    assert refused.status_code == 403 and "records no accuracy" in refused.json()["detail"]
+    assert registry.call("GET", "/models/digits/aliases/production", "read").json()["version"] == good
+    assert registry.call("PUT", "/models/digits/aliases/production", "admin", json={"version": bad}).status_code == 200
+    assert registry.call("DELETE", "/models/digits/aliases/production", "write").status_code == 403
+    for invalid in (["accuracy >>= 1"], ["x" * 200], ["a>=1"] * 17):
+        assert registry.call("PUT", "/models/digits/aliases/production/protection", "admin",
+                             json={"require": invalid}).status_code == 422
+    assert registry.call("DELETE", "/models/digits/aliases/production/protection", "admin").status_code == 204
+    assert registry.call("GET", "/models/digits/aliases/production/protection", "read").status_code == 404
+    assert registry.call("PUT", "/models/digits/aliases/production", "write",
+                         json={"version": unmeasured}).status_code == 200
+
+
+def test_every_alias_move_is_recorded_with_who_and_when(registry: Registry) -> None:
+    v1, v2 = registry.ready_version("digits"), registry.ready_version("digits")
+    registry.call("PUT", "/models/digits/aliases/production", "write", json={"version": v1})
+    registry.call("PUT", "/models/digits/aliases/production", "write", json={"version": v1})  # no move
+    registry.call("PUT", "/models/digits/aliases/production", "admin", json={"version": v2})
+    registry.call("DELETE", "/models/digits/aliases/production", "write")
+    history = registry.call("GET", "/models/digits/aliases/production/history", "read").json()
+    assert [(m["from_version"], m["to_version"], m["actor"]) for m in history["items"]] == [
+        (v2, None, "token:write-bot"), (v1, v2, "token:admin-bot"), (None, v1, "token:write-bot")]
+    page = registry.call("GET", "/models/digits/aliases/production/history", "read", params={"limit": 2}).json()
+    rest = registry.call("GET", "/models/digits/aliases/production/history", "read",
+                         params={"limit": 2, "cursor": page["next_cursor"]}).json()
+    assert len(page["items"]) == 2 and [m["to_version"] for m in rest["items"]] == [v1]
+    assert registry.call("GET", "/models/nope/aliases/production/history", "read").status_code == 404
