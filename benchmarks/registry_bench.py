@@ -187,7 +187,7 @@ async def big_artifact(session: aiohttp.ClientSession, server: Server, api: str,
 
 async def many_versions(session: aiohttp.ClientSession, api: str, args: argparse.Namespace) -> list[Phase]:
     """One model with ``--versions`` versions (10,000 by default), 200 of them deployed in 20 clusters:
-    what serves where, and a model's newest page of versions, as a dashboard asks for them."""
+    what serves where, a model's newest page of versions, and the web UI's pages that show them."""
     n = args.versions
     seeds = [await run_fixed(session, "seed", [("POST", f"{api}/models", {"json": {"name": "big"}})], 1),
              await run_fixed(session, "seed", [("POST", f"{api}/models/big/versions",
@@ -205,6 +205,10 @@ async def many_versions(session: aiohttp.ClientSession, api: str, args: argparse
                       [f"{api}/deployments?cluster=c{i}" for i in range(20)], 16, args.duration),
         await run_get(session, f"newest 50 of {n} versions (c=16)",
                       [f"{api}/models/big/versions?order=desc&limit=50"], 16, args.duration),
+        await run_get(session, f"UI model page, {n} versions (c=16)",
+                      [api.replace("/api/v1", "/ui/models/big")], 16, args.duration),
+        await run_get(session, "UI deployments page (c=16)", [api.replace("/api/v1", "/ui/deployments")], 16,
+                      args.duration),
     ]
 
 

@@ -117,13 +117,13 @@ class RegistryClient:
         params = self._model_filters(prefix, tags, alias, limit)
         if cursor:
             params["cursor"] = cursor
-        return schemas.Page[schemas.Model].model_validate_json(self._request("GET", "/models", params=params).content)
+        return schemas.ModelPage.model_validate_json(self._request("GET", "/models", params=params).content)
 
     def iter_models(self, *, prefix: str | None = None, tags: Mapping[str, str] | None = None,
                     alias: str | None = None, page_size: int = 100) -> Iterator[schemas.Model]:
         """Every model :meth:`list_models` would list, page after page."""
         yield from self._pages("/models", self._model_filters(prefix, tags, alias, page_size),
-                               schemas.Page[schemas.Model])
+                               schemas.ModelPage)
 
     @staticmethod
     def _model_filters(prefix: str | None, tags: Mapping[str, str] | None, alias: str | None,
@@ -178,13 +178,13 @@ class RegistryClient:
         if cursor:
             params["cursor"] = cursor
         answer = self._request("GET", f"/models/{name}/versions", params=params)
-        return schemas.Page[schemas.Version].model_validate_json(answer.content)
+        return schemas.VersionPage.model_validate_json(answer.content)
 
     def iter_versions(self, name: str, *, order: str = "asc", status: str | None = None,
                       tags: Mapping[str, str] | None = None, page_size: int = 100) -> Iterator[schemas.Version]:
         """Every version :meth:`list_versions` would list, page after page."""
         yield from self._pages(f"/models/{name}/versions", self._version_filters(order, status, tags, page_size),
-                               schemas.Page[schemas.Version])
+                               schemas.VersionPage)
 
     @staticmethod
     def _version_filters(order: str, status: str | None, tags: Mapping[str, str] | None,
@@ -320,7 +320,7 @@ class RegistryClient:
         """Who moved the alias, from which version to which, when: newest first."""
         params: dict[str, Any] = {"limit": limit, **({"cursor": cursor} if cursor else {})}
         answer = self._request("GET", f"/models/{name}/aliases/{alias}/history", params=params)
-        return schemas.Page[schemas.AliasMove].model_validate_json(answer.content)
+        return schemas.AliasMovePage.model_validate_json(answer.content)
 
     def protect_alias(self, name: str, alias: str, protection: schemas.AliasProtection) -> schemas.AliasProtection:
         """Protect the alias (admin token): moves then need admin scope or a version meeting the rules."""
@@ -359,13 +359,13 @@ class RegistryClient:
         if cursor:
             params["cursor"] = cursor
         answer = self._request("GET", "/deployments", params=params)
-        return schemas.Page[schemas.Deployment].model_validate_json(answer.content)
+        return schemas.DeploymentPage.model_validate_json(answer.content)
 
     def iter_deployments(self, *, model: str | None = None, version: int | None = None,
                          cluster: str | None = None, namespace: str | None = None, phase: str | None = None,
                          page_size: int = 100) -> Iterator[schemas.Deployment]:
         yield from self._pages("/deployments", self._deployment_filters(model, version, cluster, namespace, phase,
-                                                                        page_size), schemas.Page[schemas.Deployment])
+                                                                        page_size), schemas.DeploymentPage)
 
     @staticmethod
     def _deployment_filters(model: str | None, version: int | None, cluster: str | None, namespace: str | None,

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, select, tuple_
+from sqlalchemy import Connection, bindparam, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -27,6 +27,14 @@ from modelyard.registry.errors import BadRequest, Conflict, NotFound
 _REPORTED = ("model", "version", "digest", "phase", "ready_replicas", "desired_replicas", "helm_revision", "url",
              "last_transition_time", "rollout_result", "rollout_reason")
 _ORDER = (db.Deployment.cluster, db.Deployment.namespace, db.Deployment.name)
+
+
+# Built once: on the hot path of a version's answer, building a select costs more than running it.
+_SELECT_REFS = (
+    select(db.Deployment.version, db.Deployment.cluster, db.Deployment.namespace, db.Deployment.name,
+           db.Deployment.phase, db.Deployment.ready_replicas, db.Deployment.desired_replicas, db.Deployment.reported_at)
+    .where(db.Deployment.model == bindparam("model"), db.Deployment.version.in_(bindparam("versions", expanding=True)))
+    .order_by(*_ORDER))
 
 
 class DeploymentRecords:
@@ -97,7 +105,7 @@ class DeploymentRecords:
             more = len(rows) > limit
             items = [self._deployment(row) for row in rows[:limit]]
         last = items[-1] if more else None
-        return schemas.Page[schemas.Deployment](
+        return schemas.DeploymentPage(
             items=items, next_cursor=_encode([last.cluster, last.namespace, last.name]) if last else None)
 
     def _deployment(self, row: db.Deployment) -> schemas.Deployment:
@@ -115,11 +123,7 @@ class DeploymentRecords:
         found: dict[int, list[schemas.DeploymentRef]] = {v: [] for v in versions}
         if not found:
             return found
-        rows = connection.execute(
-            select(db.Deployment.version, db.Deployment.cluster, db.Deployment.namespace, db.Deployment.name,
-                   db.Deployment.phase, db.Deployment.ready_replicas, db.Deployment.desired_replicas,
-                   db.Deployment.reported_at)
-            .where(db.Deployment.model == model, db.Deployment.version.in_(list(found))).order_by(*_ORDER))
+        rows = connection.execute(_SELECT_REFS, {"model": model, "versions": list(found)})
         for row in rows:
             found[row.version].append(schemas.DeploymentRef(
                 cluster=row.cluster, namespace=row.namespace, name=row.name, phase=row.phase,

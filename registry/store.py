@@ -349,7 +349,7 @@ class RegistryStore(DeploymentRecords):
                 ):
                     alias_map[model_id][alias_name] = version
             items = [self._to_model(row, alias_map[row.id]) for row in rows]
-        return schemas.Page[schemas.Model](
+        return schemas.ModelPage(
             items=items, next_cursor=encode_cursor(rows[-1].name) if more else None
         )
 
@@ -470,7 +470,7 @@ class RegistryStore(DeploymentRecords):
             aliases = self._aliases_by_version(session, [row.id for row in rows])
             served = self._deployments_of(session, name, [row.version for row in rows])
             items = [version_from_row(name, row, aliases[row.id], served[row.version]) for row in rows]
-        return schemas.Page[schemas.Version](
+        return schemas.VersionPage(
             items=items, next_cursor=encode_cursor(rows[-1].version) if more else None
         )
 
@@ -748,7 +748,7 @@ class RegistryStore(DeploymentRecords):
             rows = list(session.scalars(query))
         more = len(rows) > limit
         rows = rows[:limit]
-        return schemas.Page[schemas.AliasMove](
+        return schemas.AliasMovePage(
             items=[schemas.AliasMove(from_version=r.from_version, to_version=r.to_version, actor=r.actor, time=r.time)
                    for r in rows],
             next_cursor=encode_cursor(rows[-1].id) if more else None)

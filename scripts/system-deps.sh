@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Debian packages the test suite needs: the PostgreSQL server (the suite starts its own
-# throwaway cluster on 127.0.0.1).  Installs only what is missing; needs root or sudo.
+# throwaway cluster on 127.0.0.1), and chromium with chromium-driver for the web UI's tests.  Installs only what is missing; needs root or sudo.
 set -euo pipefail
 
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+# The web UI's browser tests (tests/test_ui.py): Debian's chromium and its WebDriver.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

@@ -20,5 +20,6 @@ def test_registry_benchmark_runs_and_reports_every_phase() -> None:
     assert answer.returncode == 0, answer.stderr[-3000:]  # non-zero when any request failed
     for phase in ("create 10 models", "create 50 versions", "resolve alias (c=64)", "floor: GET /healthz",
                   "upload 4 MiB", "download 4 MiB", "start→/readyz", "x the framework floor",
-                  "GET /deployments?model (c=16, 60 versions)", "newest 50 of 60 versions"):
+                  "GET /deployments?model (c=16, 60 versions)", "newest 50 of 60 versions",
+                  "UI model page, 60 versions"):
         assert phase in answer.stdout, answer.stdout

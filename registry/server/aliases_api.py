@@ -39,7 +39,7 @@ async def delete_alias(name: ModelPath, alias: AliasPath, store: Store, who: Wri
     return Response(status_code=204)
 
 
-@router.get("/{alias}/history", response_model=schemas.Page[schemas.AliasMove])
+@router.get("/{alias}/history", response_model=schemas.AliasMovePage)
 async def alias_history(name: ModelPath, alias: AliasPath, store: Store, _: Reader, limit: Limit = 100,
                         cursor: Cursor = None) -> schemas.Page[schemas.AliasMove]:
     """Every move of the alias, newest first: who, from which version to which, when."""

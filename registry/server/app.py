@@ -7,8 +7,12 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from urllib.parse import urlencode
+
 import anyio.to_thread
-from fastapi import FastAPI
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import RedirectResponse
 
 from modelyard.registry import garbage
 from modelyard.registry.artifacts import ArtifactStore, open_artifact_store
@@ -20,6 +24,7 @@ from modelyard.registry.server.notify import EventNotifier
 from modelyard.registry.server.problems import install_problem_handlers
 from modelyard.registry.settings import RegistrySettings
 from modelyard.registry.store import RegistryStore
+from modelyard.registry.ui import routes as ui
 from modelyard.registry.processes.tuning import tune_for_serving
 
 log = logging.getLogger("modelyard.registry")
@@ -86,6 +91,9 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
     for module in (aliases_api, versions_api, events_api, models_api, artifacts_api, deployments_api):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health_api.router)
+    app.include_router(ui.router)
+    app.mount("/ui/static", ui.static, name="ui-static")
+    app.add_exception_handler(ui.SignInNeeded, _to_sign_in)  # type: ignore[arg-type]
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 
@@ -93,3 +101,8 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
 def create_app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` and multi-worker serving (settings from env)."""
     return create_app(RegistrySettings())
+
+
+async def _to_sign_in(request: Request, error: ui.SignInNeeded) -> Response:
+    """A UI page without a usable token: the sign-in page, which comes back here afterwards."""
+    return RedirectResponse(f"/ui/login?{urlencode({'next': error.back})}", status_code=303)

@@ -19,7 +19,7 @@ NamespacePath = Annotated[str, Path(pattern=_LABEL, max_length=63)]
 NamePath = Annotated[str, Path(pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$", max_length=253)]
 
 
-@router.get("", response_model=schemas.Page[schemas.Deployment])
+@router.get("", response_model=schemas.DeploymentPage)
 async def list_deployments(
     store: Store, _: Reader, limit: Limit = 100, cursor: Cursor = None,
     model: Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=63)] = None,

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 
 from modelyard.registry import schemas
 from modelyard.registry.server.deps import Reader, Store, run_read
+from modelyard.registry.store import RegistryStore
 
 router = APIRouter(tags=["events"])
 
@@ -24,6 +25,12 @@ async def list_events(
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
 ) -> schemas.EventPage:
     """Events after ``after``, oldest first; waits up to ``timeout`` seconds for one to happen."""
+    return await long_poll(request, store, after, timeout, limit)
+
+
+async def long_poll(request: Request, store: RegistryStore, after: int, timeout: float,
+                    limit: int) -> schemas.EventPage:
+    """Wait up to ``timeout`` seconds for events after ``after`` (the UI's live feed uses it too)."""
     notifier = request.app.state.notifier
     deadline = time.monotonic() + timeout
     while True:

@@ -24,7 +24,7 @@ async def create_model(body: schemas.ModelCreate, store: Store, _: Writer) -> Re
     return created(model, f"/api/v1/models/{model.name}")
 
 
-@router.get("", response_model=schemas.Page[schemas.Model])
+@router.get("", response_model=schemas.ModelPage)
 async def list_models(
     store: Store, _: Reader, limit: Limit = 100, cursor: Cursor = None,
     prefix: Annotated[str | None, Query(max_length=63, description="name prefix")] = None,

@@ -29,7 +29,7 @@ async def create_version(name: ModelPath, store: Store, who: Writer,
     return created(version, f"/api/v1/models/{name}/versions/{version.version}")
 
 
-@router.get("", response_model=schemas.Page[schemas.Version])
+@router.get("", response_model=schemas.VersionPage)
 async def list_versions(
     name: ModelPath, store: Store, _: Reader, limit: Limit = 100, cursor: Cursor = None,
     order: Annotated[Literal["asc", "desc"], Query(description="by version number")] = "asc",

@@ -1,0 +1,228 @@
+"""``/ui``: the pages, and the two things they change (moving an alias, signing in).
+
+Every page asks the store through the same calls as the API, under the same authorization: the
+sign-in cookie is read as a bearer token.  Lists are cursor pages, so a model with 10,000 versions
+renders its newest 50.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode, urlsplit
+
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from modelyard.registry import schemas
+from modelyard.registry.errors import Forbidden, Invalid, NotFound, RegistryError, Unauthorized
+from modelyard.registry.names import ALIAS_PATTERN, NAME_PATTERN
+from modelyard.registry.server.auth import Authenticator, Caller
+from modelyard.registry.server.calls import run_read, run_write
+from modelyard.registry.server.deps import parse_tag_filters
+from modelyard.registry.server.events_api import long_poll
+from modelyard.registry.store import RegistryStore, scope_allows
+
+HERE = Path(__file__).parent
+COOKIE = "modelyard_token"
+PAGE = 50
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.filters["size"] = lambda n: "–" if n is None else next(
+    f"{n / 1024 ** i:.1f} {unit}" if i else f"{n} B"
+    for i, unit in enumerate(("B", "KiB", "MiB", "GiB", "TiB")) if n < 1024 ** (i + 1) or unit == "TiB")
+static = StaticFiles(directory=HERE / "static")
+
+
+class SignInNeeded(Exception):
+    """The page needs a token the browser has not given: off to the sign-in page, then back."""
+
+    def __init__(self, back: str) -> None:
+        self.back = back
+
+
+async def caller(request: Request, needed: str = "read") -> Caller:
+    auth: Authenticator = request.app.state.auth
+    token = request.cookies.get(COOKIE)
+    try:
+        return await auth.authorize(f"Bearer {token}" if token else None, needed)
+    except Unauthorized:
+        raise SignInNeeded(request.url.path + (f"?{request.url.query}" if request.url.query else "")) from None
+
+
+def render(request: Request, template: str, who: Caller, status: int = 200, **context: Any) -> HTMLResponse:
+    return templates.TemplateResponse(request, template, {"caller": who, **context}, status_code=status)
+
+
+def store_of(request: Request) -> RegistryStore:
+    return request.app.state.store
+
+
+@router.get("", response_class=HTMLResponse)
+async def models(request: Request, q: Annotated[str | None, Query(max_length=63)] = None,
+                 tag: Annotated[str | None, Query(max_length=300)] = None,
+                 cursor: Annotated[str | None, Query(max_length=200)] = None) -> HTMLResponse:
+    who = await caller(request)
+    store = store_of(request)
+    try:
+        tags = parse_tag_filters([tag]) if tag else []
+        page = await run_read(store, lambda: store.list_models(prefix=q or None, tags=tags, limit=PAGE, cursor=cursor))
+    except RegistryError as error:
+        return render(request, "models.html", who, error.status, section="models", q=q, tag=tag,
+                      page=schemas.ModelPage(items=[]), error=error.detail)
+    more = urlencode({k: v for k, v in {"q": q, "tag": tag, "cursor": page.next_cursor}.items() if v})
+    return render(request, "models.html", who, section="models", q=q, tag=tag, page=page, more=more)
+
+
+@router.get("/models/{name}", response_class=HTMLResponse)
+async def model(request: Request, name: str, cursor: Annotated[str | None, Query(max_length=200)] = None,
+                notice: Annotated[str | None, Query(max_length=200)] = None) -> HTMLResponse:
+    return await model_page(request, await caller(request), name, cursor, notice=notice)
+
+
+async def model_page(request: Request, who: Caller, name: str, cursor: str | None = None, *,
+                     notice: str | None = None, error: str | None = None, status: int = 200) -> HTMLResponse:
+    store = store_of(request)
+    if not _is(NAME_PATTERN, name):
+        return render(request, "models.html", who, 404, section="models", page=schemas.ModelPage(items=[]),
+                      error=f"no model {name!r}")
+    try:
+        found = await run_read(store, store.get_model, name)
+        versions = await run_read(store, lambda: store.list_versions(name, order="desc", limit=PAGE, cursor=cursor))
+        aliases = [await run_read(store, _alias_row, store, name, alias, number)
+                   for alias, number in sorted(found.aliases.items())]
+    except RegistryError as failure:
+        return render(request, "models.html", who, failure.status, section="models",
+                      page=schemas.ModelPage(items=[]), error=failure.detail)
+    return render(request, "model.html", who, status, section="models", model=found, versions=versions,
+                  aliases=aliases, notice=notice, error=error)
+
+
+def _alias_row(store: RegistryStore, name: str, alias: str, version: int) -> dict[str, Any]:
+    history = store.alias_history(name, alias, limit=1).items
+    return {"alias": alias, "version": version, "protection": store.alias_protection(name, alias),
+            "last": history[0] if history else None}
+
+
+@router.post("/models/{name}/aliases", response_class=HTMLResponse)
+async def move_alias(request: Request, name: str, alias: Annotated[str, Form(max_length=63)],
+                     version: Annotated[str, Form(max_length=12)]) -> Response:
+    """Move an alias with the caller's rights: a read token gets the API's 403, a protected alias
+    its rules, and the move is in the audit trail under the caller's token name."""
+    _same_origin(request)
+    who = await caller(request)
+    store = store_of(request)
+    try:
+        if not _is(ALIAS_PATTERN, alias) or not version.isdigit() or len(version) > 9:
+            raise Invalid(f"alias {alias!r} → version {version!r}: give an alias name and a version number")
+        if not scope_allows(who.scope, "write"):
+            raise Forbidden(f"this token has scope {who.scope!r}; moving an alias needs 'write'")
+        moved = await run_write(store, lambda: store.set_alias(name, alias, int(version), actor=who.identity,
+                                                               admin=who.admin))
+    except RegistryError as failure:
+        return await model_page(request, who, name, error=failure.detail, status=failure.status)
+    return RedirectResponse(f"/ui/models/{name}?{urlencode({'notice': f'{alias} → {moved.version}'})}",
+                            status_code=303)
+
+
+@router.get("/models/{name}/aliases/{alias}", response_class=HTMLResponse)
+async def alias_page(request: Request, name: str, alias: str,
+                     cursor: Annotated[str | None, Query(max_length=200)] = None) -> HTMLResponse:
+    who = await caller(request)
+    store = store_of(request)
+    try:
+        if not (_is(NAME_PATTERN, name) and _is(ALIAS_PATTERN, alias)):
+            raise NotFound(f"no alias {name}@{alias}")
+        history = await run_read(store, lambda: store.alias_history(name, alias, limit=PAGE, cursor=cursor))
+        protection = await run_read(store, store.alias_protection, name, alias)
+    except RegistryError as failure:
+        return render(request, "models.html", who, failure.status, section="models",
+                      page=schemas.ModelPage(items=[]), error=failure.detail)
+    return render(request, "alias.html", who, section="models", name=name, alias=alias, history=history,
+                  protection=protection)
+
+
+@router.get("/deployments", response_class=HTMLResponse)
+async def deployments(request: Request, model: Annotated[str | None, Query(max_length=63)] = None,
+                      cluster: Annotated[str | None, Query(max_length=63)] = None,
+                      cursor: Annotated[str | None, Query(max_length=200)] = None) -> HTMLResponse:
+    who = await caller(request)
+    store = store_of(request)
+    try:
+        page = await run_read(store, lambda: store.list_deployments(model=model or None, cluster=cluster or None,
+                                                                    limit=PAGE, cursor=cursor))
+    except RegistryError as failure:
+        return render(request, "deployments.html", who, failure.status, section="deployments", model=model,
+                      cluster=cluster, page=schemas.DeploymentPage(items=[]), error=failure.detail)
+    more = urlencode({k: v for k, v in {"model": model, "cluster": cluster, "cursor": page.next_cursor}.items() if v})
+    return render(request, "deployments.html", who, section="deployments", model=model, cluster=cluster, page=page,
+                  more=more)
+
+
+@router.get("/events", response_class=HTMLResponse)
+async def events(request: Request) -> HTMLResponse:
+    who = await caller(request)
+    store = store_of(request)
+    last = await run_read(store, store.last_event_id)
+    recent = await run_read(store, store.events_after, max(0, last - 30), 30)
+    return render(request, "events.html", who, section="events", recent=list(reversed(recent)), after=last)
+
+
+@router.get("/events.json")
+async def events_feed(request: Request, after: Annotated[int, Query(ge=0, le=2**62)] = 0) -> Response:
+    """The page's long-poll, authorized by the sign-in cookie (the API wants a bearer header)."""
+    await caller(request)
+    page = await long_poll(request, store_of(request), after, timeout=25.0, limit=100)
+    return Response(page.model_dump_json(), media_type="application/json")
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_page(request: Request, next: Annotated[str, Query(max_length=500)] = "/ui") -> HTMLResponse:
+    return render(request, "login.html", Caller("anonymous", "none"), next=_local(next))
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login(request: Request, token: Annotated[str, Form(max_length=512)],
+                next: Annotated[str, Form(max_length=500)] = "/ui") -> Response:
+    _same_origin(request)
+    auth: Authenticator = request.app.state.auth
+    try:
+        await auth.authorize(f"Bearer {token.strip()}", "read")
+    except RegistryError as failure:
+        return render(request, "login.html", Caller("anonymous", "none"), failure.status, next=_local(next),
+                      error=failure.detail)
+    answer = RedirectResponse(_local(next), status_code=303)
+    answer.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict", path="/ui",
+                      secure=request.url.scheme == "https")
+    return answer
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    _same_origin(request)
+    answer = RedirectResponse("/ui", status_code=303)
+    answer.delete_cookie(COOKIE, path="/ui")
+    return answer
+
+
+def _local(target: str) -> str:
+    """Only this UI's own pages are somewhere to go back to (no open redirect)."""
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/ui") or "\\" in target:
+        return "/ui"
+    return target
+
+
+def _same_origin(request: Request) -> None:
+    """Forms post only from this UI: the cookie is SameSite=Strict, and a foreign Origin is refused."""
+    origin = request.headers.get("origin")
+    if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
+        raise Forbidden("a form from another site")
+
+
+def _is(pattern: str, text: str) -> bool:
+    return re.fullmatch(pattern.strip("^$"), text) is not None
