@@ -205,6 +205,8 @@ async def many_versions(session: aiohttp.ClientSession, api: str, args: argparse
                       [f"{api}/deployments?cluster=c{i}" for i in range(20)], 16, args.duration),
         await run_get(session, f"newest 50 of {n} versions (c=16)",
                       [f"{api}/models/big/versions?order=desc&limit=50"], 16, args.duration),
+        await run_get(session, f"UI model page, {n} versions (c=4)",
+                      [api.replace("/api/v1", "/ui/models/big")], 4, args.duration),
         await run_get(session, f"UI model page, {n} versions (c=16)",
                       [api.replace("/api/v1", "/ui/models/big")], 16, args.duration),
         await run_get(session, "UI deployments page (c=16)", [api.replace("/api/v1", "/ui/deployments")], 16,

@@ -32,15 +32,20 @@ _ORDER = (db.Deployment.cluster, db.Deployment.namespace, db.Deployment.name)
 # Built once: on the hot path of a version's answer, building a select costs more than running it.
 _SELECT_REFS = (
     select(db.Deployment.version, db.Deployment.cluster, db.Deployment.namespace, db.Deployment.name,
-           db.Deployment.phase, db.Deployment.ready_replicas, db.Deployment.desired_replicas, db.Deployment.reported_at)
+           db.Deployment.phase, db.Deployment.ready_replicas, db.Deployment.desired_replicas,
+           (db.Deployment.reported_at < bindparam("stale_before", type_=db.UTCDateTime())).label("stale"))
     .where(db.Deployment.model == bindparam("model"), db.Deployment.version.in_(bindparam("versions", expanding=True)))
     .order_by(*_ORDER))
+_ANY_DEPLOYMENT = select(db.Deployment.id).where(
+    db.Deployment.model == bindparam("model"), db.Deployment.version == bindparam("version"))
 
 
 class DeploymentRecords:
     """Mixed into ``RegistryStore``: uses its transactions and its event log."""
 
     stale_after: timedelta
+    _fast: Any
+    """The store's SQLite fast reader (None on PostgreSQL)."""
     _read: Any
     _write: Any
     _emit: Any
@@ -67,7 +72,7 @@ class DeploymentRecords:
                     if news:
                         self._emit(session, "deployment.updated", report.model, report.version)
                     session.flush()
-                    return self._deployment(row)
+                    return self._deployment(row, self._now() - self.stale_after)
             except IntegrityError:
                 if attempt:
                     raise
@@ -103,32 +108,35 @@ class DeploymentRecords:
         with self._read() as session:
             rows = list(session.scalars(query))
             more = len(rows) > limit
-            items = [self._deployment(row) for row in rows[:limit]]
+            items = [self._deployment(row, stale_before) for row in rows[:limit]]
         last = items[-1] if more else None
         return schemas.DeploymentPage(
             items=items, next_cursor=_encode([last.cluster, last.namespace, last.name]) if last else None)
 
-    def _deployment(self, row: db.Deployment) -> schemas.Deployment:
+    @staticmethod
+    def _deployment(row: db.Deployment, stale_before: datetime) -> schemas.Deployment:
         return schemas.Deployment(
             cluster=row.cluster, namespace=row.namespace, name=row.name, reporter=row.reporter,
-            reported_at=row.reported_at, stale=self._is_stale(row.reported_at),
+            reported_at=row.reported_at, stale=row.reported_at < stale_before,
             **{field: getattr(row, field) for field in _REPORTED})
 
-    def _is_stale(self, reported_at: datetime) -> bool:
-        return reported_at < self._now() - self.stale_after
-
     def _deployments_of(self, connection: Connection | Session, model: str,
-                        versions: Iterable[int]) -> dict[int, list[schemas.DeploymentRef]]:
-        """Where each of ``versions`` runs (for Version answers)."""
-        found: dict[int, list[schemas.DeploymentRef]] = {v: [] for v in versions}
+                        versions: Iterable[int]) -> dict[int, list[dict[str, Any]]]:
+        """Where each of ``versions`` runs: ``DeploymentRef`` fields, for Version answers."""
+        found: dict[int, list[dict[str, Any]]] = {v: [] for v in versions}
         if not found:
             return found
-        rows = connection.execute(_SELECT_REFS, {"model": model, "versions": list(found)})
+        if len(found) == 1 and self._fast is not None:  # a version's answer, hot: most versions run nowhere
+            (version,) = found
+            if self._fast.one(_ANY_DEPLOYMENT, {"model": model, "version": version}) is None:
+                return found
+        rows = connection.execute(_SELECT_REFS, {"model": model, "versions": list(found),
+                                                  "stale_before": self._now() - self.stale_after})
         for row in rows:
-            found[row.version].append(schemas.DeploymentRef(
-                cluster=row.cluster, namespace=row.namespace, name=row.name, phase=row.phase,
-                ready_replicas=row.ready_replicas, desired_replicas=row.desired_replicas,
-                stale=self._is_stale(row.reported_at)))
+            found[row.version].append({  # plain: the Version answer builds them (in pydantic's core, fast)
+                "cluster": row.cluster, "namespace": row.namespace, "name": row.name, "phase": row.phase,
+                "ready_replicas": row.ready_replicas, "desired_replicas": row.desired_replicas,
+                "stale": bool(row.stale)})
         return found
 
     def _refuse_while_served(self, session: Session, model: str, version: int | None, what: str) -> None:

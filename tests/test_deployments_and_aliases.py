@@ -127,6 +127,8 @@ def test_a_version_a_live_deployment_serves_cannot_be_deleted_without_force(regi
                          params={"force": "true"}).status_code == 403  # force is an admin's
     assert registry.call("DELETE", f"/models/digits/versions/{v2}", "write").status_code == 204  # not served
     time.sleep(STALE_SECONDS + 0.2)  # its operator went silent: no longer holds the version
+    (quiet,) = registry.call("GET", f"/models/digits/versions/{v1}", "read").json()["deployments"]
+    assert quiet["stale"] is True and quiet["cluster"] == "prod"
     assert registry.call("DELETE", f"/models/digits/versions/{v1}", "write").status_code == 204
     v3 = registry.ready_version("digits")
     registry.report("prod", "ml", "digits", version=v3)
