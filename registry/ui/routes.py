@@ -148,17 +148,20 @@ async def alias_page(request: Request, name: str, alias: str,
 
 @router.get("/deployments", response_class=HTMLResponse)
 async def deployments(request: Request, model: Annotated[str | None, Query(max_length=63)] = None,
+                      version: Annotated[int | None, Query(ge=1, le=schemas.MAX_VERSION)] = None,
                       cluster: Annotated[str | None, Query(max_length=63)] = None,
                       cursor: Annotated[str | None, Query(max_length=200)] = None) -> HTMLResponse:
     who = await caller(request)
     store = store_of(request)
     try:
-        page = await run_read(store, lambda: store.list_deployments(model=model or None, cluster=cluster or None,
-                                                                    limit=PAGE, cursor=cursor))
+        page = await run_read(store, lambda: store.list_deployments(model=model or None, version=version,
+                                                                    cluster=cluster or None, limit=PAGE,
+                                                                    cursor=cursor))
     except RegistryError as failure:
         return render(request, "deployments.html", who, failure.status, section="deployments", model=model,
                       cluster=cluster, page=schemas.DeploymentPage(items=[]), error=failure.detail)
-    more = urlencode({k: v for k, v in {"model": model, "cluster": cluster, "cursor": page.next_cursor}.items() if v})
+    more = urlencode({k: v for k, v in {"model": model, "version": version, "cluster": cluster,
+                                        "cursor": page.next_cursor}.items() if v})
     return render(request, "deployments.html", who, section="deployments", model=model, cluster=cluster, page=page,
                   more=more)
 
