@@ -453,7 +453,7 @@ class RegistryStore(DeploymentRecords):
         number = db.ModelVersion.version
         with self._read() as session:
             model = self._model_row(session, name)
-            # Columns, not ORM entities: a page of 50 loads in a third of the time.
+            # The same columns as a single version's answer (one converter), without ORM entity loading.
             query = (select(*_VERSION_COLUMNS).where(db.ModelVersion.model_id == model.id)
                      .order_by(number.desc() if descending else number.asc()).limit(limit + 1))
             if status:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -204,6 +203,5 @@ def test_the_sign_in_page_refuses_a_bad_token_and_goes_nowhere_else(browser, reg
     browser.find_element(By.ID, "submit").click()
     assert "unknown or revoked token" in element(browser, "error").text
     assert browser.get_cookie("modelyard_token") is None
-    assert shutil.which("chromium") or Path(CHROMIUM).exists()
     hidden = browser.find_element(By.NAME, "next").get_attribute("value")
     assert hidden == "/ui"  # no open redirect
