@@ -28,7 +28,7 @@ class InvalidName(ValueError):
 
 
 def check_model_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):  # not match: `$` also matches before a trailing newline
         raise InvalidName(
             f"invalid model name {name!r}: use 1-63 lower-case letters, digits or '-', "
             "starting and ending with a letter or digit"
@@ -37,7 +37,7 @@ def check_model_name(name: str) -> str:
 
 
 def check_alias(alias: str) -> str:
-    if not _ALIAS.match(alias):
+    if not _ALIAS.fullmatch(alias):
         raise InvalidName(
             f"invalid alias {alias!r}: use 1-63 lower-case letters, digits or '-', "
             "starting with a letter and ending with a letter or digit"
@@ -46,7 +46,7 @@ def check_alias(alias: str) -> str:
 
 
 def check_tag_key(key: str) -> str:
-    if not _TAG_KEY.match(key):
+    if not _TAG_KEY.fullmatch(key):
         raise InvalidName(f"invalid tag key {key!r}: use letters, digits, '.', '_', '/', '-' (at most 128)")
     return key
 

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelyard.registry.names import InvalidName, ModelRef, check_alias, check_model_name, parse_model_ref
+from modelyard.registry.names import InvalidName, ModelRef, check_alias, check_model_name, check_tag_key, parse_model_ref
 
 
 @pytest.mark.parametrize("name", ["a", "digits", "digits-cnn", "m3", "9lives", "a" * 63])
@@ -12,7 +12,7 @@ def test_valid_names(name: str) -> None:
     assert check_model_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["", "A", "-a", "a-", "a_b", "a.b", "../x", "a/b", "a" * 64, "é", "a b"])
+@pytest.mark.parametrize("name", ["", "A", "-a", "a-", "a_b", "a.b", "../x", "a/b", "a" * 64, "é", "a b", "a\n"])
 def test_invalid_names(name: str) -> None:
     with pytest.raises(InvalidName):
         check_model_name(name)
@@ -22,6 +22,10 @@ def test_alias_must_start_with_a_letter() -> None:
     assert check_alias("production") == "production"
     with pytest.raises(InvalidName):
         check_alias("3")
+    with pytest.raises(InvalidName):  # `$` alone matches before a final newline
+        check_alias("production\n")
+    with pytest.raises(InvalidName):
+        check_tag_key("team\n")
 
 
 def test_model_refs() -> None:
