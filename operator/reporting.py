@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from modelyard.operator.spec import DeploymentSpec
-from modelyard.operator.status import DeploymentStatus, Phase
+from modelyard.operator.status import DeploymentStatus, Phase, from_time
 from modelyard.registry import schemas
 from modelyard.registry.client import RegistryClient
 from modelyard.registry.errors import NotFound, RegistryError
@@ -37,8 +37,7 @@ def deployment_report(spec: DeploymentSpec, status: DeploymentStatus) -> schemas
         ready_replicas=status.ready_replicas or 0,
         desired_replicas=status.replicas if status.replicas is not None else spec.replicas,
         helm_revision=status.helm.revision if status.helm else None, url=status.url,
-        last_transition_time=datetime.strptime(max(times), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if times
-        else None,
+        last_transition_time=datetime.fromtimestamp(from_time(max(times)) or 0, UTC) if times else None,
         rollout_result=last.result or None if last else None,
         rollout_reason=(last.reason or None) if last else None)
 

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
+from modelyard.operator.status import Reason
 from modelyard.registry import defaults
 from modelyard.registry.names import ModelRef
 
@@ -118,7 +119,7 @@ class DeploymentSpec(_Part):
         try:
             return cls.model_validate(dict(spec or {}))
         except ValidationError as error:
-            raise SpecError("InvalidSpec", describe(error)) from None
+            raise SpecError(Reason.INVALID_SPEC, describe(error)) from None
 
 
 def describe(error: ValidationError) -> str:

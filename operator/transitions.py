@@ -321,7 +321,7 @@ def check_step(inputs: CheckInputs, helm_result: int | None = None) -> Step:
         action = _give_up_action(i)
         if action is not None and helm_result is None:
             return Step(status, helm=action)
-        event, counted = _give_up(i, status, verdict.message, helm_result, now)
+        event, counted = _give_up(i, status, action, verdict.message, helm_result, now)
         events.append(event)
 
     desired, ready = replica_counts(i.tracks)
@@ -361,14 +361,13 @@ def _give_up_action(i: CheckInputs) -> HelmAction | None:
     return None
 
 
-def _give_up(i: CheckInputs, status: DeploymentStatus, why: str, revision: int | None,
-             now: str) -> tuple[Event, dict[str, Any]]:
-    """The status after giving up on a rollout (``revision``: what the Helm action made)."""
+def _give_up(i: CheckInputs, status: DeploymentStatus, action: HelmAction | None, why: str,
+             revision: int | None, now: str) -> tuple[Event, dict[str, Any]]:
+    """The status after giving up on a rollout with ``action`` (``revision``: what it made)."""
     rollout = i.status.rollout
     failed_version, failed_revision = rollout.version, rollout.revision
     record = rollout.model_copy(update={"failed_version": failed_version, "failed_generation": i.generation,
                                         "ready_since": None})
-    action = _give_up_action(i)
     if action is not None and action.verb == HelmVerb.UPGRADE:
         assert rollout.stable_version is not None
         stable = pinned(i.spec, rollout.stable_version, rollout.stable_digest)

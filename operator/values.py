@@ -81,7 +81,7 @@ def split_image(image: str) -> tuple[str, str]:
 
 def image_values(image: str) -> dict[str, str]:
     if "@" in image:  # the chart joins repository and tag with ":"
-        raise SpecError("InvalidImage", f"image {image!r}: pin by tag, not by digest (repository:tag)")
+        raise SpecError(Reason.INVALID_IMAGE, f"image {image!r}: pin by tag, not by digest (repository:tag)")
     repository, tag = split_image(image)
     return {"repository": repository, "tag": tag}
 
@@ -89,7 +89,7 @@ def image_values(image: str) -> dict[str, str]:
 def quantity(value: Any) -> str:
     """Kubernetes quantities must be strings in manifests (server-side apply refuses `2`)."""
     if isinstance(value, bool):
-        raise SpecError("InvalidResources", f"{value!r} is not a quantity")
+        raise SpecError(Reason.INVALID_RESOURCES, f"{value!r} is not a quantity")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return str(value)
@@ -111,7 +111,8 @@ def model_server_values(spec: DeploymentSpec, resolved: ResolvedVersion,
     is the same call without ``stable``.
     """
     if resolved.name != spec.model.name:
-        raise SpecError("InvalidSpec", f"resolved model {resolved.name!r} is not spec.model.name {spec.model.name!r}")
+        raise SpecError(Reason.INVALID_SPEC,
+                        f"resolved model {resolved.name!r} is not spec.model.name {spec.model.name!r}")
 
     access = registry_access(spec.registry, operator)
     resources, serving, rollout = spec.resources, spec.serving, spec.rollout
@@ -144,9 +145,9 @@ def model_server_values(spec: DeploymentSpec, resolved: ResolvedVersion,
         "affinity": dict(spec.affinity),
     }
     if resources.gpu < 0:
-        raise SpecError("InvalidResources", "resources.gpu must not be negative")
+        raise SpecError(Reason.INVALID_RESOURCES, "resources.gpu must not be negative")
     if resources.gpu_type and not resources.gpu:
-        raise SpecError("InvalidResources", "resources.gpuType needs resources.gpu of at least 1")
+        raise SpecError(Reason.INVALID_RESOURCES, "resources.gpuType needs resources.gpu of at least 1")
 
     if rollout.strategy == Strategy.CANARY and stable is not None and stable.version != resolved.version:
         total = values["autoscaling"]["minReplicas"] if values["autoscaling"]["enabled"] else spec.replicas
@@ -166,6 +167,6 @@ def _autoscaling(spec: Autoscaling | None) -> dict[str, Any]:
                 "targetCPUUtilization": defaults.TARGET_CPU_UTILIZATION}
     low, high = spec.min_replicas, spec.max_replicas
     if high < low:
-        raise SpecError("InvalidAutoscaling", f"autoscaling.maxReplicas ({high}) is below minReplicas ({low})")
+        raise SpecError(Reason.INVALID_AUTOSCALING, f"autoscaling.maxReplicas ({high}) is below minReplicas ({low})")
     return {"enabled": True, "minReplicas": low, "maxReplicas": high,
             "targetCPUUtilization": spec.target_cpu_utilization}
