@@ -9,6 +9,7 @@ import typer
 
 from modelyard.registry import defaults
 from modelyard.registry.defaults import Env
+from modelyard.registry.names import NAME_PATTERN
 
 operator_app = typer.Typer(help="The Kubernetes operator (ModelDeployment → Helm release).", no_args_is_help=True)
 
@@ -66,7 +67,7 @@ def run(
 
     if all_namespaces and namespace:
         raise typer.BadParameter("use --namespace or --all-namespaces, not both")
-    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", cluster_name):
+    if not re.fullmatch(NAME_PATTERN, cluster_name):  # the registry keys reports by it (an RFC 1123 label)
         raise typer.BadParameter(f"--cluster-name {cluster_name!r}: use a DNS label (a-z, 0-9, -; at most 63)")
     if log_format not in ("plain", "full", "json"):
         raise typer.BadParameter(f"--log-format must be plain, full or json, not {log_format!r}")

@@ -16,6 +16,9 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 ALIAS_PATTERN = r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"
 """An alias starts with a letter, so ``NAME@3`` can never be mistaken for a version."""
 
+RESOURCE_NAME_PATTERN = r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$"
+"""RFC 1123 subdomain (at most 253): a Kubernetes object name, such as a ModelDeployment's."""
+
 TAG_KEY_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$"
 
 _NAME = re.compile(NAME_PATTERN)

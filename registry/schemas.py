@@ -11,7 +11,7 @@ from typing import Annotated, Any, Generic, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from modelyard.registry.errors import Invalid
-from modelyard.registry.names import NAME_PATTERN, check_tag_key
+from modelyard.registry.names import NAME_PATTERN, RESOURCE_NAME_PATTERN, check_tag_key
 
 ModelName = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=63)]
 MAX_VERSION = 2_147_483_647
@@ -204,10 +204,11 @@ class Alias(BaseModel):
     digest: str | None
 
 
-ClusterName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", max_length=63)]
+ClusterName = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=63)]
 NamespaceName = ClusterName
-ResourceName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$", max_length=253)]
-Phase = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{1,16}$")]
+ResourceName = Annotated[str, StringConstraints(pattern=RESOURCE_NAME_PATTERN, max_length=253)]
+PHASE_PATTERN = r"^[A-Za-z]{1,16}$"
+Phase = Annotated[str, StringConstraints(pattern=PHASE_PATTERN)]
 Replicas = Annotated[int, Field(ge=0, le=100_000)]
 
 

@@ -7,16 +7,15 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 
 from modelyard.registry import schemas
-from modelyard.registry.names import NAME_PATTERN
+from modelyard.registry.names import NAME_PATTERN, RESOURCE_NAME_PATTERN
 from modelyard.registry.server.calls import run_write
 from modelyard.registry.server.deps import Cursor, Limit, Reader, Reporter, Store, run_read
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
 
-_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-ClusterPath = Annotated[str, Path(pattern=_LABEL, max_length=63, description="the operator's cluster name")]
-NamespacePath = Annotated[str, Path(pattern=_LABEL, max_length=63)]
-NamePath = Annotated[str, Path(pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$", max_length=253)]
+ClusterPath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=63, description="the operator's cluster name")]
+NamespacePath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=63)]
+NamePath = Annotated[str, Path(pattern=RESOURCE_NAME_PATTERN, max_length=253)]
 
 
 @router.get("", response_model=schemas.DeploymentPage)
@@ -24,9 +23,9 @@ async def list_deployments(
     store: Store, _: Reader, limit: Limit = 100, cursor: Cursor = None,
     model: Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=63)] = None,
     version: Annotated[int | None, Query(ge=1, le=schemas.MAX_VERSION)] = None,
-    cluster: Annotated[str | None, Query(pattern=_LABEL, max_length=63)] = None,
-    namespace: Annotated[str | None, Query(pattern=_LABEL, max_length=63)] = None,
-    phase: Annotated[str | None, Query(pattern=r"^[A-Za-z]{1,16}$",
+    cluster: Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=63)] = None,
+    namespace: Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=63)] = None,
+    phase: Annotated[str | None, Query(pattern=schemas.PHASE_PATTERN,
                                        description="a phase, or Stale for those no longer reported")] = None,
 ) -> schemas.Page[schemas.Deployment]:
     return await run_read(store, lambda: store.list_deployments(
