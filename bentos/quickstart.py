@@ -21,11 +21,12 @@ from typing import Annotated
 import httpx
 import typer
 
-from modelyard.registry.cli.common import console, human_size, reported_errors
+from modelyard.registry.cli.common import console, reported_errors
 from modelyard.registry.client import RegistryClient
 from modelyard.registry.processes.children import RegistryProcess, free_port, stop_process, wait_ready
 from modelyard.registry.defaults import Env
 from modelyard.registry.settings import modelyard_home
+from modelyard.registry.units import human_size
 
 MODEL = "digits-cnn"
 

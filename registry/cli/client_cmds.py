@@ -11,13 +11,14 @@ from rich.table import Table
 from modelyard.registry import defaults, schemas
 from modelyard.registry.alias_rules import Rule
 from modelyard.registry.cli.common import (
-    JsonOption, RegistryOption, TokenOption, bytes_progress, client, console, human_size, parse_metrics, parse_pairs,
+    JsonOption, RegistryOption, TokenOption, bytes_progress, client, console, parse_metrics, parse_pairs,
     print_json,
 )
 from modelyard.registry.client import RegistryClient, file_sha256
 from modelyard.registry.errors import RegistryError, Unavailable
 from modelyard.registry.formats import sniff_format
 from modelyard.registry.signature import signature_metadata
+from modelyard.registry.units import human_size
 from modelyard.registry.names import check_alias, check_model_name, parse_model_ref
 
 models_app = typer.Typer(help="Registered models.", no_args_is_help=True)

@@ -7,7 +7,6 @@ renders its newest 50.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit
@@ -19,12 +18,13 @@ from fastapi.templating import Jinja2Templates
 
 from modelyard.registry import schemas
 from modelyard.registry.errors import Forbidden, Invalid, NotFound, RegistryError, Unauthorized
-from modelyard.registry.names import ALIAS_PATTERN, NAME_PATTERN
+from modelyard.registry.names import InvalidName, check_alias, check_model_name
 from modelyard.registry.server.auth import Authenticator, Caller
 from modelyard.registry.server.calls import run_read, run_write
 from modelyard.registry.server.deps import parse_tag_filters
 from modelyard.registry.server.events_api import long_poll
 from modelyard.registry.store import RegistryStore, scope_allows
+from modelyard.registry.units import human_size
 
 HERE = Path(__file__).parent
 COOKIE = "modelyard_token"
@@ -32,9 +32,7 @@ PAGE = 50
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 templates = Jinja2Templates(directory=HERE / "templates")
-templates.env.filters["size"] = lambda n: "–" if n is None else next(
-    f"{n / 1024 ** i:.1f} {unit}" if i else f"{n} B"
-    for i, unit in enumerate(("B", "KiB", "MiB", "GiB", "TiB")) if n < 1024 ** (i + 1) or unit == "TiB")
+templates.env.filters["size"] = human_size
 static = StaticFiles(directory=HERE / "static")
 
 
@@ -71,9 +69,8 @@ async def models(request: Request, q: Annotated[str | None, Query(max_length=63)
     try:
         tags = parse_tag_filters([tag]) if tag else []
         page = await run_read(store, lambda: store.list_models(prefix=q or None, tags=tags, limit=PAGE, cursor=cursor))
-    except RegistryError as error:
-        return render(request, "models.html", who, error.status, section="models", q=q, tag=tag,
-                      page=schemas.ModelPage(items=[]), error=error.detail)
+    except RegistryError as failure:
+        return refusal(request, who, failure, q=q, tag=tag)
     more = urlencode({k: v for k, v in {"q": q, "tag": tag, "cursor": page.next_cursor}.items() if v})
     return render(request, "models.html", who, section="models", q=q, tag=tag, page=page, more=more)
 
@@ -87,17 +84,13 @@ async def model(request: Request, name: str, cursor: Annotated[str | None, Query
 async def model_page(request: Request, who: Caller, name: str, cursor: str | None = None, *,
                      notice: str | None = None, error: str | None = None, status: int = 200) -> HTMLResponse:
     store = store_of(request)
-    if not _is(NAME_PATTERN, name):
-        return render(request, "models.html", who, 404, section="models", page=schemas.ModelPage(items=[]),
-                      error=f"no model {name!r}")
     try:
-        found = await run_read(store, store.get_model, name)
+        found = await run_read(store, store.get_model, checked(name))
         versions = await run_read(store, lambda: store.list_versions(name, order="desc", limit=PAGE, cursor=cursor))
         aliases = [await run_read(store, _alias_row, store, name, alias, number)
                    for alias, number in sorted(found.aliases.items())]
     except RegistryError as failure:
-        return render(request, "models.html", who, failure.status, section="models",
-                      page=schemas.ModelPage(items=[]), error=failure.detail)
+        return refusal(request, who, failure)
     return render(request, "model.html", who, status, section="models", model=found, versions=versions,
                   aliases=aliases, notice=notice, error=error)
 
@@ -117,8 +110,9 @@ async def move_alias(request: Request, name: str, alias: Annotated[str, Form(max
     who = await caller(request)
     store = store_of(request)
     try:
-        if not _is(ALIAS_PATTERN, alias) or not version.isdigit() or len(version) > 9:
-            raise Invalid(f"alias {alias!r} → version {version!r}: give an alias name and a version number")
+        checked(name, alias, Invalid)
+        if not version.isdigit() or len(version) > 9:
+            raise Invalid(f"version {version!r}: give a version number")
         if not scope_allows(who.scope, "write"):
             raise Forbidden(f"this token has scope {who.scope!r}; moving an alias needs 'write'")
         moved = await run_write(store, lambda: store.set_alias(name, alias, int(version), actor=who.identity,
@@ -135,13 +129,11 @@ async def alias_page(request: Request, name: str, alias: str,
     who = await caller(request)
     store = store_of(request)
     try:
-        if not (_is(NAME_PATTERN, name) and _is(ALIAS_PATTERN, alias)):
-            raise NotFound(f"no alias {name}@{alias}")
+        checked(name, alias)
         history = await run_read(store, lambda: store.alias_history(name, alias, limit=PAGE, cursor=cursor))
         protection = await run_read(store, store.alias_protection, name, alias)
     except RegistryError as failure:
-        return render(request, "models.html", who, failure.status, section="models",
-                      page=schemas.ModelPage(items=[]), error=failure.detail)
+        return refusal(request, who, failure)
     return render(request, "alias.html", who, section="models", name=name, alias=alias, history=history,
                   protection=protection)
 
@@ -227,5 +219,19 @@ def _same_origin(request: Request) -> None:
         raise Forbidden("a form from another site")
 
 
-def _is(pattern: str, text: str) -> bool:
-    return re.fullmatch(pattern.strip("^$"), text) is not None
+def checked(name: str, alias: str | None = None, refusal: type[RegistryError] = NotFound) -> str:
+    """``name`` (and ``alias``) as names.py allows them, else ``refusal`` saying why: a page path
+    that cannot name a model names none (404); a form's field is invalid (422)."""
+    try:
+        check_model_name(name)
+        if alias is not None:
+            check_alias(alias)
+    except InvalidName as error:
+        raise refusal(str(error)) from None
+    return name
+
+
+def refusal(request: Request, who: Caller, failure: RegistryError, **context: Any) -> HTMLResponse:
+    """What the store refused, said on the models page with the store's status."""
+    return render(request, "models.html", who, failure.status, section="models", page=schemas.ModelPage(items=[]),
+                  error=failure.detail, **context)
