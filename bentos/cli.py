@@ -91,6 +91,11 @@ def serve(
     max_request_bytes: Annotated[int, typer.Option(envvar=Env.MAX_REQUEST_BYTES, min=1024,
                                                    help="larger request bodies get a 413")]
     = defaults.MAX_REQUEST_BYTES,
+    engine: Annotated[str, typer.Option(envvar=Env.ENGINE, help="auto | transformers (format hf) | torch "
+                                                                "(torch.export, TorchScript)")] = defaults.ENGINE,
+    max_model_len: Annotated[int | None, typer.Option(envvar=Env.MAX_MODEL_LEN, min=1,
+                                                      help="a language model's longest sequence (prompt + "
+                                                           "completion) [default: its context]")] = None,
     registry: RegistryOption = defaults.REGISTRY_URL,
     token: TokenOption = None,
 ) -> None:
@@ -99,11 +104,14 @@ def serve(
     from modelyard.bentos.runtime import default_cache, describe, fetch, serve_command, supervise
 
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if engine not in defaults.ENGINES:
+        raise typer.BadParameter(f"{engine!r} is not one of {', '.join(defaults.ENGINES)}", param_hint="--engine")
     cache = (cache or default_cache()).expanduser()
     with client(registry, token) as registry_client:
         fetched = fetch(registry_client, ref, cache)
     config = ServingConfig(max_batch_size=max_batch_size, max_latency_ms=max_latency_ms, batching=batching,
-                           workers=workers, gpus=gpus, max_request_bytes=max_request_bytes)
+                           workers=workers, gpus=gpus, max_request_bytes=max_request_bytes, engine=engine,
+                           max_model_len=max_model_len)
     argv, env = serve_command(fetched, host, port, config, cache)
     console.print(f"serving {describe(fetched)} on http://{host}:{port}", highlight=False, soft_wrap=True)
     failure_file = cache / f"failure-{os.getpid()}.txt"

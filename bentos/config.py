@@ -39,6 +39,13 @@ def _flag(env: dict[str, str], name: str, default: bool) -> bool:
     return raw not in ("off", "false", "0", "no") if default else raw in ("on", "true", "1", "yes")
 
 
+def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name) or default
+    if raw not in choices:
+        raise ValueError(f"{name}={raw!r} is not one of {', '.join(choices)}")
+    return raw
+
+
 @dataclass(frozen=True)
 class ServingConfig:
     max_batch_size: int = defaults.MAX_BATCH_SIZE
@@ -51,6 +58,9 @@ class ServingConfig:
     access_log: bool = False  # BentoML's per-request log line (MODELYARD_ACCESS_LOG=on)
     max_request_bytes: int = defaults.MAX_REQUEST_BYTES
     """Larger bodies get a 413 before they are read (the chart's probe timeouts allow for the rest)."""
+    engine: str = defaults.ENGINE
+    max_model_len: int | None = None
+    """A language model's longest sequence (prompt + completion); None: the model's own context."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ServingConfig:
@@ -65,6 +75,8 @@ class ServingConfig:
             threads=threads or None,
             access_log=_flag(env, Env.ACCESS_LOG, False),
             max_request_bytes=_int(env, Env.MAX_REQUEST_BYTES, defaults.MAX_REQUEST_BYTES, 1024),
+            engine=_choice(env, Env.ENGINE, defaults.ENGINE, defaults.ENGINES),
+            max_model_len=_int(env, Env.MAX_MODEL_LEN, 0, 0) or None,
         )
 
     def bentoml_resources(self) -> dict[str, object]:
@@ -81,6 +93,10 @@ class ServingConfig:
         }
         if self.threads:
             env[Env.TORCH_THREADS] = str(self.threads)
+        if self.engine != defaults.ENGINE:
+            env[Env.ENGINE] = self.engine
+        if self.max_model_len:
+            env[Env.MAX_MODEL_LEN] = str(self.max_model_len)
         if self.access_log:
             env[Env.ACCESS_LOG] = "on"
         return env

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from modelyard.bentos.config import ServingConfig
 from modelyard.bentos.loader import FAILURE_FILE_ENV
+from modelyard.bentos.manifest import MANIFEST_FILE, write_manifest
 from modelyard.bentos.packager import FILE_SUFFIX, SERVABLE_FORMATS
 from modelyard.bentos.spec import MODEL_DIR, SPEC_FILE, ModelSpec
 from modelyard.registry import schemas
@@ -47,6 +48,8 @@ from modelyard.registry.settings import modelyard_home
 log = logging.getLogger("modelyard.bentos")
 READY_MARKER = ".modelyard-verified"
 GENERIC_SERVICE = "modelyard.bentos.service:ModelService"
+LLM_SERVICE = "modelyard.bentos.llm.service:LLMService"
+"""Serves format ``hf`` (language and embedding models) behind OpenAI's API."""
 EXPANSION_LIMIT = 20
 """A Bento may expand to this many times its archive's size (plus EXPANSION_FLOOR), no more."""
 EXPANSION_FLOOR = 256 << 20
@@ -87,7 +90,7 @@ def fetch(client: RegistryClient, ref: str | ModelRef, cache: Path) -> FetchedBe
     else:
         if version.status != schemas.VersionStatus.ready or not version.digest:
             raise NotFound(f"{version.model}:{version.version} is {version.status.value}: nothing to serve yet")
-        servable = (*SERVABLE_FORMATS, schemas.ArtifactFormat.bento.value)
+        servable = (*SERVABLE_FORMATS, schemas.ArtifactFormat.bento.value, schemas.ArtifactFormat.hf.value)
         if version.format is None or version.format.value not in servable:
             raise NotFound(f"{version.model}:{version.version} has format "
                            f"{version.format.value if version.format else None!r}; it needs a Bento of its own "
@@ -102,7 +105,9 @@ def fetch(client: RegistryClient, ref: str | ModelRef, cache: Path) -> FetchedBe
         directory.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=directory.parent, prefix=".fetch-") as workdir:
             staging = Path(workdir) / "extracted"
-            if lay_out:
+            if version.bento is None and version.format == schemas.ArtifactFormat.hf:
+                _lay_out_model_directory(client, version, staging, Path(workdir) / "model.tar")
+            elif lay_out:
                 _lay_out_program(client, version, staging)
             else:
                 archive = Path(workdir) / "bento.tar"
@@ -132,6 +137,21 @@ def _lay_out_program(client: RegistryClient, version: schemas.Version, staging: 
     (source / MODEL_DIR).mkdir(parents=True)
     client.download_artifact(version.model, version.version, source / spec.file)  # digest-verified
     spec.write(source)
+
+
+def _lay_out_model_directory(client: RegistryClient, version: schemas.Version, staging: Path,
+                             archive: Path) -> None:
+    """A model directory (format ``hf``) extracted from its digest-checked archive into
+    ``src/model/``, with its record and a manifest of each file's sha256, which the service
+    checks before it loads the weights (``bentos.llm.loading``)."""
+    assert version.format is not None and version.digest is not None
+    client.download_artifact(version.model, version.version, archive)  # digest-verified
+    source = staging / "src"
+    extract(archive, source / MODEL_DIR, limit=(version.size or 0) + EXPANSION_FLOOR)
+    archive.unlink()
+    write_manifest(source / MODEL_DIR, source / MANIFEST_FILE)
+    ModelSpec(model=version.model, version=version.version, digest=version.digest, format=version.format.value,
+              file=MODEL_DIR, metadata=version.metadata).write(source)
 
 
 def extract(archive: Path, target: Path, *, limit: int) -> None:
@@ -209,7 +229,8 @@ def serve_command(fetched: FetchedBento, host: str, port: int, config: ServingCo
     else:
         workdir = cache / "workdir"  # nothing importable in it: no module of the Bento can shadow ours
         workdir.mkdir(parents=True, exist_ok=True)
-        target = [GENERIC_SERVICE, "--working-dir", str(workdir)]
+        service = LLM_SERVICE if fetched.version.format == schemas.ArtifactFormat.hf else GENERIC_SERVICE
+        target = [service, "--working-dir", str(workdir)]
     return [*command, "serve", *target, "--host", host, "--port", str(port)], env
 
 

@@ -58,4 +58,7 @@ def resolve(client: RegistryClient, model: ModelSelector) -> ResolvedVersion:
     if version.status != "ready" or not version.digest:
         raise ResolveFailure(VERSION_NOT_READY, f"{name}:{number} is {version.status} (its artifact is not "
                                                 f"uploaded and verified yet)")
-    return ResolvedVersion(name=name, version=number, digest=version.digest, alias=alias or "")
+    facts = version.metadata.get("hf")
+    return ResolvedVersion(name=name, version=number, digest=version.digest, alias=alias or "",
+                           format=version.format.value if version.format else "",
+                           facts=facts if isinstance(facts, dict) else {})

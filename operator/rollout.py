@@ -11,7 +11,7 @@ from typing import Any
 
 from modelyard.operator.spec import DeploymentSpec, Strategy
 from modelyard.operator.status import RolloutRecord, RolloutState, from_time
-from modelyard.operator.values import OperatorDefaults, ResolvedVersion, model_server_values
+from modelyard.operator.values import OperatorDefaults, ResolvedVersion, memory_warnings, model_server_values
 
 
 def same_values(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
@@ -30,6 +30,8 @@ class ReleasePlan:
     stable: ResolvedVersion | None = None
     held_back: str = ""
     """Non-empty: the resolved version failed for this spec before; nothing is rolled out."""
+    warnings: tuple[str, ...] = ()
+    """Told as Warning events when the rollout starts (a replica's memory below the model's weights)."""
 
 
 def plan_release(spec: DeploymentSpec, resolved: ResolvedVersion, rollout: RolloutRecord,
@@ -44,7 +46,7 @@ def plan_release(spec: DeploymentSpec, resolved: ResolvedVersion, rollout: Rollo
     stable = _stable_for_canary(spec, resolved, rollout, current_values)
     values = model_server_values(spec, resolved, defaults, stable=stable)
     return ReleasePlan(values, upgrade=not same_values(values, current_values), canary=stable is not None,
-                       stable=stable)
+                       stable=stable, warnings=tuple(memory_warnings(spec, resolved)))
 
 
 def pinned(spec: DeploymentSpec, version: int, digest: str | None) -> ResolvedVersion:

@@ -86,6 +86,8 @@ class Serving(_Part):
     workers: int = defaults.SERVE_WORKERS
     batching: bool = defaults.BATCHING
     max_request_bytes: int = defaults.MAX_REQUEST_BYTES
+    engine: str = defaults.ENGINE
+    max_model_len: int | None = None
 
 
 class CanarySettings(_Part):

@@ -69,6 +69,8 @@ class Reason(StrEnum):
     INVALID_AUTOSCALING = "InvalidAutoscaling"
     INVALID_IMAGE = "InvalidImage"
     REGISTRY_TOKEN_REQUIRED = "RegistryTokenRequired"
+    INVALID_SERVING = "InvalidServing"
+    MEMORY_BELOW_MODEL = "MemoryBelowModel"
     # rollouts
     UPGRADING = "Upgrading"
     HELM_ERROR = "HelmError"

@@ -244,8 +244,9 @@ def _upgraded(i: ReconcileInputs, status: DeploymentStatus, resolved: ResolvedVe
         version=resolved.version, revision=revision, result="Progressing",
         reason="Canary" if plan.canary else "Upgrade", time=now))
     status.conditions = cond.set_condition(status.conditions, C.DEGRADED, False, Reason.NONE, "", now)
-    return Step(status, (Event("Normal", "RolloutStarted", f"rolling out {what} (Helm revision {revision})"),),
-                outcome=Outcome.UPGRADED, rollout="started")
+    warnings = tuple(Event("Warning", Reason.MEMORY_BELOW_MODEL, warning) for warning in plan.warnings)
+    return Step(status, (Event("Normal", "RolloutStarted", f"rolling out {what} (Helm revision {revision})"),
+                         *warnings), outcome=Outcome.UPGRADED, rollout="started")
 
 
 def _failed(i: ReconcileInputs, status: DeploymentStatus, reason: str, message: str, now: str, *,

@@ -9,11 +9,14 @@ resource from producing a new Helm revision.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from modelyard.operator.spec import Autoscaling, DeploymentSpec, RegistrySpec, SecretRef, SpecError, Strategy
+from modelyard.operator.spec import (
+    Autoscaling, DeploymentSpec, RegistrySpec, Resources, SecretRef, Serving, SpecError, Strategy,
+)
 from modelyard.operator.status import Reason
 from modelyard.registry import defaults
 
@@ -28,6 +31,9 @@ class ResolvedVersion:
     version: int
     digest: str = ""
     alias: str = ""
+    format: str = ""
+    facts: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    """What the registry read from a model directory (``metadata.hf``): context length, memory to load."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +137,9 @@ def model_server_values(spec: DeploymentSpec, resolved: ResolvedVersion,
                     "maxLatencyMs": serving.max_latency_ms,
                     "workers": serving.workers,
                     "batching": serving.batching,
-                    "maxRequestBytes": serving.max_request_bytes},
+                    "maxRequestBytes": serving.max_request_bytes,
+                    "engine": check_engine(serving, resources, resolved),
+                    "maxModelLen": serving.max_model_len or 0},
         "rollout": {"strategy": rollout.strategy.value,
                     "progressDeadlineSeconds": rollout.progress_deadline_seconds},
         "canary": {"enabled": False, "model": {"version": resolved.version, "digest": resolved.digest},
@@ -155,6 +163,66 @@ def model_server_values(spec: DeploymentSpec, resolved: ResolvedVersion,
         values["canary"] = {"enabled": True, "model": {"version": resolved.version, "digest": resolved.digest},
                             "replicas": canary_replicas(max(total, 1), rollout.canary.weight)}
     return values
+
+
+ENGINE_FORMATS = {"transformers": ("hf",), "torch": ("torch-export", "torchscript")}
+
+
+def check_engine(serving: Serving, resources: Resources, resolved: ResolvedVersion) -> str:
+    """The engine that serves ``resolved``, or SpecError(InvalidServing) when the spec asks for
+    what it cannot do: an engine that does not serve the version's format, a ``maxModelLen``
+    longer than the model's context, or several GPUs for one replica of a model program (only
+    a model directory is sharded across GPUs)."""
+    fmt = resolved.format
+    engine = serving.engine
+    if engine != "auto" and fmt and fmt not in ENGINE_FORMATS.get(engine, ()):
+        raise SpecError(Reason.INVALID_SERVING, f"serving.engine {engine} does not serve {resolved.name}:"
+                        f"{resolved.version} (format {fmt}); leave it out (auto) or pick "
+                        f"{'transformers' if fmt == 'hf' else 'torch'}")
+    context = resolved.facts.get("context_length")
+    if serving.max_model_len is not None:
+        if fmt and fmt != "hf":
+            raise SpecError(Reason.INVALID_SERVING, f"serving.maxModelLen is for language models; "
+                            f"{resolved.name}:{resolved.version} is {fmt}")
+        if isinstance(context, int) and serving.max_model_len > context:
+            raise SpecError(Reason.INVALID_SERVING, f"serving.maxModelLen {serving.max_model_len} is longer than "
+                            f"{resolved.name}:{resolved.version}'s context of {context} tokens")
+    if resources.gpu > 1 and fmt and fmt != "hf":
+        raise SpecError(Reason.INVALID_SERVING, f"resources.gpu {resources.gpu}: a {fmt} program runs on one GPU; "
+                        "ask for 1 GPU and more replicas (only format hf models are sharded across GPUs)")
+    return engine
+
+
+def memory_warnings(spec: DeploymentSpec, resolved: ResolvedVersion) -> list[str]:
+    """Why a replica's memory may not hold the model: its weights alone, as the registry measured
+    them, against ``resources.memory`` (CPU) or nothing checkable (GPU memory is not a resource)."""
+    needed = resolved.facts.get("load_bytes")
+    if not isinstance(needed, int) or spec.resources.gpu:
+        return []
+    limit = memory_bytes(spec.resources.memory)
+    if limit is None or limit >= needed:
+        return []
+    return [f"{resolved.name}:{resolved.version} needs {needed:,} bytes for its weights alone, more than "
+            f"resources.memory {spec.resources.memory}: the replica will likely be killed for lack of memory"]
+
+
+_SUFFIXES = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "Pi": 1 << 50, "Ei": 1 << 60,
+             "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
+
+
+def memory_bytes(value: Any) -> int | None:
+    """A Kubernetes memory quantity in bytes, or None when it is not one this reads."""
+    text = str(value).strip()
+    for suffix, factor in sorted(_SUFFIXES.items(), key=lambda item: -len(item[0])):
+        if text.endswith(suffix):
+            text, scale = text[: -len(suffix)], factor
+            break
+    else:
+        scale = 1
+    try:
+        return int(float(text) * scale)
+    except ValueError:
+        return None
 
 
 def _model(version: ResolvedVersion) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import httpx
 from modelyard.registry import defaults, schemas
 from modelyard.registry.defaults import Env
 from modelyard.registry.digests import format_content_digest, parse_digest
+from modelyard.registry.hf_archive import DirectoryArchive
 from modelyard.registry.errors import Conflict, DigestMismatch, NotFound, RegistryError, Unavailable, error_from_problem
 from modelyard.registry.names import ModelRef, parse_model_ref
 
@@ -213,7 +214,13 @@ class RegistryClient:
 
     def upload_artifact(self, name: str, version: int, source: Path | str | BinaryIO, *,
                         sha256: str | None = None, progress: Progress | None = None) -> schemas.Version:
-        """Stream a file to the version; its sha256 is computed first when not given."""
+        """Stream a file to the version; its sha256 is computed first when not given.  A directory
+        (a Hugging Face model) is sent as its canonical tar stream (``hf_archive``)."""
+        if isinstance(source, (str, Path)) and Path(source).is_dir():
+            archive = DirectoryArchive(Path(source))
+            hex_digest = parse_digest(sha256) if sha256 else archive.sha256()
+            return self._put_chunks(f"/models/{name}/versions/{version}/artifact", {}, archive.chunks(progress),
+                                    hex_digest, archive.size)
         return self._upload(f"/models/{name}/versions/{version}/artifact", {}, source, sha256, progress)
 
     def upload_bento(self, name: str, version: int, source: Path | str | BinaryIO, tag: str, *,
@@ -240,10 +247,14 @@ class RegistryClient:
                     progress(len(block))
                 yield block
 
+        return self._put_chunks(path, params, body(), hex_digest, size)
+
+    def _put_chunks(self, path: str, params: dict[str, str], body: Iterator[bytes], hex_digest: str,
+                    size: int | None) -> schemas.Version:
         headers = {"Content-Digest": format_content_digest(hex_digest), "Content-Type": "application/octet-stream"}
         if size is not None:
             headers["Content-Length"] = str(size)
-        answer = self._request("PUT", path, params=params, content=body(), headers=headers,
+        answer = self._request("PUT", path, params=params, content=body, headers=headers,
                                timeout=httpx.Timeout(30.0, read=600.0))
         return schemas.Version.model_validate_json(answer.content)
 

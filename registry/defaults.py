@@ -41,6 +41,8 @@ class Env:
     TORCH_THREADS: Final = "MODELYARD_TORCH_THREADS"
     ACCESS_LOG: Final = "MODELYARD_ACCESS_LOG"
     MAX_REQUEST_BYTES: Final = "MODELYARD_MAX_REQUEST_BYTES"
+    ENGINE: Final = "MODELYARD_ENGINE"
+    MAX_MODEL_LEN: Final = "MODELYARD_MAX_MODEL_LEN"
     CACHE: Final = "MODELYARD_CACHE"
     BENTO_DIR: Final = "MODELYARD_BENTO_DIR"
     """Set by the runtime for the service it starts: where the model's files are."""
@@ -86,6 +88,14 @@ SERVE_WORKERS: Final = 1
 MAX_REQUEST_BYTES: Final = 32 << 20
 """Larger request bodies get a 413 before they are read: a JSON body is parsed on the event loop
 at about 50 ms per MB, so this bounds how long one request can hold the probes."""
+ENGINE: Final = "auto"
+"""Which engine serves a version: ``auto`` picks by its format (``transformers`` for ``hf``,
+``torch`` for torch.export and TorchScript programs)."""
+ENGINES: Final = ("auto", "transformers", "torch")
+LLM_MAX_BATCH: Final = 32
+"""Sequences a language model generates for at once (continuous batching); more wait their turn."""
+LLM_MAX_WAITING: Final = 512
+"""Requests that may wait for a place in the batch; beyond that a request gets a 429 at once."""
 
 # -- the operator and a ModelDeployment's spec ------------------------------------------------
 RUNTIME_IMAGE: Final = "ghcr.io/modelyard/modelyard-runtime:0.1.0"

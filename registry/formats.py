@@ -1,9 +1,11 @@
 """Which kind of model artifact a file is, and whether it is safe to load.
 
 A model version's artifact must be a self-contained program that loads without
-user code: a ``torch.export`` archive (``.pt2``), TorchScript, or a BentoML
-``.bento`` archive.  ``torch.save`` of a module or state dict is a pickle:
-loading it needs the defining code and runs arbitrary code, so it is refused, as
+user code: a ``torch.export`` archive (``.pt2``), TorchScript, a BentoML ``.bento``
+archive, or a Hugging Face-style model directory pushed as a tar archive (``hf``:
+config, safetensors weights and tokenizer, checked by ``hf_model``).  ``torch.save``
+of a module or state dict is a pickle: loading it needs the defining code and runs
+arbitrary code, so it is refused, as
 are ``.pt2`` archives that would run code when loaded (``torch_export_check``).
 The client checks before uploading and the registry again on the stored bytes.
 Nothing here imports torch or unpickles anything.
@@ -19,9 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from modelyard.registry.hf_model import HfFacts, UnsafeModelDirectory, archive_tree, inspect, is_model_directory
 from modelyard.registry.torch_export_check import UnsafeArchive, check_torch_export
 
-FORMATS = ("torch-export", "torchscript", "bento")
+FORMATS = ("torch-export", "torchscript", "bento", "hf")
 MAX_ZIP_ENTRIES = 100_000
 """A zip's directory is read whole into memory: more entries than any model program has are refused first."""
 MAX_TAR_MEMBERS = 100_000
@@ -32,7 +35,7 @@ class UnsupportedArtifact(ValueError):
 
 
 def sniff_format(source: Path | BinaryIO, label: str | None = None) -> str:
-    """Return ``torch-export``, ``torchscript`` or ``bento``; raise UnsupportedArtifact otherwise.
+    """Return ``torch-export``, ``torchscript``, ``bento`` or ``hf``; raise UnsupportedArtifact otherwise.
 
     ``source`` is a path or a seekable binary file (the registry reads stored blobs in place).
     """
@@ -48,12 +51,27 @@ def sniff_format(source: Path | BinaryIO, label: str | None = None) -> str:
             except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
                 raise UnsupportedArtifact(f"{label} is a damaged zip archive ({exc})") from None
         file.seek(0)
-        if _is_bento_archive(file):
-            return "bento"
+        kind = _tar_kind(file, label)
+        if kind is not None:
+            return kind
     raise UnsupportedArtifact(
         f"{label} is not a supported model artifact: push a torch.export archive (.pt2), "
-        "TorchScript, or an exported BentoML .bento archive"
+        "TorchScript, an exported BentoML .bento archive or a Hugging Face model directory"
     )
+
+
+def hf_archive_facts(source: Path | BinaryIO, *, allow_code: bool, label: str) -> HfFacts:
+    """The facts of a model directory pushed as a tar archive; UnsupportedArtifact when it is not
+    one or is refused (pickles, code that is not allowed, damaged weights)."""
+    with _opened(source) as file:
+        try:
+            with tarfile.open(fileobj=file) as archive:
+                _bounded_members(archive, label)
+                return inspect(archive_tree(archive), allow_code=allow_code, label=label)
+        except UnsafeModelDirectory as exc:
+            raise UnsupportedArtifact(str(exc)) from None
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise UnsupportedArtifact(f"{label} is a damaged tar archive ({exc})") from None
 
 
 @contextlib.contextmanager
@@ -104,15 +122,30 @@ def _check_entry_count(file: BinaryIO, label: str) -> None:
         raise UnsupportedArtifact(f"{label} lists {entries} files, more than the {MAX_ZIP_ENTRIES} accepted")
 
 
-def _is_bento_archive(file: BinaryIO) -> bool:
-    """An exported Bento: a tar archive with a ``bento.yaml`` at its root."""
+def _bounded_members(archive: tarfile.TarFile, label: str) -> list[str]:
+    """The members' names, read one header at a time and refused past MAX_TAR_MEMBERS."""
+    names = []
+    for count, member in enumerate(archive):
+        if count >= MAX_TAR_MEMBERS:
+            raise UnsupportedArtifact(f"{label} holds more than {MAX_TAR_MEMBERS} files")
+        names.append(member.name.removeprefix("./"))
+    return names
+
+
+def _tar_kind(file: BinaryIO, label: str) -> str | None:
+    """``bento`` for an exported Bento (``bento.yaml`` at the root), ``hf`` for a model directory
+    (``config.json`` at the root, checked: pickles and damaged weights are refused here, code is
+    judged against what the version allows by ``hf_archive_facts``), None for anything else."""
     try:
         with tarfile.open(fileobj=file) as archive:
-            for count, member in enumerate(archive):
-                if member.name.lstrip("./") == "bento.yaml":
-                    return True
-                if count >= MAX_TAR_MEMBERS:
-                    return False
+            names = _bounded_members(archive, label)
+    except UnsupportedArtifact:
+        raise
     except (tarfile.TarError, OSError, EOFError, ValueError):
-        return False
-    return False
+        return None
+    if "bento.yaml" in names:
+        return "bento"
+    if is_model_directory(names):
+        hf_archive_facts(file, allow_code=True, label=label)
+        return "hf"
+    return None

@@ -65,6 +65,7 @@ class ArtifactFormat(str, Enum):
     torch_export = "torch-export"
     torchscript = "torchscript"
     bento = "bento"
+    hf = "hf"
 
 
 def reject_nul(value: Any) -> Any:

@@ -528,12 +528,14 @@ class RegistryStore(DeploymentRecords):
         return current
 
     def mark_ready(self, name: str, version: int, digest: str, size: int, *, format: str | None = None,
-                   claim: int | None = None) -> schemas.Version:
+                   claim: int | None = None, facts: Mapping[str, Any] | None = None) -> schemas.Version:
         """Record a verified artifact and make the version ``ready`` (emits ``version.ready``).
 
         ``format`` is the kind read from the stored file (it fills in an undeclared one);
         ``claim`` (from :meth:`begin_upload`) is consumed in the same transaction, so the
-        blob passes from the upload's protection to the version's without a gap.
+        blob passes from the upload's protection to the version's without a gap.  ``facts``
+        are what the registry read from the stored bytes; they replace the same keys of the
+        version's metadata, so a client cannot claim other facts than its file has.
         """
         with self._write() as session:
             self._consume_claim(session, claim)
@@ -545,6 +547,8 @@ class RegistryStore(DeploymentRecords):
             else:
                 row.status, row.digest, row.size = schemas.VersionStatus.ready.value, digest, size
                 row.format = row.format or format
+                if facts:
+                    row.meta = {**row.meta, **facts}
                 row.updated_at = db.utcnow()
                 self._emit(session, "version.ready", name, version)
             return version_from_row(name, row, self._aliases_by_version(session, [row.id])[row.id])

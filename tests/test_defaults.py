@@ -33,7 +33,8 @@ def test_the_model_server_charts_values_are_the_defaults() -> None:
     values = load_yaml(CHARTS / "model-server" / "values.yaml")
     assert values["serving"] == {"maxBatchSize": defaults.MAX_BATCH_SIZE, "maxLatencyMs": defaults.MAX_LATENCY_MS,
                                  "workers": defaults.SERVE_WORKERS, "batching": defaults.BATCHING,
-                                 "maxRequestBytes": defaults.MAX_REQUEST_BYTES}
+                                 "maxRequestBytes": defaults.MAX_REQUEST_BYTES, "engine": defaults.ENGINE,
+                                 "maxModelLen": 0}
     assert values["registry"] == {"url": defaults.IN_CLUSTER_REGISTRY_URL,
                                   "tokenSecretRef": {"name": "", "key": defaults.TOKEN_SECRET_KEY}}
     assert values["replicas"] == defaults.REPLICAS

@@ -57,7 +57,7 @@ import importlib, json, pkgutil, sys
 import modelyard.{package} as root
 skip = {list(RUN_ON_IMPORT)!r}
 for info in pkgutil.walk_packages(root.__path__, "modelyard.{package}."):
-    if not any(part in info.name for part in skip) and not info.name.endswith("bentos.service"):
+    if not any(part in info.name for part in skip) and not info.name.endswith((".service", "__main__")):
         importlib.import_module(info.name)
 print(json.dumps(sorted(m for m in sys.modules if m.startswith("modelyard."))))
 """

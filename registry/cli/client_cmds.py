@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from modelyard.registry import defaults, schemas
+from modelyard.registry import defaults, hf_model, schemas
 from modelyard.registry.alias_rules import Rule
 from modelyard.registry.cli.common import (
     JsonOption, RegistryOption, TokenOption, bytes_progress, client, console, parse_metrics, parse_pairs,
@@ -17,6 +19,7 @@ from modelyard.registry.cli.common import (
 from modelyard.registry.client import RegistryClient, file_sha256
 from modelyard.registry.errors import RegistryError, Unavailable
 from modelyard.registry.formats import sniff_format
+from modelyard.registry.hf_archive import DirectoryArchive
 from modelyard.registry.signature import signature_metadata
 from modelyard.registry.units import human_size
 from modelyard.registry.names import check_alias, check_model_name, parse_model_ref
@@ -30,13 +33,16 @@ AliasArgument = Annotated[str, typer.Argument(help="alias")]
 
 
 def push(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="artifact to upload")],
+    file: Annotated[Path, typer.Argument(exists=True, readable=True,
+                                         help="artifact to upload, or a Hugging Face model directory")],
     model: Annotated[str, typer.Option("--model", "-m", help="registered model name (created if missing)")],
     alias: Annotated[str | None, typer.Option("--alias", "-a", help="point this alias at the new version")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="KEY=VALUE, repeatable")] = None,
     metric: Annotated[list[str] | None, typer.Option("--metric", help="KEY=NUMBER, repeatable")] = None,
-    format: Annotated[str | None, typer.Option("--format", help="torch-export | torchscript | bento "
+    format: Annotated[str | None, typer.Option("--format", help="torch-export | torchscript | bento | hf "
                                                                 "[default: read from the file]")] = None,
+    allow_code: Annotated[bool, typer.Option("--allow-code", help="accept a model directory that carries its own "
+                                                                  "Python code (trust_remote_code)")] = False,
     input_shape: Annotated[str | None, typer.Option("--input-shape", help="e.g. -1,1,8,8 (batch first)")] = None,
     input_dtype: Annotated[str | None, typer.Option("--input-dtype", help="e.g. float32")] = None,
     labels: Annotated[str | None, typer.Option("--labels", help="comma-separated output class labels")] = None,
@@ -48,26 +54,24 @@ def push(
     """Upload FILE as a new version of MODEL (streamed, digest-checked) and print it.
 
     FILE must be a self-contained program: a torch.export archive (.pt2), TorchScript or
-    an exported .bento; a torch.save pickle is refused (it needs your code to load).
+    an exported .bento; a torch.save pickle is refused (it needs your code to load).  A
+    directory is a Hugging Face model (config.json, safetensors weights, tokenizer): it is
+    sent as one archive, and its facts (architecture, parameters, context length, memory
+    to load) are recorded on the version.
     """
     tags, metrics = parse_pairs(tag, "--tag"), parse_metrics(metric)
     with client(registry, token) as registry_client:
         check_model_name(model)
         if alias:
             check_alias(alias)
-        detected = sniff_format(file)
-        if format and format != detected:
-            raise ValueError(f"{file.name} is a {detected} artifact, not {format}")
-        metadata = {"filename": file.name, **signature_metadata(
-            input_shape, input_dtype, [label.strip() for label in labels.split(",")] if labels else None)}
-        size = file.stat().st_size
+        upload = inspect_upload(file, format, allow_code, input_shape, input_dtype, labels)
         with bytes_progress() as progress:
-            task = progress.add_task("hashing", total=size)
-            digest = file_sha256(file, lambda n: progress.advance(task, n))
+            task = progress.add_task("hashing", total=upload.size)
+            digest = upload.sha256(lambda n: progress.advance(task, n))
             registry_client.ensure_model(model)
             version = registry_client.create_version(
-                model, format=detected, description=description, metrics=metrics, tags=tags, source=source,
-                metadata=metadata,
+                model, format=upload.format, description=description, metrics=metrics, tags=tags, source=source,
+                metadata=upload.metadata,
             )
             progress.update(task, description=f"uploading {model}:{version.version}", completed=0)
             try:
@@ -82,9 +86,50 @@ def push(
                 raise
         console.print(f"pushed [bold]{model}:{version.version}[/bold] {version.digest} ({human_size(version.size)})",
                       highlight=False)
+        if isinstance(facts := version.metadata.get("hf"), dict):
+            console.print(describe_hf(facts), highlight=False)
         if alias:
             registry_client.set_alias(model, alias, version.version)
             console.print(f"alias [bold]{model}@{alias}[/bold] → {version.version}", highlight=False)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """What ``push`` sends: its format, the metadata recorded with it, and how to hash it."""
+
+    format: str
+    metadata: dict[str, Any]
+    size: int
+    sha256: Callable[[Callable[[int], None]], str]
+
+
+def inspect_upload(path: Path, declared: str | None, allow_code: bool, input_shape: str | None,
+                   input_dtype: str | None, labels: str | None) -> Upload:
+    """Check ``path`` before anything is created in the registry (which checks again)."""
+    if path.is_dir():
+        if declared and declared != "hf":
+            raise ValueError(f"{path.name} is a directory: only a Hugging Face model (format hf) is pushed as one")
+        facts = hf_model.inspect(hf_model.directory_tree(path), allow_code=allow_code, label=str(path))
+        archive = DirectoryArchive(path)
+        return Upload("hf", {"filename": path.name, "hf": facts.metadata()}, archive.size, archive.sha256)
+    if allow_code:
+        raise ValueError("--allow-code is for model directories (format hf)")
+    detected = sniff_format(path)
+    if declared and declared != detected:
+        raise ValueError(f"{path.name} is a {detected} artifact, not {declared}")
+    metadata = {"filename": path.name, **signature_metadata(
+        input_shape, input_dtype, [label.strip() for label in labels.split(",")] if labels else None)}
+    return Upload(detected, metadata, path.stat().st_size, lambda progress: file_sha256(path, progress))
+
+
+def describe_hf(facts: dict[str, Any]) -> str:
+    context = facts.get("context_length") or "unknown"
+    template = "yes" if facts.get("chat_template") else "no"
+    return (f"  {facts.get('architecture') or facts.get('model_type') or 'model'}: "
+            f"{facts.get('parameters', 0):,} parameters ({facts.get('dtype')}), "
+            f"context {context}, chat template {template}, "
+            f"{human_size(int(facts.get('load_bytes') or 0))} to load"
+            f"{', runs its own code' if facts.get('needs_code') else ''}")
 
 
 def pull_artifact(registry_client: RegistryClient, ref: str, output: Path) -> None:

@@ -8,7 +8,7 @@ both stream back with ETag = digest and single byte ``Range`` support.
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -20,7 +20,7 @@ from modelyard.registry.artifacts import (
 )
 from modelyard.registry.bento_source import ForeignBento, check_bento_source
 from modelyard.registry.errors import Conflict, Invalid, NotFound, RangeNotSatisfiable
-from modelyard.registry.formats import UnsupportedArtifact, sniff_format
+from modelyard.registry.formats import UnsupportedArtifact, hf_archive_facts, sniff_format
 from modelyard.registry.server.calls import run_write
 from modelyard.registry.server.deps import Artifacts, ModelPath, Reader, Store, VersionPath, Writer, run_read
 from modelyard.registry.server.problems import problem_response
@@ -49,18 +49,26 @@ async def receive(request: Request, artifacts: ArtifactStore, expected_hex: str)
     return stored
 
 
-def inspect_artifact(artifacts: ArtifactStore, hex_digest: str, declared: schemas.ArtifactFormat | None,
-                     label: str) -> str:
-    """The stored artifact's kind, read from its bytes; 422 when it is none of the formats, is not
-    safe to load (pickles, native code) or is not what the version declared."""
+def inspect_artifact(artifacts: ArtifactStore, hex_digest: str, version: schemas.Version,
+                     label: str) -> tuple[str, dict[str, Any] | None]:
+    """The stored artifact's kind and the facts the registry records from its bytes; 422 when it
+    is none of the formats, is not safe to load (pickles, native code, model code the version did
+    not allow) or is not what the version declared.
+
+    A model directory's facts (``metadata.hf``) are read here from the stored archive and replace
+    whatever the client sent, except ``allow_code``, which is the pusher's decision."""
+    declared = version.format
+    claimed = version.metadata.get("hf")
+    allow_code = isinstance(claimed, dict) and claimed.get("allow_code") is True
     try:
         with artifacts.open(hex_digest) as file:
             kind = sniff_format(file, label)
+            facts = hf_archive_facts(file, allow_code=allow_code, label=label) if kind == "hf" else None
     except UnsupportedArtifact as exc:
         raise Invalid(f"{exc}; nothing was stored") from None
     if declared is not None and declared.value != kind:
         raise Invalid(f"{label} was declared {declared.value} but the file is {kind}; nothing was stored")
-    return kind
+    return kind, None if facts is None else {"hf": facts.metadata()}
 
 
 def check_bento_is_the_artifact(expected_hex: str, version: schemas.Version, label: str) -> None:
@@ -135,10 +143,10 @@ async def upload_artifact(name: ModelPath, version: VersionPath, request: Reques
     current = await run_read(store, store.check_uploadable, name, version)
     async with claimed(store, artifacts, expected) as claim:
         stored = await receive(request, artifacts, expected)
-        kind = await anyio.to_thread.run_sync(inspect_artifact, artifacts, stored.digest, current.format,
-                                              f"the artifact of {name}:{version}")
+        kind, facts = await anyio.to_thread.run_sync(inspect_artifact, artifacts, stored.digest, current,
+                                                     f"the artifact of {name}:{version}")
         return await run_write(store, partial(store.mark_ready, name, version, f"sha256:{stored.digest}",
-                                              stored.size, format=kind, claim=claim))
+                                              stored.size, format=kind, claim=claim, facts=facts))
 
 
 @router.head("/artifact", response_class=StreamingResponse, responses=_DOWNLOAD_RESPONSES,

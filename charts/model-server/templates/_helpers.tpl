@@ -171,6 +171,10 @@ spec:
             - {name: MODELYARD_BATCHING, value: {{ ternary "on" "off" $v.serving.batching | quote }}}
             - {name: MODELYARD_GPUS, value: {{ $gpu | toString | quote }}}
             - {name: MODELYARD_MAX_REQUEST_BYTES, value: {{ $v.serving.maxRequestBytes | int | toString | quote }}}
+            - {name: MODELYARD_ENGINE, value: {{ $v.serving.engine | default "auto" | quote }}}
+            {{- if $v.serving.maxModelLen }}
+            - {name: MODELYARD_MAX_MODEL_LEN, value: {{ $v.serving.maxModelLen | int | toString | quote }}}
+            {{- end }}
           ports:
             - {name: http, containerPort: 3000, protocol: TCP}
           # BentoML answers /readyz only once the model is loaded (and warmed up);

@@ -1,0 +1,200 @@
+"""The generation engine: one thread runs the model, requests join and leave between steps.
+
+A request is tokenized by its handler and submitted with its sampling settings; the
+engine thread admits waiting requests into the running batch (``batch.prefill`` then
+``batch.merge``) up to ``max_batch`` rows, and every step makes one token for every row
+in one forward pass (continuous batching).  Tokens go back to each request's asyncio
+queue on its event loop.  A client that goes away marks its request cancelled; the
+engine drops its row before the next step, so an abandoned stream costs one step at most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from modelyard.bentos.llm import batch as batching
+from modelyard.bentos.llm.sampling import SamplingParams, choose
+from modelyard.bentos.llm.text import TextStream
+
+log = logging.getLogger("bentoml.modelyard")
+
+
+class Overloaded(RuntimeError):
+    """More requests wait than the engine queues; the client should retry later."""
+
+
+@dataclass(frozen=True)
+class Delta:
+    """What a request gained in one step: new text, tokens generated so far, and why it ended."""
+
+    text: str
+    completion_tokens: int
+    finish_reason: str | None = None  # "stop" | "length" once finished
+
+
+@dataclass(eq=False)
+class _Request:
+    prompt: list[int]
+    params: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    text: TextStream
+    generator: torch.Generator | None
+    events: asyncio.Queue[Delta | BaseException] = field(default_factory=asyncio.Queue)
+    cancelled: bool = False
+    generated: int = 0
+
+    def send(self, item: Delta | BaseException) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+        except RuntimeError:  # the request's loop is closed: nobody listens any more
+            self.cancelled = True
+
+
+class GenerationEngine:
+    def __init__(self, model: Any, tokenizer: Any, *, max_batch: int, max_model_len: int,
+                 max_waiting: int | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        self.max_model_len = max_model_len
+        self.max_waiting = max_waiting if max_waiting is not None else max_batch * 16
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.eos = _eos_ids(model, tokenizer)
+        self._waiting: collections.deque[_Request] = collections.deque()
+        self._running: list[_Request] = []
+        self._batch: batching.Batch | None = None
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.steps = 0
+        self.tokens = 0
+
+    # -- the requests' side (event loop) -------------------------------------------------
+
+    async def generate(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
+        """Deltas until one carries a ``finish_reason``; leaving early cancels the request."""
+        device = self.model.device
+        request = _Request(prompt, params, asyncio.get_running_loop(), TextStream(self.tokenizer, params.stop),
+                           params.generator(device))
+        with self._wake:
+            if len(self._waiting) >= self.max_waiting:
+                raise Overloaded(f"{len(self._waiting)} requests are waiting already; retry later")
+            self._waiting.append(request)
+            self._wake.notify()
+        try:
+            while True:
+                item = await request.events.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            request.cancelled = True
+
+    def stats(self) -> dict[str, int]:
+        with self._wake:
+            return {"running": len(self._running), "waiting": len(self._waiting), "steps": self.steps,
+                    "tokens": self.tokens, "max_batch": self.max_batch}
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="modelyard-generation", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    # -- the engine thread ---------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping and not self._waiting and not self._running:
+                    self._wake.wait()
+                if self._stopping:
+                    return
+                joining = self._admit()
+            try:
+                self._step(joining)
+            except Exception as exc:  # noqa: BLE001 - every request in the batch hears of it
+                log.exception("generation step failed")
+                for request in [*self._running, *joining]:
+                    request.send(RuntimeError(f"generation failed: {exc}"))
+                with self._wake:
+                    self._running, self._batch = [], None
+
+    def _admit(self) -> list[_Request]:
+        """Waiting requests that fit in the batch (cancelled ones are dropped); under the lock."""
+        joining: list[_Request] = []
+        while self._waiting and len(self._running) + len(joining) < self.max_batch:
+            request = self._waiting.popleft()
+            if not request.cancelled:
+                joining.append(request)
+        return joining
+
+    def _step(self, joining: list[_Request]) -> None:
+        if joining:
+            fresh = batching.prefill(self.model, [r.prompt for r in joining], self.pad_id)
+            if self._batch is None:
+                self._batch = fresh
+            else:
+                batching.merge(self._batch, fresh)
+            with self._wake:
+                self._running.extend(joining)
+        batch = self._batch
+        assert batch is not None
+        chosen = choose(batch.logits, [r.params for r in self._running], [r.generator for r in self._running])
+        kept: list[int] = []
+        for row, (request, token) in enumerate(zip(self._running, chosen.tolist(), strict=True)):
+            if request.cancelled:
+                continue
+            if self._advance(request, token) is None:
+                kept.append(row)
+        self.steps += 1
+        self.tokens += len(self._running)
+        with self._wake:
+            self._running = [self._running[row] for row in kept]
+        if not kept:
+            self._batch = None
+            return
+        batching.keep(batch, kept)
+        batching.step(self.model, batch, chosen[kept])
+
+    def _advance(self, request: _Request, token: int) -> str | None:
+        """Give the request its token; returns the finish reason when it is done."""
+        request.generated += 1
+        finish = None
+        if token in self.eos:
+            text, finish = request.text.finish(), "stop"
+        else:
+            text = request.text.add(token)
+            if request.text.stopped:
+                finish = "stop"
+            elif (request.generated >= request.params.max_tokens
+                  or len(request.prompt) + request.generated >= self.max_model_len):
+                text, finish = text + request.text.finish(), "length"
+        request.send(Delta(text, request.generated, finish))
+        return finish
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return frozenset(ids)

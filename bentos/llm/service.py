@@ -1,0 +1,82 @@
+"""The BentoML service for format ``hf``: OpenAI's API under ``/v1`` over one model directory.
+
+The runtime starts it (``modelyard serve`` on an ``hf`` version) with the extracted
+directory in ``MODELYARD_BENTO_DIR``.  The weights load in ``__init__``, so BentoML's
+readiness probe (``/readyz``) answers only once they are loaded and checked; a model that
+cannot load stops the server with the reason (``loader.report_failure``) instead of being
+restarted forever.  One worker holds the model: continuous batching shares its forward
+passes among all requests, which a second copy of the weights would not.
+"""
+
+# No `from __future__ import annotations`: BentoML reads these annotations at runtime.
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import bentoml
+
+from modelyard.bentos.config import ServingConfig, torch_threads
+from modelyard.bentos.limits import BodyLimit
+from modelyard.bentos.llm.app import Served, build_llm_app
+from modelyard.bentos.spec import ModelSpec
+from modelyard.registry import defaults
+from modelyard.registry.defaults import Env
+
+log = logging.getLogger("bentoml.modelyard")
+
+BENTO_DIR = Path(os.environ.get(Env.BENTO_DIR) or Path.cwd())
+SPEC = ModelSpec.read(BENTO_DIR)
+CONFIG = ServingConfig.from_env()
+
+_SERVED: list[Served] = []
+
+
+def _served() -> "Served | None":
+    return _SERVED[0] if _SERVED else None
+
+
+OPENAI_APP = build_llm_app(_served)
+OPENAI_APP.add_middleware(BodyLimit, max_bytes=CONFIG.max_request_bytes)
+
+
+@bentoml.asgi_app(OPENAI_APP, path="/v1")
+@bentoml.service(
+    name="modelyard-llm",
+    workers=1,
+    resources=CONFIG.bentoml_resources(),
+    traffic={"timeout": 600},
+    logging={"access": {"enabled": CONFIG.access_log}},
+)
+class LLMService:
+    """Serves one model version behind OpenAI's API (``/v1/chat/completions`` …)."""
+
+    def __init__(self) -> None:
+        import torch
+
+        from modelyard.bentos.llm.engine import GenerationEngine
+        from modelyard.bentos.llm.loading import load
+        from modelyard.bentos.loader import report_failure
+
+        torch.set_num_threads(torch_threads(CONFIG, 1))
+        try:
+            loaded = load(SPEC, BENTO_DIR, CONFIG)
+        except Exception as exc:
+            report_failure(exc)  # BentoML would restart the worker forever; the runtime stops instead
+            raise
+        engine = None
+        if loaded.task == "generate":
+            engine = GenerationEngine(loaded.model, loaded.tokenizer, max_batch=defaults.LLM_MAX_BATCH,
+                                      max_model_len=loaded.max_model_len, max_waiting=defaults.LLM_MAX_WAITING)
+            engine.start()
+        self.served = Served(loaded, engine)
+        _SERVED.append(self.served)
+
+    @bentoml.api(route="/model")
+    def model(self) -> dict[str, Any]:
+        """Which version is served, on which device, with the facts the registry recorded."""
+        loaded = self.served.loaded
+        return {"model": SPEC.model, "version": SPEC.version, "digest": SPEC.digest, "format": SPEC.format,
+                "task": loaded.task, "device": loaded.device, "max_model_len": loaded.max_model_len,
+                "metadata": SPEC.metadata}

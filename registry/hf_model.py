@@ -1,0 +1,221 @@
+"""Hugging Face-style model directories (format ``hf``): what is safe to accept, and the facts
+recorded on the version.
+
+A model directory holds ``config.json``, ``safetensors`` weights and tokenizer files.  It
+is refused when it carries pickles (``pytorch_model.bin``, ``*.pt`` … load by unpickling,
+which runs code) or when loading it would run the model's own Python code (``*.py`` files
+or an ``auto_map``: transformers' ``trust_remote_code``) unless the push allowed code.
+The facts (architecture, parameters, dtype, context length, chat template, memory to load
+the weights) come from ``config.json`` and the ``safetensors`` headers alone, so the registry
+reads them from the stored bytes itself, without torch or transformers, and the operator
+can compare them with a deployment's resources.  The same checks run on a directory
+(the client, before pushing; the server, before loading) and on the pushed archive (the
+registry, before accepting it).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import tarfile
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
+MAX_JSON_BYTES = 16 << 20
+"""config.json, tokenizer_config.json and friends are small; larger ones are refused unread."""
+MAX_HEADER_BYTES = 100 << 20
+"""The safetensors library's own bound on a header."""
+CONFIG = "config.json"
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length")
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+               "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I8": "int8",
+                "U8": "uint8", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+CONVERT_HINT = ("convert it to safetensors first: load it once where you trust it, then "
+                "model.save_pretrained(directory, safe_serialization=True)")
+
+
+class UnsafeModelDirectory(ValueError):
+    """The directory or archive cannot be accepted as format ``hf``; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class HfFacts:
+    architecture: str
+    model_type: str
+    task: str | None
+    """``generate`` (a causal language model), ``embed`` (an encoder) or None (neither is served)."""
+    parameters: int
+    dtype: str
+    context_length: int | None
+    chat_template: bool
+    load_bytes: int
+    """The weights' bytes: the memory a replica needs for them before any request."""
+    needs_code: bool
+    allow_code: bool = False
+
+    def metadata(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A model directory seen as files: a real directory, or the members of an archive."""
+
+    files: dict[str, int]  # relative POSIX path → size
+    open: Callable[[str], IO[bytes]]
+
+
+def directory_tree(root: Path) -> Tree:
+    """A directory's regular files (links followed), leaving out hidden files and folders."""
+    files: dict[str, int] = {}
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+            continue
+        files[relative.as_posix()] = path.stat().st_size
+    return Tree(files, lambda name: open(root / name, "rb"))
+
+
+def archive_tree(archive: tarfile.TarFile) -> Tree:
+    members = {_member_name(m): m for m in archive.getmembers() if m.isreg()}
+
+    def opened(name: str) -> IO[bytes]:
+        handle = archive.extractfile(members[name])
+        assert handle is not None
+        return handle
+
+    return Tree({name: member.size for name, member in members.items()}, opened)
+
+
+def _member_name(member: tarfile.TarInfo) -> str:
+    return str(PurePosixPath(member.name.lstrip("./") or "."))
+
+
+def is_model_directory(names: Iterable[str]) -> bool:
+    return CONFIG in set(names)
+
+
+def inspect(tree: Tree, *, allow_code: bool, label: str) -> HfFacts:
+    """The facts of a model directory, or UnsafeModelDirectory saying why it is refused."""
+    pickles = sorted(name for name in tree.files if name.lower().endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise UnsafeModelDirectory(
+            f"{label} holds pickled files ({', '.join(pickles[:5])}): loading them runs arbitrary code, so they "
+            f"are refused. Remove them (training leftovers such as training_args.bin), or {CONVERT_HINT}")
+    if CONFIG not in tree.files:
+        raise UnsafeModelDirectory(f"{label} has no {CONFIG}: it is not a Hugging Face model directory")
+    config = _json(tree, CONFIG, label)
+    weights = sorted(name for name in tree.files if name.endswith(".safetensors"))
+    if not weights:
+        raise UnsafeModelDirectory(f"{label} has no .safetensors weights; {CONVERT_HINT}")
+    code = sorted(name for name in tree.files if name.endswith(".py"))
+    auto_map = "auto_map" in config or "auto_map" in _json(tree, "tokenizer_config.json", label, missing={})
+    needs_code = bool(code) or auto_map
+    if needs_code and not allow_code:
+        what = f"Python files ({', '.join(code[:5])})" if code else "an auto_map in its configuration"
+        raise UnsafeModelDirectory(
+            f"{label} carries {what}: serving it would run that code (transformers' trust_remote_code). Push it "
+            "with --allow-code if you trust it; the version records that it runs code")
+    parameters, load_bytes, dtypes = 0, 0, Counter[str]()
+    for name in weights:
+        count, size, kinds = _safetensors(tree, name, label)
+        parameters, load_bytes = parameters + count, load_bytes + size
+        dtypes.update(kinds)
+    architectures = config.get("architectures") or []
+    architecture = str(architectures[0]) if isinstance(architectures, list) and architectures else ""
+    return HfFacts(
+        architecture=architecture,
+        model_type=str(config.get("model_type") or ""),
+        task=_task(architecture, "modules.json" in tree.files),
+        parameters=parameters,
+        dtype=TORCH_DTYPES.get(dtypes.most_common(1)[0][0], "mixed") if dtypes else "unknown",
+        context_length=_context_length(config, _json(tree, "sentence_bert_config.json", label, missing={})),
+        chat_template=_has_chat_template(tree, label),
+        load_bytes=load_bytes,
+        needs_code=needs_code,
+        allow_code=allow_code,
+    )
+
+
+def _task(architecture: str, sentence_transformers: bool) -> str | None:
+    if architecture.endswith(("ForCausalLM", "LMHeadModel")):
+        return "generate"
+    if sentence_transformers or architecture.endswith("Model"):
+        return "embed"
+    return None
+
+
+def _context_length(config: dict[str, Any], sentence_config: dict[str, Any]) -> int | None:
+    sources = [config, config.get("text_config") if isinstance(config.get("text_config"), dict) else {}]
+    lengths = [value for source in sources for key in CONTEXT_KEYS
+               if isinstance(value := source.get(key), int) and not isinstance(value, bool) and value > 0]
+    limit = sentence_config.get("max_seq_length")
+    if isinstance(limit, int) and limit > 0:
+        lengths.append(limit)
+    return min(lengths) if lengths else None
+
+
+def _has_chat_template(tree: Tree, label: str) -> bool:
+    if "chat_template.jinja" in tree.files or "chat_template.json" in tree.files:
+        return True
+    return bool(_json(tree, "tokenizer_config.json", label, missing={}).get("chat_template"))
+
+
+def _json(tree: Tree, name: str, label: str, missing: dict[str, Any] | None = None) -> dict[str, Any]:
+    if name not in tree.files:
+        if missing is not None:
+            return missing
+        raise UnsafeModelDirectory(f"{label} has no {name}")
+    if tree.files[name] > MAX_JSON_BYTES:
+        raise UnsafeModelDirectory(f"{label}'s {name} is larger than {MAX_JSON_BYTES} bytes")
+    with tree.open(name) as handle:
+        try:
+            value = json.loads(handle.read(MAX_JSON_BYTES + 1))
+        except ValueError as exc:
+            raise UnsafeModelDirectory(f"{label}'s {name} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise UnsafeModelDirectory(f"{label}'s {name} is not a JSON object")
+    return value
+
+
+def _safetensors(tree: Tree, name: str, label: str) -> tuple[int, int, Counter[str]]:
+    """Parameters, data bytes and bytes per dtype of one safetensors file, from its header."""
+    size = tree.files[name]
+    with tree.open(name) as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise UnsafeModelDirectory(f"{label}'s {name} is not a safetensors file (too short)")
+        (length,) = struct.unpack("<Q", head)
+        if length > min(MAX_HEADER_BYTES, size - 8):
+            raise UnsafeModelDirectory(f"{label}'s {name} is not a safetensors file (header of {length} bytes)")
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError:
+            raise UnsafeModelDirectory(f"{label}'s {name} is not a safetensors file (unreadable header)") from None
+    if not isinstance(header, dict):
+        raise UnsafeModelDirectory(f"{label}'s {name} is not a safetensors file")
+    parameters, end, kinds = 0, 0, Counter[str]()
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            dtype, shape, (start, stop) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            count = 1
+            for dim in shape:
+                count *= int(dim)
+            valid = dtype in DTYPE_BYTES and 0 <= start <= stop and stop - start == count * DTYPE_BYTES[dtype]
+        except (KeyError, TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise UnsafeModelDirectory(f"{label}'s {name} has a damaged entry for tensor {str(key)[:100]!r}")
+        parameters += count
+        kinds[dtype] += stop - start
+        end = max(end, stop)
+    if 8 + length + end != size:
+        raise UnsafeModelDirectory(f"{label}'s {name} is {size} bytes but its header describes {8 + length + end}")
+    return parameters, end, kinds
