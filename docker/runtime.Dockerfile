@@ -1,6 +1,7 @@
 # The model-server runtime: what charts/model-server runs (init container `modelyard pull`,
 # main container `modelyard serve`).  torch is the project's own (2.13.0): from PyPI that is
-# the CUDA build, so one image serves on GPU nodes and CPU nodes.  From the repository root:
+# the CUDA build, so one image serves on GPU nodes and CPU nodes.  The `llm` extra
+# (transformers, accelerate, sentence-transformers) serves format hf models.  From the repository root:
 #   docker build -f docker/runtime.Dockerfile -t ghcr.io/modelyard/modelyard-runtime:0.1.0 .
 # BASE: any image with Python 3.11 and `python3 -m venv` (the test suite uses a Debian
 # bookworm base made with debootstrap; see tests/cluster/images.sh).
@@ -19,7 +20,7 @@ COPY registry registry
 COPY bentos bentos
 COPY operator operator
 COPY cli cli
-RUN pip install '.[serve]' && rm -rf /src
+RUN pip install '.[serve,llm]' && rm -rf /src
 RUN useradd --uid 10001 --create-home --home-dir /home/modelyard modelyard \
     && mkdir -p /cache && chown 10001:10001 /cache
 USER 10001

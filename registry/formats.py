@@ -65,13 +65,14 @@ def hf_archive_facts(source: Path | BinaryIO, *, allow_code: bool, label: str) -
     one or is refused (pickles, code that is not allowed, damaged weights)."""
     with _opened(source) as file:
         try:
-            with tarfile.open(fileobj=file) as archive:
+            with tarfile.open(fileobj=file, mode="r:") as archive:  # uncompressed: no decompression bomb
                 _bounded_members(archive, label)
                 return inspect(archive_tree(archive), allow_code=allow_code, label=label)
         except UnsafeModelDirectory as exc:
             raise UnsupportedArtifact(str(exc)) from None
         except (tarfile.TarError, OSError, EOFError) as exc:
-            raise UnsupportedArtifact(f"{label} is a damaged tar archive ({exc})") from None
+            raise UnsupportedArtifact(f"{label} is not a plain tar archive of a model directory ({exc}): push the "
+                                      "directory itself (modelyard push DIR), which sends it as one") from None
 
 
 @contextlib.contextmanager

@@ -27,8 +27,11 @@ from typing import IO, Any
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 MAX_JSON_BYTES = 16 << 20
 """config.json, tokenizer_config.json and friends are small; larger ones are refused unread."""
-MAX_HEADER_BYTES = 100 << 20
-"""The safetensors library's own bound on a header."""
+MAX_HEADER_BYTES = 16 << 20
+"""A header is JSON parsed whole; real ones are kilobytes (a few hundred KB for the largest
+mixtures of experts), the safetensors library allows 100 MB."""
+MAX_HEADERS_BYTES = 64 << 20
+"""All of a directory's headers together."""
 CONFIG = "config.json"
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length")
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
@@ -122,8 +125,9 @@ def inspect(tree: Tree, *, allow_code: bool, label: str) -> HfFacts:
             f"{label} carries {what}: serving it would run that code (transformers' trust_remote_code). Push it "
             "with --allow-code if you trust it; the version records that it runs code")
     parameters, load_bytes, dtypes = 0, 0, Counter[str]()
+    budget = [MAX_HEADERS_BYTES]
     for name in weights:
-        count, size, kinds = _safetensors(tree, name, label)
+        count, size, kinds = _safetensors(tree, name, label, budget)
         parameters, load_bytes = parameters + count, load_bytes + size
         dtypes.update(kinds)
     architectures = config.get("architectures") or []
@@ -183,8 +187,9 @@ def _json(tree: Tree, name: str, label: str, missing: dict[str, Any] | None = No
     return value
 
 
-def _safetensors(tree: Tree, name: str, label: str) -> tuple[int, int, Counter[str]]:
-    """Parameters, data bytes and bytes per dtype of one safetensors file, from its header."""
+def _safetensors(tree: Tree, name: str, label: str, budget: list[int]) -> tuple[int, int, Counter[str]]:
+    """Parameters, data bytes and bytes per dtype of one safetensors file, from its header
+    (``budget``: the header bytes the directory may still have)."""
     size = tree.files[name]
     with tree.open(name) as handle:
         head = handle.read(8)
@@ -193,6 +198,9 @@ def _safetensors(tree: Tree, name: str, label: str) -> tuple[int, int, Counter[s
         (length,) = struct.unpack("<Q", head)
         if length > min(MAX_HEADER_BYTES, size - 8):
             raise UnsafeModelDirectory(f"{label}'s {name} is not a safetensors file (header of {length} bytes)")
+        budget[0] -= length
+        if budget[0] < 0:
+            raise UnsafeModelDirectory(f"{label}'s safetensors headers add up to more than {MAX_HEADERS_BYTES} bytes")
         try:
             header = json.loads(handle.read(length))
         except ValueError:

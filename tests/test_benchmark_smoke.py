@@ -23,3 +23,15 @@ def test_registry_benchmark_runs_and_reports_every_phase() -> None:
                   "GET /deployments?model (c=16, 60 versions)", "newest 50 of 60 versions",
                   "UI model page, 60 versions"):
         assert phase in answer.stdout, answer.stdout
+
+
+@pytest.mark.slow
+def test_llm_benchmark_runs_and_reports_every_concurrency() -> None:
+    answer = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "llm_bench.py"), "--hidden", "64", "--layers", "2", "--tokens", "8",
+         "--rounds", "1", "--concurrency", "1,4"], capture_output=True, text=True, timeout=600,
+    )
+    assert answer.returncode == 0, answer.stderr[-3000:]  # non-zero when any request failed
+    rows = [line.split() for line in answer.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[0] for row in rows] == ["1", "4"], answer.stdout
+    assert all(float(row[3]) > 0 for row in rows), answer.stdout  # a ratio for each

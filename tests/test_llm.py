@@ -311,6 +311,10 @@ def test_bad_requests_are_4xx_in_openais_shape(bed: Bed) -> None:
         ("completions", b'{"model": "tiny", "prompt": "x", "max_tokens": 250, "stop": ["a","b","c","d","e"]}',
          400, "stop"),
         ("completions", b'{"model": "tiny", "prompt": "x", "max_tokens": 100000}', 400, "prompt"),
+        ("completions", b'{"model": "tiny", "prompt": "x", "seed": 18446744073709551616}', 400, "seed"),
+        ("completions", b'{"model": "tiny", "prompt": "' + b"x" * 20_000 + b'"}', 400, "prompt"),  # not tokenized
+        ("chat/completions", b'{"model": "tiny", "messages": [{"role": "user", "content": "' + b"\\u00e9" * 20_000
+         + b'"}]}', 400, "messages"),
         ("chat/completions", b'{"model": "tiny", "messages": []}', 400, "messages"),
         ("chat/completions", b'{"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}', 400, None),
         ("chat/completions", b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "tools": [{}]}',

@@ -313,6 +313,8 @@ SCENARIOS: dict[str, Callable[[], Step]] = {
     Reason.INVALID_IMAGE: lambda: spec_failure({"model": {"name": "m", "version": 1}, "image": "r@sha256:a"}),
     Reason.REGISTRY_TOKEN_REQUIRED: lambda: spec_failure({"model": {"name": "m", "version": 1},
                                                           "registry": {"url": "https://other.example"}}),
+    Reason.INVALID_SERVING: lambda: reconcile(ResolvedVersion("m", 1, format="torch-export"), spec=DeploymentSpec.parse(
+        {"model": {"name": "m", "version": 1}, "resources": {"gpu": 2}})),
     Reason.REGISTRY_UNREACHABLE: lambda: reconcile(RegistryUnreachable("down")),
     Reason.EVENT_FEED_UNREACHABLE: lambda: reconcile(V7, feed=FeedHealth(False, "503")),
     Reason.HELM_ERROR: lambda: reconcile(V7, helm=HelmFailure("forbidden")),
@@ -324,6 +326,17 @@ SCENARIOS: dict[str, Callable[[], Step]] = {
                                                               helm=3).status, release=release_of(SPEC, V7, 3)),
     Reason.REPLICAS_UNAVAILABLE: lambda: check(ready(), [track(ready=1)]),
 }
+
+
+def test_a_language_model_larger_than_the_memory_limit_is_rolled_out_with_a_warning() -> None:
+    big = ResolvedVersion("llm", 1, "sha256:" + "1" * 64, format="hf", facts={"load_bytes": 3 << 30})
+    spec = DeploymentSpec.parse({"model": {"name": "llm", "version": 1}, "resources": {"memory": "2Gi"}})
+    started = reconcile(big, spec=spec, helm=1)
+    assert started.helm is None and started.status.phase == Phase.ROLLING_OUT
+    warnings = [e for e in started.events if e.type == "Warning"]
+    assert [e.reason for e in warnings] == [Reason.MEMORY_BELOW_MODEL] and "resources.memory 2Gi" in warnings[0].message
+    roomy = DeploymentSpec.parse({"model": {"name": "llm", "version": 1}, "resources": {"memory": "8Gi"}})
+    assert all(e.type != "Warning" for e in reconcile(big, spec=roomy, helm=1).events)
 
 
 def troubleshooting_reasons() -> list[str]:

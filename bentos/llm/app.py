@@ -30,7 +30,9 @@ from starlette.routing import Route
 from modelyard.bentos.fastpath import MicroBatcher
 from modelyard.bentos.llm.engine import GenerationEngine, Overloaded
 from modelyard.bentos.llm.loading import LoadedModel
-from modelyard.bentos.llm.protocol import ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, parse
+from modelyard.bentos.llm.protocol import (
+    CHARS_PER_TOKEN_BOUND, ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, parse,
+)
 from modelyard.bentos.llm.sampling import SamplingParams
 
 EMBED_BATCH = 64
@@ -96,12 +98,14 @@ def build_llm_app(served_ref: Callable[[], Served | None]) -> Starlette:
                            param="messages", code="no_chat_template")
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in body.messages]
+        bounded(served, sum(len(m["content"]) for m in messages), "messages")
         prompt = await asyncio.to_thread(_chat_prompt, tokenizer, messages)
         return await complete(served, body, prompt, chat=True)
 
     async def completions(request: Request, served: Served) -> Response:
         body = parse(CompletionRequest, await request.body())
         generating(served, body.model)
+        bounded(served, len(body.text), "prompt")
         prompt = await asyncio.to_thread(lambda: list(served.loaded.tokenizer(body.text)["input_ids"]))
         return await complete(served, body, prompt, chat=False)
 
@@ -112,6 +116,8 @@ def build_llm_app(served_ref: Callable[[], Served | None]) -> Starlette:
             raise ApiError(400, f"{body.model} is a language model: it generates text and has no embeddings",
                            param="model", code="wrong_task")
         texts = body.texts
+        for index, text in enumerate(texts):
+            bounded(served, len(text), f"input[{index}]")
         counts = await asyncio.to_thread(_token_counts, served.loaded.tokenizer, texts)
         limit = served.loaded.max_model_len
         for index, count in enumerate(counts):
@@ -147,6 +153,14 @@ def known(served: Served, name: str) -> None:
     if name not in served.names:
         raise ApiError(404, f"the model {name!r} does not exist here; this server serves {served.loaded.spec.model!r}",
                        param="model", code="model_not_found")
+
+
+def bounded(served: Served, characters: int, param: str) -> None:
+    """Refuse, untokenized, a text that cannot fit the context (see CHARS_PER_TOKEN_BOUND)."""
+    limit = served.loaded.max_model_len
+    if characters > limit * CHARS_PER_TOKEN_BOUND:
+        raise ApiError(400, f"{param} is {characters} characters: far more than this model's maximum context "
+                            f"length of {limit} tokens", param=param.split("[")[0], code="context_length_exceeded")
 
 
 def generating(served: Served, name: str) -> None:

@@ -25,6 +25,8 @@ from modelyard.bentos.llm.sampling import SamplingParams, choose
 from modelyard.bentos.llm.text import TextStream
 
 log = logging.getLogger("bentoml.modelyard")
+PREFILL_TOKENS = 8192
+"""Padded prompt tokens prefilled in one forward pass (or one context's worth, if longer)."""
 
 
 class Overloaded(RuntimeError):
@@ -52,10 +54,21 @@ class _Request:
     generated: int = 0
 
     def send(self, item: Delta | BaseException) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
-        except RuntimeError:  # the request's loop is closed: nobody listens any more
-            self.cancelled = True
+        _deliver_from_thread(self.loop, [(self, item)])
+
+
+def _deliver_from_thread(loop: asyncio.AbstractEventLoop, items: list[tuple[_Request, Delta | BaseException]]) -> None:
+    """Hand a step's deltas to their event loop in one wake-up (not one per request)."""
+    try:
+        loop.call_soon_threadsafe(_deliver, items)
+    except RuntimeError:  # the loop is closed: nobody listens any more
+        for request, _ in items:
+            request.cancelled = True
+
+
+def _deliver(items: list[tuple[_Request, Delta | BaseException]]) -> None:
+    for request, item in items:
+        request.events.put_nowait(item)
 
 
 class GenerationEngine:
@@ -66,6 +79,7 @@ class GenerationEngine:
         self.max_batch = max_batch
         self.max_model_len = max_model_len
         self.max_waiting = max_waiting if max_waiting is not None else max_batch * 16
+        self.prefill_tokens = max(max_model_len, PREFILL_TOKENS)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.eos = _eos_ids(model, tokenizer)
         self._waiting: collections.deque[_Request] = collections.deque()
@@ -91,7 +105,7 @@ class GenerationEngine:
             self._wake.notify()
         try:
             while True:
-                item = await request.events.get()
+                item = _merged(await request.events.get(), request.events)
                 if isinstance(item, BaseException):
                     raise item
                 yield item
@@ -136,12 +150,23 @@ class GenerationEngine:
                     self._running, self._batch = [], None
 
     def _admit(self) -> list[_Request]:
-        """Waiting requests that fit in the batch (cancelled ones are dropped); under the lock."""
+        """Waiting requests that fit in the batch (cancelled ones are dropped); under the lock.
+
+        Joining prompts are prefilled together, padded to the longest, so they are also bounded
+        by ``prefill_tokens``: many long prompts arriving at once join over several steps instead
+        of needing one huge forward pass (at least one request always joins)."""
         joining: list[_Request] = []
+        longest = 0
         while self._waiting and len(self._running) + len(joining) < self.max_batch:
-            request = self._waiting.popleft()
-            if not request.cancelled:
-                joining.append(request)
+            request = self._waiting[0]
+            if request.cancelled:
+                self._waiting.popleft()
+                continue
+            padded = max(longest, len(request.prompt)) * (len(joining) + 1)
+            if joining and padded > self.prefill_tokens:
+                break
+            longest = max(longest, len(request.prompt))
+            joining.append(self._waiting.popleft())
         return joining
 
     def _step(self, joining: list[_Request]) -> None:
@@ -157,11 +182,16 @@ class GenerationEngine:
         assert batch is not None
         chosen = choose(batch.logits, [r.params for r in self._running], [r.generator for r in self._running])
         kept: list[int] = []
+        deliveries: dict[asyncio.AbstractEventLoop, list[tuple[_Request, Delta | BaseException]]] = {}
         for row, (request, token) in enumerate(zip(self._running, chosen.tolist(), strict=True)):
             if request.cancelled:
                 continue
-            if self._advance(request, token) is None:
+            delta = self._advance(request, token)
+            deliveries.setdefault(request.loop, []).append((request, delta))
+            if delta.finish_reason is None:
                 kept.append(row)
+        for loop, items in deliveries.items():
+            _deliver_from_thread(loop, items)
         self.steps += 1
         self.tokens += len(self._running)
         with self._wake:
@@ -172,8 +202,8 @@ class GenerationEngine:
         batching.keep(batch, kept)
         batching.step(self.model, batch, chosen[kept])
 
-    def _advance(self, request: _Request, token: int) -> str | None:
-        """Give the request its token; returns the finish reason when it is done."""
+    def _advance(self, request: _Request, token: int) -> Delta:
+        """The request's delta for its new token (with a finish reason when it is done)."""
         request.generated += 1
         finish = None
         if token in self.eos:
@@ -185,8 +215,18 @@ class GenerationEngine:
             elif (request.generated >= request.params.max_tokens
                   or len(request.prompt) + request.generated >= self.max_model_len):
                 text, finish = text + request.text.finish(), "length"
-        request.send(Delta(text, request.generated, finish))
-        return finish
+        return Delta(text, request.generated, finish)
+
+
+def _merged(item: Delta | BaseException, queue: asyncio.Queue[Delta | BaseException]) -> Delta | BaseException:
+    """``item`` joined with the deltas already queued behind it: a consumer that fell behind (a
+    busy event loop, a slow client) sends one event for several tokens instead of one per token."""
+    while isinstance(item, Delta) and item.finish_reason is None and not queue.empty():
+        following = queue.get_nowait()
+        if isinstance(following, BaseException):
+            return following
+        item = Delta(item.text + following.text, following.completion_tokens, following.finish_reason)
+    return item
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

@@ -17,6 +17,10 @@ MAX_STOP = 4
 MAX_STOP_CHARS = 256
 MAX_EMBEDDING_INPUTS = 2048
 MAX_MESSAGES = 1024
+CHARS_PER_TOKEN_BOUND = 64
+"""A text longer than this many characters per token of the context is refused before it is
+tokenized: no tokenizer turns so many characters into one token, and tokenizing a body-sized
+text would hold a CPU for seconds."""
 
 
 class ApiError(Exception):
@@ -43,7 +47,7 @@ class _Sampling(_Request):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(1 << 63), le=(1 << 64) - 1, description="what torch's generator takes")
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     n: int = Field(1, ge=1, le=1, description="one choice per request: concurrent requests share forward passes")
