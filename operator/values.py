@@ -144,7 +144,7 @@ def model_server_values(spec: DeploymentSpec, resolved: ResolvedVersion,
                     "progressDeadlineSeconds": rollout.progress_deadline_seconds},
         "canary": {"enabled": False, "model": {"version": resolved.version, "digest": resolved.digest},
                    "replicas": 1},
-        "cache": {"sizeLimit": "10Gi", "persistentVolumeClaim": {"enabled": False, "claimName": "",
+        "cache": {"sizeLimit": cache_size(resolved, stable), "persistentVolumeClaim": {"enabled": False, "claimName": "",
                                                                "storageClassName": "", "size": "20Gi",
                                                                "accessMode": "ReadWriteOnce"}},
         "service": {"type": "ClusterIP", "port": defaults.MODEL_SERVER_PORT},
@@ -191,6 +191,17 @@ def check_engine(serving: Serving, resources: Resources, resolved: ResolvedVersi
         raise SpecError(Reason.INVALID_SERVING, f"resources.gpu {resources.gpu}: a {fmt} program runs on one GPU; "
                         "ask for 1 GPU and more replicas (only format hf models are sharded across GPUs)")
     return engine
+
+
+CACHE_FLOOR_GI = 10
+
+
+def cache_size(*versions: ResolvedVersion | None) -> str:
+    """The pod's cache volume: 10Gi, or room for a model directory twice (its archive is
+    downloaded beside what it extracts to) plus a quarter, for the largest version it may hold."""
+    needed = max((v.facts.get("load_bytes") or 0 for v in versions if v is not None), default=0)
+    gib = max(CACHE_FLOOR_GI, math.ceil(needed * 2.5 / (1 << 30)))
+    return f"{gib}Gi"
 
 
 def memory_warnings(spec: DeploymentSpec, resolved: ResolvedVersion) -> list[str]:

@@ -326,6 +326,12 @@ def test_serving_that_cannot_work_is_refused_with_a_reason(spec: dict, resolved:
     assert raised.value.reason == Reason.INVALID_SERVING
 
 
+def test_the_cache_volume_holds_a_large_model_twice() -> None:
+    assert values({}, PROGRAM)["cache"]["sizeLimit"] == "10Gi"
+    big = ResolvedVersion("llm", 3, "sha256:" + "a" * 64, format="hf", facts={"load_bytes": 140 << 30})
+    assert values({}, big)["cache"]["sizeLimit"] == "350Gi"
+
+
 def test_memory_below_the_weights_is_a_warning() -> None:
     def spec(memory: str, gpu: int = 0) -> DeploymentSpec:
         return DeploymentSpec.parse({"model": {"name": "llm", "version": 3},
