@@ -118,6 +118,9 @@ def package_version(client: RegistryClient, ref: str | ModelRef, *, force: bool 
             client.download_artifact(version.model, version.version, archive)
             tag = bento_tag(version.model, version.version, version.digest)
             return Packaged(client.upload_bento(version.model, version.version, archive, tag), reused=False)
+        if fmt == "hf":
+            raise PackagingError(f"{version.model}:{version.version} is a model directory (format hf): it is served "
+                                 f"as it is, without a Bento (modelyard serve {version.model}:{version.version})")
         if fmt not in SERVABLE_FORMATS:
             raise PackagingError(f"{version.model}:{version.version} has format {fmt!r}; the generic service "
                                  f"serves {', '.join(SERVABLE_FORMATS)}")

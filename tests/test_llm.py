@@ -184,6 +184,11 @@ def test_a_damaged_weights_file_is_refused_by_the_registry(bed: Bed, tmp_path: P
     assert answer.returncode != 0 and "header describes" in answer.stderr + answer.stdout
 
 
+def test_a_model_directory_needs_no_bento(bed: Bed) -> None:
+    answer = cli(bed.registry, "package", "tiny@production")
+    assert answer.returncode != 0 and "served as it is, without a Bento" in answer.stdout + answer.stderr
+
+
 def test_the_runtime_refuses_files_changed_after_the_verified_download(bed: Bed, tmp_path: Path) -> None:
     with RegistryClient(bed.registry.url) as client:
         fetched = fetch(client, "tiny@production", tmp_path / "cache")
