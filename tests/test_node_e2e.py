@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -26,6 +27,7 @@ from kubernetes import client
 
 from tests.helpers import condition, eventually
 from tests.support.node import Image, Node
+from tests.support.tiny_lm import make_tiny_lm
 from tests.support.platform import (
     API_VERSION,
     GROUP,
@@ -246,3 +248,50 @@ def test_delete_removes_the_pods_and_the_release(platform: Platform) -> None:
     releases = platform.core.list_namespaced_secret(ML, label_selector="owner=helm,name=digits").items
     assert releases == []
     assert [s.metadata.name for s in platform.core.list_namespaced_service(ML).items] == []
+
+
+def test_a_language_model_is_served_behind_the_openai_api_in_a_pod(platform: Platform, tmp_path: Path) -> None:
+    """A model directory made here, pushed, deployed with a ModelDeployment and called with the
+    official ``openai`` client through its Service: the runtime image serves format hf."""
+    import openai
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory = make_tiny_lm(tmp_path / "tiny-lm")
+    with platform.registry() as registry:
+        registry.ensure_model("chat-lm")
+        version = registry.create_version("chat-lm", format="hf")
+        version = registry.upload_artifact("chat-lm", version.version, directory)
+    spec = {"model": {"name": "chat-lm", "version": version.version}, "replicas": 1,
+            "resources": {"gpu": 1, "cpu": "500m", "memory": "2Gi"}, "serving": {"engine": "torch"},
+            "rollout": {"progressDeadlineSeconds": 180}}
+    platform.create("chat", spec)
+    failed = platform.wait_status("chat", lambda s: s.get("phase") == "Failed", "phase Failed", timeout=60)
+    assert condition(failed, "Ready")["reason"] == "InvalidServing"
+    assert "serving.engine torch does not serve" in condition(failed, "Ready")["message"]
+
+    platform.custom.patch_namespaced_custom_object(GROUP, API_VERSION, ML, PLURAL, "chat", {"spec": {"serving": {
+        "engine": "transformers", "maxModelLen": 128}}})
+    status = platform.wait_status("chat", lambda s: s.get("phase") == "Ready", "phase Ready", timeout=300)
+    assert status["model"]["digest"] == version.digest
+    (pod,) = platform.serving("chat")
+    env = {e.name: e.value for e in pod.spec.containers[0].env}
+    assert (env["MODELYARD_ENGINE"], env["MODELYARD_MAX_MODEL_LEN"]) == ("transformers", "128")
+
+    url = platform.service_url("chat")
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+    assert client.models.list().data[0].model_extra["max_model_len"] == 128  # type: ignore[index]
+    answer = client.completions.create(model="chat-lm", prompt="The quick brown fox", max_tokens=12, temperature=0)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory).eval()
+    ids = tokenizer("The quick brown fox")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+    assert answer.choices[0].text == tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+    with pytest.raises(openai.BadRequestError):  # maxModelLen reached the server
+        client.completions.create(model="chat-lm", prompt="fox " * 200, max_tokens=4)
+
+    platform.custom.delete_namespaced_custom_object(GROUP, API_VERSION, ML, PLURAL, "chat")
+    eventually(lambda: not platform.status("chat") and not platform.serving("chat"), timeout=120, interval=1,
+               what="resource and pods gone")
