@@ -9,24 +9,16 @@ loads is what the registry holds even when the cache volume outlives the pod.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
+from modelyard.registry.client import file_sha256
+
 MANIFEST_FILE = "modelyard-files.json"
-CHUNK = 1 << 20
 
 
 class ManifestMismatch(ValueError):
     """The files differ from the manifest; the message names the first difference."""
-
-
-def file_sha256(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(CHUNK):
-            hasher.update(block)
-    return hasher.hexdigest()
 
 
 def _files(root: Path) -> list[str]:

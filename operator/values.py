@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from kubernetes.utils import parse_quantity
+
 from modelyard.operator.spec import (
     Autoscaling, DeploymentSpec, RegistrySpec, Resources, SecretRef, Serving, SpecError, Strategy,
 )
@@ -144,9 +146,9 @@ def model_server_values(spec: DeploymentSpec, resolved: ResolvedVersion,
                     "progressDeadlineSeconds": rollout.progress_deadline_seconds},
         "canary": {"enabled": False, "model": {"version": resolved.version, "digest": resolved.digest},
                    "replicas": 1},
-        "cache": {"sizeLimit": cache_size(resolved, stable), "persistentVolumeClaim": {"enabled": False, "claimName": "",
-                                                               "storageClassName": "", "size": "20Gi",
-                                                               "accessMode": "ReadWriteOnce"}},
+        "cache": {"sizeLimit": cache_size(resolved, stable),
+                  "persistentVolumeClaim": {"enabled": False, "claimName": "", "storageClassName": "", "size": "20Gi",
+                                            "accessMode": "ReadWriteOnce"}},
         "service": {"type": "ClusterIP", "port": defaults.MODEL_SERVER_PORT},
         "nodeSelector": dict(spec.node_selector),
         "tolerations": [dict(t) for t in spec.tolerations],
@@ -217,21 +219,10 @@ def memory_warnings(spec: DeploymentSpec, resolved: ResolvedVersion) -> list[str
             f"resources.memory {spec.resources.memory}: the replica will likely be killed for lack of memory"]
 
 
-_SUFFIXES = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "Pi": 1 << 50, "Ei": 1 << 60,
-             "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
-
-
 def memory_bytes(value: Any) -> int | None:
-    """A Kubernetes memory quantity in bytes, or None when it is not one this reads."""
-    text = str(value).strip()
-    for suffix, factor in sorted(_SUFFIXES.items(), key=lambda item: -len(item[0])):
-        if text.endswith(suffix):
-            text, scale = text[: -len(suffix)], factor
-            break
-    else:
-        scale = 1
+    """A Kubernetes memory quantity in bytes (the Kubernetes client's parser), or None when it is not one."""
     try:
-        return int(float(text) * scale)
+        return int(parse_quantity(value))
     except ValueError:
         return None
 
