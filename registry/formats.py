@@ -18,10 +18,13 @@ import struct
 import tarfile
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from modelyard.registry.hf_model import HfFacts, UnsafeModelDirectory, archive_tree, inspect, is_model_directory
+from modelyard.registry.hf_model import (
+    HfFacts, UnsafeModelDirectory, archive_tree, inspect, is_model_directory, member_name,
+)
 from modelyard.registry.torch_export_check import UnsafeArchive, check_torch_export
 
 FORMATS = ("torch-export", "torchscript", "bento", "hf")
@@ -34,26 +37,41 @@ class UnsupportedArtifact(ValueError):
     """A file that is not one of :data:`FORMATS`, or not safe to load, with what to do instead."""
 
 
+@dataclass(frozen=True)
+class Artifact:
+    """What a file is: its kind, and for a model directory (``hf``) the facts read from it."""
+
+    kind: str
+    hf: HfFacts | None = None
+
+
 def sniff_format(source: Path | BinaryIO, label: str | None = None) -> str:
     """Return ``torch-export``, ``torchscript``, ``bento`` or ``hf``; raise UnsupportedArtifact otherwise.
 
     ``source`` is a path or a seekable binary file (the registry reads stored blobs in place).
     """
+    return read_artifact(source, label).kind
+
+
+def read_artifact(source: Path | BinaryIO, label: str | None = None, *, allow_code: bool = True) -> Artifact:
+    """The file's kind, read once with everything checked; for a model directory its facts too.
+    ``allow_code``: whether a model directory may carry its own code (the registry passes what
+    the version allows; without it, only pickles and damaged weights are refused)."""
     label = label or (source.name if isinstance(source, Path) else "the artifact")
     with _opened(source) as file:
         if zipfile.is_zipfile(file):
             _check_entry_count(file, label)
             try:
                 with zipfile.ZipFile(file) as archive:
-                    return _zip_kind(archive, label)
+                    return Artifact(_zip_kind(archive, label))
             except UnsafeArchive as exc:
                 raise UnsupportedArtifact(str(exc)) from None
             except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
                 raise UnsupportedArtifact(f"{label} is a damaged zip archive ({exc})") from None
         file.seek(0)
-        kind = _tar_kind(file, label)
-        if kind is not None:
-            return kind
+        found = _tar_kind(file, label, allow_code)
+        if found is not None:
+            return found
     raise UnsupportedArtifact(
         f"{label} is not a supported model artifact: push a torch.export archive (.pt2), "
         "TorchScript, an exported BentoML .bento archive or a Hugging Face model directory"
@@ -129,14 +147,14 @@ def _bounded_members(archive: tarfile.TarFile, label: str) -> list[str]:
     for count, member in enumerate(archive):
         if count >= MAX_TAR_MEMBERS:
             raise UnsupportedArtifact(f"{label} holds more than {MAX_TAR_MEMBERS} files")
-        names.append(member.name.removeprefix("./"))
+        names.append(member_name(member))
     return names
 
 
-def _tar_kind(file: BinaryIO, label: str) -> str | None:
-    """``bento`` for an exported Bento (``bento.yaml`` at the root), ``hf`` for a model directory
-    (``config.json`` at the root, checked: pickles and damaged weights are refused here, code is
-    judged against what the version allows by ``hf_archive_facts``), None for anything else."""
+def _tar_kind(file: BinaryIO, label: str, allow_code: bool) -> Artifact | None:
+    """``bento`` for an exported Bento (``bento.yaml`` at the root), ``hf`` with its facts for a
+    model directory (``config.json`` at the root, checked by ``hf_archive_facts``), None for
+    anything else."""
     try:
         with tarfile.open(fileobj=file) as archive:
             names = _bounded_members(archive, label)
@@ -145,8 +163,7 @@ def _tar_kind(file: BinaryIO, label: str) -> str | None:
     except (tarfile.TarError, OSError, EOFError, ValueError):
         return None
     if "bento.yaml" in names:
-        return "bento"
+        return Artifact("bento")
     if is_model_directory(names):
-        hf_archive_facts(file, allow_code=True, label=label)
-        return "hf"
+        return Artifact("hf", hf_archive_facts(file, allow_code=allow_code, label=label))
     return None

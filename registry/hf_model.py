@@ -85,7 +85,7 @@ def directory_tree(root: Path) -> Tree:
 
 
 def archive_tree(archive: tarfile.TarFile) -> Tree:
-    members = {_member_name(m): m for m in archive.getmembers() if m.isreg()}
+    members = {member_name(m): m for m in archive.getmembers() if m.isreg()}
 
     def opened(name: str) -> IO[bytes]:
         handle = archive.extractfile(members[name])
@@ -95,7 +95,8 @@ def archive_tree(archive: tarfile.TarFile) -> Tree:
     return Tree({name: member.size for name, member in members.items()}, opened)
 
 
-def _member_name(member: tarfile.TarInfo) -> str:
+def member_name(member: tarfile.TarInfo) -> str:
+    """A member's path relative to the archive's root (``./config.json`` is ``config.json``)."""
     return str(PurePosixPath(member.name.lstrip("./") or "."))
 
 

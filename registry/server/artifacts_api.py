@@ -20,7 +20,7 @@ from modelyard.registry.artifacts import (
 )
 from modelyard.registry.bento_source import ForeignBento, check_bento_source
 from modelyard.registry.errors import Conflict, Invalid, NotFound, RangeNotSatisfiable
-from modelyard.registry.formats import UnsupportedArtifact, hf_archive_facts, sniff_format
+from modelyard.registry.formats import UnsupportedArtifact, read_artifact
 from modelyard.registry.server.calls import run_write
 from modelyard.registry.server.deps import Artifacts, ModelPath, Reader, Store, VersionPath, Writer, run_read
 from modelyard.registry.server.problems import problem_response
@@ -62,13 +62,12 @@ def inspect_artifact(artifacts: ArtifactStore, hex_digest: str, version: schemas
     allow_code = isinstance(claimed, dict) and claimed.get("allow_code") is True
     try:
         with artifacts.open(hex_digest) as file:
-            kind = sniff_format(file, label)
-            facts = hf_archive_facts(file, allow_code=allow_code, label=label) if kind == "hf" else None
+            artifact = read_artifact(file, label, allow_code=allow_code)
     except UnsupportedArtifact as exc:
         raise Invalid(f"{exc}; nothing was stored") from None
-    if declared is not None and declared.value != kind:
-        raise Invalid(f"{label} was declared {declared.value} but the file is {kind}; nothing was stored")
-    return kind, None if facts is None else {"hf": facts.metadata()}
+    if declared is not None and declared.value != artifact.kind:
+        raise Invalid(f"{label} was declared {declared.value} but the file is {artifact.kind}; nothing was stored")
+    return artifact.kind, None if artifact.hf is None else {"hf": artifact.hf.metadata()}
 
 
 def check_bento_is_the_artifact(expected_hex: str, version: schemas.Version, label: str) -> None:
