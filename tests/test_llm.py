@@ -317,6 +317,7 @@ def test_bad_requests_are_4xx_in_openais_shape(bed: Bed) -> None:
          400, "stop"),
         ("completions", b'{"model": "tiny", "prompt": "x", "max_tokens": 100000}', 400, "prompt"),
         ("completions", b'{"model": "tiny", "prompt": "x", "seed": 18446744073709551616}', 400, "seed"),
+        ("completions", b'{"model": "tiny", "prompt": ""}', 400, "prompt"),  # no token to start from
         ("completions", b'{"model": "tiny", "prompt": "' + b"x" * 20_000 + b'"}', 400, "prompt"),  # not tokenized
         ("chat/completions", b'{"model": "tiny", "messages": [{"role": "user", "content": "' + b"\\u00e9" * 20_000
          + b'"}]}', 400, "messages"),
@@ -332,6 +333,9 @@ def test_bad_requests_are_4xx_in_openais_shape(bed: Bed) -> None:
         error = error_of(response)
         if param is not None:
             assert str(error["param"]).startswith(param), (body, error)
+    # A temperature near 0 is sampling all the same (it once overflowed to NaN and failed the batch).
+    tiny = client.completions.create(model="tiny", prompt="x", max_tokens=3, temperature=1e-300)
+    assert tiny.usage is not None and tiny.usage.completion_tokens == 3
     huge = httpx.post(f"{url}/completions", content=b"x" * (33 << 20), timeout=60)
     assert huge.status_code == 413
     assert client.models.list().data[0].id == "tiny"  # still serving

@@ -173,6 +173,13 @@ def test_a_seed_makes_sampling_repeatable_and_temperature_zero_is_argmax() -> No
     assert first[1] == logits[1].argmax() and first[2] == logits[2].argmax()  # top_p → the single likeliest
 
 
+def test_a_temperature_near_zero_picks_the_likeliest_token_without_overflow() -> None:
+    logits = torch.randn(2, 50) * 30
+    params = [SamplingParams(10, temperature=1e-300, seed=3), SamplingParams(10, temperature=1e-30, top_p=0.5, seed=3)]
+    chosen = choose(logits.clone(), params, [p.generator("cpu") for p in params])
+    assert chosen.tolist() == logits.argmax(dim=-1).tolist()
+
+
 def test_requests_are_checked_with_openais_error_shape() -> None:
     chat = parse(ChatRequest, b'{"model": "m", "messages": [{"role": "user", "content": [{"type": "text", '
                               b'"text": "a"}, {"type": "text", "text": "b"}]}], "max_completion_tokens": 3}')

@@ -28,7 +28,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from modelyard.bentos.fastpath import MicroBatcher
-from modelyard.bentos.llm.engine import GenerationEngine, Overloaded
+from modelyard.bentos.llm.engine import GenerationEngine, GenerationFailed, Overloaded
 from modelyard.bentos.llm.loading import LoadedModel
 from modelyard.bentos.llm.protocol import (
     CHARS_PER_TOKEN_BOUND, ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, parse,
@@ -78,6 +78,8 @@ def build_llm_app(served_ref: Callable[[], Served | None]) -> Starlette:
                 return _error(exc)
             except Overloaded as exc:
                 return _error(ApiError(429, str(exc), kind="server_error", code="overloaded"))
+            except GenerationFailed as exc:
+                return _error(ApiError(500, str(exc), kind="server_error", code="generation_failed"))
 
         return wrapped
 
@@ -184,14 +186,16 @@ def _token_counts(tokenizer: Any, texts: list[str]) -> list[int]:
 
 def sampling(body: ChatRequest | CompletionRequest, prompt: list[int], max_model_len: int) -> SamplingParams:
     """The request's sampling settings, or a 400 when the prompt and completion cannot fit."""
+    where = "messages" if isinstance(body, ChatRequest) else "prompt"
+    if not prompt:
+        raise ApiError(400, f"the {where} is empty once tokenized: send at least one token", param=where)
     room = max_model_len - len(prompt)
     wanted = body.token_limit
     if room < 1 or (wanted is not None and wanted > room):
         asked = f" and {wanted} tokens of completion" if wanted is not None else ""
         raise ApiError(400, f"This model's maximum context length is {max_model_len} tokens. However, you requested "
                             f"{len(prompt)} tokens of prompt{asked}. Please reduce the length of the prompt or the "
-                            "completion.", param="messages" if isinstance(body, ChatRequest) else "prompt",
-                       code="context_length_exceeded")
+                            "completion.", param=where, code="context_length_exceeded")
     return SamplingParams(max_tokens=wanted or room, temperature=body.temperature, top_p=body.top_p,
                           stop=tuple(body.stop or ()), seed=body.seed)
 
@@ -238,8 +242,8 @@ async def _events(shape: _Shape, first: Any, deltas: Any, include_usage: bool) -
                 break
             try:
                 delta = await anext(deltas)
-            except RuntimeError as exc:
-                yield _event(ApiError(500, str(exc), kind="server_error").body())
+            except GenerationFailed as exc:
+                yield _event(ApiError(500, str(exc), kind="server_error", code="generation_failed").body())
                 break
         if include_usage:
             yield _event(shape.usage_chunk(tokens))

@@ -33,6 +33,10 @@ class Overloaded(RuntimeError):
     """More requests wait than the engine queues; the client should retry later."""
 
 
+class GenerationFailed(RuntimeError):
+    """A step of the batch failed (out of memory, a model error); every request in it hears of it."""
+
+
 @dataclass(frozen=True)
 class Delta:
     """What a request gained in one step: new text, tokens generated so far, and why it ended."""
@@ -145,7 +149,7 @@ class GenerationEngine:
             except Exception as exc:  # noqa: BLE001 - every request in the batch hears of it
                 log.exception("generation step failed")
                 for request in [*self._running, *joining]:
-                    request.send(RuntimeError(f"generation failed: {exc}"))
+                    request.send(GenerationFailed(f"generation failed: {exc}"))
                 with self._wake:
                     self._running, self._batch = [], None
 
@@ -190,12 +194,12 @@ class GenerationEngine:
             deliveries.setdefault(request.loop, []).append((request, delta))
             if delta.finish_reason is None:
                 kept.append(row)
+        with self._wake:  # counted before delivery: a client that has its last token sees it in stats()
+            self.steps += 1
+            self.tokens += len(self._running)
+            self._running = [self._running[row] for row in kept]
         for loop, items in deliveries.items():
             _deliver_from_thread(loop, items)
-        self.steps += 1
-        self.tokens += len(self._running)
-        with self._wake:
-            self._running = [self._running[row] for row in kept]
         if not kept:
             self._batch = None
             return

@@ -36,7 +36,10 @@ def choose(logits: torch.Tensor, params: list[SamplingParams],
     for row, (param, generator) in enumerate(zip(params, generators, strict=True)):
         if param.temperature == 0:
             continue
-        probs = torch.softmax(logits[row] / param.temperature, dim=-1)
+        # In float64 and shifted so the likeliest logit is 0: a tiny temperature then sends the
+        # rest to -inf (probability 0); unshifted, or in float32 (where 1e-300 is 0), it made NaN.
+        shifted = (logits[row] - logits[row].max()).double()
+        probs = torch.softmax(shifted / param.temperature, dim=-1)
         if param.top_p < 1.0:
             probs = _nucleus(probs, param.top_p)
         chosen[row] = torch.multinomial(probs, 1, generator=generator)[0]
