@@ -85,7 +85,17 @@ def directory_tree(root: Path) -> Tree:
 
 
 def archive_tree(archive: tarfile.TarFile) -> Tree:
-    members = {member_name(m): m for m in archive.getmembers() if m.isreg()}
+    """An archive's regular files; links, devices and paths that leave the directory are refused
+    here, on upload, rather than when a pod extracts it."""
+    members: dict[str, tarfile.TarInfo] = {}
+    for member in archive.getmembers():
+        if member.isdir():
+            continue
+        if not member.isreg():
+            raise UnsafeModelDirectory(f"{member.name[:200]!r} in the archive is a link or a special file")
+        if member.name.startswith("/") or ".." in PurePosixPath(member.name).parts:
+            raise UnsafeModelDirectory(f"{member.name[:200]!r} in the archive lies outside the model directory")
+        members[member_name(member)] = member
 
     def opened(name: str) -> IO[bytes]:
         handle = archive.extractfile(members[name])

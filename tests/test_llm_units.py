@@ -118,6 +118,26 @@ def test_a_compressed_model_archive_is_refused_unexpanded(tiny: Path, tmp_path: 
         sniff_format(tmp_path / "m.tar.gz")
 
 
+@pytest.mark.parametrize("member, why", [
+    (dict(name="../config.json"), "lies outside"),
+    (dict(name="/etc/model.safetensors"), "lies outside"),
+    (dict(name="tokenizer.json", type=tarfile.SYMTYPE, linkname="/etc/passwd"), "link or a special file"),
+])
+def test_an_archive_member_that_would_leave_the_directory_is_refused_on_upload(
+        tiny: Path, tmp_path: Path, member: dict, why: str) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as bundle:
+        for path in sorted(tiny.iterdir()):
+            bundle.add(path, path.name)
+        info = tarfile.TarInfo(member["name"])
+        info.type, info.linkname = member.get("type", tarfile.REGTYPE), member.get("linkname", "")
+        info.size = 2 if info.type == tarfile.REGTYPE else 0
+        bundle.addfile(info, io.BytesIO(b"{}") if info.size else None)
+    (tmp_path / "m.tar").write_bytes(buffer.getvalue())
+    with pytest.raises(UnsupportedArtifact, match=why):
+        sniff_format(tmp_path / "m.tar")
+
+
 def test_an_archive_with_pickles_is_not_a_model(tiny: Path, tmp_path: Path) -> None:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as bundle:
