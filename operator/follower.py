@@ -110,6 +110,11 @@ class RegistryFollower:
             cursor = page.next
 
     async def _dispatch(self, page: EventPage) -> None:
+        if page.truncated:  # the feed's retention dropped events this follower never saw
+            log.warning("fell behind the registry's event retention: re-resolving every resource")
+            self.cursor = page.next
+            await self.wake(self.subscribers(), f"relist-{page.next}")
+            return
         woken: dict[Key, float] = {}
         for event in page.events:
             metrics.REGISTRY_EVENTS.labels(event.type).inc()

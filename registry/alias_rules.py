@@ -46,3 +46,8 @@ class Rule:
 def failures(rules: Sequence[str], metrics: Mapping[str, float]) -> list[str]:
     """The rules ``metrics`` break, each saying why; empty when every one holds."""
     return [why for text in rules if (why := Rule.parse(text).failure(metrics)) is not None]
+
+
+def read_by(rules: Sequence[str]) -> set[str]:
+    """The metric names ``rules`` read."""
+    return {Rule.parse(text).metric for text in rules}

@@ -25,10 +25,15 @@ class Env:
     MIGRATE_ON_START: Final = "MODELYARD_MIGRATE_ON_START"
     WORKERS: Final = "MODELYARD_WORKERS"
     GC_INTERVAL_SECONDS: Final = "MODELYARD_GC_INTERVAL_SECONDS"
+    TRUST_FORWARDED_PROTO: Final = "MODELYARD_TRUST_FORWARDED_PROTO"
+    EVENT_RETENTION_DAYS: Final = "MODELYARD_EVENT_RETENTION_DAYS"
+    EVENT_RETENTION_COUNT: Final = "MODELYARD_EVENT_RETENTION_COUNT"
     DEPLOYMENT_STALE_SECONDS: Final = "MODELYARD_DEPLOYMENT_STALE_SECONDS"
     ADMIN_TOKEN: Final = "MODELYARD_ADMIN_TOKEN"
     OPERATOR_TOKEN: Final = "MODELYARD_OPERATOR_TOKEN"
     PULL_TOKEN: Final = "MODELYARD_PULL_TOKEN"
+    OPERATOR_CLUSTER: Final = "MODELYARD_OPERATOR_CLUSTER"
+    """The cluster the seeded operator (report) token may report for: the operator's clusterName."""
     # clients (CLI, model server, operator)
     REGISTRY_URL: Final = "MODELYARD_REGISTRY_URL"
     TOKEN: Final = "MODELYARD_TOKEN"
@@ -66,6 +71,10 @@ REGISTRY_URL: Final = f"http://{REGISTRY_HOST}:{REGISTRY_PORT}"
 IN_CLUSTER_REGISTRY_URL: Final = f"http://modelyard-registry.modelyard:{REGISTRY_PORT}"
 """The chart's registry Service, as the model-server chart's values name it."""
 GC_INTERVAL_SECONDS: Final = 3600.0
+EVENT_RETENTION_DAYS: Final = 30.0
+EVENT_RETENTION_COUNT: Final = 1_000_000
+"""The event feed keeps events this young and at most this many (pruned by the periodic sweep);
+a follower that falls further behind is told so (``truncated``) and re-lists."""
 TOKEN_CACHE_SECONDS: Final = 5.0
 """How long a server trusts a token lookup: a revoked token stops working within this."""
 OPEN_MODE_CACHE_SECONDS: Final = 1.0
@@ -73,6 +82,9 @@ OPEN_MODE_CACHE_SECONDS: Final = 1.0
 DEPLOYMENT_REPORT_SECONDS: Final = 30.0
 """How often an operator reports each deployment again when nothing changed (a heartbeat)."""
 DEPLOYMENT_STALE_SECONDS: Final = 3 * DEPLOYMENT_REPORT_SECONDS
+DEPLOYMENTS_PER_VERSION: Final = 20
+"""At most this many deployments are listed inside a version's answer; ``deployments_total`` counts
+them all and ``GET /deployments?model=…&version=…`` pages through them."""
 """A deployment not reported for this long is shown as stale: three missed heartbeats."""
 
 # -- the model server (bentos; the operator passes a spec's values through the chart) ---------

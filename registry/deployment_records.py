@@ -14,14 +14,14 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, tuple_
+from sqlalchemy import Connection, and_, bindparam, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from modelyard.registry import schemas
+from modelyard.registry import defaults, schemas
 from modelyard.registry.cursors import decode_cursor, encode_cursor
 from modelyard.registry.db import models as db
-from modelyard.registry.errors import BadRequest, Conflict, NotFound
+from modelyard.registry.errors import BadRequest, Conflict, Invalid, NotFound
 
 # The fields whose change is news (a heartbeat changes none of them).
 _REPORTED = ("model", "version", "digest", "phase", "ready_replicas", "desired_replicas", "helm_revision", "url",
@@ -30,12 +30,23 @@ _ORDER = (db.Deployment.cluster, db.Deployment.namespace, db.Deployment.name)
 
 
 # Built once: on the hot path of a version's answer, building a select costs more than running it.
-_SELECT_REFS = (
+# A report counts for a version only if it was made for that version's bytes (the digests match):
+# a re-created model's version 1 is not served by what served the deleted model's.  Each version
+# lists at most DEPLOYMENTS_PER_VERSION of them, with the total beside them.
+_MATCHED = (
     select(db.Deployment.version, db.Deployment.cluster, db.Deployment.namespace, db.Deployment.name,
            db.Deployment.phase, db.Deployment.ready_replicas, db.Deployment.desired_replicas,
-           (db.Deployment.reported_at < bindparam("stale_before", type_=db.UTCDateTime())).label("stale"))
+           (db.Deployment.reported_at < bindparam("stale_before", type_=db.UTCDateTime())).label("stale"),
+           func.row_number().over(partition_by=db.Deployment.version, order_by=_ORDER).label("rank"),
+           func.count().over(partition_by=db.Deployment.version).label("total"))
+    .join(db.RegisteredModel, db.RegisteredModel.name == db.Deployment.model)
+    .join(db.ModelVersion, and_(db.ModelVersion.model_id == db.RegisteredModel.id,
+                                db.ModelVersion.version == db.Deployment.version,
+                                db.ModelVersion.digest == db.Deployment.digest))
     .where(db.Deployment.model == bindparam("model"), db.Deployment.version.in_(bindparam("versions", expanding=True)))
-    .order_by(*_ORDER))
+    .subquery())
+_SELECT_REFS = (select(_MATCHED).where(_MATCHED.c.rank <= defaults.DEPLOYMENTS_PER_VERSION)
+                .order_by(_MATCHED.c.version, _MATCHED.c.rank))
 _ANY_DEPLOYMENT = select(db.Deployment.id).where(
     db.Deployment.model == bindparam("model"), db.Deployment.version == bindparam("version"))
 
@@ -61,6 +72,7 @@ class DeploymentRecords:
         for attempt in range(2):  # a first report racing another inserts once; the loser updates
             try:
                 with self._write() as session:
+                    values["digest"] = self._reported_digest(session, report)
                     row = session.scalars(select(db.Deployment).where(*_is(where)).with_for_update()).one_or_none()
                     news = row is None or any(getattr(row, f) != values[f] for f in _REPORTED)
                     if row is None:
@@ -77,6 +89,28 @@ class DeploymentRecords:
                 if attempt:
                     raise
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def _reported_digest(session: Session, report: schemas.DeploymentReport) -> str | None:
+        """The digest a report is recorded with: that of the version it names, which must exist.
+
+        Reports are tied to the bytes they were made for, so a deleted and re-created model's new
+        version is never "served by" a deployment of the old one (``_deployments_of`` matches on it)."""
+        model_id = session.scalar(select(db.RegisteredModel.id).where(db.RegisteredModel.name == report.model))
+        if model_id is None:
+            raise NotFound(f"model {report.model!r} does not exist: report deployments of registered models only")
+        if report.version is None:
+            if report.digest is not None:
+                raise Invalid("a report with a digest names its version too")
+            return None
+        digest = session.scalar(select(db.ModelVersion.digest).where(
+            db.ModelVersion.model_id == model_id, db.ModelVersion.version == report.version))
+        if digest is None:
+            raise NotFound(f"version {report.version} of model {report.model!r} does not exist or has no artifact")
+        if report.digest is not None and report.digest != digest:
+            raise Invalid(f"the reported digest {report.digest} is not that of version {report.version} of model "
+                          f"{report.model!r} ({digest}): the deployment serves other bytes")
+        return digest
 
     def remove_deployment(self, cluster: str, namespace: str, name: str) -> None:
         """Forget a deployment (its ModelDeployment was deleted).  Raises ``NotFound``."""
@@ -121,9 +155,10 @@ class DeploymentRecords:
             **{field: getattr(row, field) for field in _REPORTED})
 
     def _deployments_of(self, connection: Connection | Session, model: str,
-                        versions: Iterable[int]) -> dict[int, list[dict[str, Any]]]:
-        """Where each of ``versions`` runs: ``DeploymentRef`` fields, for Version answers."""
-        found: dict[int, list[dict[str, Any]]] = {v: [] for v in versions}
+                        versions: Iterable[int]) -> dict[int, DeploymentRefs]:
+        """Where each of ``versions`` runs: ``DeploymentRef`` fields, for Version answers (at most
+        ``DEPLOYMENTS_PER_VERSION`` each; ``DeploymentRefs.total`` counts them all)."""
+        found: dict[int, DeploymentRefs] = {v: DeploymentRefs() for v in versions}
         if not found:
             return found
         if len(found) == 1 and self._fast is not None:  # a version's answer, hot: most versions run nowhere
@@ -133,6 +168,7 @@ class DeploymentRecords:
         rows = connection.execute(_SELECT_REFS, {"model": model, "versions": list(found),
                                                   "stale_before": self._now() - self.stale_after})
         for row in rows:
+            found[row.version].total = row.total
             found[row.version].append({  # plain: the Version answer builds them (in pydantic's core, fast)
                 "cluster": row.cluster, "namespace": row.namespace, "name": row.name, "phase": row.phase,
                 "ready_replicas": row.ready_replicas, "desired_replicas": row.desired_replicas,
@@ -141,8 +177,12 @@ class DeploymentRecords:
 
     def _refuse_while_served(self, session: Session, model: str, version: int | None, what: str) -> None:
         """``Conflict`` naming the live deployments that serve ``model`` (``version``: that one)."""
-        query = select(db.Deployment).where(db.Deployment.model == model,
-                                            db.Deployment.reported_at >= self._now() - self.stale_after)
+        query = (select(db.Deployment)
+                 .join(db.RegisteredModel, db.RegisteredModel.name == db.Deployment.model)
+                 .join(db.ModelVersion, and_(db.ModelVersion.model_id == db.RegisteredModel.id,
+                                             db.ModelVersion.version == db.Deployment.version,
+                                             db.ModelVersion.digest == db.Deployment.digest))
+                 .where(db.Deployment.model == model, db.Deployment.reported_at >= self._now() - self.stale_after))
         if version is not None:
             query = query.where(db.Deployment.version == version)
         live = list(session.scalars(query.order_by(*_ORDER).limit(10)))
@@ -151,6 +191,12 @@ class DeploymentRecords:
             raise Conflict(f"{what} is served by {where}; delete or move those ModelDeployments first, "
                            "or force it (admin)",
                            extra={"deployments": [f"{d.cluster}/{d.namespace}/{d.name}" for d in live]})
+
+
+class DeploymentRefs(list[dict[str, Any]]):
+    """The deployments listed in a version's answer, and how many there are in all."""
+
+    total: int = 0
 
 
 class _Where(schemas._Strict):

@@ -173,7 +173,11 @@ class Version(BaseModel):
     created_by: str | None
     created_at: datetime
     updated_at: datetime
-    deployments: list[DeploymentRef] = Field(default=[], description="where it runs, as operators report it")
+    deployments: list[DeploymentRef] = Field(default=[], description="where it runs, as operators report it "
+                                             "(the first 20 by cluster, namespace and name)")
+    deployments_total: int = Field(default=0, description="how many deployments serve it in all")
+    deployments_link: str | None = Field(default=None, description="where to page through all of them, when "
+                                         "more than are listed here")
 
 
 class AliasSet(_Strict):
@@ -194,8 +198,12 @@ class AliasProtection(_Strict):
 class AliasMove(BaseModel):
     from_version: int | None
     to_version: int | None = Field(description="null: the alias was deleted")
-    actor: str = Field(description='who: "token:NAME", or "anonymous" on an open registry')
+    actor: str = Field(description='who: "token:NAME#ID", or "anonymous" on an open registry')
     time: datetime
+    judged: dict[str, Any] | None = Field(
+        default=None, description="what a protected alias judged the move on: its rules (require) and the "
+        "metric values read (metrics); null when nothing was judged (not protected, or an admin's move)")
+    deleted_model: bool = Field(default=False, description="the move belongs to a deleted model of this name")
 
 
 class Alias(BaseModel):
@@ -260,6 +268,8 @@ class Event(BaseModel):
 class EventPage(BaseModel):
     events: list[Event]
     next: int = Field(description="pass as ?after= to continue")
+    truncated: bool = Field(default=False, description="events after ?after= were dropped by the feed's "
+                            "retention: the caller fell behind and must re-list what it follows")
 
 
 T = TypeVar("T")

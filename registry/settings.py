@@ -44,6 +44,10 @@ def seed_tokens_from_env() -> dict[str, tuple[str, str]]:
     return {name: (scope, os.environ[env]) for env, (name, scope) in SEED_TOKEN_ENV.items() if os.environ.get(env)}
 
 
+def seed_cluster_from_env() -> str:
+    return os.environ.get(Env.OPERATOR_CLUSTER) or defaults.CLUSTER_NAME
+
+
 @dataclass
 class RegistrySettings:
     db_url: str = field(default_factory=default_db_url)
@@ -56,6 +60,8 @@ class RegistrySettings:
 
     # Tokens handed in by the deployment (the Helm chart's generated Secrets): name → (scope, token).
     seed_tokens: dict[str, tuple[str, str]] = field(default_factory=seed_tokens_from_env)
+    # The cluster a seeded report token is bound to (the chart passes the operator's clusterName).
+    seed_cluster: str = field(default_factory=seed_cluster_from_env)
 
     # The server's process count; with one process on SQLite, writes run in place.
     workers: int = field(default_factory=lambda: int(os.environ.get(Env.WORKERS) or 1))
@@ -65,9 +71,19 @@ class RegistrySettings:
     gc_interval_seconds: float = field(
         default_factory=lambda: float(os.environ.get(Env.GC_INTERVAL_SECONDS) or defaults.GC_INTERVAL_SECONDS))
 
+    # The event feed's retention, applied by the same periodic sweep.
+    event_retention_days: float = field(default_factory=lambda: float(
+        os.environ.get(Env.EVENT_RETENTION_DAYS) or defaults.EVENT_RETENTION_DAYS))
+    event_retention_count: int = field(default_factory=lambda: int(
+        os.environ.get(Env.EVENT_RETENTION_COUNT) or defaults.EVENT_RETENTION_COUNT))
+
     # A deployment its operator stopped reporting for this long is shown as stale.
     deployment_stale_seconds: float = field(default_factory=lambda: float(
         os.environ.get(Env.DEPLOYMENT_STALE_SECONDS) or defaults.DEPLOYMENT_STALE_SECONDS))
+
+    # Whether X-Forwarded-Proto (from a TLS-terminating proxy) says the UI is served over https:
+    # only when the registry is reached through such a proxy alone (anyone can send the header).
+    trust_forwarded_proto: bool = field(default_factory=lambda: _env_flag(Env.TRUST_FORWARDED_PROTO) or False)
 
     # How long a server trusts an authentication lookup (constructor settings: tests set them to 0).
     token_cache_seconds: float = defaults.TOKEN_CACHE_SECONDS
@@ -77,7 +93,11 @@ class RegistrySettings:
         """The same settings as environment variables, for worker processes."""
         env = {Env.DB_URL: self.db_url, Env.ARTIFACTS: self.artifacts_url,
                Env.WORKERS: str(self.workers), Env.GC_INTERVAL_SECONDS: str(self.gc_interval_seconds),
-               Env.DEPLOYMENT_STALE_SECONDS: str(self.deployment_stale_seconds)}
+               Env.DEPLOYMENT_STALE_SECONDS: str(self.deployment_stale_seconds),
+               Env.EVENT_RETENTION_DAYS: str(self.event_retention_days),
+               Env.EVENT_RETENTION_COUNT: str(self.event_retention_count), Env.OPERATOR_CLUSTER: self.seed_cluster}
+        if self.trust_forwarded_proto:
+            env[Env.TRUST_FORWARDED_PROTO] = "true"
         if self.anonymous_read is not None:
             env[Env.ANONYMOUS_READ] = "true" if self.anonymous_read else "false"
         if self.migrate_on_start is not None:

@@ -32,7 +32,7 @@ from modelyard.registry.db.engine import WRITE_OPTION
 from modelyard.registry.db.fast_reads import SqliteFastReader
 from modelyard.registry.db.file_guard import DatabaseFileGuard, sqlite_file
 from modelyard.registry.db.prepare import prepare_database
-from modelyard.registry.alias_rules import failures
+from modelyard.registry.alias_rules import failures, read_by
 from modelyard.registry.deployment_records import DeploymentRecords
 from modelyard.registry.errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
 
@@ -45,7 +45,11 @@ BLOB_LOCK_KEY = 0x626C6F62  # "blob": serializes garbage collection against uplo
 PENDING_UPLOAD_TTL = timedelta(hours=24)
 """How long an upload in flight protects its blob; a crashed upload's claim lapses after this."""
 
+METRICS_IMMUTABLE_RULE = "metrics-immutable-once-ready"
+"""Named in the 409 that refuses changing a ready version's metrics."""
+
 AUTH_KEY = "auth"
+EVENTS_PRUNED_KEY = "events_pruned_through"
 AUTH_ON, AUTH_OPEN = "on", "open"
 
 
@@ -93,7 +97,7 @@ _INSERT_MODEL = insert(db.RegisteredModel.__table__)
 _INSERT_VERSION = insert(db.ModelVersion.__table__)
 _INSERT_EVENT = insert(db.Event.__table__)
 _INSERT_CLAIM = insert(db.PendingBlob.__table__).returning(db.PendingBlob.id)
-_SELECT_TOKEN = select(db.ApiToken.name, db.ApiToken.scope).where(
+_SELECT_TOKEN = select(db.ApiToken.name, db.ApiToken.scope, db.ApiToken.cluster).where(
     db.ApiToken.token_hash == bindparam("token_hash"), db.ApiToken.revoked_at.is_(None))
 _SELECT_AUTH_STATE = select(db.RegistryState.value).where(db.RegistryState.key == AUTH_KEY)
 # One statement, so one snapshot: a blob is in use while a version (as artifact or Bento) or an
@@ -123,11 +127,14 @@ def version_from_row(model_name: str, row: Row[Any] | db.ModelVersion, aliases: 
                      deployments: list[dict[str, Any]] | None = None) -> schemas.Version:
     """The API's Version from a row of ``_VERSION_COLUMNS`` or an ORM ModelVersion: one converter, so
     a new column is added in one place."""
+    total = getattr(deployments, "total", len(deployments or ()))
     return schemas.Version(
         model=model_name, version=row.version, status=row.status, digest=row.digest, size=row.size,
         format=row.format, description=row.description, metadata=row.meta, metrics=row.metrics,
         tags=row.tags, aliases=aliases, source=row.source, bento=_bento(row), created_by=row.created_by,
         created_at=row.created_at, updated_at=row.updated_at, deployments=deployments or [],
+        deployments_total=total, deployments_link=(
+            f"/api/v1/deployments?model={model_name}&version={row.version}" if total > len(deployments or ()) else None),
     )
 
 
@@ -138,6 +145,35 @@ class TokenInfo:
     scope: str
     created_at: datetime
     revoked: bool
+    cluster: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenIdentity:
+    """What a valid token is: its name (unique among live tokens), scope, and for a ``report``
+    token the cluster it may report for."""
+
+    name: str
+    scope: str
+    cluster: str | None = None
+
+
+def _check_binding(scope: str, cluster: str | None) -> str | None:
+    """A ``report`` token must name the one cluster it reports for; no other scope takes one."""
+    if scope not in SCOPES:
+        raise BadRequest(f"unknown scope {scope!r}: use one of {', '.join(SCOPES)}")
+    if scope == "report":
+        if not cluster:
+            raise BadRequest("a report token is bound to the cluster it reports for: pass its cluster name "
+                             "(the operator's clusterName)")
+        return schemas.validated(_Cluster, cluster=cluster).cluster
+    if cluster:
+        raise BadRequest(f"only a report token is bound to a cluster, not a {scope} token")
+    return None
+
+
+class _Cluster(schemas._Strict):
+    cluster: schemas.ClusterName
 
 
 class RegistryStore(DeploymentRecords):
@@ -391,6 +427,8 @@ class RegistryStore(DeploymentRecords):
                 select(db.ModelVersion.digest, db.ModelVersion.bento_digest).where(db.ModelVersion.model_id == row.id)
             ) for digest in pair if digest}
             session.execute(delete(db.ModelVersion).where(db.ModelVersion.model_id == row.id))
+            # Reports were made for this model's bytes: a model re-created under the name starts clean.
+            session.execute(delete(db.Deployment).where(db.Deployment.model == name))
             session.delete(row)
             self._emit(session, "model.deleted", name)
             session.flush()
@@ -485,7 +523,12 @@ class RegistryStore(DeploymentRecords):
             row = self._version_row(session, self._model_row(session, name, lock=True), version)
             if body.description is not None:
                 row.description = body.description
-            if body.metrics is not None:
+            if body.metrics is not None and dict(body.metrics) != row.metrics:
+                if row.status == schemas.VersionStatus.ready.value:
+                    raise Conflict(
+                        f"version {version} of model {name!r} is ready: its metrics are immutable (the numbers a "
+                        "protected alias judges a version on must not change once it can be aliased); record new "
+                        "measurements on a new version", extra={"rule": METRICS_IMMUTABLE_RULE})
                 row.metrics = dict(body.metrics)
             if body.tags is not None:
                 row.tags = dict(body.tags)
@@ -680,26 +723,29 @@ class RegistryStore(DeploymentRecords):
             ).one_or_none()
             if row is not None and row.version_id == target.id:
                 return schemas.Alias(model=name, alias=alias, version=version, digest=target.digest)
-            self._check_protection(session, model, alias, target, admin)
+            judged = self._check_protection(session, model, alias, target, admin)
             if row is None:
                 session.add(db.Alias(model_id=model.id, alias=alias, version_id=target.id))
                 previous = None
             else:
                 previous = session.scalar(select(db.ModelVersion.version).where(db.ModelVersion.id == row.version_id))
                 row.version_id, row.updated_at = target.id, db.utcnow()
-            session.add(db.AliasMove(model_id=model.id, alias=alias, from_version=previous, to_version=version,
-                                     actor=actor))
+            session.add(db.AliasMove(model_id=model.id, model=name, alias=alias, from_version=previous,
+                                     to_version=version, actor=actor, judged=judged))
             self._emit(session, "alias.set", name, version, alias)
             return schemas.Alias(model=name, alias=alias, version=version, digest=target.digest)
 
     def _check_protection(self, session: Session, model: db.RegisteredModel, alias: str,
-                          target: db.ModelVersion | None, admin: bool) -> None:
+                          target: db.ModelVersion | None, admin: bool) -> dict[str, Any] | None:
+        """Raise ``Forbidden`` unless the caller may move ``alias`` to ``target`` (None: delete it).
+        Returns what the move was judged on, for the audit trail: the rules and the values read
+        (None when nothing was judged: not protected, or an admin)."""
         if admin:
-            return
+            return None
         rule = session.scalars(select(db.AliasRule).where(db.AliasRule.model_id == model.id,
                                                           db.AliasRule.alias == alias)).one_or_none()
         if rule is None:
-            return
+            return None
         required = list(rule.rules.get("require") or [])
         if target is None or not required:
             raise Forbidden(f"alias {alias!r} of model {model.name!r} is protected: only an admin token may "
@@ -708,6 +754,7 @@ class RegistryStore(DeploymentRecords):
         if broken:
             raise Forbidden(f"alias {alias!r} of model {model.name!r} is protected: version {target.version} "
                             f"does not meet {'; '.join(broken)}", extra={"failed": broken})
+        return {"require": required, "metrics": {name: target.metrics[name] for name in sorted(read_by(required))}}
 
     def protect_alias(self, name: str, alias: str, protection: schemas.AliasProtection) -> schemas.AliasProtection:
         """Protect ``alias`` (it need not exist yet): see :meth:`set_alias`.  Replaces earlier rules."""
@@ -740,10 +787,12 @@ class RegistryStore(DeploymentRecords):
 
     def alias_history(self, name: str, alias: str, *, limit: int = 100,
                       cursor: str | None = None) -> schemas.Page[schemas.AliasMove]:
-        """Who moved ``alias``, from which version to which, when: newest first."""
+        """Who moved ``alias``, from which version to which, when: newest first.  The moves of a
+        deleted model of the same name are kept and marked ``deleted_model``; a name that never had
+        a model nor moves is ``NotFound``."""
         with self._read() as session:
-            model = self._model_row(session, name)
-            query = (select(db.AliasMove).where(db.AliasMove.model_id == model.id, db.AliasMove.alias == alias)
+            model_id = session.scalar(_SELECT_MODEL_ID, {"model_name": name})
+            query = (select(db.AliasMove).where(db.AliasMove.model == name, db.AliasMove.alias == alias)
                      .order_by(db.AliasMove.id.desc()).limit(limit + 1))
             if cursor:
                 raw = decode_cursor(cursor)
@@ -751,10 +800,13 @@ class RegistryStore(DeploymentRecords):
                     raise BadRequest(f"invalid cursor {cursor!r}: pass back the next_cursor of a previous page")
                 query = query.where(db.AliasMove.id < int(raw))
             rows = list(session.scalars(query))
+            if model_id is None and not rows and not cursor:
+                raise NotFound(f"model {name!r} does not exist")
         more = len(rows) > limit
         rows = rows[:limit]
         return schemas.AliasMovePage(
-            items=[schemas.AliasMove(from_version=r.from_version, to_version=r.to_version, actor=r.actor, time=r.time)
+            items=[schemas.AliasMove(from_version=r.from_version, to_version=r.to_version, actor=r.actor, time=r.time,
+                                     judged=r.judged, deleted_model=r.model_id is None or r.model_id != model_id)
                    for r in rows],
             next_cursor=encode_cursor(rows[-1].id) if more else None)
 
@@ -789,8 +841,8 @@ class RegistryStore(DeploymentRecords):
             self._check_protection(session, model, alias, None, admin)
             version = session.scalar(select(db.ModelVersion.version).where(db.ModelVersion.id == row.version_id))
             session.delete(row)
-            session.add(db.AliasMove(model_id=model.id, alias=alias, from_version=version, to_version=None,
-                                     actor=actor))
+            session.add(db.AliasMove(model_id=model.id, model=name, alias=alias, from_version=version,
+                                     to_version=None, actor=actor))
             self._emit(session, "alias.deleted", name, version, alias)
 
     # -- events -----------------------------------------------------------------------
@@ -801,35 +853,73 @@ class RegistryStore(DeploymentRecords):
             return [schemas.Event(id=r.id, type=r.type, model=r.model, version=r.version, alias=r.alias,
                                   time=r.time) for r in rows]
 
+    def prune_events(self, *, older_than: timedelta, keep: int) -> int:
+        """Apply the event feed's retention: drop events older than ``older_than`` and all but the
+        newest ``keep``.  Records the last id dropped, so a follower asking for events after an
+        older id is told it fell behind (``events_truncated``) and re-lists.  Returns how many went."""
+        with self._write() as session:
+            newest = session.scalar(select(func.coalesce(func.max(db.Event.id), 0))) or 0
+            by_age = session.scalar(select(func.max(db.Event.id)).where(db.Event.time < db.utcnow() - older_than)) or 0
+            through = max(by_age, newest - keep)
+            if through <= 0:
+                return 0
+            dropped = session.execute(delete(db.Event).where(db.Event.id <= through)).rowcount or 0
+            row = session.get(db.RegistryState, EVENTS_PRUNED_KEY)
+            if row is None:
+                session.add(db.RegistryState(key=EVENTS_PRUNED_KEY, value=str(through), updated_at=db.utcnow()))
+            elif int(row.value) < through:
+                row.value, row.updated_at = str(through), db.utcnow()
+            return dropped
+
+    def events_truncated(self, after: int) -> bool:
+        """Whether events after ``after`` were dropped by the retention (the caller fell behind)."""
+        with self.engine.connect() as connection:
+            through = connection.scalar(select(db.RegistryState.value).where(
+                db.RegistryState.key == EVENTS_PRUNED_KEY))
+        return through is not None and after < int(through)
+
     def last_event_id(self) -> int:
         with self._reader() as session:
             return session.scalar(select(func.coalesce(func.max(db.Event.id), 0))) or 0
 
     # -- tokens -----------------------------------------------------------------------
 
-    def create_token(self, name: str, scope: str) -> tuple[str, TokenInfo]:
-        """Create a token; the plain text is returned once and never stored.
+    def create_token(self, name: str, scope: str, *, cluster: str | None = None) -> tuple[str, TokenInfo]:
+        """Create a token; the plain text is returned once and never stored.  ``name`` must not be
+        held by another live token (the audit trail records actors by name); a ``report`` token
+        names the ``cluster`` it may report for.
 
         Turns authentication on (for good: see :meth:`open_registry`)."""
-        if scope not in SCOPES:
-            raise BadRequest(f"unknown scope {scope!r}: use one of {', '.join(SCOPES)}")
+        cluster = _check_binding(scope, cluster)
+        if not name or len(name) > 128:
+            raise BadRequest("a token's name is 1 to 128 characters")
         token = "my_" + secrets.token_urlsafe(32)
         with self._write() as session:
-            row = db.ApiToken(name=name, token_hash=hash_token(token), scope=scope)
+            self._refuse_live_name(session, name)
+            row = db.ApiToken(name=name, token_hash=hash_token(token), scope=scope, cluster=cluster)
             session.add(row)
             self._set_auth(session, AUTH_ON)
             session.flush()
-            return token, TokenInfo(row.id, row.name, row.scope, row.created_at, False)
+            return token, TokenInfo(row.id, row.name, row.scope, row.created_at, False, row.cluster)
 
-    def ensure_token(self, name: str, scope: str, token: str) -> bool:
+    @staticmethod
+    def _refuse_live_name(session: Session, name: str, *, other_than: str | None = None) -> None:
+        query = select(db.ApiToken.id).where(db.ApiToken.name == name, db.ApiToken.revoked_at.is_(None))
+        if other_than is not None:
+            query = query.where(db.ApiToken.token_hash != other_than)
+        held = session.scalar(query.limit(1))
+        if held is not None:
+            raise Conflict(f"token {held} is already named {name!r}: names of live tokens are unique, so that the "
+                           "audit trail can tell their holders apart (revoke it, or choose another name)")
+
+    def ensure_token(self, name: str, scope: str, token: str, *, cluster: str | None = None) -> bool:
         """Register a token chosen outside the registry (a Helm-generated Secret); True if added.
 
         Idempotent, also when several replicas start at once: the hash is unique.  The
         deployment's scope wins over a stored one (an upgrade may narrow it); a token that
         was revoked stays revoked.  Turns authentication on.
         """
-        if scope not in SCOPES:
-            raise BadRequest(f"unknown scope {scope!r}: use one of {', '.join(SCOPES)}")
+        cluster = _check_binding(scope, cluster)
         if len(token) < 16:
             raise BadRequest(f"the {name} token is too short: use at least 16 random characters")
         try:
@@ -837,19 +927,20 @@ class RegistryStore(DeploymentRecords):
                 self._set_auth(session, AUTH_ON)
                 row = session.scalars(select(db.ApiToken).where(db.ApiToken.token_hash == hash_token(token))).first()
                 if row is None:
-                    session.add(db.ApiToken(name=name, token_hash=hash_token(token), scope=scope))
+                    self._refuse_live_name(session, name)
+                    session.add(db.ApiToken(name=name, token_hash=hash_token(token), scope=scope, cluster=cluster))
                     return True
-                if row.revoked_at is None and row.scope != scope:
-                    row.scope = scope
+                if row.revoked_at is None and (row.scope, row.cluster) != (scope, cluster):
+                    row.scope, row.cluster = scope, cluster
                 return False
         except IntegrityError:
             return False  # another replica added it first
 
-    def token_identity(self, token: str) -> tuple[str, str] | None:
-        """(name, scope) of a valid, unrevoked token, else None."""
+    def token_identity(self, token: str) -> TokenIdentity | None:
+        """What a valid, unrevoked token is, else None."""
         with self.engine.connect() as connection:
             found = connection.execute(_SELECT_TOKEN, {"token_hash": hash_token(token)}).first()
-        return None if found is None else (found.name, found.scope)
+        return None if found is None else TokenIdentity(found.name, found.scope, found.cluster)
 
     # -- authentication mode ---------------------------------------------------------------
 
@@ -879,7 +970,7 @@ class RegistryStore(DeploymentRecords):
 
     def list_tokens(self) -> list[TokenInfo]:
         with self._reader() as session:
-            return [TokenInfo(r.id, r.name, r.scope, r.created_at, r.revoked_at is not None)
+            return [TokenInfo(r.id, r.name, r.scope, r.created_at, r.revoked_at is not None, r.cluster)
                     for r in session.scalars(select(db.ApiToken).order_by(db.ApiToken.id))]
 
     def revoke_token(self, token_id: int, *, last_admin: bool = False) -> None:

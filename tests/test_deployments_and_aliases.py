@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from modelyard.registry.errors import Conflict
 from modelyard.registry.settings import RegistrySettings
 from tests.support.servers import ThreadedRegistry
 
@@ -25,9 +28,14 @@ class Registry:
         self.server = server
         self.api = server.url + "/api/v1"
         self.tokens = {scope: server.store.create_token(f"{scope}-bot", scope)[0]
-                       for scope in ("read", "report", "write", "admin")}
+                       for scope in ("read", "write", "admin")}
 
     def as_(self, scope: str) -> dict[str, str]:
+        """``report:CLUSTER``: a report token bound to that cluster (made on first use)."""
+        if scope not in self.tokens:
+            kind, _, cluster = scope.partition(":")
+            assert kind == "report" and cluster, scope
+            self.tokens[scope] = self.server.store.create_token(f"report-{cluster}", "report", cluster=cluster)[0]
         return {"Authorization": f"Bearer {self.tokens[scope]}"}
 
     def call(self, method: str, path: str, scope: str, **kwargs: Any) -> httpx.Response:
@@ -38,13 +46,15 @@ class Registry:
             assert self.call("POST", "/models", "write", json={"name": model}).status_code == 201
         number = self.call("POST", f"/models/{model}/versions", "write", json={"metrics": metrics or {}}).json()
         number = number["version"]
-        digest = "sha256:" + hashlib.sha256(f"{model}{number}".encode()).hexdigest()
+        digest = "sha256:" + hashlib.sha256(f"{model}{number}{uuid.uuid4()}".encode()).hexdigest()  # own bytes
         self.server.store.mark_ready(model, number, digest, 1)
         return number
 
     def report(self, cluster: str, namespace: str, name: str, scope: str = "report", **fields: Any) -> httpx.Response:
+        """As the operator of ``cluster`` (a report token bound to it), unless ``scope`` says otherwise."""
         body = {"model": "digits", "version": 1, "phase": "Ready", "ready_replicas": 2, "desired_replicas": 2,
                 **fields}
+        scope = f"report:{cluster}" if scope == "report" else scope
         return self.call("PUT", f"/deployments/{cluster}/{namespace}/{name}", scope, json=body)
 
 
@@ -59,6 +69,7 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
 
 def test_an_operator_reports_deployments_and_anyone_can_ask_what_serves_where(registry: Registry) -> None:
     v1 = registry.ready_version("digits")
+    registry.call("POST", "/models", "write", json={"name": "other"})
     assert registry.report("prod-eu", "ml", "digits", version=v1, helm_revision=3, url="http://d.ml:3000",
                            rollout_result="Ready").status_code == 200
     assert registry.report("prod-us", "ml", "digits", version=v1, phase="RollingOut").status_code == 200
@@ -69,7 +80,8 @@ def test_an_operator_reports_deployments_and_anyone_can_ask_what_serves_where(re
         ("prod-eu", "digits"), ("prod-us", "digits"), ("staging", "other")]
     first = listed["items"][0]
     assert (first["phase"], first["helm_revision"], first["reporter"], first["stale"]) == (
-        "Ready", 3, "token:report-bot", False)
+        "Ready", 3, "token:report-prod-eu", False)
+    assert first["digest"] == registry.call("GET", f"/models/digits/versions/{v1}", "read").json()["digest"]
     assert [d["cluster"] for d in registry.call("GET", "/deployments", "read", params={
         "model": "digits", "phase": "RollingOut"}).json()["items"]] == ["prod-us"]
     page = registry.call("GET", "/deployments", "read", params={"limit": 2}).json()
@@ -84,19 +96,21 @@ def test_an_operator_reports_deployments_and_anyone_can_ask_what_serves_where(re
 
 
 def test_reports_need_the_report_scope_and_are_checked(registry: Registry) -> None:
+    registry.ready_version("digits")
     assert registry.report("c", "ml", "x", scope="read").status_code == 403
     assert registry.report("c", "ml", "x", scope="write").status_code == 200  # scopes include the ones below
     for bad in ({"phase": "x" * 40}, {"ready_replicas": -1}, {"model": "Not A Name"}, {"url": "u" * 600},
                 {"unknown": 1}):
         answer = registry.report("c", "ml", "x", **bad)
         assert answer.status_code == 422 and answer.headers["content-type"] == "application/problem+json", bad
-    assert registry.report("UPPER", "ml", "x").status_code == 422
+    assert registry.report("UPPER", "ml", "x", scope="write").status_code == 422
     assert registry.report("c", "ml", "x" * 254).status_code == 422
     assert registry.call("GET", "/deployments", "read", params={"cursor": "garbage!"}).status_code == 400
-    assert registry.call("DELETE", "/deployments/c/ml/missing", "report").status_code == 404
+    assert registry.call("DELETE", "/deployments/c/ml/missing", "report:c").status_code == 404
 
 
 def test_heartbeats_keep_a_deployment_fresh_and_silence_turns_it_stale(registry: Registry) -> None:
+    registry.ready_version("digits")
     registry.report("c", "ml", "d")
     after = registry.server.store.last_event_id()
     for _ in range(3):  # heartbeats: the same report again
@@ -111,7 +125,7 @@ def test_heartbeats_keep_a_deployment_fresh_and_silence_turns_it_stale(registry:
     assert [d["name"] for d in registry.call("GET", "/deployments", "read",
                                              params={"phase": "Stale"}).json()["items"]] == ["d"]
     assert registry.call("GET", "/deployments", "read", params={"phase": "Degraded"}).json()["items"] == []
-    assert registry.call("DELETE", "/deployments/c/ml/d", "report").status_code == 204
+    assert registry.call("DELETE", "/deployments/c/ml/d", "report:c").status_code == 204
     assert registry.call("GET", "/deployments", "read").json()["items"] == []
     assert registry.server.store.events_after(after)[-1].type == "deployment.removed"
 
@@ -176,3 +190,113 @@ def test_every_alias_move_is_recorded_with_who_and_when(registry: Registry) -> N
                          params={"limit": 2, "cursor": page["next_cursor"]}).json()
     assert len(page["items"]) == 2 and [m["to_version"] for m in rest["items"]] == [v1]
     assert registry.call("GET", "/models/nope/aliases/production/history", "read").status_code == 404
+
+
+def test_a_ready_versions_metrics_cannot_be_edited_to_talk_a_protected_alias_round(registry: Registry) -> None:
+    """The attack: raise the metric, move the alias, set the metric back.  A ready version's metrics
+    are immutable, and the history records what each protected move was judged on."""
+    good = registry.ready_version("digits", {"accuracy": 0.97})
+    weak = registry.ready_version("digits", {"accuracy": 0.91})
+    registry.call("PUT", "/models/digits/aliases/production/protection", "admin", json={"require": ["accuracy>=0.95"]})
+    assert registry.call("PUT", "/models/digits/aliases/production", "write", json={"version": good}).status_code == 200
+    assert registry.call("PUT", "/models/digits/aliases/production", "write",
+                         json={"version": weak}).status_code == 403
+    edit = registry.call("PATCH", f"/models/digits/versions/{weak}", "write", json={"metrics": {"accuracy": 0.99}})
+    assert edit.status_code == 409 and edit.json()["rule"] == "metrics-immutable-once-ready"
+    assert registry.call("PATCH", f"/models/digits/versions/{weak}", "admin",
+                         json={"metrics": {"accuracy": 0.99}}).status_code == 409  # nobody, not even an admin
+    assert registry.call("GET", f"/models/digits/versions/{weak}", "read").json()["metrics"] == {"accuracy": 0.91}
+    assert registry.call("PUT", "/models/digits/aliases/production", "write",
+                         json={"version": weak}).status_code == 403
+    unchanged = registry.call("PATCH", f"/models/digits/versions/{weak}", "write",
+                              json={"metrics": {"accuracy": 0.91}, "description": "still editable"})
+    assert unchanged.status_code == 200 and unchanged.json()["description"] == "still editable"
+    pending = registry.call("POST", "/models/digits/versions", "write", json={"metrics": {"accuracy": 0.5}}).json()
+    assert registry.call("PATCH", f"/models/digits/versions/{pending['version']}", "write",
+                         json={"metrics": {"accuracy": 0.6}}).json()["metrics"] == {"accuracy": 0.6}
+    (move,) = registry.call("GET", "/models/digits/aliases/production/history", "read").json()["items"]
+    assert move["judged"] == {"require": ["accuracy>=0.95"], "metrics": {"accuracy": 0.97}}
+
+
+def test_a_report_token_speaks_for_its_own_cluster_and_registered_versions_only(registry: Registry) -> None:
+    v1 = registry.ready_version("digits")
+    assert registry.report("prod", "ml", "digits", version=v1).status_code == 200
+    forged = registry.call("PUT", "/deployments/prod/ml/digits", "report:staging",
+                           json={"model": "digits", "version": v1, "phase": "Failed"})
+    assert forged.status_code == 403 and "bound to cluster 'staging'" in forged.json()["detail"]
+    assert registry.call("DELETE", "/deployments/prod/ml/digits", "report:staging").status_code == 403
+    (kept,) = registry.call("GET", "/deployments", "read").json()["items"]
+    assert kept["phase"] == "Ready"
+    assert registry.report("prod", "ml", "x", model="nonexistent", version=None).status_code == 404
+    assert registry.report("prod", "ml", "x", version=99).status_code == 404
+    assert registry.report("prod", "ml", "x", version=v1, digest="sha256:" + "0" * 64).status_code == 422
+    with pytest.raises(Exception, match="bound to the cluster"):
+        registry.server.store.create_token("unbound", "report")
+    with pytest.raises(Exception, match="only a report token"):
+        registry.server.store.create_token("w", "write", cluster="prod")
+
+
+def test_a_version_lists_a_bounded_number_of_deployments_with_the_total(registry: Registry) -> None:
+    v1 = registry.ready_version("digits")
+    for i in range(25):
+        assert registry.report("prod", "ml", f"d{i:02}", version=v1).status_code == 200
+    answer = registry.call("GET", f"/models/digits/versions/{v1}", "read").json()
+    assert len(answer["deployments"]) == 20 and answer["deployments_total"] == 25
+    assert answer["deployments_link"] == f"/api/v1/deployments?model=digits&version={v1}"
+    listed = registry.call("GET", "/models/digits/versions", "read").json()["items"][0]
+    assert len(listed["deployments"]) == 20 and listed["deployments_total"] == 25
+    assert len(registry.call("GET", "/deployments", "read", params={"model": "digits", "version": v1,
+                                                                     "limit": 100}).json()["items"]) == 25
+
+
+def test_the_event_feed_has_a_retention_and_a_follower_behind_it_is_told(registry: Registry) -> None:
+    store = registry.server.store
+    for i in range(5):
+        registry.call("POST", "/models", "write", json={"name": f"m{i}"})
+    last = store.last_event_id()
+    assert store.prune_events(older_than=timedelta(days=30), keep=2) >= 3
+    assert len(store.events_after(0)) == 2
+    behind = registry.call("GET", "/events", "read", params={"after": 1}).json()
+    assert behind["truncated"] is True
+    current = registry.call("GET", "/events", "read", params={"after": last - 1}).json()
+    assert current["truncated"] is False and [e["id"] for e in current["events"]] == [last]
+    assert store.prune_events(older_than=timedelta(0), keep=100) == 2  # by age: everything is older than now
+
+
+def test_a_deleted_models_reports_and_history_do_not_pass_to_a_new_model_of_its_name(registry: Registry) -> None:
+    old = registry.ready_version("digits")
+    old_digest = registry.call("GET", f"/models/digits/versions/{old}", "read").json()["digest"]
+    registry.call("PUT", "/models/digits/aliases/production", "write", json={"version": old})
+    registry.report("prod", "ml", "digits", version=old)
+    registry.call("DELETE", "/models/digits/aliases/production", "write")
+    assert registry.call("DELETE", "/models/digits", "admin", params={"force": "true"}).status_code == 204
+    history = registry.call("GET", "/models/digits/aliases/production/history", "read").json()["items"]
+    assert [(m["to_version"], m["deleted_model"]) for m in history] == [(None, True), (old, True)]
+    new = registry.ready_version("digits")  # same name, same number, other bytes
+    assert new == 1 and registry.call("GET", f"/models/digits/versions/{new}", "read").json()["deployments"] == []
+    assert registry.call("DELETE", f"/models/digits/versions/{new}", "write").status_code == 204
+    # the old operator's heartbeat names bytes the new model does not have
+    assert registry.report("prod", "ml", "digits", version=1, digest=old_digest).status_code == 404
+    registry.call("PUT", "/models/digits/aliases/production", "write", json={"version": registry.ready_version(
+        "digits")})
+    assert registry.report("prod", "ml", "digits", version=2, digest=old_digest).status_code == 422
+    moves = registry.call("GET", "/models/digits/aliases/production/history", "read").json()["items"]
+    assert [m["deleted_model"] for m in moves] == [False, True, True]
+    assert registry.call("GET", "/models/never/aliases/production/history", "read").status_code == 404
+
+
+def test_a_transition_time_keeps_its_instant_on_every_backend(registry: Registry) -> None:
+    registry.ready_version("digits")
+    registry.report("c", "ml", "d", last_transition_time="2026-01-01T12:00:00+05:00")
+    (item,) = registry.call("GET", "/deployments", "read").json()["items"]
+    assert datetime.fromisoformat(item["last_transition_time"]) == datetime(2026, 1, 1, 7, 0, tzinfo=timezone.utc)
+
+
+def test_live_token_names_are_unique_so_the_history_can_tell_holders_apart(registry: Registry) -> None:
+    store = registry.server.store
+    with pytest.raises(Conflict, match="already named 'admin-bot'"):
+        store.create_token("admin-bot", "write")
+    admin = next(t for t in store.list_tokens() if t.name == "admin-bot")
+    store.create_token("admin-2", "admin")
+    store.revoke_token(admin.id)
+    store.create_token("admin-bot", "write")  # the name is free once its holder is revoked

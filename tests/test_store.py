@@ -8,7 +8,7 @@ import pytest
 
 from modelyard.registry import schemas
 from modelyard.registry.errors import BadRequest, Conflict, NotFound
-from modelyard.registry.store import RegistryStore
+from modelyard.registry.store import RegistryStore, TokenIdentity
 
 HEX = "ab" * 32
 
@@ -162,7 +162,7 @@ def test_tokens_are_hashed_scoped_and_revocable(store: RegistryStore) -> None:
     assert not store.auth_enabled()
     token, info = store.create_token("ci", "write")
     assert store.auth_enabled()
-    assert store.token_identity(token) == ("ci", "write")
+    assert store.token_identity(token) == TokenIdentity("ci", "write")
     assert store.token_identity(token + "x") is None
     assert token not in repr(store.list_tokens())
     store.revoke_token(info.id)
@@ -193,9 +193,9 @@ def test_authentication_stays_on_until_an_administrator_opens_the_registry(store
 def test_seeded_tokens_take_the_deployment_scope_and_stay_revoked(store: RegistryStore) -> None:
     seeded = "my_" + "s" * 40
     assert store.ensure_token("operator", "write", seeded) is True
-    assert store.auth_enabled() and store.token_identity(seeded) == ("operator", "write")
+    assert store.auth_enabled() and store.token_identity(seeded) == TokenIdentity("operator", "write")
     assert store.ensure_token("operator", "read", seeded) is False  # an upgrade narrowed its scope
-    assert store.token_identity(seeded) == ("operator", "read")
+    assert store.token_identity(seeded) == TokenIdentity("operator", "read")
     store.revoke_token(store.list_tokens()[0].id)
     assert store.ensure_token("operator", "read", seeded) is False and store.token_identity(seeded) is None
 

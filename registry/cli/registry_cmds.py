@@ -94,8 +94,10 @@ def _store(db: str | None) -> RegistryStore:
 
 @token_app.command("create")
 def token_create(
-    scope: Annotated[str, typer.Option(help="read | write | admin")] = "read",
-    name: Annotated[str, typer.Option(help="who or what holds it")] = "token",
+    scope: Annotated[str, typer.Option(help="read | report | write | admin")] = "read",
+    name: Annotated[str, typer.Option(help="who or what holds it (unique among live tokens)")] = "token",
+    cluster: Annotated[str | None, typer.Option(
+        help="for --scope report: the one cluster it may report deployments for (the operator's clusterName)")] = None,
     db: DbOption = None,
 ) -> None:
     """Create a token and print it (shown once; only its hash is stored).
@@ -103,7 +105,7 @@ def token_create(
     The first token turns authentication on for the whole registry.
     """
     with reported_errors():
-        token, info = _store(db).create_token(name, scope)
+        token, info = _store(db).create_token(name, scope, cluster=cluster)
     console.print(f"created token {info.id} ({info.name}, scope {info.scope}); store it now, it is not shown again:",
                   highlight=False)
     print(token)
@@ -115,9 +117,10 @@ def token_ls(db: DbOption = None) -> None:
     with reported_errors():
         store = _store(db)
         tokens, enabled = store.list_tokens(), store.auth_enabled()
-    table = Table("ID", "NAME", "SCOPE", "CREATED", "REVOKED", box=None)
+    table = Table("ID", "NAME", "SCOPE", "CLUSTER", "CREATED", "REVOKED", box=None)
     for t in tokens:
-        table.add_row(str(t.id), t.name, t.scope, t.created_at.strftime("%Y-%m-%d %H:%M"), "yes" if t.revoked else "")
+        table.add_row(str(t.id), t.name, t.scope, t.cluster or "", t.created_at.strftime("%Y-%m-%d %H:%M"),
+                      "yes" if t.revoked else "")
     console.print(table)
     console.print(_auth_line(enabled), highlight=False)
 

@@ -25,8 +25,8 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
+        if value is not None:  # an instant in UTC: SQLite would drop any other offset unconverted
+            value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
         return value
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
@@ -122,6 +122,8 @@ class ApiToken(Base):
     name: Mapped[str] = mapped_column(String(128))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     scope: Mapped[str] = mapped_column(String(16))
+    cluster: Mapped[str | None] = mapped_column(String(63), default=None)
+    """For a ``report`` token: the only cluster whose deployments it may report (None: any)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
@@ -196,16 +198,25 @@ class AliasRule(Base):
 
 
 class AliasMove(Base):
-    """One alias change, for the audit trail: who moved it from which version to which, when."""
+    """One alias change, for the audit trail: who moved it from which version to which, when, and
+    what a protected alias judged the move on.
+
+    Kept by model name: the trail outlives the model (``model_id`` turns NULL when it is deleted,
+    which is how a re-created model's history tells the old model's moves apart)."""
 
     __tablename__ = "alias_history"
-    __table_args__ = (Index("ix_alias_history_model_alias", "model_id", "alias", "id"),)
+    __table_args__ = (Index("ix_alias_history_model_alias", "model", "alias", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    model_id: Mapped[int] = mapped_column(ForeignKey("registered_models.id", ondelete="CASCADE"))
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("registered_models.id", ondelete="SET NULL"),
+                                                 default=None, index=True)
+    model: Mapped[str] = mapped_column(String(63))
     alias: Mapped[str] = mapped_column(String(63))
     from_version: Mapped[int | None] = mapped_column(Integer, default=None)
     to_version: Mapped[int | None] = mapped_column(Integer, default=None)
     """None: the alias was deleted."""
     actor: Mapped[str] = mapped_column(String(128))
+    judged: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    """{"require": [...], "metrics": {...}}: the rules a protected alias checked and the values it read
+    (None: the alias was not protected, or an admin moved it past its rules)."""
     time: Mapped[datetime] = mapped_column(default=utcnow)

@@ -21,7 +21,7 @@ from fastapi import Request
 
 from modelyard.registry import defaults
 from modelyard.registry.errors import Forbidden, Unauthorized
-from modelyard.registry.store import RegistryStore, scope_allows
+from modelyard.registry.store import RegistryStore, TokenIdentity, scope_allows
 from modelyard.registry.server.calls import run_read
 
 _CACHE_LIMIT = 10_000
@@ -34,6 +34,8 @@ class Caller:
     identity: str
     """"token:NAME" (the name given at ``token create``), or "anonymous"."""
     scope: str
+    cluster: str | None = None
+    """A report token's cluster: the only one whose deployments it may report."""
 
     @property
     def admin(self) -> bool:
@@ -50,7 +52,7 @@ class Authenticator:
         self.open_mode_cache_seconds = open_mode_cache_seconds
         self._open_until = 0.0
         self._open = True
-        self._tokens: dict[str, tuple[float, tuple[str, str] | None]] = {}
+        self._tokens: dict[str, tuple[float, TokenIdentity | None]] = {}
 
     async def _is_open(self) -> bool:
         now = time.monotonic()
@@ -59,7 +61,7 @@ class Authenticator:
             self._open_until = now + self.open_mode_cache_seconds
         return self._open
 
-    async def _token(self, token: str) -> tuple[str, str] | None:
+    async def _token(self, token: str) -> TokenIdentity | None:
         now = time.monotonic()
         cached = self._tokens.get(token)
         if cached and cached[0] > now:
@@ -79,10 +81,9 @@ class Authenticator:
             found = await self._token(token.strip())
             if found is None:
                 raise Unauthorized("unknown or revoked token")
-            name, scope = found
-            if not scope_allows(scope, needed):
-                raise Forbidden(f"this token has scope {scope!r}; this request needs {needed!r}")
-            return Caller(f"token:{name}", scope)
+            if not scope_allows(found.scope, needed):
+                raise Forbidden(f"this token has scope {found.scope!r}; this request needs {needed!r}")
+            return Caller(f"token:{found.name}", found.scope, found.cluster)
         if await self._is_open():
             return Caller("anonymous", "admin")  # an open registry: anyone may do anything
         if needed == "read" and self.anonymous_read:

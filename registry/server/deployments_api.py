@@ -7,8 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 
 from modelyard.registry import schemas
+from modelyard.registry.errors import Forbidden
 from modelyard.registry.names import NAME_PATTERN, RESOURCE_NAME_PATTERN
 from modelyard.registry.server.calls import run_write
+from modelyard.registry.server.auth import Caller
 from modelyard.registry.server.deps import Cursor, Limit, Reader, Reporter, Store, run_read
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
@@ -36,13 +38,22 @@ async def list_deployments(
 async def report_deployment(cluster: ClusterPath, namespace: NamespacePath, name: NamePath,
                             body: schemas.DeploymentReport, store: Store, who: Reporter) -> schemas.Deployment:
     """An operator reports a ModelDeployment (on each status change, and as a heartbeat)."""
+    refuse_other_cluster(who, cluster)
     return await run_write(store, lambda: store.report_deployment(cluster, namespace, name, body,
                                                                   reporter=who.identity))
 
 
 @router.delete("/{cluster}/{namespace}/{name}", status_code=204, response_class=Response)
 async def remove_deployment(cluster: ClusterPath, namespace: NamespacePath, name: NamePath, store: Store,
-                            _: Reporter) -> Response:
+                            who: Reporter) -> Response:
     """The ModelDeployment was deleted."""
+    refuse_other_cluster(who, cluster)
     await run_write(store, store.remove_deployment, cluster, namespace, name)
     return Response(status_code=204)
+
+
+def refuse_other_cluster(who: Caller, cluster: str) -> None:
+    """A report token speaks for its own cluster only: it must not overwrite or delete what another
+    cluster's operator reported.  Write and admin tokens may (an administrator cleaning up)."""
+    if who.scope == "report" and who.cluster != cluster:
+        raise Forbidden(f"this report token is bound to cluster {who.cluster!r}; it cannot report for {cluster!r}")
