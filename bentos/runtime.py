@@ -40,6 +40,7 @@ from modelyard.registry import schemas
 from modelyard.registry.bento_source import source_mismatch
 from modelyard.registry.client import RegistryClient
 from modelyard.registry.errors import NotFound
+from modelyard.registry.hf_model import UnsafeModelDirectory, unique_member_name
 from modelyard.registry.processes.children import stop_process
 from modelyard.registry.names import ModelRef, parse_model_ref
 from modelyard.registry.defaults import Env
@@ -174,13 +175,17 @@ def extract(archive: Path, target: Path, *, limit: int) -> None:
 
 def _checked(bundle: tarfile.TarFile, root: Path, limit: int) -> Iterator[tarfile.TarInfo]:
     expanded = 0
+    seen: set[str] = set()
     for count, member in enumerate(bundle):
         expanded += member.size
         if expanded > limit or count >= MAX_MEMBERS:
             raise BentoRefused(f"the Bento expands to more than {limit} bytes or {MAX_MEMBERS} files: refused")
         if not (member.isreg() or member.isdir()):
             raise BentoRefused(f"cannot extract the Bento: {member.name!r} is a link or a special file")
-        name = member.name
+        try:  # the registry's judge of names: the files extracted are the files it read
+            name = member.name = unique_member_name(member, seen)
+        except UnsafeModelDirectory as exc:
+            raise BentoRefused(f"cannot extract the Bento: {exc}") from None
         place = (root / name).resolve()
         if name.startswith("/") or (place != root and root not in place.parents):
             raise BentoRefused(f"cannot extract the Bento: {name!r} lies outside the Bento")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from modelyard.registry.hf_model import (
-    HfFacts, UnsafeModelDirectory, archive_tree, inspect, is_model_directory, member_name,
+    HfFacts, UnsafeModelDirectory, archive_tree, inspect, is_model_directory, unique_member_name,
 )
 from modelyard.registry.torch_export_check import UnsafeArchive, check_torch_export
 
@@ -143,11 +143,15 @@ def _check_entry_count(file: BinaryIO, label: str) -> None:
 
 def _bounded_members(archive: tarfile.TarFile, label: str) -> list[str]:
     """The members' names, read one header at a time and refused past MAX_TAR_MEMBERS."""
-    names = []
+    names: list[str] = []
+    seen: set[str] = set()
     for count, member in enumerate(archive):
         if count >= MAX_TAR_MEMBERS:
             raise UnsupportedArtifact(f"{label} holds more than {MAX_TAR_MEMBERS} files")
-        names.append(member_name(member))
+        try:
+            names.append(unique_member_name(member, seen))
+        except UnsafeModelDirectory as exc:
+            raise UnsupportedArtifact(f"{label}: {exc}") from None
     return names
 
 

@@ -11,6 +11,7 @@ changes between the passes changes the digest, and the registry refuses the uplo
 from __future__ import annotations
 
 import hashlib
+import os
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,11 @@ CHUNK = 1 << 20
 
 class DirectoryChanged(OSError):
     """A file changed size while the archive was being read."""
+
+
+def _no_follow(path: str, flags: int) -> int:
+    """Open without following a link: a file swapped for a link after the listing is not read."""
+    return os.open(path, flags | os.O_NOFOLLOW)
 
 
 class DirectoryArchive:
@@ -44,7 +50,7 @@ class DirectoryArchive:
         for name, header in sorted(self._headers.items()):
             yield header
             expected, sent = self.files[name], 0
-            with open(self.root / name, "rb") as handle:
+            with open(self.root / name, "rb", opener=_no_follow) as handle:
                 while sent < expected and (block := handle.read(min(CHUNK, expected - sent))):
                     sent += len(block)
                     if progress:

@@ -16,12 +16,13 @@ registry, before accepting it).
 from __future__ import annotations
 
 import json
+import os
 import struct
 import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, Any
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
@@ -74,11 +75,24 @@ class Tree:
 
 
 def directory_tree(root: Path) -> Tree:
-    """A directory's regular files (links followed), leaving out hidden files and folders."""
+    """A directory's regular files, leaving out hidden files and folders.
+
+    A symbolic link is refused, never followed: a link to a file outside the directory would
+    upload that file's contents to every reader of the registry (a ``README.md`` pointing at a
+    secret), and a link inside it would be sent as a copy the pod cannot tell from a file."""
     files: dict[str, int] = {}
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root)
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        if path.is_symlink():
+            target = Path(os.readlink(path))
+            where = "outside the directory" if not (path.parent / target).resolve().is_relative_to(
+                root.resolve()) else "inside the directory"
+            raise UnsafeModelDirectory(
+                f"{relative.as_posix()} is a symbolic link (to {str(target)[:200]}, {where}): links are not pushed. "
+                "Replace it with the file itself, or remove it")
+        if not path.is_file():
             continue
         files[relative.as_posix()] = path.stat().st_size
     return Tree(files, lambda name: open(root / name, "rb"))
@@ -88,14 +102,14 @@ def archive_tree(archive: tarfile.TarFile) -> Tree:
     """An archive's regular files; links, devices and paths that leave the directory are refused
     here, on upload, rather than when a pod extracts it."""
     members: dict[str, tarfile.TarInfo] = {}
+    seen: set[str] = set()
     for member in archive.getmembers():
+        name = unique_member_name(member, seen)
         if member.isdir():
             continue
         if not member.isreg():
             raise UnsafeModelDirectory(f"{member.name[:200]!r} in the archive is a link or a special file")
-        if member.name.startswith("/") or ".." in PurePosixPath(member.name).parts:
-            raise UnsafeModelDirectory(f"{member.name[:200]!r} in the archive lies outside the model directory")
-        members[member_name(member)] = member
+        members[name] = member
 
     def opened(name: str) -> IO[bytes]:
         handle = archive.extractfile(members[name])
@@ -106,8 +120,33 @@ def archive_tree(archive: tarfile.TarFile) -> Tree:
 
 
 def member_name(member: tarfile.TarInfo) -> str:
-    """A member's path relative to the archive's root (``./config.json`` is ``config.json``)."""
-    return str(PurePosixPath(member.name.lstrip("./") or "."))
+    """A member's path relative to the archive's root: ``./config.json`` is ``config.json``.
+
+    The one judge of a name, for the registry reading an archive and for the pod extracting it,
+    so both see the same files.  Anything but a clean relative path is refused
+    (``UnsafeModelDirectory``): an absolute path, an empty, ``.`` or ``..`` part, a NUL or a
+    backslash, or a first part starting with a dot beyond the single ``./`` (``..config.json`` must
+    not count as ``config.json`` for one reader and as another file for the other)."""
+    raw = member.name
+    name = raw[2:] if raw.startswith("./") else raw
+    if name in ("", "."):
+        return "."  # the archive's root directory
+    name = name.removesuffix("/") if member.isdir() else name
+    parts = name.split("/")
+    if (name.startswith(("/", ".")) or "\\" in name or "\0" in name
+            or any(part in ("", ".", "..") for part in parts)):
+        raise UnsafeModelDirectory(f"{raw[:200]!r} in the archive is not a clean relative path inside the directory")
+    return name
+
+
+def unique_member_name(member: tarfile.TarInfo, seen: set[str]) -> str:
+    """``member_name``, refusing a name that an earlier member already had (after normalising):
+    a reader would take the first and an extractor the last."""
+    name = member_name(member)
+    if name in seen and name != ".":
+        raise UnsafeModelDirectory(f"{member.name[:200]!r} appears twice in the archive")
+    seen.add(name)
+    return name
 
 
 def is_model_directory(names: Iterable[str]) -> bool:
@@ -218,23 +257,35 @@ def _safetensors(tree: Tree, name: str, label: str, budget: list[int]) -> tuple[
             raise UnsafeModelDirectory(f"{label}'s {name} is not a safetensors file (unreadable header)") from None
     if not isinstance(header, dict):
         raise UnsafeModelDirectory(f"{label}'s {name} is not a safetensors file")
-    parameters, end, kinds = 0, 0, Counter[str]()
+    parameters, kinds, spans = 0, Counter[str](), []
     for key, entry in header.items():
         if key == "__metadata__":
             continue
         try:
             dtype, shape, (start, stop) = entry["dtype"], entry["shape"], entry["data_offsets"]
             count = 1
-            for dim in shape:
-                count *= int(dim)
-            valid = dtype in DTYPE_BYTES and 0 <= start <= stop and stop - start == count * DTYPE_BYTES[dtype]
+            valid = dtype in DTYPE_BYTES and isinstance(shape, list) and _whole(start) and _whole(stop)
+            for dim in shape:  # whole, non-negative numbers: no [-2, -2] (a positive count) nor [2.9, 1.5]
+                valid = valid and _whole(dim)
+                count *= dim if valid else 0
+            valid = valid and start <= stop and stop - start == count * DTYPE_BYTES[dtype]
         except (KeyError, TypeError, ValueError):
             valid = False
         if not valid:
             raise UnsafeModelDirectory(f"{label}'s {name} has a damaged entry for tensor {str(key)[:100]!r}")
         parameters += count
         kinds[dtype] += stop - start
-        end = max(end, stop)
+        spans.append((start, stop, str(key)))
+    end = 0  # as the safetensors library requires: the tensors tile the data, no overlap and no gap
+    for start, stop, key in sorted(spans):
+        if start != end:
+            raise UnsafeModelDirectory(f"{label}'s {name} has tensor {key[:100]!r} at bytes {start}-{stop}, "
+                                       f"{'overlapping another' if start < end else 'after a gap'}: a damaged header")
+        end = stop
     if 8 + length + end != size:
         raise UnsafeModelDirectory(f"{label}'s {name} is {size} bytes but its header describes {8 + length + end}")
     return parameters, end, kinds
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -21,6 +21,7 @@ from modelyard.bentos.llm.protocol import ApiError, ChatRequest, CompletionReque
 from modelyard.bentos.llm.sampling import SamplingParams, choose
 from modelyard.bentos.llm.text import TextStream
 from modelyard.bentos.loader import ModelLoadError
+from modelyard.bentos.runtime import BentoRefused, extract
 from modelyard.operator.spec import DeploymentSpec, SpecError
 from modelyard.operator.status import Reason
 from modelyard.operator.values import ResolvedVersion, memory_bytes, memory_warnings, model_server_values
@@ -65,6 +66,16 @@ def test_the_facts_come_from_config_and_safetensors_headers(tmp_path: Path) -> N
     ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, bytes(4), "header describes"),
     ({"a": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}}, bytes(8), "damaged entry"),
     ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, bytes(8), "damaged entry"),
+    # negative dimensions whose product is positive, fractional ones, overlapping or gapped tensors
+    ({"a": {"dtype": "F32", "shape": [-2, -2], "data_offsets": [0, 16]}}, bytes(16), "damaged entry"),
+    ({"a": {"dtype": "F32", "shape": [2.9, 1.5], "data_offsets": [0, 8]}}, bytes(8), "damaged entry"),
+    ({"a": {"dtype": "F32", "shape": [True, 2], "data_offsets": [0, 8]}}, bytes(8), "damaged entry"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0.0, 8]}}, bytes(8), "damaged entry"),
+    ({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+      "b": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, bytes(16), "overlapping"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+      "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, bytes(12), "overlapping"),
+    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, bytes(8), "after a gap"),
 ])
 def test_damaged_safetensors_headers_are_refused(tmp_path: Path, header: dict, data: bytes, why: str) -> None:
     (tmp_path / "config.json").write_text("{}")
@@ -119,9 +130,14 @@ def test_a_compressed_model_archive_is_refused_unexpanded(tiny: Path, tmp_path: 
 
 
 @pytest.mark.parametrize("member, why", [
-    (dict(name="../config.json"), "lies outside"),
-    (dict(name="/etc/model.safetensors"), "lies outside"),
-    (dict(name="tokenizer.json", type=tarfile.SYMTYPE, linkname="/etc/passwd"), "link or a special file"),
+    (dict(name="../config.json"), "not a clean relative path"),
+    (dict(name="/etc/model.safetensors"), "not a clean relative path"),
+    (dict(name="..config.json"), "not a clean relative path"),  # once counted as config.json
+    (dict(name=".//config.json"), "not a clean relative path"),
+    (dict(name="a/../config.json"), "not a clean relative path"),
+    (dict(name="./config.json"), "appears twice"),
+    (dict(name="tokenizer.json"), "appears twice"),
+    (dict(name="extra.json", type=tarfile.SYMTYPE, linkname="/etc/passwd"), "link or a special file"),
 ])
 def test_an_archive_member_that_would_leave_the_directory_is_refused_on_upload(
         tiny: Path, tmp_path: Path, member: dict, why: str) -> None:
@@ -136,6 +152,43 @@ def test_an_archive_member_that_would_leave_the_directory_is_refused_on_upload(
     (tmp_path / "m.tar").write_bytes(buffer.getvalue())
     with pytest.raises(UnsupportedArtifact, match=why):
         sniff_format(tmp_path / "m.tar")
+
+
+@pytest.mark.parametrize("second", ["..config.json", "./config.json"])
+def test_the_pod_extracts_only_what_the_registry_read(tiny: Path, tmp_path: Path, second: str) -> None:
+    """A real config.json claiming one context and a second member that a careless reader would
+    also call config.json: the registry refuses the archive, and so does the pod's extraction."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as bundle:
+        for path in sorted(tiny.iterdir()):
+            bundle.add(path, path.name)
+        claim = json.dumps({**json.loads((tiny / "config.json").read_text()), "max_position_embeddings": 256}).encode()
+        info = tarfile.TarInfo(second)
+        info.size = len(claim)
+        bundle.addfile(info, io.BytesIO(claim))
+    (tmp_path / "m.tar").write_bytes(buffer.getvalue())
+    with pytest.raises(UnsupportedArtifact, match="clean relative path|appears twice"):
+        sniff_format(tmp_path / "m.tar")
+    with pytest.raises(BentoRefused, match="clean relative path|appears twice"):
+        extract(tmp_path / "m.tar", tmp_path / "out", limit=1 << 30)
+
+
+def test_push_refuses_symbolic_links_instead_of_following_them(tiny: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    for path in tiny.iterdir():
+        (model / path.name).write_bytes(path.read_bytes())
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password=hunter2")
+    (model / "README.md").symlink_to(secret)
+    with pytest.raises(UnsafeModelDirectory, match="README.md is a symbolic link .*outside the directory"):
+        DirectoryArchive(model)
+    (model / "README.md").unlink()
+    (model / "copy.json").symlink_to(model / "config.json")
+    with pytest.raises(UnsafeModelDirectory, match="copy.json is a symbolic link .*inside the directory"):
+        directory_tree(model)
+    (model / "copy.json").unlink()
+    assert "password" not in b"".join(DirectoryArchive(model).chunks()).decode("latin-1")
 
 
 def test_an_archive_with_pickles_is_not_a_model(tiny: Path, tmp_path: Path) -> None:
