@@ -103,3 +103,11 @@ class RegistrySettings:
         if self.migrate_on_start is not None:
             env[Env.MIGRATE_ON_START] = "true" if self.migrate_on_start else "false"
         return env
+
+
+def proxy_options(settings: RegistrySettings) -> dict[str, object]:
+    """uvicorn's handling of X-Forwarded-* headers: off unless the registry is told to trust its proxy
+    (uvicorn's own default believes any client on 127.0.0.1)."""
+    if settings.trust_forwarded_proto:
+        return {"proxy_headers": True, "forwarded_allow_ips": "*"}
+    return {"proxy_headers": False}

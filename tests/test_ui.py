@@ -205,3 +205,131 @@ def test_the_sign_in_page_refuses_a_bad_token_and_goes_nowhere_else(browser, reg
     assert browser.get_cookie("modelyard_token") is None
     hidden = browser.find_element(By.NAME, "next").get_attribute("value")
     assert hidden == "/ui"  # no open redirect
+
+
+def refused_posts(server: ThreadedRegistry, route: str) -> float:
+    """How many posts to ``route`` the UI refused with 403 (read from the server's own metrics)."""
+    return server.app.state.metrics.requests.labels("POST", route, "403")._value.get()
+
+
+@pytest.fixture
+def attacker_site() -> Iterator[tuple[str, dict[str, str]]]:
+    """Another origin (127.0.0.2, its own port) serving the pages put in the returned dict."""
+    import http.server
+    import threading
+
+    pages: dict[str, str] = {}
+
+    class Pages(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the standard library's name
+            body = pages.get(self.path, "").encode()
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    site = http.server.ThreadingHTTPServer(("127.0.0.2", 0), Pages)
+    thread = threading.Thread(target=site.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.2:{site.server_address[1]}", pages
+    finally:
+        site.shutdown()
+        site.server_close()
+
+
+def _forged(action: str, fields: dict[str, str]) -> str:
+    inputs = "".join(f'<input name="{k}" value="{v}">' for k, v in fields.items())
+    return f'<form method="post" action="{action}">{inputs}</form><script>document.forms[0].submit()</script>'
+
+
+@pytest.mark.parametrize("auth", ["open registry", "signed-in visitor"])
+def test_a_page_on_another_site_cannot_move_an_alias_or_sign_a_visitor_in(  # noqa: ANN001
+        browser, registry, attacker_site, tmp_path: Path, auth: str) -> None:
+    """Cross-site posts, by plain form and from a sandboxed frame (``Origin: null``), change nothing:
+    on the embedded default (no tokens: no cookie is needed to move an alias) and for a signed-in
+    visitor (the other site is on the same host, so a SameSite cookie alone would not stop it)."""
+    site, pages = attacker_site
+    open_settings = RegistrySettings(db_url=f"sqlite:///{tmp_path / 'r.db'}", artifacts_url=str(tmp_path / "a"),
+                                     migrate_on_start=True, token_cache_seconds=0.0, open_mode_cache_seconds=0.0)
+    with ThreadedRegistry(open_settings) as open_server:
+        server, tokens = (open_server, {}) if auth == "open registry" else registry
+        store = server.store
+        if auth == "open registry":
+            store.create_model("digits-cnn")
+            for number in (1, 2):
+                store.create_version("digits-cnn", format="torch-export")
+                store.mark_ready("digits-cnn", number, "sha256:" + hashlib.sha256(bytes([number])).hexdigest(), 1)
+            store.set_alias("digits-cnn", "production", 2)
+            browser.delete_all_cookies()
+            browser.get(server.url + "/ui/models/digits-cnn")  # a visit: the browser holds the UI's cookies
+        else:
+            sign_in(browser, server, tokens["write"])
+        before = store.get_alias("digits-cnn", "production").version
+        move = f"{server.url}/ui/models/digits-cnn/aliases"
+        pages["/form"] = _forged(move, {"alias": "production", "version": "1"})
+        frame = _forged(move, {"alias": "production", "version": "1"}).replace('"', "&quot;")
+        pages["/frame"] = f'<iframe sandbox="allow-forms allow-scripts" srcdoc="{frame}"></iframe>'
+        pages["/login"] = _forged(f"{server.url}/ui/login", {"token": "my_attackers-token-0123456789"})
+        for page, route in (("/form", "/ui/models/{name}/aliases"), ("/frame", "/ui/models/{name}/aliases"),
+                            ("/login", "/ui/login")):
+            refused = refused_posts(server, route)
+            browser.get(site + page)
+            eventually(lambda: refused_posts(server, route) == refused + 1, timeout=15,  # noqa: B023
+                       what=f"the post from {page} to reach the registry and be refused")
+        assert store.get_alias("digits-cnn", "production").version == before
+        assert [m.actor for m in store.alias_history("digits-cnn", "production").items].count("anonymous") <= 1
+        if auth == "signed-in visitor":  # still signed in as the visitor, not as the attacker
+            browser.get(server.url + "/ui/models/digits-cnn")
+            assert "token:write-person" in browser.find_element("tag name", "header").text
+
+
+def test_ui_answers_forbid_framing_sniffing_and_caching(registry) -> None:  # noqa: ANN001
+    server, tokens = registry
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        client.cookies.set("modelyard_token", tokens["read"], path="/ui")
+        for path in ("/ui/models/digits-cnn", "/ui/login", "/ui/static/ui.css"):
+            answer = client.get(path)
+            assert answer.status_code == 200, path
+            assert answer.headers["x-frame-options"] == "DENY"
+            assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+            assert "script-src 'self'" in answer.headers["content-security-policy"]
+            assert answer.headers["x-content-type-options"] == "nosniff"
+            assert answer.headers["referrer-policy"] == "same-origin"
+            assert (answer.headers.get("cache-control") == "no-store") == (not path.startswith("/ui/static"))
+        # a link cannot put its own words on a page: only an alias name and a number are shown
+        page = client.get("/ui/models/digits-cnn", params={"notice": "Session expired: call +1-555-0100",
+                                                            "moved": "Call us now", "to": "3"}).text
+        assert "555-0100" not in page and "Call us now" not in page
+        assert "staging → 3" in client.get("/ui/models/digits-cnn", params={"moved": "staging", "to": "3"}).text
+        # a direct post with a matching cookie pair but no Origin is refused too
+        client.cookies.set("modelyard_csrf", "a" * 43, path="/ui")
+        answer = client.post("/ui/models/digits-cnn/aliases", data={"alias": "staging", "version": "1",
+                                                                   "csrf": "a" * 43})
+        assert answer.status_code == 403 and "does not say where it comes from" in answer.json()["detail"]
+        answer = client.post("/ui/models/digits-cnn/aliases", headers={"Origin": server.url},
+                             data={"alias": "staging", "version": "1", "csrf": "b" * 43})
+        assert answer.status_code == 403 and "CSRF" in answer.json()["detail"]
+
+
+def test_the_session_cookie_is_secure_behind_a_trusted_tls_proxy_only(tmp_path: Path) -> None:
+    for trusted in (False, True):
+        settings = RegistrySettings(db_url=f"sqlite:///{tmp_path / f'{trusted}.db'}", artifacts_url=str(tmp_path / "a"),
+                                    migrate_on_start=True, trust_forwarded_proto=trusted)
+        with ThreadedRegistry(settings) as server:
+            token, _ = server.store.create_token("person", "read")
+            with httpx.Client(base_url=server.url, timeout=10) as client:
+                page = client.get("/ui/login", headers={"X-Forwarded-Proto": "https"})
+                csrf = page.cookies["modelyard_csrf"]
+                origin = "https://" + server.url.removeprefix("http://") if trusted else server.url
+                client.cookies.clear()  # sent by hand: the jar keeps a Secure cookie off plain http
+                answer = client.post("/ui/login", data={"token": token, "csrf": csrf},
+                                     headers={"Origin": origin, "X-Forwarded-Proto": "https",
+                                              "Cookie": f"modelyard_csrf={csrf}"})
+                assert answer.status_code == 303, answer.text
+                cookie = answer.headers["set-cookie"]
+                assert ("secure" in cookie.lower()) == trusted

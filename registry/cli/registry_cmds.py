@@ -12,7 +12,7 @@ from rich.table import Table
 from modelyard.registry.cli.common import console, errors, reported_errors
 from modelyard.registry import defaults
 from modelyard.registry.defaults import Env
-from modelyard.registry.settings import RegistrySettings, default_db_url
+from modelyard.registry.settings import RegistrySettings, default_db_url, proxy_options
 
 if TYPE_CHECKING:
     from modelyard.registry.store import RegistryStore
@@ -57,7 +57,8 @@ def serve(
         settings.migrate_on_start = migrate
     settings.workers = workers
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    common = {"host": host, "port": port, "log_level": log_level, "access_log": False, "timeout_graceful_shutdown": 10}
+    common = {"host": host, "port": port, "log_level": log_level, "access_log": False, "timeout_graceful_shutdown": 10,
+              **proxy_options(settings)}
     with reported_errors():
         if workers == 1:
             from modelyard.registry.server.app import create_app

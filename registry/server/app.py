@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,16 +26,25 @@ from modelyard.registry.server.problems import install_problem_handlers
 from modelyard.registry.settings import RegistrySettings
 from modelyard.registry.store import RegistryStore
 from modelyard.registry.ui import routes as ui
+from modelyard.registry.ui.protection import UiHeaders
 from modelyard.registry.processes.tuning import tune_for_serving
 
 log = logging.getLogger("modelyard.registry")
 API_PREFIX = "/api/v1"
 
 
-async def sweep_periodically(store: RegistryStore, artifacts: ArtifactStore, interval: float) -> None:
-    """Collect blobs that crashes left behind, every ``interval`` seconds (first after one interval)."""
+async def sweep_periodically(store: RegistryStore, artifacts: ArtifactStore, settings: RegistrySettings) -> None:
+    """Collect blobs that crashes left behind and apply the event feed's retention, every
+    ``gc_interval_seconds`` (first after one interval)."""
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(settings.gc_interval_seconds)
+        try:
+            pruned = await anyio.to_thread.run_sync(lambda: store.prune_events(
+                older_than=timedelta(days=settings.event_retention_days), keep=settings.event_retention_count))
+            if pruned:
+                log.info("event retention: removed %d event(s)", pruned)
+        except Exception:  # noqa: BLE001 - logged; the next round tries again
+            log.exception("event retention failed")
         try:
             result = await anyio.to_thread.run_sync(garbage.sweep, store, artifacts)
         except Exception:  # noqa: BLE001 - logged; the next round tries again
@@ -51,7 +61,8 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
                                deployment_stale_seconds=settings.deployment_stale_seconds)
     store.inline_writes = store.inline_reads and settings.workers == 1
     for name, (scope, token) in settings.seed_tokens.items():
-        if store.ensure_token(name, scope, token):
+        cluster = settings.seed_cluster if scope == "report" else None
+        if store.ensure_token(name, scope, token, cluster=cluster):
             log.info("registered the %s token from the environment (scope %s)", name, scope)
     artifacts = open_artifact_store(settings.artifacts_url)
     notifier = EventNotifier()
@@ -65,8 +76,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
         tune_for_serving()
         log.info("registry ready: database %s, artifacts %s", store.engine.url.render_as_string(hide_password=True),
                  artifacts.describe())
-        sweeper = (asyncio.get_running_loop().create_task(sweep_periodically(store, artifacts,
-                                                                              settings.gc_interval_seconds))
+        sweeper = (asyncio.get_running_loop().create_task(sweep_periodically(store, artifacts, settings))
                    if settings.gc_interval_seconds > 0 else None)
         yield
         if sweeper is not None:
@@ -94,6 +104,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
     app.include_router(ui.router)
     app.mount("/ui/static", ui.static, name="ui-static")
     app.add_exception_handler(ui.SignInNeeded, _to_sign_in)  # type: ignore[arg-type]
+    app.add_middleware(UiHeaders)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 

@@ -24,6 +24,7 @@ from modelyard.registry.server.calls import run_read, run_write
 from modelyard.registry.server.deps import parse_tag_filters
 from modelyard.registry.server.events_api import long_poll
 from modelyard.registry.store import RegistryStore, scope_allows
+from modelyard.registry.ui.protection import check_post, csrf_token, is_https, remember_csrf
 from modelyard.registry.units import human_size
 
 HERE = Path(__file__).parent
@@ -53,7 +54,10 @@ async def caller(request: Request, needed: str = "read") -> Caller:
 
 
 def render(request: Request, template: str, who: Caller, status: int = 200, **context: Any) -> HTMLResponse:
-    return templates.TemplateResponse(request, template, {"caller": who, **context}, status_code=status)
+    answer = templates.TemplateResponse(request, template, {"caller": who, "csrf": csrf_token(request), **context},
+                                        status_code=status)
+    remember_csrf(request, answer)
+    return answer
 
 
 def store_of(request: Request) -> RegistryStore:
@@ -77,7 +81,16 @@ async def models(request: Request, q: Annotated[str | None, Query(max_length=63)
 
 @router.get("/models/{name}", response_class=HTMLResponse)
 async def model(request: Request, name: str, cursor: Annotated[str | None, Query(max_length=200)] = None,
-                notice: Annotated[str | None, Query(max_length=200)] = None) -> HTMLResponse:
+                moved: Annotated[str | None, Query(max_length=63)] = None,
+                to: Annotated[int | None, Query(ge=1, le=schemas.MAX_VERSION)] = None) -> HTMLResponse:
+    """``moved``/``to``: the alias move just made, said on the page.  Only an alias name and a number
+    are taken from the link, so a link cannot put text of its own on the page."""
+    notice = None
+    if moved is not None and to is not None:
+        try:
+            notice = f"{check_alias(moved)} → {to}"
+        except InvalidName:
+            notice = None
     return await model_page(request, await caller(request), name, cursor, notice=notice)
 
 
@@ -103,10 +116,11 @@ def _alias_row(store: RegistryStore, name: str, alias: str, version: int) -> dic
 
 @router.post("/models/{name}/aliases", response_class=HTMLResponse)
 async def move_alias(request: Request, name: str, alias: Annotated[str, Form(max_length=63)],
-                     version: Annotated[str, Form(max_length=12)]) -> Response:
+                     version: Annotated[str, Form(max_length=12)],
+                     csrf: Annotated[str, Form(max_length=64)] = "") -> Response:
     """Move an alias with the caller's rights: a read token gets the API's 403, a protected alias
     its rules, and the move is in the audit trail under the caller's token name."""
-    _same_origin(request)
+    check_post(request, csrf)
     who = await caller(request)
     store = store_of(request)
     try:
@@ -119,7 +133,7 @@ async def move_alias(request: Request, name: str, alias: Annotated[str, Form(max
                                                                admin=who.admin))
     except RegistryError as failure:
         return await model_page(request, who, name, error=failure.detail, status=failure.status)
-    return RedirectResponse(f"/ui/models/{name}?{urlencode({'notice': f'{alias} → {moved.version}'})}",
+    return RedirectResponse(f"/ui/models/{name}?{urlencode({'moved': alias, 'to': moved.version})}",
                             status_code=303)
 
 
@@ -182,8 +196,9 @@ async def login_page(request: Request, next: Annotated[str, Query(max_length=500
 
 @router.post("/login", response_class=HTMLResponse)
 async def login(request: Request, token: Annotated[str, Form(max_length=512)],
-                next: Annotated[str, Form(max_length=500)] = "/ui") -> Response:
-    _same_origin(request)
+                next: Annotated[str, Form(max_length=500)] = "/ui",
+                csrf: Annotated[str, Form(max_length=64)] = "") -> Response:
+    check_post(request, csrf)  # no login CSRF: a foreign page cannot sign a visitor in as someone else
     auth: Authenticator = request.app.state.auth
     try:
         await auth.authorize(f"Bearer {token.strip()}", "read")
@@ -191,14 +206,13 @@ async def login(request: Request, token: Annotated[str, Form(max_length=512)],
         return render(request, "login.html", Caller("anonymous", "none"), failure.status, next=_local(next),
                       error=failure.detail)
     answer = RedirectResponse(_local(next), status_code=303)
-    answer.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict", path="/ui",
-                      secure=request.url.scheme == "https")
+    answer.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict", path="/ui", secure=is_https(request))
     return answer
 
 
 @router.post("/logout")
-async def logout(request: Request) -> Response:
-    _same_origin(request)
+async def logout(request: Request, csrf: Annotated[str, Form(max_length=64)] = "") -> Response:
+    check_post(request, csrf)
     answer = RedirectResponse("/ui", status_code=303)
     answer.delete_cookie(COOKIE, path="/ui")
     return answer
@@ -210,13 +224,6 @@ def _local(target: str) -> str:
     if parts.scheme or parts.netloc or not parts.path.startswith("/ui") or "\\" in target:
         return "/ui"
     return target
-
-
-def _same_origin(request: Request) -> None:
-    """Forms post only from this UI: the cookie is SameSite=Strict, and a foreign Origin is refused."""
-    origin = request.headers.get("origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
-        raise Forbidden("a form from another site")
 
 
 def checked(name: str, alias: str | None = None, refusal: type[RegistryError] = NotFound) -> str:

@@ -9,7 +9,7 @@ import uvicorn
 
 from modelyard.registry.processes.children import RegistryProcess, free_port, wait_ready
 from modelyard.registry.server.app import create_app
-from modelyard.registry.settings import RegistrySettings
+from modelyard.registry.settings import RegistrySettings, proxy_options
 
 
 class ThreadedRegistry:
@@ -21,7 +21,8 @@ class ThreadedRegistry:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = create_app(settings)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False,
+                                **proxy_options(settings))
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
