@@ -104,6 +104,11 @@ ENGINE: Final = "auto"
 """Which engine serves a version: ``auto`` picks by its format (``transformers`` for ``hf``,
 ``torch`` for torch.export and TorchScript programs)."""
 ENGINES: Final = ("auto", "transformers", "torch")
+LLM_MAX_MODEL_LEN: Final = 32_768
+"""The longest sequence a language model is served with when the spec sets no ``maxModelLen``
+(a longer context is served only when asked for)."""
+LLM_DEFAULT_MAX_TOKENS: Final = 4096
+"""Tokens generated for a request that sets no ``max_tokens`` (at most what the context has room for)."""
 LLM_MAX_BATCH: Final = 32
 """Sequences a language model generates for at once (continuous batching); more wait their turn."""
 LLM_MAX_WAITING: Final = 512

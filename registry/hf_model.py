@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from modelyard.registry.chat_templates import unbounded_reason
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 MAX_JSON_BYTES = 16 << 20
 """config.json, tokenizer_config.json and friends are small; larger ones are refused unread."""
@@ -174,10 +176,10 @@ def inspect(tree: Tree, *, allow_code: bool, label: str) -> HfFacts:
         raise UnsafeModelDirectory(
             f"{label} carries {what}: serving it would run that code (transformers' trust_remote_code). Push it "
             "with --allow-code if you trust it; the version records that it runs code")
-    parameters, load_bytes, dtypes = 0, 0, Counter[str]()
+    parameters, load_bytes, dtypes, positions = 0, 0, Counter[str](), []
     budget = [MAX_HEADERS_BYTES]
     for name in weights:
-        count, size, kinds = _safetensors(tree, name, label, budget)
+        count, size, kinds = _safetensors(tree, name, label, budget, positions)
         parameters, load_bytes = parameters + count, load_bytes + size
         dtypes.update(kinds)
     architectures = config.get("architectures") or []
@@ -188,7 +190,7 @@ def inspect(tree: Tree, *, allow_code: bool, label: str) -> HfFacts:
         task=_task(architecture, "modules.json" in tree.files),
         parameters=parameters,
         dtype=TORCH_DTYPES.get(dtypes.most_common(1)[0][0], "mixed") if dtypes else "unknown",
-        context_length=_context_length(config, _json(tree, "sentence_bert_config.json", label, missing={})),
+        context_length=_context_length(config, _json(tree, "sentence_bert_config.json", label, missing={}), positions),
         chat_template=_has_chat_template(tree, label),
         load_bytes=load_bytes,
         needs_code=needs_code,
@@ -204,10 +206,21 @@ def _task(architecture: str, sentence_transformers: bool) -> str | None:
     return None
 
 
-def _context_length(config: dict[str, Any], sentence_config: dict[str, Any]) -> int | None:
+def _context_length(config: dict[str, Any], sentence_config: dict[str, Any], positions: list[int]) -> int | None:
+    """The longest sequence the model takes: what its configuration claims, bounded by what its
+    weights can hold (a learned position table's rows; for rotary positions, a ``rope_scaling``'s
+    original length times its factor).  A claim nothing bounds is capped by the server's ceiling."""
     sources = [config, config.get("text_config") if isinstance(config.get("text_config"), dict) else {}]
     lengths = [value for source in sources for key in CONTEXT_KEYS
                if isinstance(value := source.get(key), int) and not isinstance(value, bool) and value > 0]
+    lengths += [rows for rows in positions if rows > 0]
+    for source in sources:
+        scaling = source.get("rope_scaling")
+        if isinstance(scaling, dict):
+            original, factor = scaling.get("original_max_position_embeddings"), scaling.get("factor")
+            if (isinstance(original, int) and not isinstance(original, bool) and original > 0
+                    and isinstance(factor, (int, float)) and not isinstance(factor, bool) and 0 < factor <= 1024):
+                lengths.append(int(original * factor))
     limit = sentence_config.get("max_seq_length")
     if isinstance(limit, int) and limit > 0:
         lengths.append(limit)
@@ -215,9 +228,22 @@ def _context_length(config: dict[str, Any], sentence_config: dict[str, Any]) -> 
 
 
 def _has_chat_template(tree: Tree, label: str) -> bool:
-    if "chat_template.jinja" in tree.files or "chat_template.json" in tree.files:
-        return True
-    return bool(_json(tree, "tokenizer_config.json", label, missing={}).get("chat_template"))
+    """Whether the directory has a chat template; one that is obviously unbounded is refused."""
+    sources = []
+    if "chat_template.jinja" in tree.files:
+        if tree.files["chat_template.jinja"] > MAX_JSON_BYTES:
+            raise UnsafeModelDirectory(f"{label}'s chat_template.jinja is larger than {MAX_JSON_BYTES} bytes")
+        with tree.open("chat_template.jinja") as handle:
+            sources.append(("chat_template.jinja", handle.read(MAX_JSON_BYTES).decode("utf-8", "replace")))
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        value = _json(tree, name, label, missing={}).get("chat_template")
+        templates = value if isinstance(value, list) else [{"template": value}]
+        sources += [(name, t["template"]) for t in templates if isinstance(t, dict) and isinstance(t.get("template"), str)]
+    for name, source in sources:
+        if (why := unbounded_reason(source)) is not None:
+            raise UnsafeModelDirectory(f"{label}'s chat template (in {name}) {why}: a template runs on every chat "
+                                       "request, so it is refused")
+    return bool(sources)
 
 
 def _json(tree: Tree, name: str, label: str, missing: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -237,9 +263,15 @@ def _json(tree: Tree, name: str, label: str, missing: dict[str, Any] | None = No
     return value
 
 
-def _safetensors(tree: Tree, name: str, label: str, budget: list[int]) -> tuple[int, int, Counter[str]]:
+POSITION_TABLES = ("wpe.weight", "position_embeddings.weight", "embed_positions.weight")
+"""Learned position embeddings (GPT-2, BERT, OPT …): their rows are the positions the model knows."""
+
+
+def _safetensors(tree: Tree, name: str, label: str, budget: list[int],
+                 positions: list[int]) -> tuple[int, int, Counter[str]]:
     """Parameters, data bytes and bytes per dtype of one safetensors file, from its header
-    (``budget``: the header bytes the directory may still have)."""
+    (``budget``: the header bytes the directory may still have; ``positions`` gets the rows of
+    each learned position table)."""
     size = tree.files[name]
     with tree.open(name) as handle:
         head = handle.read(8)
@@ -276,6 +308,8 @@ def _safetensors(tree: Tree, name: str, label: str, budget: list[int]) -> tuple[
         parameters += count
         kinds[dtype] += stop - start
         spans.append((start, stop, str(key)))
+        if str(key).endswith(POSITION_TABLES) and shape:
+            positions.append(shape[0])
     end = 0  # as the safetensors library requires: the tensors tile the data, no overlap and no gap
     for start, stop, key in sorted(spans):
         if start != end:

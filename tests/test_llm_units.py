@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from modelyard.bentos.config import ServingConfig
+from modelyard.bentos.llm.app import sampling
 from modelyard.bentos.llm.engine import GenerationEngine, Overloaded
 from modelyard.bentos.llm.loading import max_model_len
 from modelyard.bentos.llm.protocol import ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, parse
@@ -278,6 +279,25 @@ def test_max_model_len_is_the_context_unless_the_spec_shortens_it() -> None:
         max_model_len(facts, ServingConfig(max_model_len=257))
 
 
+def test_the_context_is_what_the_weights_hold_and_the_server_caps_an_unbounded_claim(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "n_positions": 2**40}))
+    (tmp_path / "model.safetensors").write_bytes(safetensors_bytes(
+        {"transformer.wpe.weight": {"dtype": "F32", "shape": [256, 2], "data_offsets": [0, 2048]}}, bytes(2048)))
+    assert inspect(directory_tree(tmp_path), allow_code=False, label="m").context_length == 256
+    (tmp_path / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "max_position_embeddings": 2**40,
+        "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096}}))
+    (tmp_path / "model.safetensors").write_bytes(safetensors_bytes(
+        {"lm_head.weight": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, bytes(8)))
+    assert inspect(directory_tree(tmp_path), allow_code=False, label="m").context_length == 16384
+    claims = HfFacts("LlamaForCausalLM", "llama", "generate", 1, "float32", 2**40, True, 4, False)
+    assert max_model_len(claims, ServingConfig()) == 32768  # the server's ceiling
+    assert max_model_len(claims, ServingConfig(max_model_len=65536)) == 65536  # asked for explicitly
+    request = parse(CompletionRequest, b'{"model": "m", "prompt": "x"}')
+    assert sampling(request, [1, 2, 3], 32768).max_tokens == 4096  # no max_tokens: a bounded default
+    assert sampling(request, [1, 2, 3], 100).max_tokens == 97
+
+
 # -- continuous batching ------------------------------------------------------------------------------
 
 
@@ -296,15 +316,19 @@ def test_rows_that_join_and_leave_mid_batch_get_exactly_generates_tokens(tiny: P
                                  pad_token_id=tokenizer.pad_token_id)
         expected.append(tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True))
         generated += out.shape[1] - len(prompt)  # fewer than `length` where the model chose its end token
-    engine = GenerationEngine(model, tokenizer, max_batch=3, max_model_len=256, max_waiting=1)
-    engine.start()
+    engine = GenerationEngine(model, tokenizer, max_batch=3, max_model_len=256, max_waiting=len(prompts))
 
-    async def run(prompt: list[int], length: int, delay: float) -> str:
-        await asyncio.sleep(delay)  # later rows join a running batch
+    async def run(prompt: list[int], length: int) -> str:
         return "".join([d.text async for d in engine.generate(prompt, SamplingParams(length, temperature=0))])
 
     async def main() -> list[str]:
-        return await asyncio.gather(*(run(p, n, 0.02 * i) for i, (p, n) in enumerate(zip(ids, lengths, strict=True))))
+        """Every row queued before the engine starts: three share the batch from the first step, and
+        the fourth joins it mid-way, when the shortest leaves.  No timing decides the overlap."""
+        rows = [asyncio.ensure_future(run(p, n)) for p, n in zip(ids, lengths, strict=True)]
+        while engine.stats()["waiting"] < len(prompts):
+            await asyncio.sleep(0.01)
+        engine.start()
+        return await asyncio.gather(*rows)
 
     try:
         assert asyncio.run(main()) == expected

@@ -31,9 +31,10 @@ from modelyard.bentos.fastpath import MicroBatcher
 from modelyard.bentos.llm.engine import GenerationEngine, GenerationFailed, Overloaded
 from modelyard.bentos.llm.loading import LoadedModel
 from modelyard.bentos.llm.protocol import (
-    CHARS_PER_TOKEN_BOUND, ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, parse,
+    CHARS_PER_TOKEN_BOUND, MAX_EMBEDDING_TOKENS, ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, parse,
 )
 from modelyard.bentos.llm.sampling import SamplingParams
+from modelyard.registry import defaults
 
 EMBED_BATCH = 64
 """Texts encoded in one forward pass; concurrent requests fill it together."""
@@ -94,14 +95,14 @@ def build_llm_app(served_ref: Callable[[], Served | None]) -> Starlette:
     async def chat(request: Request, served: Served) -> Response:
         body = parse(ChatRequest, await request.body())
         generating(served, body.model)
-        tokenizer = served.loaded.tokenizer
-        if not served.loaded.facts.chat_template or not getattr(tokenizer, "chat_template", None):
+        renderer = served.loaded.chat
+        if renderer is None:
             raise ApiError(400, f"{body.model} has no chat template: send a prompt to /v1/completions instead",
                            param="messages", code="no_chat_template")
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in body.messages]
         bounded(served, sum(len(m["content"]) for m in messages), "messages")
-        prompt = await asyncio.to_thread(_chat_prompt, tokenizer, messages)
+        prompt = await asyncio.get_running_loop().run_in_executor(renderer.executor, renderer.encode, messages)
         return await complete(served, body, prompt, chat=True)
 
     async def completions(request: Request, served: Served) -> Response:
@@ -126,10 +127,14 @@ def build_llm_app(served_ref: Callable[[], Served | None]) -> Starlette:
             if count > limit:
                 raise ApiError(400, f"input[{index}] is {count} tokens; this model takes at most {limit}",
                                param="input", code="context_length_exceeded")
+        if sum(counts) > MAX_EMBEDDING_TOKENS:
+            raise ApiError(400, f"the inputs add up to {sum(counts)} tokens; one request may embed at most "
+                                f"{MAX_EMBEDDING_TOKENS}: split them over several requests",
+                           param="input", code="too_many_tokens")
         dimension = served.loaded.encoder.get_sentence_embedding_dimension()
         if body.dimensions is not None and body.dimensions != dimension:
             raise ApiError(400, f"this model's embeddings have {dimension} dimensions", param="dimensions")
-        vectors = await served.embedder.submit(np.array(texts, dtype=object))
+        vectors = await _embed_in_slices(served.embedder, texts)
         data = [{"object": "embedding", "index": index,
                  "embedding": base64.b64encode(vector.astype("<f4").tobytes()).decode()
                  if body.encoding_format == "base64" else vector}
@@ -172,12 +177,13 @@ def generating(served: Served, name: str) -> None:
                        param="model", code="wrong_task")
 
 
-def _chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    try:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    except Exception as exc:  # noqa: BLE001 - a template may raise on what it does not accept (roles, order)
-        raise ApiError(400, f"the model's chat template refused these messages: {exc}", param="messages") from None
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+async def _embed_in_slices(embedder: MicroBatcher, texts: list[str]) -> np.ndarray:
+    """Embed ``texts`` one batch-sized slice at a time: each slice joins the batcher's queue behind
+    what other requests queued meanwhile, so a request of 2,048 inputs holds the model for one
+    slice at a time, never for all of them, and a one-word request waits at most a slice."""
+    slices = [await embedder.submit(np.array(texts[start:start + EMBED_BATCH], dtype=object))
+              for start in range(0, len(texts), EMBED_BATCH)]
+    return slices[0] if len(slices) == 1 else np.concatenate(slices)
 
 
 def _token_counts(tokenizer: Any, texts: list[str]) -> list[int]:
@@ -196,7 +202,8 @@ def sampling(body: ChatRequest | CompletionRequest, prompt: list[int], max_model
         raise ApiError(400, f"This model's maximum context length is {max_model_len} tokens. However, you requested "
                             f"{len(prompt)} tokens of prompt{asked}. Please reduce the length of the prompt or the "
                             "completion.", param=where, code="context_length_exceeded")
-    return SamplingParams(max_tokens=wanted or room, temperature=body.temperature, top_p=body.top_p,
+    return SamplingParams(max_tokens=wanted or min(room, defaults.LLM_DEFAULT_MAX_TOKENS),
+                          temperature=body.temperature, top_p=body.top_p,
                           stop=tuple(body.stop or ()), seed=body.seed)
 
 

@@ -20,6 +20,7 @@ from modelyard.bentos.config import ServingConfig
 from modelyard.bentos.loader import ModelLoadError
 from modelyard.bentos.manifest import MANIFEST_FILE, ManifestMismatch, check_manifest
 from modelyard.bentos.spec import ModelSpec
+from modelyard.registry import defaults
 from modelyard.registry.hf_model import HfFacts, UnsafeModelDirectory, directory_tree, inspect
 
 log = logging.getLogger("bentoml.modelyard")
@@ -38,6 +39,7 @@ class LoadedModel:
     tokenizer: Any
     model: Any = None  # transformers' model, for generate
     encoder: Any = None  # a SentenceTransformer, for embed
+    chat: Any = None  # a ChatTemplateRenderer, for a model with a chat template
 
     @property
     def task(self) -> str:
@@ -57,11 +59,13 @@ def check_files(spec: ModelSpec, src: Path) -> HfFacts:
 
 
 def max_model_len(facts: HfFacts, config: ServingConfig) -> int:
-    """The longest sequence served: the spec's ``maxModelLen``, at most the model's context."""
+    """The longest sequence served: the spec's ``maxModelLen``, at most the model's context; without
+    one, the context capped by the server's ceiling (``LLM_MAX_MODEL_LEN``): a configuration may
+    claim any length, and a claim of 2^40 must not become a 2^40-token default."""
     context = facts.context_length or FALLBACK_CONTEXT
     if config.max_model_len and config.max_model_len > context:
         raise ModelLoadError(f"maxModelLen {config.max_model_len} is longer than the model's context of {context}")
-    return config.max_model_len or context
+    return config.max_model_len or min(context, defaults.LLM_MAX_MODEL_LEN)
 
 
 def load(spec: ModelSpec, src: Path, config: ServingConfig) -> LoadedModel:
@@ -94,6 +98,11 @@ def load(spec: ModelSpec, src: Path, config: ServingConfig) -> LoadedModel:
         model = model.to(device)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(root, **common)
+    chat = None
+    if facts.chat_template and getattr(tokenizer, "chat_template", None):
+        from modelyard.bentos.llm.chat_template import ChatTemplateRenderer
+
+        chat = ChatTemplateRenderer(root, trust_remote_code=facts.allow_code)
     log.info("loaded %s:%s (%s, %s parameters) on %s, %d GPU(s), max_model_len %d", spec.model, spec.version,
              facts.architecture, f"{facts.parameters:,}", device, gpus, length)
-    return LoadedModel(spec, facts, str(model.device), length, tokenizer, model=model)
+    return LoadedModel(spec, facts, str(model.device), length, tokenizer, model=model, chat=chat)

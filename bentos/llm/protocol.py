@@ -4,18 +4,22 @@ Requests are checked here (ranges, types, what this server cannot do) so that a 
 request is a 400 in OpenAI's error shape, ``{"error": {"message", "type", "param",
 "code"}}``, never a 500.  Fields OpenAI defines that change nothing here (``user``,
 zero penalties) are accepted; ones that would change the answer and are not supported
-(``n`` > 1, ``logprobs``, tools) are refused by name.
+(``n`` > 1, ``logprobs``, tools, ``logit_bias``, ``response_format``, ``suffix``, ``best_of``,
+functions …: ``UNSUPPORTED``) are refused by name, and types are not coerced.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MAX_STOP = 4
 MAX_STOP_CHARS = 256
 MAX_EMBEDDING_INPUTS = 2048
+MAX_EMBEDDING_TOKENS = 65_536
+"""Tokens one embeddings request may hold in all: bounds the work one request asks for (OpenAI's
+limit of 2,048 inputs of up to 8k tokens each would be minutes of a CPU's time)."""
 MAX_MESSAGES = 1024
 CHARS_PER_TOKEN_BOUND = 64
 """A text longer than this many characters per token of the context is refused before it is
@@ -35,11 +39,33 @@ class ApiError(Exception):
         return {"error": {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}}
 
 
+UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    # field: the values that change nothing here (anything else would change the answer)
+    "logit_bias": (None, {}), "response_format": (None, {"type": "text"}), "suffix": (None, ""),
+    "best_of": (None, 1), "functions": (None, []), "function_call": (None, "none"), "tool_choice": (None, "none"),
+    "top_logprobs": (None, 0), "prediction": (None,), "audio": (None,), "modalities": (None, ["text"]),
+    "guided_json": (None,), "guided_regex": (None,), "guided_choice": (None,), "guided_grammar": (None,),
+}
+"""Fields of OpenAI's (and vLLM's) requests that this server does not implement: refused by name,
+never silently ignored."""
+
+
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # strict: "stream": "yes", "max_tokens": true or "10" are 400s, not coerced into something else
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str = Field(min_length=1, max_length=512)
     user: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for field, harmless in UNSUPPORTED.items():
+                if field in data and data[field] not in harmless:
+                    raise ValueError(f"{field} is not supported by this server: it would change the answer, so "
+                                     "the request is refused rather than answered without it")
+        return data
 
 
 class _Sampling(_Request):
@@ -68,12 +94,14 @@ class _Sampling(_Request):
 
 
 class TextPart(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     type: Literal["text"]
     text: str
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
