@@ -103,10 +103,11 @@ class DeploymentRecords:
             if report.digest is not None:
                 raise Invalid("a report with a digest names its version too")
             return None
-        digest = session.scalar(select(db.ModelVersion.digest).where(
-            db.ModelVersion.model_id == model_id, db.ModelVersion.version == report.version))
-        if digest is None:
-            raise NotFound(f"version {report.version} of model {report.model!r} does not exist or has no artifact")
+        found = session.execute(select(db.ModelVersion.digest).where(
+            db.ModelVersion.model_id == model_id, db.ModelVersion.version == report.version)).first()
+        if found is None:
+            raise NotFound(f"version {report.version} of model {report.model!r} does not exist")
+        digest = found.digest  # None while its artifact is not uploaded: such a report holds no version
         if report.digest is not None and report.digest != digest:
             raise Invalid(f"the reported digest {report.digest} is not that of version {report.version} of model "
                           f"{report.model!r} ({digest}): the deployment serves other bytes")
