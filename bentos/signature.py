@@ -4,7 +4,8 @@ BentoML's own ``Shape`` validator reshapes whatever arrives into the declared
 shape, so 64 flat numbers would pass for one 8×8 image, and its ``DType`` turns
 ``"1.5"``, ``true`` and ``null`` into numbers.  Here the shape must match exactly
 (any batch size) and values are converted only when nothing is lost: numbers
-of the right kind, in the dtype's range.  Every refusal is a ``ValueError`` that
+of the right kind, in the dtype's range, integers exactly representable in a float dtype, and
+finite (NaN and Infinity are refused on every route).  Every refusal is a ``ValueError`` that
 says what was expected (a 400 on both routes).
 """
 
@@ -62,8 +63,8 @@ def coerce(values: Any, dtype: str) -> np.ndarray:
     if (kind == "b") != (target.kind == "b"):
         raise ValueError(f"inputs must be {'booleans' if target.kind == 'b' else 'numbers'} for dtype {dtype}, "
                          f"got {array.dtype}")
-    if np.can_cast(array.dtype, target, "safe"):
-        return array.astype(target, copy=False)
+    if np.can_cast(array.dtype, target, "safe") and not (kind in "iu" and target.kind == "f"):
+        return _finite(array.astype(target, copy=False))
     if target.kind in "iu":
         if kind == "f":
             raise ValueError(f"inputs must be integers for dtype {dtype}, got fractions")
@@ -76,7 +77,30 @@ def coerce(values: Any, dtype: str) -> np.ndarray:
         overflowed = kind == "f" and array.size and (np.isinf(converted) & ~np.isinf(array)).any()
     if overflowed:
         raise ValueError(f"inputs are outside the range of {dtype}")
-    return converted
+    if kind in "iu" and target.kind == "f":
+        _exact_integers(array, converted, dtype)
+    return _finite(converted)
+
+
+def _exact_integers(array: np.ndarray, converted: np.ndarray, dtype: str) -> None:
+    """Integers must survive the conversion to a float dtype unchanged: ``2**40 + 1`` in float32 is
+    another number.  Those within the mantissa's exact range need no look; the rest are compared
+    one by one (as Python integers, which do not round)."""
+    exact = 2 ** (np.finfo(converted.dtype).nmant + 1)
+    suspect = np.flatnonzero((array > exact) | (array < -exact))
+    flat, flat_converted = array.reshape(-1), converted.reshape(-1)
+    for index in suspect:
+        if int(flat_converted[index]) != int(flat[index]):
+            raise ValueError(f"input {int(flat[index])} cannot be represented exactly in {dtype}: refused rather "
+                             f"than rounded to {int(flat_converted[index])}")
+
+
+def _finite(array: np.ndarray) -> np.ndarray:
+    """NaN and infinities are refused on every route (JSON, .npy, /predict and /v2/predict alike):
+    a model fed them answers NaN, which JSON cannot even carry."""
+    if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
+        raise ValueError("inputs must be finite numbers: NaN and Infinity are refused")
+    return array
 
 
 def _check_leaf_types(values: Any, *, boolean: bool) -> None:

@@ -331,6 +331,16 @@ def test_bad_and_oversized_requests_are_4xx_and_the_probes_keep_answering(served
             "strings": ("/v2/predict", {"json": {"inputs": nested("1.5")}}),
             "nulls": ("/v2/predict", {"json": {"inputs": nested(None)}}),
             "a number beyond float32": ("/predict", {"json": {"inputs": nested(1e39)}}),
+            "NaN on /predict": ("/predict", {"content": b'{"inputs": [[[' + b"[NaN, 0, 0, 0, 0, 0, 0, 0], " * 7
+                                             + b"[0, 0, 0, 0, 0, 0, 0, 0]]]]}",
+                                             "headers": {"Content-Type": "application/json"}}),
+            "Infinity in .npy": ("/v2/predict", {"content": as_npy(np.full((1, 1, 8, 8), np.inf, np.float32)),
+                                                  "headers": npy}),
+            "int64 beyond float32's exact range in .npy": (
+                "/v2/predict", {"content": as_npy(np.full((1, 1, 8, 8), 2 ** 40 + 1, np.int64)), "headers": npy}),
+            "uint64 2**64-1 in .npy on /predict_batch": (
+                "/predict_batch", {"content": b'{"inputs": ' + str(np.full((1, 1, 8, 8), 2 ** 64 - 1).tolist()).encode()
+                                   + b"}", "headers": {"Content-Type": "application/json"}}),
             "complex numbers": ("/v2/predict", {"content": as_npy(one.astype(np.complex64)), "headers": npy}),
             "a .npy header that lies about its size": (
                 "/v2/predict", {"content": as_npy(one).replace(b"(1, 1, 8, 8)", b"(99999999, 1, 8, 8)"),

@@ -78,6 +78,15 @@ def test_bento_tags_are_deterministic_and_accepted_by_the_registry() -> None:
     ([[1, 0]], "bool", "booleans"),
     (np.zeros((2, 2), np.complex64), "float32", "complex64"),
     (np.array([["a"]]), "float32", "<U1"),
+    # integers a float dtype would round, and non-finite numbers: one rule on every route
+    (np.array([2 ** 40 + 1], np.int64), "float32", "cannot be represented exactly in float32"),
+    (np.array([2 ** 63 - 1], np.int64), "float32", "cannot be represented exactly"),
+    (np.array([2 ** 64 - 1], np.uint64), "float32", "cannot be represented exactly"),
+    (np.array([2 ** 63 - 1], np.int64), "float64", "cannot be represented exactly in float64"),
+    ([[2 ** 40 + 1]], "float32", "cannot be represented exactly"),
+    ([[float("nan")]], "float32", "finite"),
+    ([[float("inf")]], "float64", "finite"),
+    (np.array([[np.nan]], np.float32), "float32", "finite"),
 ])
 def test_inputs_are_never_converted_silently(values: object, dtype: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -90,6 +99,8 @@ def test_inputs_that_convert_without_loss_pass() -> None:
     assert coerce([[True, False]], "bool").dtype == np.bool_
     assert coerce(np.ones((2, 3), np.float64), "float32").dtype == np.float32
     assert coerce(np.ones((2, 3), np.int32), "float32").dtype == np.float32
+    assert coerce([[2 ** 24, 2 ** 40, -(2 ** 63)]], "float64").tolist() == [[2 ** 24, 2 ** 40, -(2 ** 63)]]
+    assert coerce(np.array([2 ** 40], np.int64), "float32").tolist() == [2 ** 40]  # exact: a power of two
 
 
 def test_npy_bodies_are_checked_against_their_header() -> None:
