@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy
 
 from modelyard.registry.errors import Conflict
 from modelyard.registry.settings import RegistrySettings
@@ -232,6 +233,11 @@ def test_a_report_token_speaks_for_its_own_cluster_and_registered_versions_only(
     assert registry.report("prod", "ml", "x", version=v1, digest="sha256:" + "0" * 64).status_code == 422
     with pytest.raises(Exception, match="bound to the cluster"):
         registry.server.store.create_token("unbound", "report")
+    with registry.server.store.engine.begin() as connection:  # a report token from before the binding
+        connection.execute(sqlalchemy.text("UPDATE api_tokens SET cluster = NULL WHERE name = 'report-staging'"))
+    legacy = registry.call("PUT", "/deployments/staging/ml/x", "report:staging",
+                           json={"model": "digits", "version": v1, "phase": "Ready"})
+    assert legacy.status_code == 403 and "--cluster NAME" in legacy.json()["detail"]
     with pytest.raises(Exception, match="only a report token"):
         registry.server.store.create_token("w", "write", cluster="prod")
 
