@@ -187,7 +187,7 @@ def _checked(bundle: tarfile.TarFile, root: Path, limit: int) -> Iterator[tarfil
         except UnsafeModelDirectory as exc:
             raise BentoRefused(f"cannot extract the Bento: {exc}") from None
         place = (root / name).resolve()
-        if name.startswith("/") or (place != root and root not in place.parents):
+        if place != root and root not in place.parents:  # belt and braces: member_name refused the rest
             raise BentoRefused(f"cannot extract the Bento: {name!r} lies outside the Bento")
         member.mode = (member.mode & 0o755) | (0o700 if member.isdir() else 0o600)  # no setuid, sticky, world-write
         member.uid, member.gid = os.getuid(), os.getgid()

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, select, tuple_
+from sqlalchemy import Connection, Select, and_, bindparam, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -29,22 +29,26 @@ _REPORTED = ("model", "version", "digest", "phase", "ready_replicas", "desired_r
 _ORDER = (db.Deployment.cluster, db.Deployment.namespace, db.Deployment.name)
 
 
+def _of_its_version(query: Select[Any]) -> Select[Any]:
+    """``query`` on deployments, keeping those whose report was made for the bytes of the version it
+    names (the digests match): a re-created model's version 1 is not served by what served the
+    deleted model's, and a report of a version without an artifact holds nothing."""
+    return (query.join(db.RegisteredModel, db.RegisteredModel.name == db.Deployment.model)
+            .join(db.ModelVersion, and_(db.ModelVersion.model_id == db.RegisteredModel.id,
+                                        db.ModelVersion.version == db.Deployment.version,
+                                        db.ModelVersion.digest == db.Deployment.digest)))
+
+
 # Built once: on the hot path of a version's answer, building a select costs more than running it.
-# A report counts for a version only if it was made for that version's bytes (the digests match):
-# a re-created model's version 1 is not served by what served the deleted model's.  Each version
-# lists at most DEPLOYMENTS_PER_VERSION of them, with the total beside them.
-_MATCHED = (
+# Each version lists at most DEPLOYMENTS_PER_VERSION deployments, with the total beside them.
+_MATCHED = _of_its_version(
     select(db.Deployment.version, db.Deployment.cluster, db.Deployment.namespace, db.Deployment.name,
            db.Deployment.phase, db.Deployment.ready_replicas, db.Deployment.desired_replicas,
            (db.Deployment.reported_at < bindparam("stale_before", type_=db.UTCDateTime())).label("stale"),
            func.row_number().over(partition_by=db.Deployment.version, order_by=_ORDER).label("rank"),
            func.count().over(partition_by=db.Deployment.version).label("total"))
-    .join(db.RegisteredModel, db.RegisteredModel.name == db.Deployment.model)
-    .join(db.ModelVersion, and_(db.ModelVersion.model_id == db.RegisteredModel.id,
-                                db.ModelVersion.version == db.Deployment.version,
-                                db.ModelVersion.digest == db.Deployment.digest))
-    .where(db.Deployment.model == bindparam("model"), db.Deployment.version.in_(bindparam("versions", expanding=True)))
-    .subquery())
+).where(db.Deployment.model == bindparam("model"),
+        db.Deployment.version.in_(bindparam("versions", expanding=True))).subquery()
 _SELECT_REFS = (select(_MATCHED).where(_MATCHED.c.rank <= defaults.DEPLOYMENTS_PER_VERSION)
                 .order_by(_MATCHED.c.version, _MATCHED.c.rank))
 _ANY_DEPLOYMENT = select(db.Deployment.id).where(
@@ -178,12 +182,8 @@ class DeploymentRecords:
 
     def _refuse_while_served(self, session: Session, model: str, version: int | None, what: str) -> None:
         """``Conflict`` naming the live deployments that serve ``model`` (``version``: that one)."""
-        query = (select(db.Deployment)
-                 .join(db.RegisteredModel, db.RegisteredModel.name == db.Deployment.model)
-                 .join(db.ModelVersion, and_(db.ModelVersion.model_id == db.RegisteredModel.id,
-                                             db.ModelVersion.version == db.Deployment.version,
-                                             db.ModelVersion.digest == db.Deployment.digest))
-                 .where(db.Deployment.model == model, db.Deployment.reported_at >= self._now() - self.stale_after))
+        query = _of_its_version(select(db.Deployment)).where(
+            db.Deployment.model == model, db.Deployment.reported_at >= self._now() - self.stale_after)
         if version is not None:
             query = query.where(db.Deployment.version == version)
         live = list(session.scalars(query.order_by(*_ORDER).limit(10)))

@@ -198,7 +198,7 @@ class AliasProtection(_Strict):
 class AliasMove(BaseModel):
     from_version: int | None
     to_version: int | None = Field(description="null: the alias was deleted")
-    actor: str = Field(description='who: "token:NAME#ID", or "anonymous" on an open registry')
+    actor: str = Field(description='who: "token:NAME" (unique among live tokens), or "anonymous" on an open registry')
     time: datetime
     judged: dict[str, Any] | None = Field(
         default=None, description="what a protected alias judged the move on: its rules (require) and the "

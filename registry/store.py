@@ -903,11 +903,9 @@ class RegistryStore(DeploymentRecords):
             return token, TokenInfo(row.id, row.name, row.scope, row.created_at, False, row.cluster)
 
     @staticmethod
-    def _refuse_live_name(session: Session, name: str, *, other_than: str | None = None) -> None:
-        query = select(db.ApiToken.id).where(db.ApiToken.name == name, db.ApiToken.revoked_at.is_(None))
-        if other_than is not None:
-            query = query.where(db.ApiToken.token_hash != other_than)
-        held = session.scalar(query.limit(1))
+    def _refuse_live_name(session: Session, name: str) -> None:
+        held = session.scalar(select(db.ApiToken.id).where(db.ApiToken.name == name,
+                                                           db.ApiToken.revoked_at.is_(None)).limit(1))
         if held is not None:
             raise Conflict(f"token {held} is already named {name!r}: names of live tokens are unique, so that the "
                            "audit trail can tell their holders apart (revoke it, or choose another name)")

@@ -93,14 +93,6 @@ class ChatTemplateRenderer:
         worker.kill()
         return self._start()
 
-    def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        while True:
-            try:
-                self._idle.get_nowait().kill()
-            except queue.Empty:
-                return
-
 
 class _Worker:
     """One child process, spoken to in JSON lines over its standard input and output."""

@@ -38,12 +38,9 @@ SECURITY_HEADERS = {
 
 
 def is_https(request: Request) -> bool:
-    """Whether the browser reached us over https: the request's own scheme, or a TLS-terminating
-    proxy's ``X-Forwarded-Proto`` when the registry is told to trust it (anyone can send the header)."""
-    if request.app.state.settings.trust_forwarded_proto:
-        forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
-        if forwarded:
-            return forwarded == "https"
+    """Whether the browser reached us over https.  Behind a TLS-terminating proxy the scheme is its
+    ``X-Forwarded-Proto``, applied by uvicorn only when the registry is told to trust the proxy
+    (``settings.proxy_options``): anyone can send the header."""
     return request.url.scheme == "https"
 
 
