@@ -33,7 +33,7 @@ urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from modelyard.registry.processes.children import free_port, stop_process  # noqa: E402
+from modelyard.registry.kernel.processes.children import free_port, stop_process  # noqa: E402
 from tests.helpers import eventually  # noqa: E402
 from tests.support.node import Node, build_images, image_sizes  # noqa: E402
 from tests.support.platform import (  # noqa: E402

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from modelyard.registry.client import RegistryClient  # noqa: E402
-from modelyard.registry.processes.children import RegistryProcess, free_port, stop_process, wait_ready  # noqa: E402
+from modelyard.registry.kernel.processes.children import RegistryProcess, free_port, stop_process, wait_ready  # noqa: E402
 from tests.support.tiny_lm import CORPUS, make_tiny_lm  # noqa: E402
 
 PROMPTS = [line.strip() for line in CORPUS.splitlines() if line.strip()]

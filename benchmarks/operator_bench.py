@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from loadgen import percentile  # noqa: E402
 from modelyard.registry.client import RegistryClient  # noqa: E402
-from modelyard.registry.processes.children import RegistryProcess  # noqa: E402
+from modelyard.registry.kernel.processes.children import RegistryProcess  # noqa: E402
 from tests.helpers import eventually  # noqa: E402
 from tests.support.kube import KubeApiServer, crd_established, unique_namespace  # noqa: E402
 from tests.support.operator import OperatorProcess, push_versions  # noqa: E402

@@ -46,7 +46,7 @@ class Server:
     """The registry in its own process (as deployed), with its RSS readable."""
 
     def __init__(self, db_url: str, workdir: Path) -> None:
-        from modelyard.registry.processes.children import RegistryProcess
+        from modelyard.registry.kernel.processes.children import RegistryProcess
 
         self.registry = RegistryProcess.on(db_url, workdir / "artifacts",
                                            {"MODELYARD_MIGRATE_ON_START": "true", "MODELYARD_HOME": str(workdir)})

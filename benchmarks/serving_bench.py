@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from loadgen import Phase, run_timed  # noqa: E402
 
 from modelyard.registry.client import RegistryClient  # noqa: E402
-from modelyard.registry.processes.children import RegistryProcess, free_port, stop_process  # noqa: E402
+from modelyard.registry.kernel.processes.children import RegistryProcess, free_port, stop_process  # noqa: E402
 
 TEXTS = ["a cat sits on the mat", "the quarterly report shows growth", "how do I reset my password",
          "a kitten is sitting on a rug", "stock markets fell sharply today", "the weather is sunny and warm"]

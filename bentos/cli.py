@@ -12,9 +12,9 @@ from typing import Annotated
 
 import typer
 
-from modelyard.registry import defaults
-from modelyard.registry.defaults import Env
-from modelyard.registry.names import parse_model_ref
+from modelyard.registry.kernel import defaults
+from modelyard.registry.kernel.defaults import Env
+from modelyard.registry.kernel.names import parse_model_ref
 from modelyard.registry.cli.client_cmds import pull_artifact
 from modelyard.registry.cli.common import RegistryOption, TokenOption, client, console
 
@@ -100,7 +100,7 @@ def serve(
     token: TokenOption = None,
 ) -> None:
     """Fetch what serves the version (its Bento, or its artifact when it has none), verify it, and serve it."""
-    from modelyard.bentos.config import ServingConfig
+    from modelyard.bentos.pod.settings import ServingConfig
     from modelyard.bentos.runtime import default_cache, describe, fetch, serve_command, supervise
 
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -23,21 +23,21 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelyard.bentos.spec import MODEL_DIR, ModelSpec
-from modelyard.registry import schemas
+from modelyard.bentos.pod.spec import MODEL_DIR, ModelSpec
+from modelyard.registry.kernel import schemas
 from modelyard.registry.client import RegistryClient
-from modelyard.registry.names import ModelRef, parse_model_ref
+from modelyard.registry.kernel.names import ModelRef, parse_model_ref
 
 log = logging.getLogger("modelyard.bentos")
 
 SERVABLE_FORMATS = ("torch-export", "torchscript")
 FILE_SUFFIX = {"torch-export": ".pt2", "torchscript": ".pt"}
-SERVICE_PY = '''"""A Modelyard model Bento: the code is modelyard.bentos.service, this Bento adds the model."""
+SERVICE_PY = '''"""A Modelyard model Bento: the code is modelyard.bentos.tensor.service, this Bento adds the model."""
 import os
 
 os.environ.setdefault("MODELYARD_BENTO_DIR", os.path.dirname(os.path.abspath(__file__)))
 
-from modelyard.bentos.service import ModelService  # noqa: E402,F401
+from modelyard.bentos.tensor.service import ModelService  # noqa: E402,F401
 '''
 
 

@@ -23,10 +23,10 @@ import typer
 
 from modelyard.registry.cli.common import console, reported_errors
 from modelyard.registry.client import RegistryClient
-from modelyard.registry.processes.children import RegistryProcess, free_port, stop_process, wait_ready
-from modelyard.registry.defaults import Env
+from modelyard.registry.kernel.processes.children import RegistryProcess, free_port, stop_process, wait_ready
+from modelyard.registry.kernel.defaults import Env
 from modelyard.registry.settings import modelyard_home
-from modelyard.registry.units import human_size
+from modelyard.registry.kernel.units import human_size
 
 MODEL = "digits-cnn"
 

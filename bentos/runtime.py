@@ -11,7 +11,7 @@ only ever extracted after its sha256 matched the registry's record, within a siz
 What is served is checked against the version, not only against the Bento: a
 model version's Bento must record that very version and its program's digest
 (``registry.bento_source``), and it is served by the installed generic service
-(``modelyard.bentos.service``), never by code inside the Bento.  Only a version
+(``modelyard.bentos.tensor.service``), never by code inside the Bento.  Only a version
 in format ``bento`` (the user's own service) runs the Bento's code, and then the
 Bento must be the version's artifact itself.
 """
@@ -31,24 +31,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelyard.bentos.config import ServingConfig
-from modelyard.bentos.loader import FAILURE_FILE_ENV
-from modelyard.bentos.manifest import MANIFEST_FILE, write_manifest
+from modelyard.bentos.pod.settings import ServingConfig
+from modelyard.bentos.pod.failure import FAILURE_FILE_ENV
+from modelyard.bentos.pod.manifest import MANIFEST_FILE, write_manifest
 from modelyard.bentos.packager import FILE_SUFFIX, SERVABLE_FORMATS
-from modelyard.bentos.spec import MODEL_DIR, SPEC_FILE, ModelSpec
-from modelyard.registry import schemas
-from modelyard.registry.bento_source import source_mismatch
+from modelyard.bentos.pod.spec import MODEL_DIR, SPEC_FILE, ModelSpec
+from modelyard.registry.kernel import schemas
+from modelyard.registry.model.bento_source import source_mismatch
 from modelyard.registry.client import RegistryClient
-from modelyard.registry.errors import NotFound
-from modelyard.registry.hf_model import UnsafeModelDirectory, unique_member_name
-from modelyard.registry.processes.children import stop_process
-from modelyard.registry.names import ModelRef, parse_model_ref
-from modelyard.registry.defaults import Env
+from modelyard.registry.kernel.errors import NotFound
+from modelyard.registry.model.hf_model import UnsafeModelDirectory, unique_member_name
+from modelyard.registry.kernel.processes.children import stop_process
+from modelyard.registry.kernel.names import ModelRef, parse_model_ref
+from modelyard.registry.kernel.defaults import Env
 from modelyard.registry.settings import modelyard_home
 
 log = logging.getLogger("modelyard.bentos")
 READY_MARKER = ".modelyard-verified"
-GENERIC_SERVICE = "modelyard.bentos.service:ModelService"
+GENERIC_SERVICE = "modelyard.bentos.tensor.service:ModelService"
 LLM_SERVICE = "modelyard.bentos.llm.service:LLMService"
 """Serves format ``hf`` (language and embedding models) behind OpenAI's API."""
 EXPANSION_LIMIT = 20

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from modelyard.registry import defaults
-from modelyard.registry.defaults import Env
-from modelyard.registry.names import NAME_PATTERN
+from modelyard.registry.kernel import defaults
+from modelyard.registry.kernel.defaults import Env
+from modelyard.registry.kernel.names import NAME_PATTERN
 
 operator_app = typer.Typer(help="The Kubernetes operator (ModelDeployment → Helm release).", no_args_is_help=True)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modelyard.operator.values import OperatorDefaults
-from modelyard.registry import defaults
+from modelyard.registry.kernel import defaults
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
 from modelyard.operator import metrics
-from modelyard.registry import defaults
+from modelyard.registry.kernel import defaults
 from modelyard.registry.client import RegistryClient
-from modelyard.registry.errors import RegistryError
-from modelyard.registry.schemas import EventPage
+from modelyard.registry.kernel.errors import RegistryError
+from modelyard.registry.kernel.schemas import EventPage
 
 log = logging.getLogger("modelyard.operator.follower")
 Key = tuple[str, str]  # (namespace, name)

@@ -13,7 +13,7 @@ from typing import Any
 
 import helm_python as helm
 
-from modelyard.registry.defaults import Env
+from modelyard.registry.kernel.defaults import Env
 
 MODEL_SERVER_CHART = Path(__file__).resolve().parents[1] / "charts" / "model-server"
 _PENDING = ("pending-install", "pending-upgrade", "pending-rollback")

@@ -16,9 +16,9 @@ from typing import Any
 
 from modelyard.operator.spec import DeploymentSpec
 from modelyard.operator.status import DeploymentStatus, Phase, from_time
-from modelyard.registry import schemas
+from modelyard.registry.kernel import schemas
 from modelyard.registry.client import RegistryClient
-from modelyard.registry.errors import NotFound, RegistryError
+from modelyard.registry.kernel.errors import NotFound, RegistryError
 
 log = logging.getLogger("modelyard.operator")
 Key = tuple[str, str]

@@ -12,7 +12,7 @@ from modelyard.operator.spec import ModelSelector
 from modelyard.operator.status import Reason
 from modelyard.operator.values import ResolvedVersion
 from modelyard.registry.client import RegistryClient
-from modelyard.registry.errors import Forbidden, NotFound, RegistryError, Unauthorized, Unavailable
+from modelyard.registry.kernel.errors import Forbidden, NotFound, RegistryError, Unauthorized, Unavailable
 
 MODEL_NOT_FOUND, ALIAS_NOT_FOUND, VERSION_NOT_FOUND, VERSION_NOT_READY = (
     Reason.MODEL_NOT_FOUND, Reason.ALIAS_NOT_FOUND, Reason.VERSION_NOT_FOUND, Reason.VERSION_NOT_READY)

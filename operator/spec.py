@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.alias_generators import to_camel
 
 from modelyard.operator.status import Reason
-from modelyard.registry import defaults
-from modelyard.registry.names import ModelRef
+from modelyard.registry.kernel import defaults
+from modelyard.registry.kernel.names import ModelRef
 
 
 class SpecError(ValueError):

@@ -30,7 +30,7 @@ from modelyard.operator.spec import DeploymentSpec, SpecError
 from modelyard.operator.status import (ConditionType, DeploymentStatus, HelmStatus, HistoryEntry, ModelStatus,
                                        Phase, Reason, RolloutState, to_time)
 from modelyard.operator.values import OperatorDefaults, ResolvedVersion, model_server_values
-from modelyard.registry.defaults import FAILURE_RETRY_SECONDS, FALLBACK_RESOLVE_SECONDS
+from modelyard.registry.kernel.defaults import FAILURE_RETRY_SECONDS, FALLBACK_RESOLVE_SECONDS
 
 C = ConditionType
 

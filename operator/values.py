@@ -20,7 +20,7 @@ from modelyard.operator.spec import (
     Autoscaling, DeploymentSpec, RegistrySpec, Resources, SecretRef, Serving, SpecError, Strategy,
 )
 from modelyard.operator.status import Reason
-from modelyard.registry import defaults
+from modelyard.registry.kernel import defaults
 
 REGISTRY_TOKEN_REQUIRED = Reason.REGISTRY_TOKEN_REQUIRED.value
 

@@ -1,8 +1,8 @@
 """A typed Python client for the registry's REST API.
 
 Answers are parsed into the same Pydantic shapes the server uses
-(``modelyard.registry.schemas``); errors are raised as the same typed
-exceptions (``modelyard.registry.errors``) carrying the server's problem
+(``modelyard.registry.kernel.schemas``); errors are raised as the same typed
+exceptions (``modelyard.registry.kernel.errors``) carrying the server's problem
 detail.  Connection failures are retried by the transport; uploads and
 downloads stream, so artifacts of any size go through bounded memory.
 """
@@ -18,12 +18,12 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from modelyard.registry import defaults, schemas
-from modelyard.registry.defaults import Env
-from modelyard.registry.digests import format_content_digest, parse_digest
-from modelyard.registry.hf_archive import DirectoryArchive
-from modelyard.registry.errors import Conflict, DigestMismatch, NotFound, RegistryError, Unavailable, error_from_problem
-from modelyard.registry.names import ModelRef, parse_model_ref
+from modelyard.registry.kernel import defaults, schemas
+from modelyard.registry.kernel.defaults import Env
+from modelyard.registry.kernel.digests import format_content_digest, parse_digest
+from modelyard.registry.model.hf_archive import DirectoryArchive
+from modelyard.registry.kernel.errors import Conflict, DigestMismatch, NotFound, RegistryError, Unavailable, error_from_problem
+from modelyard.registry.kernel.names import ModelRef, parse_model_ref
 
 CHUNK = 1 << 20
 Progress = Callable[[int], None]

@@ -18,10 +18,10 @@ from sqlalchemy import Connection, Select, and_, bindparam, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from modelyard.registry import defaults, schemas
-from modelyard.registry.cursors import decode_cursor, encode_cursor
+from modelyard.registry.kernel import defaults, schemas
+from modelyard.registry.kernel.cursors import decode_cursor, encode_cursor
 from modelyard.registry.db import models as db
-from modelyard.registry.errors import BadRequest, Conflict, Invalid, NotFound
+from modelyard.registry.kernel.errors import BadRequest, Conflict, Invalid, NotFound
 
 # The fields whose change is news (a heartbeat changes none of them).
 _REPORTED = ("model", "version", "digest", "phase", "ready_replicas", "desired_replicas", "helm_revision", "url",

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from modelyard.registry import schemas
+from modelyard.registry.kernel import schemas
 
 
 class RegistryOperations(Protocol):

@@ -10,8 +10,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modelyard.registry import defaults
-from modelyard.registry.defaults import Env
+from modelyard.registry.kernel import defaults
+from modelyard.registry.kernel.defaults import Env
 
 
 def modelyard_home() -> Path:

@@ -25,8 +25,8 @@ from sqlalchemy import (Connection, Engine, Row, and_, bindparam, delete, exists
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from modelyard.registry import defaults, schemas
-from modelyard.registry.cursors import decode_cursor, encode_cursor
+from modelyard.registry.kernel import defaults, schemas
+from modelyard.registry.kernel.cursors import decode_cursor, encode_cursor
 from modelyard.registry.db import models as db
 from modelyard.registry.db.engine import WRITE_OPTION
 from modelyard.registry.db.fast_reads import SqliteFastReader
@@ -34,7 +34,7 @@ from modelyard.registry.db.file_guard import DatabaseFileGuard, sqlite_file
 from modelyard.registry.db.prepare import prepare_database
 from modelyard.registry.alias_rules import failures, read_by
 from modelyard.registry.deployment_records import DeploymentRecords
-from modelyard.registry.errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
+from modelyard.registry.kernel.errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
 
 SCOPES = ("read", "report", "write", "admin")
 """Each scope includes the ones before it; ``report`` is an operator's: read, and report deployments."""

@@ -8,9 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelyard.registry import schemas
+from modelyard.registry.kernel import schemas
 from modelyard.registry.client import RegistryClient
-from modelyard.registry.errors import Conflict, DigestMismatch, Invalid, NotFound
+from modelyard.registry.kernel.errors import Conflict, DigestMismatch, Invalid, NotFound
 from modelyard.registry.store import RegistryStore
 from tests.helpers import content_digest, sha256
 from tests.support.artifacts import model_bento, program_bytes, tar_bytes

@@ -211,7 +211,7 @@ def test_bento_deletion_is_an_event(store: RegistryStore) -> None:
 def test_delete_and_upload_races_between_two_worker_processes(tmp_path: Path) -> None:
     """The same race without instrumentation, as it happens: two server processes on one SQLite
     database, a delete and an upload of the same bytes sent together, many rounds."""
-    from modelyard.registry.processes.children import RegistryProcess
+    from modelyard.registry.kernel.processes.children import RegistryProcess
 
     with RegistryProcess.on(f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "artifacts", args=("--workers", "2")) \
             as server, httpx.Client(base_url=server.url + "/api/v1", timeout=60) as http, ThreadPoolExecutor(2) as pool:

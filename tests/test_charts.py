@@ -10,7 +10,7 @@ from typing import Any
 import helm_python as helm
 import pytest
 
-from modelyard.registry.defaults import MAX_REQUEST_BYTES as DEFAULT_MAX_REQUEST_BYTES
+from modelyard.registry.kernel.defaults import MAX_REQUEST_BYTES as DEFAULT_MAX_REQUEST_BYTES
 from tests.support.charts import MODEL_SERVER, MODELYARD, by_kind, load, notes, one, render, validate_kubernetes
 
 DIGEST = "sha256:" + "ab" * 32

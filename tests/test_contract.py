@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from modelyard.registry.client import RegistryClient
-from modelyard.registry.errors import BadRequest, Conflict, Invalid, NotFound
+from modelyard.registry.kernel.errors import BadRequest, Conflict, Invalid, NotFound
 from modelyard.registry.operations import RegistryOperations
 from tests.support.servers import ThreadedRegistry
 

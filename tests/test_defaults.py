@@ -1,4 +1,4 @@
-"""One home for defaults: ``modelyard.registry.defaults``.  The charts' values, the CRD's schema
+"""One home for defaults: ``modelyard.registry.kernel.defaults``.  The charts' values, the CRD's schema
 defaults, the typed configurations and every environment variable name agree with it."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from modelyard.bentos.config import ServingConfig
+from modelyard.bentos.pod.settings import ServingConfig
 from modelyard.operator.config import OperatorConfig
 from modelyard.operator.spec import DeploymentSpec
 from modelyard.operator.values import split_image
-from modelyard.registry import defaults
-from modelyard.registry.defaults import Env
+from modelyard.registry.kernel import defaults
+from modelyard.registry.kernel.defaults import Env
 from modelyard.registry.settings import RegistrySettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +118,7 @@ def test_no_environment_variable_is_named_outside_the_defaults_module() -> None:
     """A bare ``"MODELYARD_…"`` string in code is a second home for a name (help texts may mention them)."""
     spelled = []
     for path in python_files():
-        if path == ROOT / "registry" / "defaults.py":
+        if path == ROOT / "registry" / "kernel" / "defaults.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) \

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import sqlalchemy
 
-from modelyard.registry.errors import Conflict
+from modelyard.registry.kernel.errors import Conflict
 from modelyard.registry.settings import RegistrySettings
 from tests.support.servers import ThreadedRegistry
 

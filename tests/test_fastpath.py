@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from modelyard.bentos.fastpath import MicroBatcher
+from modelyard.bentos.pod.batcher import MicroBatcher
 
 
 class Doubler:

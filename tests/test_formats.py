@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from modelyard.registry.formats import UnsupportedArtifact, sniff_format
-from modelyard.registry.signature import parse_shape, signature_metadata
+from modelyard.registry.model.formats import UnsupportedArtifact, sniff_format
+from modelyard.registry.model.signature import parse_shape, signature_metadata
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,11 @@ import httpx
 import pytest
 import torch
 
-from modelyard.bentos.loader import ModelLoadError, load_program
-from modelyard.bentos.spec import ModelSpec
-from modelyard.registry.formats import UnsupportedArtifact, sniff_format
-from modelyard.registry.torch_export_check import UnsafeArchive, _check_sympy_term, _is_operator
+from modelyard.bentos.pod.failure import ModelLoadError
+from modelyard.bentos.tensor.loader import load_program
+from modelyard.bentos.pod.spec import ModelSpec
+from modelyard.registry.model.formats import UnsupportedArtifact, sniff_format
+from modelyard.registry.model.torch_export_check import UnsafeArchive, _check_sympy_term, _is_operator
 from tests.helpers import content_digest, sha256
 from tests.support import hostile
 from tests.support.servers import ThreadedRegistry

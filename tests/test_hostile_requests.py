@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelyard.registry.processes.children import free_port, stop_process, wait_ready
+from modelyard.registry.kernel.processes.children import free_port, stop_process, wait_ready
 from tests.helpers import content_digest
 from tests.support.artifacts import program_bytes
 from tests.support.servers import ThreadedRegistry

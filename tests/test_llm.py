@@ -25,12 +25,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modelyard.bentos.llm.loading import check_files
-from modelyard.bentos.loader import ModelLoadError
+from modelyard.bentos.pod.failure import ModelLoadError
 from modelyard.bentos.runtime import fetch
-from modelyard.bentos.spec import ModelSpec
+from modelyard.bentos.pod.spec import ModelSpec
 from modelyard.registry.client import RegistryClient
-from modelyard.registry.errors import Invalid
-from modelyard.registry.processes.children import stop_process
+from modelyard.registry.kernel.errors import Invalid
+from modelyard.registry.kernel.processes.children import stop_process
 from modelyard.registry.settings import RegistrySettings
 from tests.helpers import eventually
 from tests.support.servers import ThreadedRegistry, free_port, wait_ready

@@ -14,21 +14,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from modelyard.bentos.config import ServingConfig
+from modelyard.bentos.pod.settings import ServingConfig
 from modelyard.bentos.llm.app import sampling
 from modelyard.bentos.llm.engine import GenerationEngine, Overloaded
 from modelyard.bentos.llm.loading import max_model_len
 from modelyard.bentos.llm.protocol import ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, parse
 from modelyard.bentos.llm.sampling import SamplingParams, choose
 from modelyard.bentos.llm.text import TextStream
-from modelyard.bentos.loader import ModelLoadError
+from modelyard.bentos.pod.failure import ModelLoadError
 from modelyard.bentos.runtime import BentoRefused, extract
 from modelyard.operator.spec import DeploymentSpec, SpecError
 from modelyard.operator.status import Reason
 from modelyard.operator.values import ResolvedVersion, memory_bytes, memory_warnings, model_server_values
-from modelyard.registry.formats import UnsupportedArtifact, hf_archive_facts, sniff_format
-from modelyard.registry.hf_archive import DirectoryArchive
-from modelyard.registry.hf_model import HfFacts, UnsafeModelDirectory, directory_tree, inspect
+from modelyard.registry.model.formats import UnsupportedArtifact, hf_archive_facts, sniff_format
+from modelyard.registry.model.hf_archive import DirectoryArchive
+from modelyard.registry.model.hf_model import HfFacts, UnsafeModelDirectory, directory_tree, inspect
 from tests.support.tiny_lm import make_tiny_lm, train_tokenizer
 
 

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelyard.registry.names import InvalidName, ModelRef, check_alias, check_model_name, check_tag_key, parse_model_ref
+from modelyard.registry.kernel.names import InvalidName, ModelRef, check_alias, check_model_name, check_tag_key, parse_model_ref
 
 
 @pytest.mark.parametrize("name", ["a", "digits", "digits-cnn", "m3", "9lives", "a" * 63])

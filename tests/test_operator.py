@@ -18,8 +18,8 @@ from kubernetes import client
 
 from modelyard.operator.helm_driver import HelmDriver
 from modelyard.registry.client import RegistryClient
-from modelyard.registry.errors import Conflict
-from modelyard.registry.processes.children import RegistryProcess
+from modelyard.registry.kernel.errors import Conflict
+from modelyard.registry.kernel.processes.children import RegistryProcess
 from tests.helpers import condition, eventually
 from tests.support.kube import KubeApiServer, status_code, unique_namespace
 from tests.support.operator import OperatorProcess, push_versions

@@ -13,13 +13,20 @@ FOLDERS = {"registry": "modelyard.registry", "bentos": "modelyard.bentos", "oper
 
 
 def test_every_package_folder_is_listed_in_pyproject() -> None:
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    """Code folders (with an ``__init__.py``) and data folders (listed with their files under
+    ``package-data``, which keeps setuptools from warning about each) alike."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
     found = set(FOLDERS.values())  # the roots, with or without __init__.py
     for folder, package in FOLDERS.items():
         for init in (ROOT / folder).rglob("__init__.py"):
             relative = init.parent.relative_to(ROOT / folder)
             found.add(".".join([package, *relative.parts]))
-    assert found == listed
+    data = {name for name in setuptools["package-data"] if name not in found}
+    for name in data:
+        root = next(f for f, p in FOLDERS.items() if name.startswith(p))
+        assert (ROOT / root / Path(*name.split(".")[2:])).is_dir(), f"{name} lists data of a missing folder"
+    assert found | data == listed
 
 
 def test_the_operator_folder_is_never_a_regular_package() -> None:

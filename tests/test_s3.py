@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from modelyard.registry.artifacts.s3 import PART_SIZE, S3ArtifactStore
-from modelyard.registry.errors import DigestMismatch
+from modelyard.registry.kernel.errors import DigestMismatch
 from modelyard.registry.settings import RegistrySettings
 from tests.helpers import content_digest, sha256
 from tests.support.artifacts import program_bytes

@@ -25,8 +25,8 @@ from modelyard.bentos.examples import digits
 from modelyard.bentos.packager import package_version
 from modelyard.bentos.runtime import BentoRefused, extract
 from modelyard.registry.client import RegistryClient
-from modelyard.registry.errors import Invalid
-from modelyard.registry.processes.children import stop_process
+from modelyard.registry.kernel.errors import Invalid
+from modelyard.registry.kernel.processes.children import stop_process
 from modelyard.registry.settings import RegistrySettings
 from tests.support.servers import ThreadedRegistry, free_port, wait_ready
 
@@ -223,7 +223,7 @@ def test_a_model_version_runs_the_installed_service_not_code_from_its_bento(serv
     """A write token can upload a Bento whose record and program are right but whose service.py is
     its own: the server must never import it."""
     from modelyard.bentos.packager import SERVICE_PY, bento_tag, build_bento, write_context
-    from modelyard.bentos.spec import MODEL_DIR, ModelSpec
+    from modelyard.bentos.pod.spec import MODEL_DIR, ModelSpec
 
     marker = tmp_path / "bento-code-ran"
     program = served.workdir / "digits.pt2"

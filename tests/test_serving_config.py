@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelyard.bentos.config import ServingConfig, cpu_limit, torch_threads
+from modelyard.bentos.pod.settings import ServingConfig, cpu_limit, torch_threads
 from modelyard.bentos.packager import bento_tag
-from modelyard.bentos.signature import InputSpec, coerce, read_npy
-from modelyard.registry.schemas import BENTO_TAG_PATTERN
+from modelyard.bentos.tensor.signature import InputSpec, coerce, read_npy
+from modelyard.registry.kernel.schemas import BENTO_TAG_PATTERN
 
 
 def test_config_from_env_and_back() -> None:

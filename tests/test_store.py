@@ -6,8 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from modelyard.registry import schemas
-from modelyard.registry.errors import BadRequest, Conflict, NotFound
+from modelyard.registry.kernel import schemas
+from modelyard.registry.kernel.errors import BadRequest, Conflict, NotFound
 from modelyard.registry.store import RegistryStore, TokenIdentity
 
 HEX = "ab" * 32

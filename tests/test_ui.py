@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelyard.registry import schemas
+from modelyard.registry.kernel import schemas
 from modelyard.registry.settings import RegistrySettings
 from tests.helpers import eventually
 from tests.support.servers import ThreadedRegistry

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelyard.registry.signature import INPUT_KEY, OUTPUT_KEY, InputSignature, logits_output
+from modelyard.registry.model.signature import INPUT_KEY, OUTPUT_KEY, InputSignature, logits_output
 
 INPUT_SHAPE = (1, 8, 8)
 CLASSES = [str(i) for i in range(10)]

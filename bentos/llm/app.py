@@ -27,14 +27,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from modelyard.bentos.fastpath import MicroBatcher
+from modelyard.bentos.pod.batcher import MicroBatcher
 from modelyard.bentos.llm.engine import GenerationEngine, GenerationFailed, Overloaded
 from modelyard.bentos.llm.loading import LoadedModel
 from modelyard.bentos.llm.protocol import (
     CHARS_PER_TOKEN_BOUND, MAX_EMBEDDING_TOKENS, ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, parse,
 )
 from modelyard.bentos.llm.sampling import SamplingParams
-from modelyard.registry import defaults
+from modelyard.registry.kernel import defaults
 
 EMBED_BATCH = 64
 """Texts encoded in one forward pass; concurrent requests fill it together."""

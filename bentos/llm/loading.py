@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelyard.bentos.config import ServingConfig
-from modelyard.bentos.loader import ModelLoadError
-from modelyard.bentos.manifest import MANIFEST_FILE, ManifestMismatch, check_manifest
-from modelyard.bentos.spec import ModelSpec
-from modelyard.registry import defaults
-from modelyard.registry.hf_model import HfFacts, UnsafeModelDirectory, directory_tree, inspect
+from modelyard.bentos.pod.settings import ServingConfig
+from modelyard.bentos.pod.failure import ModelLoadError
+from modelyard.bentos.pod.manifest import MANIFEST_FILE, ManifestMismatch, check_manifest
+from modelyard.bentos.pod.spec import ModelSpec
+from modelyard.registry.kernel import defaults
+from modelyard.registry.model.hf_model import HfFacts, UnsafeModelDirectory, directory_tree, inspect
 
 log = logging.getLogger("bentoml.modelyard")
 FALLBACK_CONTEXT = 2048

@@ -17,12 +17,12 @@ from typing import Any
 
 import bentoml
 
-from modelyard.bentos.config import ServingConfig, torch_threads
-from modelyard.bentos.limits import BodyLimit
+from modelyard.bentos.pod.settings import ServingConfig, torch_threads
+from modelyard.bentos.pod.limits import BodyLimit
 from modelyard.bentos.llm.app import Served, build_llm_app
-from modelyard.bentos.spec import ModelSpec
-from modelyard.registry import defaults
-from modelyard.registry.defaults import Env
+from modelyard.bentos.pod.spec import ModelSpec
+from modelyard.registry.kernel import defaults
+from modelyard.registry.kernel.defaults import Env
 
 log = logging.getLogger("bentoml.modelyard")
 
@@ -57,7 +57,7 @@ class LLMService:
 
         from modelyard.bentos.llm.engine import GenerationEngine
         from modelyard.bentos.llm.loading import load
-        from modelyard.bentos.loader import report_failure
+        from modelyard.bentos.pod.failure import report_failure
 
         torch.set_num_threads(torch_threads(CONFIG, 1))
         try:

@@ -7,7 +7,7 @@ local directory (the default), ``s3://bucket/prefix`` for S3-compatible storage.
 from __future__ import annotations
 
 from modelyard.registry.artifacts.base import ArtifactStore, StoredArtifact
-from modelyard.registry.digests import (
+from modelyard.registry.kernel.digests import (
     format_content_digest,
     parse_content_digest,
     parse_digest,

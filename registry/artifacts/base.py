@@ -11,7 +11,7 @@ from typing import BinaryIO
 
 import anyio.to_thread
 
-from modelyard.registry.errors import DigestMismatch
+from modelyard.registry.kernel.errors import DigestMismatch
 
 WRITE_BLOCK = 1 << 20
 """Bytes gathered before each write: few thread hops, bounded memory."""

@@ -19,7 +19,7 @@ from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 from modelyard.registry.artifacts.base import ArtifactStore, StoredArtifact, check_expected, hash_blocks
-from modelyard.registry.errors import InsufficientStorage
+from modelyard.registry.kernel.errors import InsufficientStorage
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 

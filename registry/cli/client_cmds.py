@@ -10,19 +10,20 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from modelyard.registry import defaults, hf_model, schemas
+from modelyard.registry.kernel import defaults, schemas
+from modelyard.registry.model import hf_model
 from modelyard.registry.alias_rules import Rule
 from modelyard.registry.cli.common import (
     JsonOption, RegistryOption, TokenOption, bytes_progress, client, console, parse_metrics, parse_pairs,
     print_json,
 )
 from modelyard.registry.client import RegistryClient, file_sha256
-from modelyard.registry.errors import RegistryError, Unavailable
-from modelyard.registry.formats import sniff_format
-from modelyard.registry.hf_archive import DirectoryArchive
-from modelyard.registry.signature import signature_metadata
-from modelyard.registry.units import human_size
-from modelyard.registry.names import check_alias, check_model_name, parse_model_ref
+from modelyard.registry.kernel.errors import RegistryError, Unavailable
+from modelyard.registry.model.formats import sniff_format
+from modelyard.registry.model.hf_archive import DirectoryArchive
+from modelyard.registry.model.signature import signature_metadata
+from modelyard.registry.kernel.units import human_size
+from modelyard.registry.kernel.names import check_alias, check_model_name, parse_model_ref
 
 models_app = typer.Typer(help="Registered models.", no_args_is_help=True)
 versions_app = typer.Typer(help="Model versions.", no_args_is_help=True)

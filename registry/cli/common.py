@@ -14,9 +14,9 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from modelyard.registry.client import RegistryClient
-from modelyard.registry.errors import RegistryError
-from modelyard.registry.names import InvalidName
-from modelyard.registry.defaults import Env
+from modelyard.registry.kernel.errors import RegistryError
+from modelyard.registry.kernel.names import InvalidName
+from modelyard.registry.kernel.defaults import Env
 
 console = Console()
 errors = Console(stderr=True)

@@ -10,8 +10,8 @@ import typer
 from rich.table import Table
 
 from modelyard.registry.cli.common import console, errors, reported_errors
-from modelyard.registry import defaults
-from modelyard.registry.defaults import Env
+from modelyard.registry.kernel import defaults
+from modelyard.registry.kernel.defaults import Env
 from modelyard.registry.settings import RegistrySettings, default_db_url, proxy_options
 
 if TYPE_CHECKING:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from modelyard.registry import schemas
-from modelyard.registry.errors import NotFound
+from modelyard.registry.kernel import schemas
+from modelyard.registry.kernel.errors import NotFound
 from modelyard.registry.server.calls import run_write
 from modelyard.registry.server.deps import (Admin, AliasPath, Cursor, Limit, ModelPath, Reader, Store, Writer,
                                             run_read)

@@ -27,7 +27,7 @@ from modelyard.registry.settings import RegistrySettings
 from modelyard.registry.store import RegistryStore
 from modelyard.registry.ui import routes as ui
 from modelyard.registry.ui.protection import UiHeaders
-from modelyard.registry.processes.tuning import tune_for_serving
+from modelyard.registry.kernel.processes.tuning import tune_for_serving
 
 log = logging.getLogger("modelyard.registry")
 API_PREFIX = "/api/v1"

@@ -14,13 +14,13 @@ import anyio.to_thread
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from modelyard.registry import schemas
+from modelyard.registry.kernel import schemas
 from modelyard.registry.artifacts import (
     ArtifactStore, StoredArtifact, format_content_digest, parse_content_digest, parse_digest,
 )
-from modelyard.registry.bento_source import ForeignBento, check_bento_source
-from modelyard.registry.errors import Conflict, Invalid, NotFound, RangeNotSatisfiable
-from modelyard.registry.formats import UnsupportedArtifact, read_artifact
+from modelyard.registry.model.bento_source import ForeignBento, check_bento_source
+from modelyard.registry.kernel.errors import Conflict, Invalid, NotFound, RangeNotSatisfiable
+from modelyard.registry.model.formats import UnsupportedArtifact, read_artifact
 from modelyard.registry.server.calls import run_write
 from modelyard.registry.server.deps import Artifacts, ModelPath, Reader, Store, VersionPath, Writer, run_read
 from modelyard.registry.server.problems import problem_response

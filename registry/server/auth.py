@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 
-from modelyard.registry import defaults
-from modelyard.registry.errors import Forbidden, Unauthorized
+from modelyard.registry.kernel import defaults
+from modelyard.registry.kernel.errors import Forbidden, Unauthorized
 from modelyard.registry.store import RegistryStore, TokenIdentity, scope_allows
 from modelyard.registry.server.calls import run_read
 

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 
-from modelyard.registry import schemas
-from modelyard.registry.errors import Forbidden
-from modelyard.registry.names import NAME_PATTERN, RESOURCE_NAME_PATTERN
+from modelyard.registry.kernel import schemas
+from modelyard.registry.kernel.errors import Forbidden
+from modelyard.registry.kernel.names import NAME_PATTERN, RESOURCE_NAME_PATTERN
 from modelyard.registry.server.calls import run_write
 from modelyard.registry.server.auth import Caller
 from modelyard.registry.server.deps import Cursor, Limit, Reader, Reporter, Store, run_read

@@ -8,9 +8,9 @@ from fastapi import Depends, Path, Query, Request, Response
 from pydantic import BaseModel
 
 from modelyard.registry.artifacts import ArtifactStore
-from modelyard.registry.schemas import MAX_VERSION
-from modelyard.registry.errors import Invalid
-from modelyard.registry.names import ALIAS_PATTERN, NAME_PATTERN, check_tag_key
+from modelyard.registry.kernel.schemas import MAX_VERSION
+from modelyard.registry.kernel.errors import Invalid
+from modelyard.registry.kernel.names import ALIAS_PATTERN, NAME_PATTERN, check_tag_key
 from modelyard.registry.server.auth import Caller, require
 from modelyard.registry.server.calls import run_read  # noqa: F401 - re-exported for the routers
 from modelyard.registry.store import RegistryStore

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from modelyard.registry import schemas
+from modelyard.registry.kernel import schemas
 from modelyard.registry.server.deps import Reader, Store, run_read
 from modelyard.registry.store import RegistryStore
 

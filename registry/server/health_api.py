@@ -14,7 +14,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from modelyard.registry.errors import Unavailable
+from modelyard.registry.kernel.errors import Unavailable
 from modelyard.registry.server.problems import problem_response
 
 router = APIRouter(tags=["health"])

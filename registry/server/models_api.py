@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from modelyard.registry import schemas
-from modelyard.registry.names import ALIAS_PATTERN
+from modelyard.registry.kernel import schemas
+from modelyard.registry.kernel.names import ALIAS_PATTERN
 from modelyard.registry.server.calls import run_write
 from modelyard.registry.server.deps import (
     Admin, Artifacts, Cursor, Force, Limit, ModelPath, Reader, Store, TagFilter, Writer, created,

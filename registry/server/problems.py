@@ -12,8 +12,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from modelyard.registry.errors import BadRequest, HttpProblem, Invalid, RegistryError, Unavailable
-from modelyard.registry.names import InvalidName
+from modelyard.registry.kernel.errors import BadRequest, HttpProblem, Invalid, RegistryError, Unavailable
+from modelyard.registry.kernel.names import InvalidName
 
 log = logging.getLogger("modelyard.registry")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from modelyard.registry.errors import RangeNotSatisfiable
+from modelyard.registry.kernel.errors import RangeNotSatisfiable
 
 _SINGLE = re.compile(r"^bytes=(\d*)-(\d*)$")
 

@@ -6,8 +6,8 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
-from modelyard.registry import schemas
-from modelyard.registry.errors import Forbidden
+from modelyard.registry.kernel import schemas
+from modelyard.registry.kernel.errors import Forbidden
 from modelyard.registry.server.calls import run_write
 from modelyard.registry.server.deps import (
     Artifacts, Cursor, Force, Limit, ModelPath, Reader, Store, TagFilter, VersionPath, Writer, created,

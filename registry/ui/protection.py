@@ -21,7 +21,7 @@ from fastapi.responses import Response
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelyard.registry.errors import Forbidden
+from modelyard.registry.kernel.errors import Forbidden
 
 CSRF_COOKIE = "modelyard_csrf"
 CSRF_FIELD = "csrf"

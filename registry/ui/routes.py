@@ -16,16 +16,16 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from modelyard.registry import schemas
-from modelyard.registry.errors import Forbidden, Invalid, NotFound, RegistryError, Unauthorized
-from modelyard.registry.names import InvalidName, check_alias, check_model_name
+from modelyard.registry.kernel import schemas
+from modelyard.registry.kernel.errors import Forbidden, Invalid, NotFound, RegistryError, Unauthorized
+from modelyard.registry.kernel.names import InvalidName, check_alias, check_model_name
 from modelyard.registry.server.auth import Authenticator, Caller
 from modelyard.registry.server.calls import run_read, run_write
 from modelyard.registry.server.deps import parse_tag_filters
 from modelyard.registry.server.events_api import long_poll
 from modelyard.registry.store import RegistryStore, scope_allows
 from modelyard.registry.ui.protection import check_post, csrf_token, is_https, remember_csrf
-from modelyard.registry.units import human_size
+from modelyard.registry.kernel.units import human_size
 
 HERE = Path(__file__).parent
 COOKIE = "modelyard_token"

@@ -51,7 +51,7 @@ def model_bento(model: str, version: int, program: bytes, *, format: str | None 
             "file": "model/model.pt2", "metadata": metadata or {}}
     return tar_bytes({
         "bento.yaml": f"service: service:ModelService\nname: {model}\n".encode(),
-        "src/service.py": b"from modelyard.bentos.service import ModelService\n",
+        "src/service.py": b"from modelyard.bentos.tensor.service import ModelService\n",
         "src/modelyard-model.json": json.dumps(spec).encode(),
         "src/model/model.pt2": program,
         **(extra or {}),

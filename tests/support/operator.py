@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from modelyard.registry.client import RegistryClient
-from modelyard.registry.processes.children import free_port, stop_process
+from modelyard.registry.kernel.processes.children import free_port, stop_process
 from tests.support.artifacts import program_bytes
 
 

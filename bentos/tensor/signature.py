@@ -17,7 +17,7 @@ from itertools import chain
 from dataclasses import dataclass
 from typing import Any
 
-from modelyard.registry.signature import InputSignature
+from modelyard.registry.model.signature import InputSignature
 
 import numpy as np
 

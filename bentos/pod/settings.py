@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelyard.registry import defaults
-from modelyard.registry.defaults import Env
+from modelyard.registry.kernel import defaults
+from modelyard.registry.kernel.defaults import Env
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 

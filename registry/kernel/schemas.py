@@ -10,8 +10,8 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from modelyard.registry.errors import Invalid
-from modelyard.registry.names import NAME_PATTERN, RESOURCE_NAME_PATTERN, check_tag_key
+from modelyard.registry.kernel.errors import Invalid
+from modelyard.registry.kernel.names import NAME_PATTERN, RESOURCE_NAME_PATTERN, check_tag_key
 
 ModelName = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=63)]
 MAX_VERSION = 2_147_483_647

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from modelyard.registry.errors import BadRequest
+from modelyard.registry.kernel.errors import BadRequest
 
 
 def encode_cursor(value: str | int) -> str:

@@ -6,7 +6,7 @@ import base64
 import binascii
 import re
 
-from modelyard.registry.errors import Invalid
+from modelyard.registry.kernel.errors import Invalid
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 _MEMBER = re.compile(r"^\s*([a-z0-9_*-]+)\s*=\s*:([A-Za-z0-9+/=]*):\s*$")

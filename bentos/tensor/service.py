@@ -2,7 +2,7 @@
 
 A model Bento holds only the program and ``modelyard-model.json``; this module
 is the code, imported by the Bento's two-line ``service.py``.  Settings come
-from the environment (``modelyard.bentos.config``) because the operator sets
+from the environment (``modelyard.bentos.pod.settings``) because the operator sets
 them per deployment on the pod.  Requests are validated against the input
 spec in the version's metadata: a wrong shape or dtype is a 400 that says what
 was expected.
@@ -20,13 +20,13 @@ import numpy as np
 from bentoml.validators import DType
 from pydantic import AfterValidator, BeforeValidator
 
-from modelyard.bentos.config import ServingConfig, torch_threads
-from modelyard.bentos.fastpath import build_app
-from modelyard.bentos.limits import BodyLimit, quiet_bad_requests
-from modelyard.bentos.signature import InputSpec, coerce
-from modelyard.bentos.spec import ModelSpec
-from modelyard.registry.defaults import Env
-from modelyard.registry.processes.tuning import tune_for_serving
+from modelyard.bentos.pod.settings import ServingConfig, torch_threads
+from modelyard.bentos.tensor.fastpath import build_app
+from modelyard.bentos.pod.limits import BodyLimit, quiet_bad_requests
+from modelyard.bentos.tensor.signature import InputSpec, coerce
+from modelyard.bentos.pod.spec import ModelSpec
+from modelyard.registry.kernel.defaults import Env
+from modelyard.registry.kernel.processes.tuning import tune_for_serving
 
 log = logging.getLogger("modelyard.bentos")
 
@@ -83,7 +83,8 @@ class ModelService:
     """Serves one model version: ``POST /predict {"inputs": [...]}`` → ``[...]`` (model outputs)."""
 
     def __init__(self) -> None:
-        from modelyard.bentos.loader import load_program, pick_device, report_failure
+        from modelyard.bentos.pod.failure import report_failure
+        from modelyard.bentos.tensor.loader import load_program, pick_device
 
         self.device = pick_device()
         try:

@@ -27,7 +27,7 @@ import zipfile
 from collections.abc import Iterator
 from typing import Any
 
-from modelyard.registry.pickle_scan import UnsafePickle, check_data_pickle
+from modelyard.registry.model.pickle_scan import UnsafePickle, check_data_pickle
 
 MAX_JSON_ENTRY_BYTES = 64 << 20
 """Largest graph or payload config read (a graph of a few hundred thousand nodes)."""

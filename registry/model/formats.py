@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from modelyard.registry.hf_model import (
+from modelyard.registry.model.hf_model import (
     HfFacts, UnsafeModelDirectory, archive_tree, inspect, is_model_directory, unique_member_name,
 )
-from modelyard.registry.torch_export_check import UnsafeArchive, check_torch_export
+from modelyard.registry.model.torch_export_check import UnsafeArchive, check_torch_export
 
 FORMATS = ("torch-export", "torchscript", "bento", "hf")
 MAX_ZIP_ENTRIES = 100_000

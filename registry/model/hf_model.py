@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from modelyard.registry.chat_templates import unbounded_reason
+from modelyard.registry.model.chat_templates import unbounded_reason
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 MAX_JSON_BYTES = 16 << 20

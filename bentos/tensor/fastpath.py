@@ -20,7 +20,6 @@ import asyncio
 import io
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
@@ -29,81 +28,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from modelyard.bentos.signature import coerce, read_npy
+from modelyard.bentos.pod.batcher import MicroBatcher
+from modelyard.bentos.tensor.signature import coerce, read_npy
 
 NPY = "application/x-npy"
 PARSE_IN_THREAD_BYTES = 1 << 20
-
-
-@dataclass
-class _Pending:
-    array: np.ndarray
-    future: asyncio.Future[np.ndarray] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-
-
-class MicroBatcher:
-    """Gathers concurrent requests into batches of at most ``max_batch`` examples.
-
-    A batch starts as soon as the previous one is done (no fixed window): under
-    load, requests that arrive during a forward pass form the next batch; alone,
-    a request runs at once.  ``max_wait_s`` bounds how long a batch waits to fill.
-    """
-
-    def __init__(self, forward: Callable[[np.ndarray], np.ndarray], max_batch: int, max_wait_s: float = 0.0) -> None:
-        self.forward = forward
-        self.max_batch = max_batch
-        self.max_wait_s = max_wait_s
-        self._queue: asyncio.Queue[_Pending] | None = None
-        self._worker: asyncio.Task[None] | None = None
-
-    async def submit(self, array: np.ndarray) -> np.ndarray:
-        if self._queue is None:
-            self._queue = asyncio.Queue()
-            self._worker = asyncio.get_running_loop().create_task(self._run())
-        pending = _Pending(array)
-        await self._queue.put(pending)
-        return await pending.future
-
-    async def _run(self) -> None:
-        assert self._queue is not None
-        while True:
-            batch = [await self._queue.get()]
-            size = len(batch[0].array)
-            deadline = time.monotonic() + self.max_wait_s
-            while size < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    try:
-                        item = await asyncio.wait_for(self._queue.get(), remaining)
-                    except TimeoutError:
-                        break
-                if size + len(item.array) > self.max_batch and size:
-                    await self._run_batch(batch)
-                    batch, size = [item], len(item.array)
-                    continue
-                batch.append(item)
-                size += len(item.array)
-            await self._run_batch(batch)
-
-    async def _run_batch(self, batch: list[_Pending]) -> None:
-        try:
-            joined = batch[0].array if len(batch) == 1 else np.concatenate([p.array for p in batch])
-            outputs = await asyncio.to_thread(self.forward, joined)
-        except Exception as exc:  # noqa: BLE001 - every waiting request gets the error
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(exc)
-            return
-        start = 0
-        for pending in batch:
-            end = start + len(pending.array)
-            if not pending.future.done():
-                pending.future.set_result(outputs[start:end])
-            start = end
 
 
 class LeanRouteMetrics:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from modelyard.registry.defaults import Env
+from modelyard.registry.kernel.defaults import Env
 
 
 def free_port() -> int:

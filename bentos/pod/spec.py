@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelyard.registry.bento_source import MODEL_DIR, SPEC_FILE
+from modelyard.registry.model.bento_source import MODEL_DIR, SPEC_FILE
 
 __all__ = ["MODEL_DIR", "SPEC_FILE", "ModelSpec"]
 

@@ -4,31 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
-from modelyard.bentos.signature import InputSpec
-from modelyard.bentos.spec import ModelSpec
-from modelyard.registry.defaults import Env
-from modelyard.registry.formats import UnsupportedArtifact, sniff_format
+from modelyard.bentos.tensor.signature import InputSpec
+from modelyard.bentos.pod.spec import ModelSpec
+from modelyard.bentos.pod.failure import ModelLoadError
+from modelyard.registry.model.formats import UnsupportedArtifact, sniff_format
 
 log = logging.getLogger("bentoml.modelyard")  # under "bentoml" so the server's log config shows it
-
-
-class ModelLoadError(RuntimeError):
-    """The model cannot be served; the message says why."""
-
-
-FAILURE_FILE_ENV = Env.FAILURE_FILE
-
-
-def report_failure(exc: BaseException) -> None:
-    """Tell the supervising runtime why the model cannot be served (see ``runtime.supervise``)."""
-    log.error("cannot serve the model: %s", exc)
-    path = os.environ.get(FAILURE_FILE_ENV)
-    if path:
-        Path(path).write_text(str(exc))
 
 
 def pick_device() -> str:

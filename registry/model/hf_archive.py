@@ -16,7 +16,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from modelyard.registry.hf_model import directory_tree
+from modelyard.registry.model.hf_model import directory_tree
 
 BLOCK = tarfile.BLOCKSIZE
 CHUNK = 1 << 20
