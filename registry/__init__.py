@@ -7,6 +7,6 @@ Layered like MLflow's registry: ``operations`` is the contract that both ``store
 and ``client`` (over HTTP) satisfy; ``artifacts`` hold the bytes, ``server`` speaks HTTP over the
 store, ``ui`` is the web UI over the same store and rules, ``cli`` holds the registry's commands and
 the helpers every package's commands share, ``defaults`` every default and environment variable
-name, ``processes`` child server processes.  ``deployment_records`` (what serves where, as operators
+name, ``processes`` child server processes.  ``store.deployments`` (what serves where, as operators
 report it) and ``alias_rules`` (protected aliases) are parts of the store.
 """

@@ -51,7 +51,7 @@ def test_operator_does_not_shadow_the_standard_library() -> None:
 
 
 def test_registry_core_does_not_import_heavy_extras() -> None:
-    code = ("import sys, modelyard.registry.server.app, modelyard.registry.client; "
+    code = ("import sys, modelyard.registry.app, modelyard.registry.client; "
             "heavy = [m for m in ('torch', 'boto3', 'bentoml', 'kopf') if m in sys.modules]; print(heavy)")
     answer = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert answer.stdout.strip() == "[]"

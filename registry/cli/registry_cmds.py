@@ -61,7 +61,7 @@ def serve(
               **proxy_options(settings)}
     with reported_errors():
         if workers == 1:
-            from modelyard.registry.server.app import create_app
+            from modelyard.registry.app import create_app
 
             uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
         else:
@@ -69,7 +69,7 @@ def serve(
 
             prepare_database(settings.db_url, settings.migrate_on_start)  # migrate once, before the workers start
             os.environ.update(settings.to_env())
-            uvicorn.run("modelyard.registry.server.app:create_app_from_env", factory=True, workers=workers,
+            uvicorn.run("modelyard.registry.app:create_app_from_env", factory=True, workers=workers,
                         **common)  # type: ignore[arg-type]
 
 

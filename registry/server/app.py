@@ -1,4 +1,7 @@
-"""Assemble the registry's FastAPI application."""
+"""The registry's REST API as one FastAPI application: store, artifacts, auth, routes, metrics.
+
+It knows nothing of the web UI: ``registry.app`` adds the UI on top of it, so the UI builds on
+the server's pieces and the arrow never runs back."""
 
 from __future__ import annotations
 
@@ -8,12 +11,9 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from urllib.parse import urlencode
-
 import anyio.to_thread
 
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import RedirectResponse
+from fastapi import FastAPI
 
 from modelyard.registry import garbage
 from modelyard.registry.artifacts import ArtifactStore, open_artifact_store
@@ -25,8 +25,6 @@ from modelyard.registry.server.notify import EventNotifier
 from modelyard.registry.server.problems import install_problem_handlers
 from modelyard.registry.settings import RegistrySettings
 from modelyard.registry.store import RegistryStore
-from modelyard.registry.ui import routes as ui
-from modelyard.registry.ui.protection import UiHeaders
 from modelyard.registry.kernel.processes.tuning import tune_for_serving
 
 log = logging.getLogger("modelyard.registry")
@@ -55,8 +53,8 @@ async def sweep_periodically(store: RegistryStore, artifacts: ArtifactStore, set
                      result.examined)
 
 
-def create_app(settings: RegistrySettings | None = None) -> FastAPI:
-    settings = settings or RegistrySettings()
+def build_api(settings: RegistrySettings) -> FastAPI:
+    """The API with its state (``app.state``: settings, store, artifacts, notifier, metrics, auth)."""
     store = RegistryStore.open(settings.db_url, settings.migrate_on_start,
                                deployment_stale_seconds=settings.deployment_stale_seconds)
     store.inline_writes = store.inline_reads and settings.workers == 1
@@ -101,19 +99,5 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
     for module in (aliases_api, versions_api, events_api, models_api, artifacts_api, deployments_api):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health_api.router)
-    app.include_router(ui.router)
-    app.mount("/ui/static", ui.static, name="ui-static")
-    app.add_exception_handler(ui.SignInNeeded, _to_sign_in)  # type: ignore[arg-type]
-    app.add_middleware(UiHeaders)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
-
-
-def create_app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory`` and multi-worker serving (settings from env)."""
-    return create_app(RegistrySettings())
-
-
-async def _to_sign_in(request: Request, error: ui.SignInNeeded) -> Response:
-    """A UI page without a usable token: the sign-in page, which comes back here afterwards."""
-    return RedirectResponse(f"/ui/login?{urlencode({'next': error.back})}", status_code=303)

@@ -1,4 +1,4 @@
-"""``/deployments``: what serves where, as operators report it (``deployment_records``)."""
+"""``/deployments``: what serves where, as operators report it (``store.deployments``)."""
 
 from __future__ import annotations
 

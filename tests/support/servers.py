@@ -8,7 +8,7 @@ from pathlib import Path
 import uvicorn
 
 from modelyard.registry.kernel.processes.children import RegistryProcess, free_port, wait_ready
-from modelyard.registry.server.app import create_app
+from modelyard.registry.app import create_app
 from modelyard.registry.settings import RegistrySettings, proxy_options
 
 

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Select, and_, bindparam, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from modelyard.registry.db import models as db
 from modelyard.registry.kernel import defaults, schemas
 from modelyard.registry.kernel.cursors import decode_cursor, encode_cursor
-from modelyard.registry.db import models as db
 from modelyard.registry.kernel.errors import BadRequest, Conflict, Invalid, NotFound
+from modelyard.registry.store.base import StoreBase
 
 # The fields whose change is news (a heartbeat changes none of them).
 _REPORTED = ("model", "version", "digest", "phase", "ready_replicas", "desired_replicas", "helm_revision", "url",
@@ -55,15 +56,8 @@ _ANY_DEPLOYMENT = select(db.Deployment.id).where(
     db.Deployment.model == bindparam("model"), db.Deployment.version == bindparam("version"))
 
 
-class DeploymentRecords:
-    """Mixed into ``RegistryStore``: uses its transactions and its event log."""
-
-    stale_after: timedelta
-    _fast: Any
-    """The store's SQLite fast reader (None on PostgreSQL)."""
-    _read: Any
-    _write: Any
-    _emit: Any
+class DeploymentRecords(StoreBase):
+    """What serves where (see the module's docstring)."""
 
     def _now(self) -> datetime:
         return db.utcnow()

@@ -1,0 +1,160 @@
+"""Aliases: moving and deleting them, their protection (who and which evidence may move one) and
+the audit trail of every move.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from modelyard.registry.alias_rules import failures, read_by
+from modelyard.registry.db import models as db
+from modelyard.registry.kernel import schemas
+from modelyard.registry.kernel.cursors import decode_cursor, encode_cursor
+from modelyard.registry.kernel.errors import BadRequest, Conflict, Forbidden, NotFound
+from modelyard.registry.store.base import _SELECT_ALIAS, _SELECT_MODEL_ID, StoreBase
+
+
+class AliasRecords(StoreBase):
+    """See the module's docstring; its contract is ``contracts.AliasGovernance``."""
+
+    def set_alias(self, name: str, alias: str, version: int, *, actor: str = "anonymous",
+                  admin: bool = True) -> schemas.Alias:
+        """Point ``alias`` at a ready version; a no-op (no event) when it already does.  A protected
+        alias moves for ``admin`` callers, or to a version whose metrics meet its rules (``Forbidden``
+        naming the rule that failed).  Every move is recorded with ``actor`` (the audit trail)."""
+        with self._write() as session:
+            model = self._model_row(session, name, lock=True)
+            target = self._version_row(session, model, version)
+            if target.status != schemas.VersionStatus.ready.value:
+                raise Conflict(f"version {version} of model {name!r} is {target.status}: "
+                               "only a version whose artifact is uploaded can be aliased")
+            row = session.scalars(
+                select(db.Alias).where(db.Alias.model_id == model.id, db.Alias.alias == alias)
+            ).one_or_none()
+            if row is not None and row.version_id == target.id:
+                return schemas.Alias(model=name, alias=alias, version=version, digest=target.digest)
+            judged = self._check_protection(session, model, alias, target, admin)
+            if row is None:
+                session.add(db.Alias(model_id=model.id, alias=alias, version_id=target.id))
+                previous = None
+            else:
+                previous = session.scalar(select(db.ModelVersion.version).where(db.ModelVersion.id == row.version_id))
+                row.version_id, row.updated_at = target.id, db.utcnow()
+            session.add(db.AliasMove(model_id=model.id, model=name, alias=alias, from_version=previous,
+                                     to_version=version, actor=actor, judged=judged))
+            self._emit(session, "alias.set", name, version, alias)
+            return schemas.Alias(model=name, alias=alias, version=version, digest=target.digest)
+
+    def _check_protection(self, session: Session, model: db.RegisteredModel, alias: str,
+                          target: db.ModelVersion | None, admin: bool) -> dict[str, Any] | None:
+        """Raise ``Forbidden`` unless the caller may move ``alias`` to ``target`` (None: delete it).
+        Returns what the move was judged on, for the audit trail: the rules and the values read
+        (None when nothing was judged: not protected, or an admin)."""
+        if admin:
+            return None
+        rule = session.scalars(select(db.AliasRule).where(db.AliasRule.model_id == model.id,
+                                                          db.AliasRule.alias == alias)).one_or_none()
+        if rule is None:
+            return None
+        required = list(rule.rules.get("require") or [])
+        if target is None or not required:
+            raise Forbidden(f"alias {alias!r} of model {model.name!r} is protected: only an admin token may "
+                            + ("delete it" if target is None else "move it"))
+        broken = failures(required, target.metrics)
+        if broken:
+            raise Forbidden(f"alias {alias!r} of model {model.name!r} is protected: version {target.version} "
+                            f"does not meet {'; '.join(broken)}", extra={"failed": broken})
+        return {"require": required, "metrics": {name: target.metrics[name] for name in sorted(read_by(required))}}
+
+    def protect_alias(self, name: str, alias: str, protection: schemas.AliasProtection) -> schemas.AliasProtection:
+        """Protect ``alias`` (it need not exist yet): see :meth:`set_alias`.  Replaces earlier rules."""
+        with self._write() as session:
+            model = self._model_row(session, name, lock=True)
+            row = session.scalars(select(db.AliasRule).where(db.AliasRule.model_id == model.id,
+                                                             db.AliasRule.alias == alias)).one_or_none()
+            rules = {"require": list(protection.require)}
+            if row is None:
+                session.add(db.AliasRule(model_id=model.id, alias=alias, rules=rules))
+            else:
+                row.rules, row.updated_at = rules, db.utcnow()
+        return protection
+
+    def unprotect_alias(self, name: str, alias: str) -> None:
+        """Anyone with write scope may move it again.  Raises ``NotFound`` when it is not protected."""
+        with self._write() as session:
+            model = self._model_row(session, name, lock=True)
+            deleted = session.execute(delete(db.AliasRule).where(db.AliasRule.model_id == model.id,
+                                                                 db.AliasRule.alias == alias)).rowcount
+            if not deleted:
+                raise NotFound(f"alias {alias!r} of model {name!r} is not protected")
+
+    def alias_protection(self, name: str, alias: str) -> schemas.AliasProtection | None:
+        with self._read() as session:
+            model = self._model_row(session, name)
+            rules = session.scalar(select(db.AliasRule.rules).where(db.AliasRule.model_id == model.id,
+                                                                    db.AliasRule.alias == alias))
+        return None if rules is None else schemas.AliasProtection(require=rules.get("require") or [])
+
+    def alias_history(self, name: str, alias: str, *, limit: int = 100,
+                      cursor: str | None = None) -> schemas.Page[schemas.AliasMove]:
+        """Who moved ``alias``, from which version to which, when: newest first.  The moves of a
+        deleted model of the same name are kept and marked ``deleted_model``; a name that never had
+        a model nor moves is ``NotFound``."""
+        with self._read() as session:
+            model_id = session.scalar(_SELECT_MODEL_ID, {"model_name": name})
+            query = (select(db.AliasMove).where(db.AliasMove.model == name, db.AliasMove.alias == alias)
+                     .order_by(db.AliasMove.id.desc()).limit(limit + 1))
+            if cursor:
+                raw = decode_cursor(cursor)
+                if not raw.isdigit() or len(raw) > 18:
+                    raise BadRequest(f"invalid cursor {cursor!r}: pass back the next_cursor of a previous page")
+                query = query.where(db.AliasMove.id < int(raw))
+            rows = list(session.scalars(query))
+            if model_id is None and not rows and not cursor:
+                raise NotFound(f"model {name!r} does not exist")
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return schemas.AliasMovePage(
+            items=[schemas.AliasMove(from_version=r.from_version, to_version=r.to_version, actor=r.actor, time=r.time,
+                                     judged=r.judged, deleted_model=r.model_id is None or r.model_id != model_id)
+                   for r in rows],
+            next_cursor=encode_cursor(rows[-1].id) if more else None)
+
+    def get_alias(self, name: str, alias: str) -> schemas.Alias:
+        """The operator's hot path: one prepared, indexed join."""
+        params = {"model_name": name, "alias_name": alias}
+        if self._fast is not None:
+            found = self._fast.one(_SELECT_ALIAS, params)
+        else:
+            with self.engine.connect() as connection:
+                found = connection.execute(_SELECT_ALIAS, params).first()
+        if found is None:
+            self._raise_missing_alias(name, alias)
+        version, digest = found
+        return schemas.Alias(model=name, alias=alias, version=version, digest=digest)
+
+    def _raise_missing_alias(self, name: str, alias: str) -> None:
+        with self.engine.connect() as connection:
+            if connection.execute(_SELECT_MODEL_ID, {"model_name": name}).first() is None:
+                raise NotFound(f"model {name!r} does not exist")
+        raise NotFound(f"model {name!r} has no alias {alias!r}")
+
+    def delete_alias(self, name: str, alias: str, *, actor: str = "anonymous", admin: bool = True) -> None:
+        """See ``RegistryOperations.delete_alias``; a protected alias is deleted by ``admin`` callers only."""
+        with self._write() as session:
+            model = self._model_row(session, name, lock=True)
+            row = session.scalars(
+                select(db.Alias).where(db.Alias.model_id == model.id, db.Alias.alias == alias)
+            ).one_or_none()
+            if row is None:
+                raise NotFound(f"model {name!r} has no alias {alias!r}")
+            self._check_protection(session, model, alias, None, admin)
+            version = session.scalar(select(db.ModelVersion.version).where(db.ModelVersion.id == row.version_id))
+            session.delete(row)
+            session.add(db.AliasMove(model_id=model.id, model=name, alias=alias, from_version=version,
+                                     to_version=None, actor=actor))
+            self._emit(session, "alias.deleted", name, version, alias)
+
