@@ -80,39 +80,70 @@ def serve(
                                                show_default=False)] = None,
     host: Annotated[str, typer.Option(help="bind address (0.0.0.0 inside a pod)")] = defaults.MODEL_SERVER_HOST,
     port: Annotated[int, typer.Option(help="port")] = defaults.MODEL_SERVER_PORT,
-    max_batch_size: Annotated[int, typer.Option(envvar=Env.MAX_BATCH_SIZE, min=1)] = defaults.MAX_BATCH_SIZE,
-    max_latency_ms: Annotated[int, typer.Option(envvar=Env.MAX_LATENCY_MS, min=1,
-                                                help="BentoML sheds (503) requests it cannot serve within this")]
-    = defaults.MAX_LATENCY_MS,
-    batching: Annotated[bool, typer.Option("--batching/--no-batching", help="adaptive batching")]
-    = defaults.BATCHING,
-    workers: Annotated[int, typer.Option(envvar=Env.SERVE_WORKERS, min=1)] = defaults.SERVE_WORKERS,
-    gpus: Annotated[int, typer.Option(envvar=Env.GPUS, min=0, help="GPUs to declare to BentoML")] = 0,
+    engine: Annotated[str, typer.Option(envvar=Env.ENGINE, help="auto | transformers (format hf) | torch "
+                                                                "(torch.export, TorchScript)")] = defaults.ENGINE,
+    gpus: Annotated[int | None, typer.Option(envvar=Env.GPUS, min=0, show_default=False,
+                                             help="GPUs to serve on (0: the CPU) [default: every visible one]")]
+    = None,
     max_request_bytes: Annotated[int, typer.Option(envvar=Env.MAX_REQUEST_BYTES, min=1024,
                                                    help="larger request bodies get a 413")]
     = defaults.MAX_REQUEST_BYTES,
-    engine: Annotated[str, typer.Option(envvar=Env.ENGINE, help="auto | transformers (format hf) | torch "
-                                                                "(torch.export, TorchScript)")] = defaults.ENGINE,
-    max_model_len: Annotated[int | None, typer.Option(envvar=Env.MAX_MODEL_LEN, min=1,
-                                                      help="a language model's longest sequence (prompt + "
+    max_batch_size: Annotated[int | None, typer.Option(envvar=Env.MAX_BATCH_SIZE, min=1, show_default=False,
+                                                       help=f"tensor server [default: {defaults.MAX_BATCH_SIZE}]")]
+    = None,
+    max_latency_ms: Annotated[int | None, typer.Option(
+        envvar=Env.MAX_LATENCY_MS, min=1, show_default=False,
+        help=f"tensor server: BentoML sheds (503) requests it cannot serve within this [default: "
+             f"{defaults.MAX_LATENCY_MS}]")] = None,
+    batching: Annotated[bool | None, typer.Option("--batching/--no-batching", show_default=False,
+                                                  help="tensor server: adaptive batching [default: on]")] = None,
+    workers: Annotated[int | None, typer.Option(envvar=Env.SERVE_WORKERS, min=1, show_default=False,
+                                                help=f"tensor server [default: {defaults.SERVE_WORKERS}]")] = None,
+    max_running: Annotated[int | None, typer.Option(
+        envvar=Env.LLM_MAX_RUNNING, min=1, show_default=False,
+        help=f"language models: sequences generated for at once [default: {defaults.LLM_MAX_RUNNING}]")] = None,
+    max_waiting: Annotated[int | None, typer.Option(
+        envvar=Env.LLM_MAX_WAITING, min=0, show_default=False,
+        help=f"language models: requests that may wait, then 429 [default: {defaults.LLM_MAX_WAITING}]")] = None,
+    prefill_tokens: Annotated[int | None, typer.Option(
+        envvar=Env.LLM_PREFILL_TOKENS, min=1, show_default=False,
+        help=f"language models: prompt tokens prefilled together [default: {defaults.LLM_PREFILL_TOKENS}]")] = None,
+    max_model_len: Annotated[int | None, typer.Option(envvar=Env.MAX_MODEL_LEN, min=1, show_default=False,
+                                                      help="language models: the longest sequence (prompt + "
                                                            "completion) [default: its context]")] = None,
     registry: RegistryOption = defaults.REGISTRY_URL,
     token: TokenOption = None,
 ) -> None:
-    """Fetch what serves the version (its Bento, or its artifact when it has none), verify it, and serve it."""
-    from modelyard.bentos.pod.settings import ServingConfig
-    from modelyard.bentos.runtime import default_cache, describe, fetch, serve_command, supervise
+    """Fetch what serves the version (its Bento, or its artifact when it has none), verify it, and serve it
+    with its engine's server."""
+    from modelyard.bentos.pod.settings import IGNORED_BY, CommonSettings, ServingSettings
+    from modelyard.bentos.runtime import (
+        BentoRefused, default_cache, describe, fetch, serve_command, serving_engine, supervise,
+    )
 
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if engine not in defaults.ENGINES:
         raise typer.BadParameter(f"{engine!r} is not one of {', '.join(defaults.ENGINES)}", param_hint="--engine")
+    sections = {"tensor": {"max_batch_size": max_batch_size, "max_latency_ms": max_latency_ms,
+                           "batching": batching, "workers": workers},
+                "llm": {"max_running": max_running, "max_waiting": max_waiting, "prefill_tokens": prefill_tokens,
+                        "max_model_len": max_model_len}}
     cache = (cache or default_cache()).expanduser()
     with client(registry, token) as registry_client:
         fetched = fetch(registry_client, ref, cache)
-    config = ServingConfig(max_batch_size=max_batch_size, max_latency_ms=max_latency_ms, batching=batching,
-                           workers=workers, gpus=gpus, max_request_bytes=max_request_bytes, engine=engine,
-                           max_model_len=max_model_len)
-    argv, env = serve_command(fetched, host, port, config, cache)
+    try:
+        chosen = serving_engine(fetched.version, engine)
+    except BentoRefused as exc:
+        raise typer.BadParameter(str(exc), param_hint="--engine") from None
+    ignored = sections.get(IGNORED_BY.get(chosen or "", ""), {})
+    given = [f"--{name.replace('_', '-')}" for name, value in ignored.items() if value is not None]
+    if given:
+        raise typer.BadParameter(f"{', '.join(given)}: the {chosen} engine that serves {fetched.version.model}:"
+                                 f"{fetched.version.version} does not read {'it' if len(given) == 1 else 'them'}")
+    settings = ServingSettings(engine=engine, common=CommonSettings(max_request_bytes=max_request_bytes, gpus=gpus))
+    for section, values in sections.items():
+        settings = settings.with_values(section, **values)
+    argv, env = serve_command(fetched, host, port, settings, cache)
     console.print(f"serving {describe(fetched)} on http://{host}:{port}", highlight=False, soft_wrap=True)
     failure_file = cache / f"failure-{os.getpid()}.txt"
     raise typer.Exit(supervise(argv, env, failure_file))

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelyard.bentos.pod.settings import ServingConfig
+from modelyard.bentos.pod.settings import LLM_ENGINE, ServingSettings, engine_for
 from modelyard.bentos.pod.failure import FAILURE_FILE_ENV
 from modelyard.bentos.pod.manifest import MANIFEST_FILE, write_manifest
 from modelyard.bentos.packager import FILE_SUFFIX, SERVABLE_FORMATS
@@ -48,7 +48,8 @@ from modelyard.registry.settings import modelyard_home
 
 log = logging.getLogger("modelyard.bentos")
 READY_MARKER = ".modelyard-verified"
-GENERIC_SERVICE = "modelyard.bentos.tensor.service:ModelService"
+TENSOR_SERVICE = "modelyard.bentos.tensor.service:ModelService"
+"""Serves torch.export and TorchScript programs behind ``/predict`` and ``/v2/predict``."""
 LLM_SERVICE = "modelyard.bentos.llm.service:LLMService"
 """Serves format ``hf`` (language and embedding models) behind OpenAI's API."""
 EXPANSION_LIMIT = 20
@@ -216,25 +217,38 @@ def verify_source(fetched: FetchedBento) -> None:
         raise BentoRefused(f"{label}'s Bento {why}: refusing to serve it")
 
 
-def serve_command(fetched: FetchedBento, host: str, port: int, config: ServingConfig,
+def serving_engine(version: schemas.Version, engine: str) -> str | None:
+    """The engine that serves ``version`` (``serving.engine``, or by its format for ``auto``); None for
+    a version in format ``bento``, which is its own service.  ``BentoRefused`` when the engine asked
+    for does not serve the version's format."""
+    if version.format == schemas.ArtifactFormat.bento:
+        return None
+    try:
+        return engine_for(version.format.value if version.format else None, engine)
+    except ValueError as exc:
+        raise BentoRefused(f"{version.model}:{version.version}: {exc}") from None
+
+
+def serve_command(fetched: FetchedBento, host: str, port: int, settings: ServingSettings,
                   cache: Path) -> tuple[list[str], dict[str, str]]:
     """The ``bentoml serve`` invocation (argv, env) for an extracted Bento.
 
-    A model version is served by the installed generic service, from an empty working
-    directory, with the Bento's directory as data only; a version in format ``bento``
-    is the user's service and is served from its Bento."""
+    A model version is served by the installed service of its engine (the tensor server or the
+    language-model server), from an empty working directory, with the Bento's directory as data
+    only; a version in format ``bento`` is the user's service and is served from its Bento."""
     home = cache / "bentoml-home"  # empty: the Bento is served from its directory, not a store
     home.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **config.to_env(), "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true",
+    engine = serving_engine(fetched.version, settings.engine)
+    env = {**os.environ, **settings.to_env(), "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true",
            Env.BENTO_DIR: str(fetched.src)}
     executable = Path(sys.executable).with_name("bentoml")
     command = [str(executable)] if executable.exists() else [sys.executable, "-m", "bentoml"]
-    if fetched.version.format == schemas.ArtifactFormat.bento:
+    if engine is None:
         target = [str(fetched.directory)]
     else:
         workdir = cache / "workdir"  # nothing importable in it: no module of the Bento can shadow ours
         workdir.mkdir(parents=True, exist_ok=True)
-        service = LLM_SERVICE if fetched.version.format == schemas.ArtifactFormat.hf else GENERIC_SERVICE
+        service = LLM_SERVICE if engine == LLM_ENGINE else TENSOR_SERVICE
         target = [service, "--working-dir", str(workdir)]
     return [*command, "serve", *target, "--host", host, "--port", str(port)], env
 

@@ -80,14 +80,27 @@ class Resources(_Part):
     memory: Any = defaults.MEMORY
 
 
+class LlmServing(_Part):
+    """The language-model server's own settings (``serving.llm``); unset: the server's defaults."""
+
+    max_running: int | None = None
+    max_waiting: int | None = None
+    prefill_tokens: int | None = None
+
+
 class Serving(_Part):
-    max_batch_size: int = defaults.MAX_BATCH_SIZE
-    max_latency_ms: int = defaults.MAX_LATENCY_MS
-    workers: int = defaults.SERVE_WORKERS
-    batching: bool = defaults.BATCHING
+    """``spec.serving``.  The tensor server's fields and the language-model server's (``llm``,
+    ``maxModelLen``) have no schema default: a field is set only when the user set it, so the
+    operator can refuse one that the engine serving the version would ignore (``values``)."""
+
+    max_batch_size: int | None = None
+    max_latency_ms: int | None = None
+    workers: int | None = None
+    batching: bool | None = None
     max_request_bytes: int = defaults.MAX_REQUEST_BYTES
     engine: str = defaults.ENGINE
     max_model_len: int | None = None
+    llm: LlmServing = LlmServing()
 
 
 class CanarySettings(_Part):

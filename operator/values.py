@@ -135,13 +135,7 @@ def model_server_values(spec: DeploymentSpec, resolved: ResolvedVersion,
         "autoscaling": _autoscaling(spec.autoscaling),
         "resources": {"gpu": resources.gpu, "gpuType": resources.gpu_type,
                       "cpu": cpu, "memory": memory, "cpuLimit": cpu, "memoryLimit": memory},
-        "serving": {"maxBatchSize": serving.max_batch_size,
-                    "maxLatencyMs": serving.max_latency_ms,
-                    "workers": serving.workers,
-                    "batching": serving.batching,
-                    "maxRequestBytes": serving.max_request_bytes,
-                    "engine": check_engine(serving, resources, resolved),
-                    "maxModelLen": serving.max_model_len or 0},
+        "serving": serving_values(serving, resources, resolved),
         "rollout": {"strategy": rollout.strategy.value,
                     "progressDeadlineSeconds": rollout.progress_deadline_seconds},
         "canary": {"enabled": False, "model": {"version": resolved.version, "digest": resolved.digest},
@@ -167,28 +161,81 @@ def model_server_values(spec: DeploymentSpec, resolved: ResolvedVersion,
     return values
 
 
-ENGINE_FORMATS = {"transformers": ("hf",), "torch": ("torch-export", "torchscript")}
+TENSOR_FIELDS = {"maxBatchSize": "max_batch_size", "maxLatencyMs": "max_latency_ms", "workers": "workers",
+                 "batching": "batching"}
+"""``spec.serving`` fields only the tensor server reads (camelCase → ``Serving`` attribute)."""
+LLM_FIELDS = {"maxModelLen": "max_model_len", "llm.maxRunning": "llm.max_running", "llm.maxWaiting": "llm.max_waiting",
+              "llm.prefillTokens": "llm.prefill_tokens"}
+"""``spec.serving`` fields only the language-model server reads."""
+ENGINE_FIELDS = {defaults.TENSOR_ENGINE: TENSOR_FIELDS, defaults.LLM_ENGINE: LLM_FIELDS}
+SERVER_NAMES = {defaults.TENSOR_ENGINE: "the tensor server (torch.export, TorchScript)",
+                defaults.LLM_ENGINE: "the language-model server (format hf)"}
 
 
-def check_engine(serving: Serving, resources: Resources, resolved: ResolvedVersion) -> str:
-    """The engine that serves ``resolved``, or SpecError(InvalidServing) when the spec asks for
-    what it cannot do: an engine that does not serve the version's format, a ``maxModelLen``
-    longer than the model's context, or several GPUs for one replica of a model program (only
-    a model directory is sharded across GPUs)."""
+def _given(serving: Serving, fields: Mapping[str, str]) -> dict[str, Any]:
+    """The fields of ``fields`` the spec sets, by their name in the resource."""
+    found = {}
+    for name, attribute in fields.items():
+        value: Any = serving
+        for part in attribute.split("."):
+            value = getattr(value, part)
+        if value is not None:
+            found[name] = value
+    return found
+
+
+def serving_values(serving: Serving, resources: Resources, resolved: ResolvedVersion) -> dict[str, Any]:
+    """The chart's ``serving`` values: the engine that serves ``resolved`` and the settings of that
+    engine's server only, or SpecError(InvalidServing) naming a field that server would ignore."""
+    engine = check_engine(serving, resources, resolved)
+    label = f"{resolved.name}:{resolved.version} (format {resolved.format})"
+    values: dict[str, Any] = {"engine": engine or defaults.ENGINE, "maxRequestBytes": serving.max_request_bytes}
+    for server, fields in ENGINE_FIELDS.items():
+        given = _given(serving, fields)
+        if given and engine is not None and engine != server and resolved.format:
+            first = next(iter(given))
+            others = ", ".join(f"serving.{name}" for name in ENGINE_FIELDS.get(engine, {}))
+            raise SpecError(Reason.INVALID_SERVING,
+                            f"serving.{first} is read only by {SERVER_NAMES[server]}; {label} is served by "
+                            f"{SERVER_NAMES[engine]}, which would ignore it: remove it"
+                            + (f" (that server's settings are {others})" if others else ""))
+        if given and engine is None and resolved.format:
+            raise SpecError(Reason.INVALID_SERVING,
+                            f"serving.{next(iter(given))} is a setting of Modelyard's servers; {label} is its own "
+                            "BentoML service, which would ignore it: remove it")
+    unknown = engine is None and not resolved.format  # only in tests: a ready version has a format
+    if engine == defaults.TENSOR_ENGINE or (unknown and _given(serving, TENSOR_FIELDS)):
+        given = _given(serving, TENSOR_FIELDS)
+        values["tensor"] = {"maxBatchSize": given.get("maxBatchSize", defaults.MAX_BATCH_SIZE),
+                            "maxLatencyMs": given.get("maxLatencyMs", defaults.MAX_LATENCY_MS),
+                            "workers": given.get("workers", defaults.SERVE_WORKERS),
+                            "batching": given.get("batching", defaults.BATCHING)}
+    if engine == defaults.LLM_ENGINE or (unknown and _given(serving, LLM_FIELDS)):
+        given = _given(serving, LLM_FIELDS)
+        values["llm"] = {"maxRunning": given.get("llm.maxRunning", defaults.LLM_MAX_RUNNING),
+                         "maxWaiting": given.get("llm.maxWaiting", defaults.LLM_MAX_WAITING),
+                         "prefillTokens": given.get("llm.prefillTokens", defaults.LLM_PREFILL_TOKENS),
+                         "maxModelLen": given.get("maxModelLen", 0)}
+    return values
+
+
+def check_engine(serving: Serving, resources: Resources, resolved: ResolvedVersion) -> str | None:
+    """The engine that serves ``resolved`` (None: a version in format ``bento``, its own service, or one
+    whose format is not known), or SpecError(InvalidServing) when the spec asks for what it cannot
+    do: an engine that does not serve the version's format, a ``maxModelLen`` longer than the model's
+    context, or several GPUs for one replica of a model program (only a model directory is sharded
+    across GPUs)."""
     fmt = resolved.format
-    engine = serving.engine
-    if engine != "auto" and fmt and fmt not in ENGINE_FORMATS.get(engine, ()):
-        raise SpecError(Reason.INVALID_SERVING, f"serving.engine {engine} does not serve {resolved.name}:"
-                        f"{resolved.version} (format {fmt}); leave it out (auto) or pick "
-                        f"{'transformers' if fmt == 'hf' else 'torch'}")
+    by_format = defaults.ENGINE_OF_FORMAT.get(fmt)
+    engine = serving.engine if serving.engine != "auto" else by_format
+    if serving.engine != "auto" and fmt and by_format != serving.engine:
+        raise SpecError(Reason.INVALID_SERVING, f"serving.engine {serving.engine} does not serve {resolved.name}:"
+                        f"{resolved.version} (format {fmt}); leave it out (auto)"
+                        + (f" or pick {by_format}" if by_format else ""))
     context = resolved.facts.get("context_length")
-    if serving.max_model_len is not None:
-        if fmt and fmt != "hf":
-            raise SpecError(Reason.INVALID_SERVING, f"serving.maxModelLen is for language models; "
-                            f"{resolved.name}:{resolved.version} is {fmt}")
-        if isinstance(context, int) and serving.max_model_len > context:
-            raise SpecError(Reason.INVALID_SERVING, f"serving.maxModelLen {serving.max_model_len} is longer than "
-                            f"{resolved.name}:{resolved.version}'s context of {context} tokens")
+    if serving.max_model_len is not None and isinstance(context, int) and serving.max_model_len > context:
+        raise SpecError(Reason.INVALID_SERVING, f"serving.maxModelLen {serving.max_model_len} is longer than "
+                        f"{resolved.name}:{resolved.version}'s context of {context} tokens")
     if resources.gpu > 1 and fmt and fmt != "hf":
         raise SpecError(Reason.INVALID_SERVING, f"resources.gpu {resources.gpu}: a {fmt} program runs on one GPU; "
                         "ask for 1 GPU and more replicas (only format hf models are sharded across GPUs)")

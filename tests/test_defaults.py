@@ -12,7 +12,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from modelyard.bentos.pod.settings import ServingConfig
+from modelyard.bentos.pod.settings import ServingSettings
 from modelyard.operator.config import OperatorConfig
 from modelyard.operator.spec import DeploymentSpec
 from modelyard.operator.values import split_image
@@ -31,10 +31,8 @@ def load_yaml(path: Path) -> Any:
 
 def test_the_model_server_charts_values_are_the_defaults() -> None:
     values = load_yaml(CHARTS / "model-server" / "values.yaml")
-    assert values["serving"] == {"maxBatchSize": defaults.MAX_BATCH_SIZE, "maxLatencyMs": defaults.MAX_LATENCY_MS,
-                                 "workers": defaults.SERVE_WORKERS, "batching": defaults.BATCHING,
-                                 "maxRequestBytes": defaults.MAX_REQUEST_BYTES, "engine": defaults.ENGINE,
-                                 "maxModelLen": 0}
+    assert values["serving"] == {"maxRequestBytes": defaults.MAX_REQUEST_BYTES, "engine": defaults.ENGINE,
+                                 "tensor": {}, "llm": {}}  # each server's own defaults unless the operator sets them
     assert values["registry"] == {"url": defaults.IN_CLUSTER_REGISTRY_URL,
                                   "tokenSecretRef": {"name": "", "key": defaults.TOKEN_SECRET_KEY}}
     assert values["replicas"] == defaults.REPLICAS
@@ -88,17 +86,35 @@ def test_the_crds_defaults_are_the_operators() -> None:
     crd = load_yaml(CHARTS / "modelyard" / "crds" / "modeldeployments.modelyard.io.yaml")
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     found = crd_defaults(spec)
-    assert len(found) >= 12  # the walk found the schema's defaults
+    assert len(found) >= 10  # the walk found the schema's defaults
     for path, value in found.items():
         assert model_default(DeploymentSpec, path) == value, ".".join(path)
 
 
+def test_the_crds_documented_server_defaults_are_the_servers() -> None:
+    """The tensor and language-model fields carry no schema default (so the operator can tell a field the
+    user set); their descriptions name the default, which must be the servers' own."""
+    crd = load_yaml(CHARTS / "modelyard" / "crds" / "modeldeployments.modelyard.io.yaml")
+    serving = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["serving"]
+    documented = {name: int(match.group(1)) if match.group(1).isdigit() else match.group(1) == "true"
+                  for name, field in {**serving["properties"], **serving["properties"]["llm"]["properties"]}.items()
+                  if (match := re.search(r"\(default (\w+)\)", field.get("description", "")))}
+    settings = ServingSettings()
+    assert documented == {"maxBatchSize": settings.tensor.max_batch_size, "maxLatencyMs": settings.tensor.max_latency_ms,
+                          "workers": settings.tensor.workers, "batching": settings.tensor.batching,
+                          "maxRunning": settings.llm.max_running, "maxWaiting": settings.llm.max_waiting,
+                          "prefillTokens": settings.llm.prefill_tokens}
+
+
 def test_typed_configurations_start_from_the_defaults() -> None:
-    serving = ServingConfig()
-    assert (serving.max_batch_size, serving.max_latency_ms, serving.batching, serving.workers,
-            serving.max_request_bytes) == (defaults.MAX_BATCH_SIZE, defaults.MAX_LATENCY_MS, defaults.BATCHING,
-                                           defaults.SERVE_WORKERS, defaults.MAX_REQUEST_BYTES)
-    assert ServingConfig.from_env({}) == serving
+    serving = ServingSettings()
+    assert (serving.tensor.max_batch_size, serving.tensor.max_latency_ms, serving.tensor.batching,
+            serving.tensor.workers, serving.common.max_request_bytes) == (
+        defaults.MAX_BATCH_SIZE, defaults.MAX_LATENCY_MS, defaults.BATCHING, defaults.SERVE_WORKERS,
+        defaults.MAX_REQUEST_BYTES)
+    assert (serving.llm.max_running, serving.llm.max_waiting, serving.llm.prefill_tokens) == (
+        defaults.LLM_MAX_RUNNING, defaults.LLM_MAX_WAITING, defaults.LLM_PREFILL_TOKENS)
+    assert ServingSettings.from_env({}) == serving
     operator = OperatorConfig()
     assert (operator.registry_url, operator.token_secret, operator.runtime_image, operator.fallback_resolve_seconds,
             operator.failure_retry_seconds) == (defaults.REGISTRY_URL, defaults.TOKEN_SECRET, defaults.RUNTIME_IMAGE,

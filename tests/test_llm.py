@@ -388,6 +388,37 @@ def test_serving_refuses_a_max_model_len_past_the_context(bed: Bed) -> None:
     assert "maxModelLen 4096 is longer than the model's context of 256" in answer.stdout + answer.stderr
 
 
+def test_the_language_model_servers_own_settings_reach_its_engine(bed: Bed) -> None:
+    """Each setting the server accepts changes what it does: read back from the running engine."""
+    server = serve(bed.registry, bed.workdir, "tiny@production", "--max-running", "3", "--max-waiting", "5",
+                   "--prefill-tokens", "77", "--max-model-len", "200", "--gpus", "0")
+    try:
+        stats = server.stats()
+        assert (stats["max_running"], stats["max_waiting"], stats["prefill_tokens"], stats["max_model_len"]) == (
+            3, 5, 77, 200)
+        model = httpx.post(f"{server.url}/model", json={}, timeout=10).json()
+        assert model["device"] == "cpu" and model["serving"]["engine"] == "transformers"
+        assert model["serving"]["llm"]["max_running"] == 3 and "tensor" not in model["serving"]
+        answers = [server.openai.completions.create(model="tiny", prompt="a b", max_tokens=2, temperature=0)
+                   for _ in range(2)]
+        assert all(a.usage is not None and a.usage.completion_tokens == 2 for a in answers)
+    finally:
+        stop_process(server.process, timeout=30)
+
+
+@pytest.mark.parametrize("option", [["--max-batch-size", "8"], ["--workers", "2"], ["--no-batching"],
+                                    ["--max-latency-ms", "10"]])
+def test_a_tensor_server_setting_is_refused_for_a_language_model(bed: Bed, option: list[str]) -> None:
+    answer = subprocess.run(
+        [sys.executable, "-m", "modelyard.cli", "serve", "tiny@production", "--port", str(free_port()), "--cache",
+         str(bed.workdir / "cache"), *option],
+        env={**os.environ, "MODELYARD_REGISTRY_URL": bed.registry.url, "COLUMNS": "200"}, capture_output=True,
+        text=True, timeout=180)
+    assert answer.returncode == 2, answer.stdout + answer.stderr
+    said = " ".join((answer.stdout + answer.stderr).split())
+    assert f"{option[0]}: the transformers engine that serves tiny:1 does not read it" in said
+
+
 # -- hostile requests and hostile models -------------------------------------------------------------
 
 

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from modelyard.bentos.pod.settings import ServingConfig
-from modelyard.bentos.llm.app import sampling
+from modelyard.bentos.llm.api.generation import sampling
 from modelyard.bentos.llm.engine import GenerationEngine, Overloaded
 from modelyard.bentos.llm.loading import max_model_len
 from modelyard.bentos.llm.protocol import ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, parse
@@ -273,10 +272,10 @@ def test_requests_are_checked_with_openais_error_shape() -> None:
 
 def test_max_model_len_is_the_context_unless_the_spec_shortens_it() -> None:
     facts = HfFacts("LlamaForCausalLM", "llama", "generate", 1, "float32", 256, True, 4, False)
-    assert max_model_len(facts, ServingConfig()) == 256
-    assert max_model_len(facts, ServingConfig(max_model_len=100)) == 100
+    assert max_model_len(facts, None) == 256
+    assert max_model_len(facts, 100) == 100
     with pytest.raises(ModelLoadError, match="longer than the model's context"):
-        max_model_len(facts, ServingConfig(max_model_len=257))
+        max_model_len(facts, 257)
 
 
 def test_the_context_is_what_the_weights_hold_and_the_server_caps_an_unbounded_claim(tmp_path: Path) -> None:
@@ -291,8 +290,8 @@ def test_the_context_is_what_the_weights_hold_and_the_server_caps_an_unbounded_c
         {"lm_head.weight": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, bytes(8)))
     assert inspect(directory_tree(tmp_path), allow_code=False, label="m").context_length == 16384
     claims = HfFacts("LlamaForCausalLM", "llama", "generate", 1, "float32", 2**40, True, 4, False)
-    assert max_model_len(claims, ServingConfig()) == 32768  # the server's ceiling
-    assert max_model_len(claims, ServingConfig(max_model_len=65536)) == 65536  # asked for explicitly
+    assert max_model_len(claims, None) == 32768  # the server's ceiling
+    assert max_model_len(claims, 65536) == 65536  # asked for explicitly
     request = parse(CompletionRequest, b'{"model": "m", "prompt": "x"}')
     assert sampling(request, [1, 2, 3], 32768).max_tokens == 4096  # no max_tokens: a bounded default
     assert sampling(request, [1, 2, 3], 100).max_tokens == 97
@@ -316,7 +315,7 @@ def test_rows_that_join_and_leave_mid_batch_get_exactly_generates_tokens(tiny: P
                                  pad_token_id=tokenizer.pad_token_id)
         expected.append(tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True))
         generated += out.shape[1] - len(prompt)  # fewer than `length` where the model chose its end token
-    engine = GenerationEngine(model, tokenizer, max_batch=3, max_model_len=256, max_waiting=len(prompts))
+    engine = GenerationEngine(model, tokenizer, max_running=3, max_model_len=256, max_waiting=len(prompts))
 
     async def run(prompt: list[int], length: int) -> str:
         return "".join([d.text async for d in engine.generate(prompt, SamplingParams(length, temperature=0))])
@@ -344,7 +343,7 @@ def test_long_prompts_join_over_several_steps_with_the_same_tokens(tiny: Path) -
     tokenizer = AutoTokenizer.from_pretrained(tiny)
     model = AutoModelForCausalLM.from_pretrained(tiny).eval()
     ids = [tokenizer("The quick brown fox jumps over the lazy dog " * (i + 2))["input_ids"] for i in range(4)]
-    engine = GenerationEngine(model, tokenizer, max_batch=4, max_model_len=256)
+    engine = GenerationEngine(model, tokenizer, max_running=4, max_model_len=256)
     engine.prefill_tokens = max(len(p) for p in ids) + 1  # one prompt per prefill
     expected = []
     for prompt in ids:
@@ -384,7 +383,7 @@ def test_a_full_queue_is_refused_at_once(tiny: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(tiny)
     model = AutoModelForCausalLM.from_pretrained(tiny).eval()
-    engine = GenerationEngine(model, tokenizer, max_batch=1, max_model_len=256, max_waiting=1)  # not started
+    engine = GenerationEngine(model, tokenizer, max_running=1, max_model_len=256, max_waiting=1)  # not started
 
     async def main() -> None:
         first = engine.generate([1, 2, 3], SamplingParams(5, temperature=0))
@@ -409,18 +408,34 @@ def values(spec: dict, resolved: ResolvedVersion) -> dict:
                                                      **spec}), resolved)
 
 
-def test_engine_and_max_model_len_reach_the_chart() -> None:
-    assert values({}, LLM)["serving"]["engine"] == "auto"
-    serving = values({"serving": {"engine": "transformers", "maxModelLen": 2048}, "resources": {"gpu": 2}},
-                     LLM)["serving"]
-    assert (serving["engine"], serving["maxModelLen"]) == ("transformers", 2048)
+def test_each_engine_gets_only_its_own_settings_in_the_chart() -> None:
+    """The operator names the engine that serves the version and passes that server's settings only
+    (with its defaults), so the pod's server never receives a setting it would ignore."""
+    assert values({}, LLM)["serving"] == {"engine": "transformers", "maxRequestBytes": 32 << 20, "llm": {
+        "maxRunning": 32, "maxWaiting": 512, "prefillTokens": 8192, "maxModelLen": 0}}
+    serving = values({"serving": {"engine": "transformers", "maxModelLen": 2048,
+                                  "llm": {"maxRunning": 3, "maxWaiting": 9, "prefillTokens": 1024}},
+                      "resources": {"gpu": 2}}, LLM)["serving"]
+    assert serving["llm"] == {"maxRunning": 3, "maxWaiting": 9, "prefillTokens": 1024, "maxModelLen": 2048}
+    assert "tensor" not in serving
+    program = values({"serving": {"maxBatchSize": 8, "batching": False}}, PROGRAM)["serving"]
+    assert program == {"engine": "torch", "maxRequestBytes": 32 << 20, "tensor": {
+        "maxBatchSize": 8, "maxLatencyMs": 1000, "workers": 1, "batching": False}}
+    assert values({}, ResolvedVersion("own", 1, "sha256:" + "c" * 64, format="bento"))["serving"] == {
+        "engine": "auto", "maxRequestBytes": 32 << 20}
 
 
 @pytest.mark.parametrize("spec, resolved, message", [
     ({"serving": {"engine": "torch"}}, LLM, "does not serve llm:3 \\(format hf\\)"),
     ({"serving": {"engine": "transformers"}}, PROGRAM, "format torch-export"),
     ({"serving": {"maxModelLen": 8192}}, LLM, "longer than llm:3's context of 4096"),
-    ({"serving": {"maxModelLen": 16}}, PROGRAM, "for language models"),
+    ({"serving": {"maxModelLen": 16}}, PROGRAM, "serving.maxModelLen is read only by the language-model server"),
+    ({"serving": {"llm": {"maxRunning": 4}}}, PROGRAM, "serving.llm.maxRunning is read only by the language-model"),
+    ({"serving": {"maxBatchSize": 32}}, LLM, "serving.maxBatchSize is read only by the tensor server .* llm:3 "
+                                             "\\(format hf\\) is served by the language-model server"),
+    ({"serving": {"workers": 2}}, LLM, "serving.workers is read only by the tensor server"),
+    ({"serving": {"batching": True}}, LLM, "serving.batching is read only by the tensor server"),
+    ({"serving": {"maxLatencyMs": 10}}, ResolvedVersion("own", 1, format="bento"), "its own BentoML service"),
     ({"resources": {"gpu": 2}}, PROGRAM, "runs on one GPU"),
 ])
 def test_serving_that_cannot_work_is_refused_with_a_reason(spec: dict, resolved: ResolvedVersion,

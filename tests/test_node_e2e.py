@@ -76,14 +76,14 @@ def test_a_model_deployment_pulls_by_digest_and_serves_through_its_service(platf
     platform.custom.create_namespaced_custom_object(GROUP, API_VERSION, ML, PLURAL, {
         "apiVersion": f"{GROUP}/{API_VERSION}", "kind": "ModelDeployment", "metadata": {"name": "digits"},
         "spec": {"model": {"name": MODEL, "alias": "production"}, "replicas": 1,
-                 "resources": {"gpu": 1, "cpu": "250m", "memory": "1Gi"},
+                 "resources": {"cpu": "250m", "memory": "1Gi"},
                  "rollout": {"progressDeadlineSeconds": 90, "autoRollback": True}}})
     status = platform.wait_status("digits", lambda s: s.get("phase") == "Ready", "phase Ready", timeout=240)
     assert status["model"] == {"name": MODEL, "version": v1, "alias": "production", "digest": digest}
     assert status["ready"] == "1/1"
 
     (pod,) = platform.serving("digits")
-    assert pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
+    assert "nvidia.com/gpu" not in (pod.spec.containers[0].resources.limits or {})
     assert pod.metadata.annotations["modelyard.io/digest"] == digest
     (pulled,) = pod.status.init_container_statuses
     assert pulled.state.terminated.exit_code == 0
@@ -250,6 +250,37 @@ def test_delete_removes_the_pods_and_the_release(platform: Platform) -> None:
     assert [s.metadata.name for s in platform.core.list_namespaced_service(ML).items] == []
 
 
+def test_a_pod_given_a_gpu_it_cannot_see_stops_and_says_so(platform: Platform) -> None:
+    """The server uses the GPUs the pod was given, no fewer: this node advertises GPUs it does not have
+    (an extended resource), so the pod is scheduled with one and its server refuses to fall back to the
+    CPU, naming the count, instead of serving a model many times slower than asked for."""
+    platform.create("gpu", {"model": {"name": MODEL, "alias": "production"}, "replicas": 1,
+                            "resources": {"gpu": 1, "cpu": "250m", "memory": "1Gi"},
+                            "rollout": {"progressDeadlineSeconds": 600}})
+
+    def said() -> str:
+        logs = []
+        for pod in platform.serving("gpu"):
+            for previous in (False, True):
+                try:
+                    logs.append(platform.core.read_namespaced_pod_log(pod.metadata.name, ML, container="model-server",
+                                                                      previous=previous))
+                except client.ApiException:
+                    pass
+        return "\n".join(logs)
+
+    eventually(lambda: "was given 1 GPU(s) (resources.gpu) but sees none" in said(), timeout=180, interval=2,
+               what="the server's reason in its log")
+    (pod,) = platform.serving("gpu")
+    assert pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in [
+        {"key": t.key, "operator": t.operator, "effect": t.effect} for t in pod.spec.tolerations]
+    assert platform.status("gpu").get("phase") != "Ready"
+    platform.custom.delete_namespaced_custom_object(GROUP, API_VERSION, ML, PLURAL, "gpu")
+    eventually(lambda: not platform.status("gpu") and not platform.serving("gpu"), timeout=120, interval=1,
+               what="resource and pods gone")
+
+
 def test_a_language_model_is_served_behind_the_openai_api_in_a_pod(platform: Platform, tmp_path: Path) -> None:
     """A model directory made here, pushed, deployed with a ModelDeployment and called with the
     official ``openai`` client through its Service: the runtime image serves format hf."""
@@ -263,7 +294,7 @@ def test_a_language_model_is_served_behind_the_openai_api_in_a_pod(platform: Pla
         version = registry.create_version("chat-lm", format="hf")
         version = registry.upload_artifact("chat-lm", version.version, directory)
     spec = {"model": {"name": "chat-lm", "version": version.version}, "replicas": 1,
-            "resources": {"gpu": 1, "cpu": "500m", "memory": "2Gi"}, "serving": {"engine": "torch"},
+            "resources": {"cpu": "500m", "memory": "2Gi"}, "serving": {"engine": "torch", "maxBatchSize": 8},
             "rollout": {"progressDeadlineSeconds": 180}}
     platform.create("chat", spec)
     failed = platform.wait_status("chat", lambda s: s.get("phase") == "Failed", "phase Failed", timeout=60)
@@ -271,16 +302,26 @@ def test_a_language_model_is_served_behind_the_openai_api_in_a_pod(platform: Pla
     assert "serving.engine torch does not serve" in condition(failed, "Ready")["message"]
 
     platform.custom.patch_namespaced_custom_object(GROUP, API_VERSION, ML, PLURAL, "chat", {"spec": {"serving": {
-        "engine": "transformers", "maxModelLen": 128}}})
+        "engine": "transformers"}}})  # a merge patch: maxBatchSize stays, and the tensor server's field is refused
+    failed = platform.wait_status("chat", lambda s: "maxBatchSize" in condition(s, "Ready").get("message", ""),
+                                  "maxBatchSize refused", timeout=60)
+    assert condition(failed, "Ready")["reason"] == "InvalidServing" and failed["phase"] == "Failed"
+    assert "serving.maxBatchSize is read only by the tensor server" in condition(failed, "Ready")["message"]
+
+    platform.custom.patch_namespaced_custom_object(GROUP, API_VERSION, ML, PLURAL, "chat", {"spec": {"serving": {
+        "maxBatchSize": None, "maxModelLen": 128, "llm": {"maxRunning": 3, "maxWaiting": 7}}}})
     status = platform.wait_status("chat", lambda s: s.get("phase") == "Ready", "phase Ready", timeout=300)
     assert status["model"]["digest"] == version.digest
     (pod,) = platform.serving("chat")
     env = {e.name: e.value for e in pod.spec.containers[0].env}
     assert (env["MODELYARD_ENGINE"], env["MODELYARD_MAX_MODEL_LEN"]) == ("transformers", "128")
+    assert "MODELYARD_MAX_BATCH_SIZE" not in env  # the tensor server's settings never reach this pod
 
     url = platform.service_url("chat")
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
     assert client.models.list().data[0].model_extra["max_model_len"] == 128  # type: ignore[index]
+    stats = httpx.get(f"{url}/v1/engine/stats", timeout=30).json()  # the spec's settings, read back from the pod
+    assert (stats["max_running"], stats["max_waiting"], stats["max_model_len"]) == (3, 7, 128)
     answer = client.completions.create(model="chat-lm", prompt="The quick brown fox", max_tokens=12, temperature=0)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model = AutoModelForCausalLM.from_pretrained(directory).eval()

@@ -136,7 +136,7 @@ def test_design_example() -> None:
                                "pullPolicy": "IfNotPresent"}
     assert values["autoscaling"] == {"enabled": True, "minReplicas": 1, "maxReplicas": 8, "targetCPUUtilization": 70}
     assert values["resources"]["gpu"] == 1 and values["resources"]["gpuType"] == "nvidia-h100-80gb"
-    assert values["serving"]["maxLatencyMs"] == 10
+    assert values["serving"]["tensor"]["maxLatencyMs"] == 10
     assert values["registry"]["tokenSecretRef"] == {"name": "registry-token", "key": "token"}
     assert values["canary"]["enabled"] is False
 

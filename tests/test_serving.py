@@ -86,6 +86,14 @@ def stop(process: subprocess.Popen[str]) -> None:
     stop_process(process, timeout=30)
 
 
+@pytest.mark.parametrize("option", [["--max-running", "4"], ["--prefill-tokens", "64"], ["--max-model-len", "9"]])
+def test_a_language_model_setting_is_refused_for_a_program(served: Served, tmp_path: Path, option: list[str]) -> None:
+    process, _, log = start_serving(served, tmp_path / "cache", "digits:1", *option)
+    assert process.wait(timeout=180) == 2
+    said = " ".join(log.read_text().split())
+    assert f"{option[0]}: the torch engine that serves digits:1 does not read it" in said
+
+
 def test_packaging_records_the_bento_once(served: Served) -> None:
     with RegistryClient(served.registry.url) as client:
         first = package_version(client, "digits:1")
@@ -97,7 +105,7 @@ def test_packaging_records_the_bento_once(served: Served) -> None:
 
 
 def test_served_predictions_match_the_model_and_bad_input_is_a_400(served: Served, tmp_path: Path) -> None:
-    process, url, log = start_serving(served, tmp_path / "cache")
+    process, url, log = start_serving(served, tmp_path / "cache", "digits@production", "--max-batch-size", "16")
     try:
         wait_serving(process, url, log)
         answer = httpx.post(f"{url}/predict", json={"inputs": served.images.tolist()}, timeout=30)
@@ -119,7 +127,7 @@ def test_served_predictions_match_the_model_and_bad_input_is_a_400(served: Serve
         lean_bad = httpx.post(f"{url}/v2/predict", json={"inputs": [[1.0] * 64]}, timeout=30)
         assert lean_bad.status_code == 400 and "[-1, 1, 8, 8]" in lean_bad.json()["error"]
         assert httpx.post(f"{url}/v2/predict", content=b"{oops", timeout=30).status_code == 400
-        many = np.concatenate([served.images] * 8)  # 40 examples: more than max_batch_size, run directly
+        many = np.concatenate([served.images] * 8)  # 40 examples: more than max_batch_size (16), run directly
         buffer = io.BytesIO()
         np.save(buffer, many)
         big = httpx.post(f"{url}/v2/predict", content=buffer.getvalue(), headers={"Content-Type": "application/x-npy"},
@@ -129,6 +137,11 @@ def test_served_predictions_match_the_model_and_bad_input_is_a_400(served: Serve
                                    rtol=1e-4, atol=1e-5)
         about = httpx.post(f"{url}/model", json={}, timeout=30).json()
         assert (about["model"], about["version"], about["device"]) == ("digits", 1, "cpu")
+        assert about["serving"]["engine"] == "torch" and "llm" not in about["serving"]
+        assert about["serving"]["tensor"]["max_batch_size"] == 16  # the setting reached the server
+        too_many = httpx.post(f"{url}/predict", json={"inputs": np.concatenate([served.images] * 4).tolist()},
+                              timeout=30)  # 20 examples: past /predict's batch of 16
+        assert too_many.status_code == 400 and "more than max_batch_size (16)" in too_many.text
         metrics = httpx.get(f"{url}/metrics", timeout=30).text  # the lean route counts itself
         assert 'modelyard_lean_requests_total{status="200"} 3.0' in metrics
         assert 'modelyard_lean_requests_total{status="400"} 2.0' in metrics

@@ -9,26 +9,50 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelyard.bentos.pod.settings import ServingConfig, cpu_limit, torch_threads
+from modelyard.bentos.pod.settings import (
+    IGNORED_BY, CommonSettings, ServingSettings, cpu_limit, engine_for, served_settings, torch_threads,
+)
 from modelyard.bentos.packager import bento_tag
 from modelyard.bentos.tensor.signature import InputSpec, coerce, read_npy
 from modelyard.registry.kernel.schemas import BENTO_TAG_PATTERN
 
 
-def test_config_from_env_and_back() -> None:
-    config = ServingConfig.from_env({"MODELYARD_MAX_BATCH_SIZE": "64", "MODELYARD_MAX_LATENCY_MS": "5",
-                                     "MODELYARD_BATCHING": "off", "MODELYARD_SERVE_WORKERS": "2",
-                                     "MODELYARD_GPUS": "1"})
-    assert (config.max_batch_size, config.max_latency_ms, config.batching, config.workers, config.gpus) == (
-        64, 5, False, 2, 1)
-    assert config.bentoml_resources() == {"gpu": 1}
-    assert ServingConfig.from_env(config.to_env()) == config
-    assert ServingConfig.from_env({}) == ServingConfig()
-    assert ServingConfig().bentoml_resources() == {}
-    with pytest.raises(ValueError, match="MODELYARD_MAX_BATCH_SIZE"):
-        ServingConfig.from_env({"MODELYARD_MAX_BATCH_SIZE": "0"})
-    with pytest.raises(ValueError, match="not an integer"):
-        ServingConfig.from_env({"MODELYARD_GPUS": "two"})
+def test_settings_from_env_and_back() -> None:
+    settings = ServingSettings.from_env({
+        "MODELYARD_MAX_BATCH_SIZE": "64", "MODELYARD_MAX_LATENCY_MS": "5", "MODELYARD_BATCHING": "off",
+        "MODELYARD_SERVE_WORKERS": "2", "MODELYARD_GPUS": "1", "MODELYARD_ENGINE": "transformers",
+        "MODELYARD_LLM_MAX_RUNNING": "3", "MODELYARD_LLM_MAX_WAITING": "7", "MODELYARD_LLM_PREFILL_TOKENS": "99",
+        "MODELYARD_MAX_MODEL_LEN": "128", "MODELYARD_ACCESS_LOG": "on"})
+    tensor, llm = settings.tensor, settings.llm
+    assert (tensor.max_batch_size, tensor.max_latency_ms, tensor.batching, tensor.workers) == (64, 5, False, 2)
+    assert (llm.max_running, llm.max_waiting, llm.prefill_tokens, llm.max_model_len) == (3, 7, 99, 128)
+    assert (settings.engine, settings.common.gpus, settings.common.access_log) == ("transformers", 1, True)
+    assert settings.bentoml_resources() == {"gpu": 1}
+    assert ServingSettings.from_env(settings.to_env()) == settings
+    assert ServingSettings.from_env({}) == ServingSettings()
+    assert ServingSettings().common.gpus is None  # no count given: every visible GPU (a pod always gives one)
+    assert ServingSettings.from_env({"MODELYARD_GPUS": "0"}).common.gpus == 0  # a pod without GPUs: the CPU
+    assert ServingSettings().bentoml_resources() == {}
+    for env, message in [({"MODELYARD_MAX_BATCH_SIZE": "0"}, "MODELYARD_MAX_BATCH_SIZE=0 must be at least 1"),
+                         ({"MODELYARD_GPUS": "two"}, "not an integer"),
+                         ({"MODELYARD_BATCHING": "maybe"}, "not on or off"),
+                         ({"MODELYARD_LLM_MAX_RUNNING": "0"}, "MODELYARD_LLM_MAX_RUNNING"),
+                         ({"MODELYARD_ENGINE": "vllm"}, "not one of")]:
+        with pytest.raises(ValueError, match=message):
+            ServingSettings.from_env(env)
+
+
+def test_each_engine_reads_its_own_section() -> None:
+    assert engine_for("hf", "auto") == "transformers" and engine_for("torchscript", "auto") == "torch"
+    assert engine_for("torch-export", "torch") == "torch"
+    with pytest.raises(ValueError, match="engine transformers does not serve format torchscript"):
+        engine_for("torchscript", "transformers")
+    assert IGNORED_BY == {"torch": "llm", "transformers": "tensor"}
+    shown = served_settings(ServingSettings(), "transformers")
+    assert set(shown) == {"engine", "common", "llm"} and shown["llm"]["max_running"] == 32
+    assert set(served_settings(ServingSettings(), "torch")) == {"engine", "common", "tensor"}
+    changed = ServingSettings().with_values("llm", max_running=4, max_waiting=None)
+    assert (changed.llm.max_running, changed.llm.max_waiting) == (4, ServingSettings().llm.max_waiting)
 
 
 def test_cpu_limit_follows_the_cgroup_quota(tmp_path: Path) -> None:
@@ -40,7 +64,7 @@ def test_cpu_limit_follows_the_cgroup_quota(tmp_path: Path) -> None:
     cpu_max.write_text("max 100000\n")
     assert cpu_limit(cpu_max, fallback=16) == 16
     assert cpu_limit(tmp_path / "missing", fallback=3) == 3
-    assert torch_threads(ServingConfig(threads=5)) == 5
+    assert torch_threads(CommonSettings(threads=5)) == 5
 
 
 def test_input_spec_checks_shape_exactly() -> None:

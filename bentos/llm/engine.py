@@ -2,7 +2,7 @@
 
 A request is tokenized by its handler and submitted with its sampling settings; the
 engine thread admits waiting requests into the running batch (``batch.prefill`` then
-``batch.merge``) up to ``max_batch`` rows, and every step makes one token for every row
+``batch.merge``) up to ``max_running`` rows, and every step makes one token for every row
 in one forward pass (continuous batching).  Tokens go back to each request's asyncio
 queue on its event loop.  A client that goes away marks its request cancelled; the
 engine drops its row before the next step, so an abandoned stream costs one step at most.
@@ -21,29 +21,12 @@ from typing import Any
 import torch
 
 from modelyard.bentos.llm import batch as batching
+from modelyard.bentos.llm.engine_client import Delta, GenerationFailed, Overloaded
 from modelyard.bentos.llm.sampling import SamplingParams, choose
 from modelyard.bentos.llm.text import TextStream
+from modelyard.registry.kernel import defaults
 
 log = logging.getLogger("bentoml.modelyard")
-PREFILL_TOKENS = 8192
-"""Padded prompt tokens prefilled in one forward pass (or one context's worth, if longer)."""
-
-
-class Overloaded(RuntimeError):
-    """More requests wait than the engine queues; the client should retry later."""
-
-
-class GenerationFailed(RuntimeError):
-    """A step of the batch failed (out of memory, a model error); every request in it hears of it."""
-
-
-@dataclass(frozen=True)
-class Delta:
-    """What a request gained in one step: new text, tokens generated so far, and why it ended."""
-
-    text: str
-    completion_tokens: int
-    finish_reason: str | None = None  # "stop" | "length" once finished
 
 
 @dataclass(eq=False)
@@ -76,14 +59,14 @@ def _deliver(items: list[tuple[_Request, Delta | BaseException]]) -> None:
 
 
 class GenerationEngine:
-    def __init__(self, model: Any, tokenizer: Any, *, max_batch: int, max_model_len: int,
-                 max_waiting: int | None = None) -> None:
+    def __init__(self, model: Any, tokenizer: Any, *, max_running: int, max_model_len: int,
+                 max_waiting: int | None = None, prefill_tokens: int = defaults.LLM_PREFILL_TOKENS) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.max_batch = max_batch
+        self.max_running = max_running
         self.max_model_len = max_model_len
-        self.max_waiting = max_waiting if max_waiting is not None else max_batch * 16
-        self.prefill_tokens = max(max_model_len, PREFILL_TOKENS)
+        self.max_waiting = max_waiting if max_waiting is not None else max_running * 16
+        self.prefill_tokens = prefill_tokens
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.eos = _eos_ids(model, tokenizer)
         self._waiting: collections.deque[_Request] = collections.deque()
@@ -121,7 +104,8 @@ class GenerationEngine:
     def stats(self) -> dict[str, int]:
         with self._wake:
             return {"running": len(self._running), "waiting": len(self._waiting), "steps": self.steps,
-                    "tokens": self.tokens, "max_batch": self.max_batch}
+                    "tokens": self.tokens, "max_running": self.max_running, "max_waiting": self.max_waiting,
+                    "prefill_tokens": self.prefill_tokens, "max_model_len": self.max_model_len}
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="modelyard-generation", daemon=True)
@@ -161,7 +145,7 @@ class GenerationEngine:
         of needing one huge forward pass (at least one request always joins)."""
         joining: list[_Request] = []
         longest = 0
-        while self._waiting and len(self._running) + len(joining) < self.max_batch:
+        while self._waiting and len(self._running) + len(joining) < self.max_running:
             request = self._waiting[0]
             if request.cancelled:
                 self._waiting.popleft()

@@ -2,10 +2,10 @@
 
 Before transformers reads a byte, the extracted files are checked against the manifest
 the runtime wrote from the digest-checked archive (``bentos.manifest``) and against the
-same safety rules the registry applied (``registry.hf_model``: no pickles, no model code
+same safety rules the registry applied (``registry.model.hf_model``: no pickles, no model code
 unless the version allows it).  Loading is offline (no hub), from safetensors only, in
-the dtype the weights were saved in; with more than one GPU the layers are spread over
-them (accelerate's ``device_map="auto"``).
+the dtype the weights were saved in, on the GPUs the pod was given (``resources.gpu``);
+with more than one the layers are spread over them (accelerate's ``device_map="auto"``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelyard.bentos.pod.settings import ServingConfig
+from modelyard.bentos.pod.settings import LLM_ENGINE, ServingSettings
 from modelyard.bentos.pod.failure import ModelLoadError
 from modelyard.bentos.pod.manifest import MANIFEST_FILE, ManifestMismatch, check_manifest
 from modelyard.bentos.pod.spec import ModelSpec
@@ -58,19 +58,31 @@ def check_files(spec: ModelSpec, src: Path) -> HfFacts:
         raise ModelLoadError(f"refusing to load {spec.model}:{spec.version}: {exc}") from None
 
 
-def max_model_len(facts: HfFacts, config: ServingConfig) -> int:
+def max_model_len(facts: HfFacts, asked: int | None) -> int:
     """The longest sequence served: the spec's ``maxModelLen``, at most the model's context; without
     one, the context capped by the server's ceiling (``LLM_MAX_MODEL_LEN``): a configuration may
     claim any length, and a claim of 2^40 must not become a 2^40-token default."""
     context = facts.context_length or FALLBACK_CONTEXT
-    if config.max_model_len and config.max_model_len > context:
-        raise ModelLoadError(f"maxModelLen {config.max_model_len} is longer than the model's context of {context}")
-    return config.max_model_len or min(context, defaults.LLM_MAX_MODEL_LEN)
+    if asked and asked > context:
+        raise ModelLoadError(f"maxModelLen {asked} is longer than the model's context of {context}")
+    return asked or min(context, defaults.LLM_MAX_MODEL_LEN)
 
 
-def load(spec: ModelSpec, src: Path, config: ServingConfig) -> LoadedModel:
-    if config.engine not in ("auto", "transformers"):
-        raise ModelLoadError(f"engine {config.engine!r} cannot serve format hf: use transformers (or auto)")
+def gpus_to_use(asked: int | None, visible: int) -> int:
+    """The GPUs to load onto: the count the pod was given (0: the CPU, even where one is visible), or
+    every visible one when no count was given (a local ``modelyard serve``).  ``ModelLoadError``
+    when the pod was given more than it can see."""
+    if asked is None:
+        return visible
+    if asked > visible:
+        raise ModelLoadError(f"the server was given {asked} GPU(s) (resources.gpu) but sees {visible}: is the "
+                             "NVIDIA device plugin running and the runtime image built for CUDA?")
+    return asked
+
+
+def load(spec: ModelSpec, src: Path, settings: ServingSettings) -> LoadedModel:
+    if settings.engine not in ("auto", LLM_ENGINE):
+        raise ModelLoadError(f"engine {settings.engine!r} cannot serve format hf: use {LLM_ENGINE} (or auto)")
     facts = check_files(spec, src)
     if facts.task is None:
         raise ModelLoadError(f"{spec.model}:{spec.version} is a {facts.architecture or facts.model_type}: "
@@ -80,9 +92,9 @@ def load(spec: ModelSpec, src: Path, config: ServingConfig) -> LoadedModel:
     import torch
 
     root = str(src / spec.file)
-    gpus = torch.cuda.device_count()
+    gpus = gpus_to_use(settings.common.gpus, torch.cuda.device_count())
     device = "cuda" if gpus else "cpu"
-    length = max_model_len(facts, config)
+    length = max_model_len(facts, settings.llm.max_model_len)
     common: dict[str, Any] = {"trust_remote_code": facts.allow_code, "local_files_only": True}
     if facts.task == "embed":
         from sentence_transformers import SentenceTransformer
@@ -92,7 +104,9 @@ def load(spec: ModelSpec, src: Path, config: ServingConfig) -> LoadedModel:
         return LoadedModel(spec, facts, device, length, encoder.tokenizer, encoder=encoder)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    placement: dict[str, Any] = {"device_map": "auto"} if gpus > 1 else {}
+    placement: dict[str, Any] = ({"device_map": "auto", "max_memory": {index: torch.cuda.mem_get_info(index)[1]
+                                                                       for index in range(gpus)}}
+                                 if gpus > 1 else {})
     model = AutoModelForCausalLM.from_pretrained(root, dtype="auto", use_safetensors=True, **placement, **common)
     if not placement:
         model = model.to(device)

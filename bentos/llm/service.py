@@ -17,18 +17,18 @@ from typing import Any
 
 import bentoml
 
-from modelyard.bentos.pod.settings import ServingConfig, torch_threads
+from modelyard.bentos.pod.settings import LLM_ENGINE, ServingSettings, served_settings, torch_threads
 from modelyard.bentos.pod.limits import BodyLimit
-from modelyard.bentos.llm.app import Served, build_llm_app
+from modelyard.bentos.llm.api.common import Served
+from modelyard.bentos.llm.api.server import build_llm_app
 from modelyard.bentos.pod.spec import ModelSpec
-from modelyard.registry.kernel import defaults
 from modelyard.registry.kernel.defaults import Env
 
 log = logging.getLogger("bentoml.modelyard")
 
 BENTO_DIR = Path(os.environ.get(Env.BENTO_DIR) or Path.cwd())
 SPEC = ModelSpec.read(BENTO_DIR)
-CONFIG = ServingConfig.from_env()
+SETTINGS = ServingSettings.from_env()
 
 _SERVED: list[Served] = []
 
@@ -38,16 +38,16 @@ def _served() -> "Served | None":
 
 
 OPENAI_APP = build_llm_app(_served)
-OPENAI_APP.add_middleware(BodyLimit, max_bytes=CONFIG.max_request_bytes)
+OPENAI_APP.add_middleware(BodyLimit, max_bytes=SETTINGS.common.max_request_bytes)
 
 
 @bentoml.asgi_app(OPENAI_APP, path="/v1")
 @bentoml.service(
     name="modelyard-llm",
     workers=1,
-    resources=CONFIG.bentoml_resources(),
+    resources=SETTINGS.bentoml_resources(),
     traffic={"timeout": 600},
-    logging={"access": {"enabled": CONFIG.access_log}},
+    logging={"access": {"enabled": SETTINGS.common.access_log}},
 )
 class LLMService:
     """Serves one model version behind OpenAI's API (``/v1/chat/completions`` …)."""
@@ -59,16 +59,18 @@ class LLMService:
         from modelyard.bentos.llm.loading import load
         from modelyard.bentos.pod.failure import report_failure
 
-        torch.set_num_threads(torch_threads(CONFIG, 1))
+        torch.set_num_threads(torch_threads(SETTINGS.common))
         try:
-            loaded = load(SPEC, BENTO_DIR, CONFIG)
+            loaded = load(SPEC, BENTO_DIR, SETTINGS)
         except Exception as exc:
             report_failure(exc)  # BentoML would restart the worker forever; the runtime stops instead
             raise
         engine = None
         if loaded.task == "generate":
-            engine = GenerationEngine(loaded.model, loaded.tokenizer, max_batch=defaults.LLM_MAX_BATCH,
-                                      max_model_len=loaded.max_model_len, max_waiting=defaults.LLM_MAX_WAITING)
+            llm = SETTINGS.llm
+            engine = GenerationEngine(loaded.model, loaded.tokenizer, max_running=llm.max_running,
+                                      max_model_len=loaded.max_model_len, max_waiting=llm.max_waiting,
+                                      prefill_tokens=llm.prefill_tokens)
             engine.start()
         self.served = Served(loaded, engine)
         _SERVED.append(self.served)
@@ -79,4 +81,4 @@ class LLMService:
         loaded = self.served.loaded
         return {"model": SPEC.model, "version": SPEC.version, "digest": SPEC.digest, "format": SPEC.format,
                 "task": loaded.task, "device": loaded.device, "max_model_len": loaded.max_model_len,
-                "metadata": SPEC.metadata}
+                "metadata": SPEC.metadata, "serving": served_settings(SETTINGS, LLM_ENGINE)}

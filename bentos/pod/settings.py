@@ -1,105 +1,181 @@
-"""Serving settings for the generic model service, read from the environment.
+"""Serving settings, typed per engine: what every server reads, what the tensor server reads, what
+the language-model server reads.
 
-BentoML does not apply a bentofile's ``envs`` to a local ``bentoml serve``, and
-the operator sets these per ModelDeployment on the pod, so the service reads
-them itself when it is imported.  Pure: no BentoML or torch here.
+The operator sets them per ModelDeployment on the pod (the chart turns ``spec.serving`` into
+``MODELYARD_*`` variables), ``modelyard serve`` from its options; a server reads them when it is
+imported (BentoML does not apply a bentofile's ``envs`` to a local ``bentoml serve``).  Each
+setting has one row in ``FIELDS``: its section, its variable, and how it is read, so reading
+and writing the environment cannot drift apart.  ``IGNORED_BY`` says which sections an engine
+does not read, so that a caller can refuse a setting that would change nothing.  Pure: no
+BentoML or torch here.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from modelyard.registry.kernel import defaults
 from modelyard.registry.kernel.defaults import Env
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
-
-def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not an integer") from None
-    if value < minimum:
-        raise ValueError(f"{name}={value} must be at least {minimum}")
-    return value
-
-
-def _flag(env: dict[str, str], name: str, default: bool) -> bool:
-    """A switch: only an explicit off turns a default-on switch off, and only an explicit on
-    turns a default-off switch on."""
-    raw = env.get(name, "").lower()
-    if not raw:
-        return default
-    return raw not in ("off", "false", "0", "no") if default else raw in ("on", "true", "1", "yes")
-
-
-def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
-    raw = env.get(name) or default
-    if raw not in choices:
-        raise ValueError(f"{name}={raw!r} is not one of {', '.join(choices)}")
-    return raw
+TENSOR_ENGINE = defaults.TENSOR_ENGINE
+LLM_ENGINE = defaults.LLM_ENGINE
 
 
 @dataclass(frozen=True)
-class ServingConfig:
+class CommonSettings:
+    """What every server reads."""
+
+    max_request_bytes: int = defaults.MAX_REQUEST_BYTES
+    """Larger bodies get a 413 before they are read (the chart's probe timeouts allow for the rest)."""
+    access_log: bool = False
+    """BentoML's per-request log line (``MODELYARD_ACCESS_LOG=on``)."""
+    threads: int | None = None
+    """torch's intra-op threads; None: the CPU limit shared among the workers."""
+    gpus: int | None = None
+    """GPUs the server uses; None: every GPU this machine shows.  A pod is given an exact count
+    (``resources.gpu``), and 0 means the CPU even where a GPU is visible."""
+
+
+@dataclass(frozen=True)
+class TensorSettings:
+    """What the tensor server (torch.export, TorchScript) reads: BentoML's adaptive batching."""
+
     max_batch_size: int = defaults.MAX_BATCH_SIZE
     max_latency_ms: int = defaults.MAX_LATENCY_MS
     """A load-shedding bound, not a batching window (see ``defaults.MAX_LATENCY_MS``)."""
     batching: bool = defaults.BATCHING
     workers: int = defaults.SERVE_WORKERS
-    gpus: int = 0
-    threads: int | None = None  # torch intra-op threads; None: from the CPU limit
-    access_log: bool = False  # BentoML's per-request log line (MODELYARD_ACCESS_LOG=on)
-    max_request_bytes: int = defaults.MAX_REQUEST_BYTES
-    """Larger bodies get a 413 before they are read (the chart's probe timeouts allow for the rest)."""
-    engine: str = defaults.ENGINE
+
+
+@dataclass(frozen=True)
+class LlmSettings:
+    """What the language-model server reads: its continuous-batching engine's bounds."""
+
+    max_running: int = defaults.LLM_MAX_RUNNING
+    """Sequences generated for at once (rows of the running batch)."""
+    max_waiting: int = defaults.LLM_MAX_WAITING
+    """Requests that may wait for a row; beyond that a request gets a 429 at once."""
     max_model_len: int | None = None
-    """A language model's longest sequence (prompt + completion); None: the model's own context."""
+    """The longest sequence (prompt + completion); None: the model's context, capped by
+    ``defaults.LLM_MAX_MODEL_LEN``."""
+    prefill_tokens: int = defaults.LLM_PREFILL_TOKENS
+    """Padded prompt tokens prefilled together in one step (a longer prompt is prefilled alone)."""
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """All of a pod's serving settings: the engine, and each section."""
+
+    engine: str = defaults.ENGINE
+    common: CommonSettings = field(default_factory=CommonSettings)
+    tensor: TensorSettings = field(default_factory=TensorSettings)
+    llm: LlmSettings = field(default_factory=LlmSettings)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> ServingConfig:
+    def from_env(cls, env: dict[str, str] | None = None) -> ServingSettings:
+        """The settings the environment sets (``ValueError`` naming a variable that is wrong)."""
         env = dict(os.environ if env is None else env)
-        threads = _int(env, Env.TORCH_THREADS, 0)
-        return cls(
-            max_batch_size=_int(env, Env.MAX_BATCH_SIZE, defaults.MAX_BATCH_SIZE, 1),
-            max_latency_ms=_int(env, Env.MAX_LATENCY_MS, defaults.MAX_LATENCY_MS, 1),
-            batching=_flag(env, Env.BATCHING, defaults.BATCHING),
-            workers=_int(env, Env.SERVE_WORKERS, defaults.SERVE_WORKERS, 1),
-            gpus=_int(env, Env.GPUS, 0, 0),
-            threads=threads or None,
-            access_log=_flag(env, Env.ACCESS_LOG, False),
-            max_request_bytes=_int(env, Env.MAX_REQUEST_BYTES, defaults.MAX_REQUEST_BYTES, 1024),
-            engine=_choice(env, Env.ENGINE, defaults.ENGINE, defaults.ENGINES),
-            max_model_len=_int(env, Env.MAX_MODEL_LEN, 0, 0) or None,
-        )
-
-    def bentoml_resources(self) -> dict[str, object]:
-        return {"gpu": self.gpus} if self.gpus else {}
+        engine = env.get(Env.ENGINE) or defaults.ENGINE
+        if engine not in defaults.ENGINES:
+            raise ValueError(f"{Env.ENGINE}={engine!r} is not one of {', '.join(defaults.ENGINES)}")
+        sections: dict[str, dict[str, Any]] = {"common": {}, "tensor": {}, "llm": {}}
+        for row in FIELDS:
+            raw = env.get(row.env)
+            if raw is not None and raw != "":
+                sections[row.section][row.name] = row.parse(raw)
+        return cls(engine=engine, common=CommonSettings(**sections["common"]),
+                   tensor=TensorSettings(**sections["tensor"]), llm=LlmSettings(**sections["llm"]))
 
     def to_env(self) -> dict[str, str]:
-        env = {
-            Env.MAX_BATCH_SIZE: str(self.max_batch_size),
-            Env.MAX_LATENCY_MS: str(self.max_latency_ms),
-            Env.BATCHING: "on" if self.batching else "off",
-            Env.SERVE_WORKERS: str(self.workers),
-            Env.GPUS: str(self.gpus),
-            Env.MAX_REQUEST_BYTES: str(self.max_request_bytes),
-        }
-        if self.threads:
-            env[Env.TORCH_THREADS] = str(self.threads)
-        if self.engine != defaults.ENGINE:
-            env[Env.ENGINE] = self.engine
-        if self.max_model_len:
-            env[Env.MAX_MODEL_LEN] = str(self.max_model_len)
-        if self.access_log:
-            env[Env.ACCESS_LOG] = "on"
+        """The variables that give these settings back through ``from_env``."""
+        env = {Env.ENGINE: self.engine}
+        for row in FIELDS:
+            value = getattr(getattr(self, row.section), row.name)
+            if value is not None:
+                env[row.env] = row.show(value)
         return env
+
+    def with_values(self, section: str, **values: Any) -> ServingSettings:
+        """A copy with the given fields of one section changed (None: left as it is)."""
+        given = {name: value for name, value in values.items() if value is not None}
+        return replace(self, **{section: replace(getattr(self, section), **given)}) if given else self
+
+    def bentoml_resources(self) -> dict[str, object]:
+        return {"gpu": self.common.gpus} if self.common.gpus else {}
+
+
+@dataclass(frozen=True)
+class _Field:
+    section: str
+    name: str
+    env: str
+    kind: type
+    minimum: int = 0
+
+    def parse(self, raw: str) -> Any:
+        if self.kind is bool:
+            value = raw.lower()
+            if value in ("on", "true", "1", "yes"):
+                return True
+            if value in ("off", "false", "0", "no"):
+                return False
+            raise ValueError(f"{self.env}={raw!r} is not on or off")
+        try:
+            number = int(raw)
+        except ValueError:
+            raise ValueError(f"{self.env}={raw!r} is not an integer") from None
+        if number < self.minimum:
+            raise ValueError(f"{self.env}={number} must be at least {self.minimum}")
+        return number
+
+    def show(self, value: Any) -> str:
+        return ("on" if value else "off") if self.kind is bool else str(value)
+
+
+FIELDS: tuple[_Field, ...] = (
+    _Field("common", "max_request_bytes", Env.MAX_REQUEST_BYTES, int, 1024),
+    _Field("common", "access_log", Env.ACCESS_LOG, bool),
+    _Field("common", "threads", Env.TORCH_THREADS, int, 1),
+    _Field("common", "gpus", Env.GPUS, int, 0),
+    _Field("tensor", "max_batch_size", Env.MAX_BATCH_SIZE, int, 1),
+    _Field("tensor", "max_latency_ms", Env.MAX_LATENCY_MS, int, 1),
+    _Field("tensor", "batching", Env.BATCHING, bool),
+    _Field("tensor", "workers", Env.SERVE_WORKERS, int, 1),
+    _Field("llm", "max_running", Env.LLM_MAX_RUNNING, int, 1),
+    _Field("llm", "max_waiting", Env.LLM_MAX_WAITING, int, 0),
+    _Field("llm", "max_model_len", Env.MAX_MODEL_LEN, int, 1),
+    _Field("llm", "prefill_tokens", Env.LLM_PREFILL_TOKENS, int, 1),
+)
+assert {(f.section, f.name) for f in FIELDS} == {
+    (section, f.name) for section, kind in (("common", CommonSettings), ("tensor", TensorSettings),
+                                            ("llm", LlmSettings)) for f in fields(kind)}, "a setting without a row"
+
+IGNORED_BY = {TENSOR_ENGINE: "llm", LLM_ENGINE: "tensor"}
+"""The section each engine does not read."""
+
+
+def engine_for(fmt: str | None, engine: str) -> str:
+    """The engine that serves a version of format ``fmt``: the one asked for, or by format for ``auto``.
+    ``ValueError`` when the engine asked for does not serve the format."""
+    by_format = defaults.ENGINE_OF_FORMAT.get(fmt or "")
+    if engine == "auto":
+        if by_format is None:
+            raise ValueError(f"no engine serves format {fmt!r}")
+        return by_format
+    if by_format is not None and engine != by_format:
+        raise ValueError(f"engine {engine} does not serve format {fmt}: use {by_format} (or auto)")
+    return engine
+
+
+def served_settings(settings: ServingSettings, engine: str) -> dict[str, Any]:
+    """What a server shows of its settings (``/model``): the engine, and the sections it reads."""
+    read = [section for section in ("common", "tensor", "llm") if section != IGNORED_BY[engine]]
+    return {"engine": engine, **{section: asdict(getattr(settings, section)) for section in read}}
 
 
 def cpu_limit(cpu_max: Path = CGROUP_CPU_MAX, fallback: int | None = None) -> int:
@@ -117,6 +193,6 @@ def cpu_limit(cpu_max: Path = CGROUP_CPU_MAX, fallback: int | None = None) -> in
     return max(1, fallback or os.cpu_count() or 1)
 
 
-def torch_threads(config: ServingConfig, workers: int | None = None) -> int:
+def torch_threads(common: CommonSettings, workers: int = 1) -> int:
     """Intra-op threads per worker: the CPU limit shared among the workers."""
-    return config.threads or max(1, cpu_limit() // max(1, workers or config.workers))
+    return common.threads or max(1, cpu_limit() // max(1, workers))

@@ -15,10 +15,17 @@ from modelyard.registry.model.formats import UnsupportedArtifact, sniff_format
 log = logging.getLogger("bentoml.modelyard")  # under "bentoml" so the server's log config shows it
 
 
-def pick_device() -> str:
+def pick_device(gpus: int | None = None) -> str:
+    """``cuda`` when the server was given a GPU (or, given no count, when one is visible), else ``cpu``.
+    A program runs on one GPU; the operator refuses more for one replica."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if gpus is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if gpus and not torch.cuda.is_available():
+        raise ModelLoadError(f"the server was given {gpus} GPU(s) (resources.gpu) but sees none: is the NVIDIA "
+                             "device plugin running and the runtime image built for CUDA?")
+    return "cuda" if gpus else "cpu"
 
 
 def verify_digest(path: Path, digest: str) -> None:

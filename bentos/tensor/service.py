@@ -20,7 +20,7 @@ import numpy as np
 from bentoml.validators import DType
 from pydantic import AfterValidator, BeforeValidator
 
-from modelyard.bentos.pod.settings import ServingConfig, torch_threads
+from modelyard.bentos.pod.settings import TENSOR_ENGINE, ServingSettings, served_settings, torch_threads
 from modelyard.bentos.tensor.fastpath import build_app
 from modelyard.bentos.pod.limits import BodyLimit, quiet_bad_requests
 from modelyard.bentos.tensor.signature import InputSpec, coerce
@@ -32,7 +32,8 @@ log = logging.getLogger("modelyard.bentos")
 
 BENTO_DIR = Path(os.environ.get(Env.BENTO_DIR) or Path.cwd())
 SPEC = ModelSpec.read(BENTO_DIR)
-CONFIG = ServingConfig.from_env()
+SETTINGS = ServingSettings.from_env()
+TENSOR = SETTINGS.tensor
 INPUT = InputSpec.from_metadata(SPEC.metadata)
 BATCH_CHUNK = 1024
 
@@ -46,8 +47,8 @@ def _inputs(values: Any) -> np.ndarray:
 
 
 def _at_most_one_batch(array: np.ndarray) -> np.ndarray:
-    if len(array) > CONFIG.max_batch_size:
-        raise ValueError(f"{len(array)} examples are more than max_batch_size ({CONFIG.max_batch_size}) for "
+    if len(array) > TENSOR.max_batch_size:
+        raise ValueError(f"{len(array)} examples are more than max_batch_size ({TENSOR.max_batch_size}) for "
                          "/predict: send them to /predict_batch (or /v2/predict), which take any number")
     return array
 
@@ -65,18 +66,18 @@ def _loaded() -> "ModelService | None":
     return _LOADED[0] if _LOADED else None
 
 
-FAST_APP = build_app(_loaded, INPUT.check if INPUT is not None else None, DTYPE, CONFIG.max_batch_size)
+FAST_APP = build_app(_loaded, INPUT.check if INPUT is not None else None, DTYPE, TENSOR.max_batch_size)
 
 
 @bentoml.asgi_app(FAST_APP, path="/v2")
 @bentoml.service(
     name="modelyard-model",
-    workers=CONFIG.workers,
-    resources=CONFIG.bentoml_resources(),
+    workers=TENSOR.workers,
+    resources=SETTINGS.bentoml_resources(),
     traffic={"timeout": 60},
     # A log line per request costs as much CPU as a small model's forward pass; on demand.
     # The lean route skips BentoML's tracing and per-request metrics middleware too.
-    logging={"access": {"enabled": CONFIG.access_log, "skip_paths": ["/v2/predict"]}},
+    logging={"access": {"enabled": SETTINGS.common.access_log, "skip_paths": ["/v2/predict"]}},
     tracing={"excluded_urls": ["/v2/predict"]},
 )
 class ModelService:
@@ -86,9 +87,9 @@ class ModelService:
         from modelyard.bentos.pod.failure import report_failure
         from modelyard.bentos.tensor.loader import load_program, pick_device
 
-        self.device = pick_device()
         try:
-            self.module = load_program(SPEC, BENTO_DIR, self.device, torch_threads(CONFIG))
+            self.device = pick_device(SETTINGS.common.gpus)
+            self.module = load_program(SPEC, BENTO_DIR, self.device, torch_threads(SETTINGS.common, TENSOR.workers))
         except Exception as exc:
             report_failure(exc)  # BentoML would restart the worker forever; the runtime stops instead
             raise
@@ -96,8 +97,8 @@ class ModelService:
         _LOADED.append(self)
         tune_for_serving()  # after the load: torch's objects are then frozen out of the GC
 
-    @bentoml.api(batchable=CONFIG.batching, max_batch_size=CONFIG.max_batch_size,
-                 max_latency_ms=CONFIG.max_latency_ms)
+    @bentoml.api(batchable=TENSOR.batching, max_batch_size=TENSOR.max_batch_size,
+                 max_latency_ms=TENSOR.max_latency_ms)
     def predict(self, inputs: SmallBatch) -> np.ndarray:
         """For many small requests: BentoML gathers them into batches of up to
         ``max_batch_size`` examples (a request larger than that is refused)."""
@@ -121,9 +122,10 @@ class ModelService:
 
     @bentoml.api(route="/model")
     def model(self) -> dict[str, Any]:
-        """Which version is served, on which device."""
+        """Which version is served, on which device, with which settings."""
         return {"model": self.spec.model, "version": self.spec.version, "digest": self.spec.digest,
-                "format": self.spec.format, "device": self.device, "metadata": self.spec.metadata}
+                "format": self.spec.format, "device": self.device, "metadata": self.spec.metadata,
+                "serving": served_settings(SETTINGS, TENSOR_ENGINE)}
 
 
-ModelService.add_asgi_middleware(BodyLimit, max_bytes=CONFIG.max_request_bytes)
+ModelService.add_asgi_middleware(BodyLimit, max_bytes=SETTINGS.common.max_request_bytes)

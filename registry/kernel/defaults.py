@@ -48,6 +48,9 @@ class Env:
     MAX_REQUEST_BYTES: Final = "MODELYARD_MAX_REQUEST_BYTES"
     ENGINE: Final = "MODELYARD_ENGINE"
     MAX_MODEL_LEN: Final = "MODELYARD_MAX_MODEL_LEN"
+    LLM_MAX_RUNNING: Final = "MODELYARD_LLM_MAX_RUNNING"
+    LLM_MAX_WAITING: Final = "MODELYARD_LLM_MAX_WAITING"
+    LLM_PREFILL_TOKENS: Final = "MODELYARD_LLM_PREFILL_TOKENS"
     CACHE: Final = "MODELYARD_CACHE"
     BENTO_DIR: Final = "MODELYARD_BENTO_DIR"
     """Set by the runtime for the service it starts: where the model's files are."""
@@ -104,15 +107,23 @@ ENGINE: Final = "auto"
 """Which engine serves a version: ``auto`` picks by its format (``transformers`` for ``hf``,
 ``torch`` for torch.export and TorchScript programs)."""
 ENGINES: Final = ("auto", "transformers", "torch")
+TENSOR_ENGINE: Final = "torch"
+"""The tensor server (``bentos.tensor``): torch.export and TorchScript programs."""
+LLM_ENGINE: Final = "transformers"
+"""The language-model server (``bentos.llm``): model directories, format ``hf``."""
+ENGINE_OF_FORMAT: Final = {"hf": LLM_ENGINE, "torch-export": TENSOR_ENGINE, "torchscript": TENSOR_ENGINE}
+"""The engine ``auto`` picks for a version of each format (a version in format ``bento`` is its own service)."""
 LLM_MAX_MODEL_LEN: Final = 32_768
 """The longest sequence a language model is served with when the spec sets no ``maxModelLen``
 (a longer context is served only when asked for)."""
 LLM_DEFAULT_MAX_TOKENS: Final = 4096
 """Tokens generated for a request that sets no ``max_tokens`` (at most what the context has room for)."""
-LLM_MAX_BATCH: Final = 32
+LLM_MAX_RUNNING: Final = 32
 """Sequences a language model generates for at once (continuous batching); more wait their turn."""
 LLM_MAX_WAITING: Final = 512
 """Requests that may wait for a place in the batch; beyond that a request gets a 429 at once."""
+LLM_PREFILL_TOKENS: Final = 8192
+"""Padded prompt tokens prefilled together in one step; a longer prompt is prefilled alone."""
 
 # -- the operator and a ModelDeployment's spec ------------------------------------------------
 RUNTIME_IMAGE: Final = "ghcr.io/modelyard/modelyard-runtime:0.1.0"

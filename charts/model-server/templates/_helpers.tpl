@@ -165,15 +165,23 @@ spec:
                     "--port", "3000"]
           env:
             {{- include "model-server.env" $root | nindent 12 }}
-            - {name: MODELYARD_MAX_BATCH_SIZE, value: {{ $v.serving.maxBatchSize | int | toString | quote }}}
-            - {name: MODELYARD_MAX_LATENCY_MS, value: {{ $v.serving.maxLatencyMs | int | toString | quote }}}
-            - {name: MODELYARD_SERVE_WORKERS, value: {{ $v.serving.workers | int | toString | quote }}}
-            - {name: MODELYARD_BATCHING, value: {{ ternary "on" "off" $v.serving.batching | quote }}}
             - {name: MODELYARD_GPUS, value: {{ $gpu | toString | quote }}}
             - {name: MODELYARD_MAX_REQUEST_BYTES, value: {{ $v.serving.maxRequestBytes | int | toString | quote }}}
             - {name: MODELYARD_ENGINE, value: {{ $v.serving.engine | default "auto" | quote }}}
-            {{- if $v.serving.maxModelLen }}
-            - {name: MODELYARD_MAX_MODEL_LEN, value: {{ $v.serving.maxModelLen | int | toString | quote }}}
+            {{- /* Only the settings of the server that serves the version: it refuses the other's. */}}
+            {{- with $v.serving.tensor }}
+            - {name: MODELYARD_MAX_BATCH_SIZE, value: {{ .maxBatchSize | int | toString | quote }}}
+            - {name: MODELYARD_MAX_LATENCY_MS, value: {{ .maxLatencyMs | int | toString | quote }}}
+            - {name: MODELYARD_SERVE_WORKERS, value: {{ .workers | int | toString | quote }}}
+            - {name: MODELYARD_BATCHING, value: {{ ternary "on" "off" .batching | quote }}}
+            {{- end }}
+            {{- with $v.serving.llm }}
+            - {name: MODELYARD_LLM_MAX_RUNNING, value: {{ .maxRunning | int | toString | quote }}}
+            - {name: MODELYARD_LLM_MAX_WAITING, value: {{ .maxWaiting | int | toString | quote }}}
+            - {name: MODELYARD_LLM_PREFILL_TOKENS, value: {{ .prefillTokens | int | toString | quote }}}
+            {{- if .maxModelLen }}
+            - {name: MODELYARD_MAX_MODEL_LEN, value: {{ .maxModelLen | int | toString | quote }}}
+            {{- end }}
             {{- end }}
           ports:
             - {name: http, containerPort: 3000, protocol: TCP}

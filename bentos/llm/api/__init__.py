@@ -1,0 +1,1 @@
+"""OpenAI's API over the engine: one module per route family, assembled by ``server``."""
