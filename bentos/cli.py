@@ -136,7 +136,8 @@ def serve(
     except BentoRefused as exc:
         raise typer.BadParameter(str(exc), param_hint="--engine") from None
     ignored = sections.get(IGNORED_BY.get(chosen or "", ""), {})
-    given = [f"--{name.replace('_', '-')}" for name, value in ignored.items() if value is not None]
+    given = ["--batching/--no-batching" if name == "batching" else f"--{name.replace('_', '-')}"
+             for name, value in ignored.items() if value is not None]
     if given:
         raise typer.BadParameter(f"{', '.join(given)}: the {chosen} engine that serves {fetched.version.model}:"
                                  f"{fetched.version.version} does not read {'it' if len(given) == 1 else 'them'}")

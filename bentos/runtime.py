@@ -30,6 +30,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from modelyard.bentos.pod.settings import LLM_ENGINE, ServingSettings, engine_for
 from modelyard.bentos.pod.failure import FAILURE_FILE_ENV
@@ -166,7 +167,7 @@ def extract(archive: Path, target: Path, *, limit: int) -> None:
     the argument exists, the standard ``data`` filter runs as well.
     """
     target.mkdir(parents=True, exist_ok=True)
-    options = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    options: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
     try:
         with tarfile.open(archive) as bundle:
             bundle.extractall(target, members=_checked(bundle, target.resolve(), limit), **options)

@@ -7,6 +7,7 @@ no side effects and tests can run two operators' registries side by side.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -45,19 +46,21 @@ def build_registry(reconciler: Reconciler, kubeconfig: str | None) -> kopf.Opera
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
-    async def reconcile(namespace: str, name: str, retry: int, **_: Any) -> None:
+    async def reconcile(namespace: str | None, name: str, retry: int, **_: Any) -> None:
         """Resolve the model, plan the values, upgrade the release when they changed."""
+        assert namespace is not None  # ModelDeployments are namespaced
         await reconciler.reconcile(namespace, name, retry)
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
-    async def delete(namespace: str, name: str, **_: Any) -> None:
+    async def delete(namespace: str | None, name: str, **_: Any) -> None:
+        assert namespace is not None
         await reconciler.delete(namespace, name)
 
     @kopf.on.event("apps", "v1", "deployments", labels=MODEL_SERVER_LABELS, registry=registry)
-    async def deployment_changed(namespace: str, labels: dict[str, str], **_: Any) -> None:
+    async def deployment_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
         """A model server's Deployment reported: re-judge its ModelDeployment's rollout."""
         release = labels.get("app.kubernetes.io/instance")
-        if release:
+        if release and namespace:
             reconciler.request_check(namespace, release)
 
     return registry

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -20,28 +20,17 @@ import httpx
 
 from modelyard.registry.kernel import defaults, schemas
 from modelyard.registry.kernel.defaults import Env
-from modelyard.registry.kernel.digests import format_content_digest, parse_digest
+from modelyard.registry.kernel.digests import Progress, file_sha256, format_content_digest, parse_digest
 from modelyard.registry.model.hf_archive import DirectoryArchive
 from modelyard.registry.kernel.errors import Conflict, DigestMismatch, NotFound, RegistryError, Unavailable, error_from_problem
 from modelyard.registry.kernel.names import ModelRef, parse_model_ref
 
 CHUNK = 1 << 20
-Progress = Callable[[int], None]
 """Called with the number of bytes just moved."""
 
 
 def _default_url() -> str:
     return os.environ.get(Env.REGISTRY_URL) or defaults.REGISTRY_URL
-
-
-def file_sha256(path: Path, progress: Progress | None = None) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(CHUNK):
-            hasher.update(block)
-            if progress:
-                progress(len(block))
-    return hasher.hexdigest()
 
 
 class RegistryClient:

@@ -72,3 +72,115 @@ def test_importing_a_package_loads_nothing_above_it(folder: str) -> None:
     assert any(m.startswith(f"modelyard.{folder}.") for m in loaded)  # the walk did import something
     above = [m for m in loaded if m.split(".")[1] not in ALLOWED[folder] | {folder}]
     assert not above, f"importing modelyard.{folder} loaded {above}"
+
+
+# -- layers inside each package ------------------------------------------------------------------
+#
+# A package's rooms (a module, or a folder, right under it), top to bottom.  A room may import rooms
+# of its own layer and the layers below, never one above; in a layer marked independent, rooms do not
+# import each other either (the servers of ``bentos`` share the pod's contract, not each other).
+# README.md's layout table shows the same layers.
+
+LAYERS: dict[str, list[tuple[set[str], bool]]] = {
+    "registry": [
+        ({"cli", "app"}, False),  # the commands, and the application assembled from server and UI
+        ({"ui"}, False),  # the web UI, built on the server's pieces
+        ({"server"}, False),  # the REST API
+        ({"operations", "garbage"}, False),  # the shared contract (store and client), the blob sweep
+        ({"store", "client", "artifacts", "settings"}, True),  # the service's parts, each on its own
+        ({"db", "alias_rules"}, False),  # tables and migrations; the protected-alias rules
+        ({"model"}, False),  # what a model file is and whether it is safe
+        ({"kernel"}, False),  # defaults, names, errors, schemas: what everything shares
+    ],
+    "bentos": [
+        ({"cli", "quickstart"}, False),
+        ({"runtime", "packager"}, False),  # fetch, verify and start a server; build Bentos
+        ({"tensor", "llm", "examples"}, True),  # the servers: never the runtime, never each other
+        ({"pod"}, False),  # the pod's file contract, failure reporting, limits, the shared batcher
+    ],
+    "operator": [
+        ({"main", "cli"}, False),
+        ({"handlers"}, False),  # kopf, thin
+        ({"reconciler"}, False),  # I/O around the pure core: read, transition, Helm, one status patch
+        ({"follower", "kube", "helm_driver", "reporting", "config", "metrics"}, False),
+        ({"transitions"}, False),  # the state machine (pure)
+        ({"rollout", "resolve"}, False),
+        ({"values", "conditions"}, False),
+        ({"spec"}, False),
+        ({"status"}, False),
+    ],
+}
+REGISTRY_ROOMS_FOR = {
+    # what the pod's servers may load of the registry: no client, no store, no server
+    "bentos": {"tensor": {"kernel", "model"}, "llm": {"kernel", "model"}, "pod": {"kernel", "model"},
+               "examples": {"kernel", "model"}},
+}
+
+
+def room_of(folder: str, path: Path) -> str:
+    return path.relative_to(ROOT / folder).parts[0].removesuffix(".py")
+
+
+def imported_rooms(folder: str, package: str) -> dict[str, set[tuple[str, str]]]:
+    """Room → (file, room of ``modelyard.<package>`` it imports), from every import statement."""
+    found: dict[str, set[tuple[str, str]]] = {}
+    for path in (ROOT / folder).rglob("*.py"):
+        source = room_of(folder, path)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                if parts[:2] == ["modelyard", package] and len(parts) > 2:
+                    target = parts[2]
+                    if (ROOT / package / target).is_dir() or (ROOT / package / f"{target}.py").exists():
+                        found.setdefault(source, set()).add((str(path.relative_to(ROOT)), target))
+    return found
+
+
+def layer_violations(folder: str) -> list[str]:
+    layers = LAYERS[folder]
+    index = {room: level for level, (rooms, _) in enumerate(layers) for room in rooms}
+    wrong = []
+    for source, targets in imported_rooms(folder, folder).items():
+        for file, target in sorted(targets):
+            if target == source:
+                continue
+            if source not in index or target not in index:
+                wrong.append(f"{file}: {source} or {target} has no layer in LAYERS[{folder!r}]")
+            elif index[target] < index[source]:
+                wrong.append(f"{file}: {source} imports {target}, a layer above it")
+            elif index[target] == index[source] and layers[index[source]][1]:
+                wrong.append(f"{file}: {source} imports {target}; rooms of that layer stay independent")
+    return wrong
+
+
+@pytest.mark.parametrize("folder", sorted(LAYERS))
+def test_no_room_imports_a_layer_above_it(folder: str) -> None:
+    rooms = {room_of(folder, path) for path in (ROOT / folder).rglob("*.py")} - {"__init__", "__main__"}
+    placed = {room for layer, _ in LAYERS[folder] for room in layer}
+    assert rooms <= placed, f"rooms of {folder}/ with no layer: {sorted(rooms - placed)}"
+    assert not layer_violations(folder), "\n".join(layer_violations(folder))
+
+
+@pytest.mark.parametrize("folder", sorted(REGISTRY_ROOMS_FOR))
+def test_the_servers_load_only_the_registrys_kernel_and_model_rooms(folder: str) -> None:
+    allowed = REGISTRY_ROOMS_FOR[folder]
+    wrong = [f"{file}: {source} imports registry.{target}"
+             for source, targets in imported_rooms(folder, "registry").items() if source in allowed
+             for file, target in sorted(targets) if target not in allowed[source]]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_an_upward_import_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check itself can fail: a spec module that imports the reconciler is reported."""
+    fake = tmp_path / "operator"
+    fake.mkdir()
+    (fake / "spec.py").write_text("from modelyard.operator.reconciler import Reconciler\n")
+    (fake / "reconciler.py").write_text("")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert layer_violations("operator") == ["operator/spec.py: spec imports reconciler, a layer above it"]

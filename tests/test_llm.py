@@ -406,9 +406,11 @@ def test_the_language_model_servers_own_settings_reach_its_engine(bed: Bed) -> N
         stop_process(server.process, timeout=30)
 
 
-@pytest.mark.parametrize("option", [["--max-batch-size", "8"], ["--workers", "2"], ["--no-batching"],
-                                    ["--max-latency-ms", "10"]])
-def test_a_tensor_server_setting_is_refused_for_a_language_model(bed: Bed, option: list[str]) -> None:
+@pytest.mark.parametrize("option, named", [(["--max-batch-size", "8"], "--max-batch-size"),
+                                           (["--workers", "2"], "--workers"),
+                                           (["--no-batching"], "--batching/--no-batching"),
+                                           (["--max-latency-ms", "10"], "--max-latency-ms")])
+def test_a_tensor_server_setting_is_refused_for_a_language_model(bed: Bed, option: list[str], named: str) -> None:
     answer = subprocess.run(
         [sys.executable, "-m", "modelyard.cli", "serve", "tiny@production", "--port", str(free_port()), "--cache",
          str(bed.workdir / "cache"), *option],
@@ -416,7 +418,7 @@ def test_a_tensor_server_setting_is_refused_for_a_language_model(bed: Bed, optio
         text=True, timeout=180)
     assert answer.returncode == 2, answer.stdout + answer.stderr
     said = " ".join((answer.stdout + answer.stderr).split())
-    assert f"{option[0]}: the transformers engine that serves tiny:1 does not read it" in said
+    assert f"{named}: the transformers engine that serves tiny:1 does not read it" in said
 
 
 # -- hostile requests and hostile models -------------------------------------------------------------

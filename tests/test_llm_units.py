@@ -461,3 +461,13 @@ def test_memory_below_the_weights_is_a_warning() -> None:
     assert memory_warnings(spec("4Gi"), LLM) == []
     assert memory_warnings(spec("2Gi", gpu=1), LLM) == []  # GPU memory is not a resource the spec names
     assert memory_warnings(spec("1Mi"), PROGRAM) == []
+
+
+def test_the_server_uses_the_gpus_the_pod_was_given() -> None:
+    from modelyard.bentos.llm.loading import gpus_to_use
+
+    assert gpus_to_use(None, 4) == 4  # a local `modelyard serve`: every visible GPU
+    assert gpus_to_use(0, 4) == 0  # a pod without GPUs serves on the CPU, even where one is visible
+    assert gpus_to_use(2, 4) == 2  # only what it was given: the other replicas' GPUs are not its own
+    with pytest.raises(ModelLoadError, match="given 2 GPU\\(s\\) \\(resources.gpu\\) but sees 1"):
+        gpus_to_use(2, 1)

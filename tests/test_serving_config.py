@@ -142,3 +142,16 @@ def test_npy_bodies_are_checked_against_their_header() -> None:
     np.save(objects, np.array([{}, 1], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="unpickling"):
         read_npy(objects.getvalue())
+
+
+def test_a_program_runs_where_the_pod_says() -> None:
+    import torch
+
+    from modelyard.bentos.pod.failure import ModelLoadError
+    from modelyard.bentos.tensor.loader import pick_device
+
+    assert pick_device(0) == "cpu"
+    assert pick_device(None) == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="given 1 GPU\\(s\\) \\(resources.gpu\\) but sees none"):
+            pick_device(1)

@@ -75,11 +75,17 @@ def keep(batch: Batch, rows: list[int]) -> None:
 def merge(batch: Batch, joining: Batch) -> None:
     """Append ``joining``'s rows to ``batch``: the shorter side's cache and mask are left-padded."""
     width = max(batch.mask.shape[1], joining.mask.shape[1])
-    for target, source in zip(batch.cache.layers, joining.cache.layers, strict=True):
+    for target, source in zip(_kv_layers(batch.cache), _kv_layers(joining.cache), strict=True):
         target.keys = torch.cat([_pad_left(target.keys, width), _pad_left(source.keys, width)], dim=0)
         target.values = torch.cat([_pad_left(target.values, width), _pad_left(source.values, width)], dim=0)
     batch.mask = torch.cat([_pad_left(batch.mask, width, dim=1), _pad_left(joining.mask, width, dim=1)], dim=0)
     batch.logits = torch.cat([batch.logits, joining.logits], dim=0)
+
+
+def _kv_layers(cache: Any) -> list[Any]:
+    """A ``DynamicCache``'s layers, each with ``keys`` and ``values`` (transformers types them as a union
+    with layer kinds a dynamic cache never holds)."""
+    return list(cache.layers)
 
 
 def _pad_left(tensor: torch.Tensor, width: int, dim: int = -2) -> torch.Tensor:
@@ -97,7 +103,7 @@ def _trim(batch: Batch) -> None:
     first = int(used[0]) if len(used) else batch.mask.shape[1]
     if first == 0:
         return
-    for layer in batch.cache.layers:
+    for layer in _kv_layers(batch.cache):
         layer.keys = layer.keys[..., first:, :]
         layer.values = layer.values[..., first:, :]
     batch.mask = batch.mask[:, first:]

@@ -14,7 +14,7 @@ import asyncio
 import collections
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,7 +80,7 @@ class GenerationEngine:
 
     # -- the requests' side (event loop) -------------------------------------------------
 
-    async def generate(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
+    async def generate(self, prompt: list[int], params: SamplingParams) -> AsyncGenerator[Delta, None]:
         """Deltas until one carries a ``finish_reason``; leaving early cancels the request."""
         device = self.model.device
         request = _Request(prompt, params, asyncio.get_running_loop(), TextStream(self.tokenizer, params.stop),

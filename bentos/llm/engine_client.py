@@ -8,9 +8,9 @@ the continuous-batching engine on transformers that implements it today.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from modelyard.bentos.llm.sampling import SamplingParams
 
@@ -33,7 +33,7 @@ class Delta:
 
 
 class EngineClient(Protocol):
-    def generate(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
+    def generate(self, prompt: list[int], params: SamplingParams) -> AsyncGenerator[Delta, None]:
         """Deltas until one carries a ``finish_reason``; closing the iterator early cancels the request.
         Raises ``Overloaded`` (too many waiting: a 429) or ``GenerationFailed`` (the step failed)."""
         ...
@@ -41,3 +41,10 @@ class EngineClient(Protocol):
     def stats(self) -> dict[str, Any]:
         """Queues, counters and the bounds it runs with (``/v1/engine/stats``)."""
         ...
+
+
+if TYPE_CHECKING:  # checked by mypy (tests/test_contract.py); never run
+    from modelyard.bentos.llm.engine import GenerationEngine
+
+    def _the_engine_is_an_engine_client(engine: GenerationEngine) -> EngineClient:
+        return engine

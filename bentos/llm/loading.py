@@ -51,7 +51,7 @@ def check_files(spec: ModelSpec, src: Path) -> HfFacts:
     root = src / spec.file
     try:
         check_manifest(root, src / MANIFEST_FILE)
-        claimed = spec.metadata.get("hf") if isinstance(spec.metadata.get("hf"), dict) else {}
+        claimed = recorded if isinstance(recorded := spec.metadata.get("hf"), dict) else {}
         return inspect(directory_tree(root), allow_code=claimed.get("allow_code") is True,
                        label=f"{spec.model}:{spec.version}")
     except (ManifestMismatch, UnsafeModelDirectory) as exc:
@@ -109,7 +109,7 @@ def load(spec: ModelSpec, src: Path, settings: ServingSettings) -> LoadedModel:
                                  if gpus > 1 else {})
     model = AutoModelForCausalLM.from_pretrained(root, dtype="auto", use_safetensors=True, **placement, **common)
     if not placement:
-        model = model.to(device)
+        model = model.to(device)  # type: ignore[arg-type]  # transformers' stubs type .to() for its own wrapper
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(root, **common)
     chat = None

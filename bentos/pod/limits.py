@@ -84,7 +84,8 @@ class QuietBadRequests(logging.Filter):
         if record.exc_info and _is_validation_error(record.exc_info[1]):
             error = record.exc_info[1]
             record.msg = "%s [%s] refused with 400: %s"
-            record.args = (*(record.args or ())[:2], str(error).replace("\n", " ")[:300])  # type: ignore[misc]
+            kept = tuple(record.args)[:2] if isinstance(record.args, tuple) else ()
+            record.args = (*kept, str(error).replace("\n", " ")[:300])
             record.exc_info, record.exc_text = None, None
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)

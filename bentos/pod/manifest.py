@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from modelyard.registry.client import file_sha256
+from modelyard.registry.kernel.digests import file_sha256
 
 MANIFEST_FILE = "modelyard-files.json"
 

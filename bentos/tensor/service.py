@@ -128,4 +128,5 @@ class ModelService:
                 "serving": served_settings(SETTINGS, TENSOR_ENGINE)}
 
 
-ModelService.add_asgi_middleware(BodyLimit, max_bytes=SETTINGS.common.max_request_bytes)
+# BentoML's service decorator adds the method at run time; its stubs do not show it.
+ModelService.add_asgi_middleware(BodyLimit, max_bytes=SETTINGS.common.max_request_bytes)  # type: ignore[attr-defined]

@@ -70,7 +70,7 @@ class ArtifactStore(ABC):
         """Where the bytes live, for logs."""
 
 
-async def hash_blocks(chunks: AsyncIterator[bytes], sink: Callable[[bytes], None]) -> StoredArtifact:
+async def hash_blocks(chunks: AsyncIterator[bytes], sink: Callable[[bytes], object]) -> StoredArtifact:
     """Feed ``chunks`` to ``sink`` in blocks of about WRITE_BLOCK bytes, hashing as they pass.
 
     ``sink`` runs in a worker thread (file or network I/O), and so does the hash

@@ -17,7 +17,8 @@ from modelyard.registry.cli.common import (
     JsonOption, RegistryOption, TokenOption, bytes_progress, client, console, parse_metrics, parse_pairs,
     print_json,
 )
-from modelyard.registry.client import RegistryClient, file_sha256
+from modelyard.registry.client import RegistryClient
+from modelyard.registry.kernel.digests import file_sha256
 from modelyard.registry.kernel.errors import RegistryError, Unavailable
 from modelyard.registry.model.formats import sniff_format
 from modelyard.registry.model.hf_archive import DirectoryArchive

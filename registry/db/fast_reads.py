@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from typing import Any
+from typing import Any, Unpack
 
 from sqlalchemy import Engine
 from sqlalchemy.sql import Select
@@ -36,7 +36,7 @@ class SqliteFastReader:
             self._local.connection = connection
         return connection
 
-    def _sql(self, statement: Select[Any]) -> tuple[str, tuple[str, ...]]:
+    def _sql(self, statement: Select[Unpack[tuple[Any, ...]]]) -> tuple[str, tuple[str, ...]]:
         key = id(statement)
         compiled = self._compiled.get(key)
         if compiled is None:
@@ -45,6 +45,6 @@ class SqliteFastReader:
             self._compiled[key] = compiled
         return compiled
 
-    def one(self, statement: Select[Any], params: dict[str, Any]) -> tuple[Any, ...] | None:
+    def one(self, statement: Select[Unpack[tuple[Any, ...]]], params: dict[str, Any]) -> tuple[Any, ...] | None:
         sql, order = self._sql(statement)
         return self._connection().execute(sql, tuple(params[name] for name in order)).fetchone()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
 import binascii
 import re
 
@@ -44,3 +47,19 @@ def parse_content_digest(header: str | None) -> str:
                 raise Invalid(f"Content-Digest sha-256 value has {len(raw)} bytes, expected 32")
             return raw.hex()
     raise Invalid(f"Content-Digest has no sha-256 member (got {', '.join(algorithms)}); only sha-256 is supported")
+
+
+CHUNK = 1 << 20
+Progress = Callable[[int], None]
+"""Called with the size of each block read."""
+
+
+def file_sha256(path: Path, progress: Progress | None = None) -> str:
+    """A file's sha256 as hex, read in blocks (the client's uploads, the pod's manifest)."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK):
+            hasher.update(block)
+            if progress:
+                progress(len(block))
+    return hasher.hexdigest()

@@ -176,7 +176,7 @@ def inspect(tree: Tree, *, allow_code: bool, label: str) -> HfFacts:
         raise UnsafeModelDirectory(
             f"{label} carries {what}: serving it would run that code (transformers' trust_remote_code). Push it "
             "with --allow-code if you trust it; the version records that it runs code")
-    parameters, load_bytes, dtypes, positions = 0, 0, Counter[str](), []
+    parameters, load_bytes, dtypes, positions = 0, 0, Counter[str](), list[int]()
     budget = [MAX_HEADERS_BYTES]
     for name in weights:
         count, size, kinds = _safetensors(tree, name, label, budget, positions)
@@ -210,7 +210,7 @@ def _context_length(config: dict[str, Any], sentence_config: dict[str, Any], pos
     """The longest sequence the model takes: what its configuration claims, bounded by what its
     weights can hold (a learned position table's rows; for rotary positions, a ``rope_scaling``'s
     original length times its factor).  A claim nothing bounds is capped by the server's ceiling."""
-    sources = [config, config.get("text_config") if isinstance(config.get("text_config"), dict) else {}]
+    sources: list[dict[str, Any]] = [config, text if isinstance(text := config.get("text_config"), dict) else {}]
     lengths = [value for source in sources for key in CONTEXT_KEYS
                if isinstance(value := source.get(key), int) and not isinstance(value, bool) and value > 0]
     lengths += [rows for rows in positions if rows > 0]

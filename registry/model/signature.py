@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 INPUT_KEY = "input"
@@ -39,7 +39,7 @@ class InputSignature:
         return {"shape": list(self.shape), "dtype": self.dtype}
 
     @classmethod
-    def from_metadata(cls, metadata: Mapping[str, Any]) -> InputSignature | None:
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> Self | None:
         """The version's declared input, or None when it declares none."""
         spec = metadata.get(INPUT_KEY)
         if not spec:

@@ -4,9 +4,9 @@ the audit trail of every move.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn, cast
 
-from sqlalchemy import delete, select
+from sqlalchemy import CursorResult, delete, select
 from sqlalchemy.orm import Session
 
 from modelyard.registry.alias_rules import failures, read_by
@@ -86,8 +86,8 @@ class AliasRecords(StoreBase):
         """Anyone with write scope may move it again.  Raises ``NotFound`` when it is not protected."""
         with self._write() as session:
             model = self._model_row(session, name, lock=True)
-            deleted = session.execute(delete(db.AliasRule).where(db.AliasRule.model_id == model.id,
-                                                                 db.AliasRule.alias == alias)).rowcount
+            deleted = cast("CursorResult[Any]", session.execute(delete(db.AliasRule).where(db.AliasRule.model_id == model.id,
+                                                                 db.AliasRule.alias == alias))).rowcount
             if not deleted:
                 raise NotFound(f"alias {alias!r} of model {name!r} is not protected")
 
@@ -136,7 +136,7 @@ class AliasRecords(StoreBase):
         version, digest = found
         return schemas.Alias(model=name, alias=alias, version=version, digest=digest)
 
-    def _raise_missing_alias(self, name: str, alias: str) -> None:
+    def _raise_missing_alias(self, name: str, alias: str) -> NoReturn:
         with self.engine.connect() as connection:
             if connection.execute(_SELECT_MODEL_ID, {"model_name": name}).first() is None:
                 raise NotFound(f"model {name!r} does not exist")

@@ -13,9 +13,9 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Self
+from typing import Any, Self, cast
 
-from sqlalchemy import Connection, Engine, Row, bindparam, insert, select, text, update
+from sqlalchemy import Connection, Engine, Row, Table, bindparam, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelyard.registry.db import models as db
@@ -65,9 +65,9 @@ _ALLOCATE_VERSION = (
     .returning(db.RegisteredModel.id, db.RegisteredModel.last_version)
 )
 # Inserts get their values as execution parameters, so the statement is compiled once.
-_INSERT_MODEL = insert(db.RegisteredModel.__table__)
-_INSERT_VERSION = insert(db.ModelVersion.__table__)
-_INSERT_EVENT = insert(db.Event.__table__)
+_INSERT_MODEL = insert(cast(Table, db.RegisteredModel.__table__))
+_INSERT_VERSION = insert(cast(Table, db.ModelVersion.__table__))
+_INSERT_EVENT = insert(cast(Table, db.Event.__table__))
 
 
 TagFilter = Mapping[str, str] | Sequence[tuple[str, str]] | None

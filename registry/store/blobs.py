@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
+from typing import cast
 
-from sqlalchemy import Connection, bindparam, delete, exists, insert, or_, select, text
+from sqlalchemy import Connection, Table, bindparam, delete, exists, insert, or_, select, text
 from sqlalchemy.orm import Session
 
 from modelyard.registry.db import models as db
@@ -20,7 +21,7 @@ from modelyard.registry.store.base import StoreBase
 BLOB_LOCK_KEY = 0x626C6F62  # "blob": serializes garbage collection against uploads being registered
 PENDING_UPLOAD_TTL = timedelta(hours=24)
 """How long an upload in flight protects its blob; a crashed upload's claim lapses after this."""
-_INSERT_CLAIM = insert(db.PendingBlob.__table__).returning(db.PendingBlob.id)
+_INSERT_CLAIM = insert(cast(Table, db.PendingBlob.__table__)).returning(db.PendingBlob.id)
 # One statement, so one snapshot: a blob is in use while a version (as artifact or Bento) or an
 # unexpired upload claims it.  Two separate reads could straddle the commit that swaps the claim.
 _BLOB_IN_USE = select(or_(

@@ -5,8 +5,9 @@ reader fell behind what was pruned.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any, cast
 
-from sqlalchemy import bindparam, delete, func, select
+from sqlalchemy import CursorResult, bindparam, delete, func, select
 
 from modelyard.registry.db import models as db
 from modelyard.registry.kernel import schemas
@@ -36,7 +37,7 @@ class EventRecords(StoreBase):
             through = max(by_age, newest - keep)
             if through <= 0:
                 return 0
-            dropped = session.execute(delete(db.Event).where(db.Event.id <= through)).rowcount or 0
+            dropped = cast("CursorResult[Any]", session.execute(delete(db.Event).where(db.Event.id <= through))).rowcount or 0
             row = session.get(db.RegistryState, EVENTS_PRUNED_KEY)
             if row is None:
                 session.add(db.RegistryState(key=EVENTS_PRUNED_KEY, value=str(through), updated_at=db.utcnow()))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import orjson
@@ -54,11 +54,11 @@ async def complete(served: Served, body: ChatRequest | CompletionRequest, prompt
     return _json(shape.whole("".join(text), finish, tokens))
 
 
-async def _first(deltas: AsyncIterator[Any]) -> Any:
+async def _first(deltas: AsyncGenerator[Any, None]) -> Any:
     try:
         return await anext(deltas)
     except BaseException:
-        await deltas.aclose()  # type: ignore[attr-defined]
+        await deltas.aclose()
         raise
 
 

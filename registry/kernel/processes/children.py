@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -17,10 +18,10 @@ from modelyard.registry.kernel.defaults import Env
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 30.0,
+def wait_ready(url: str, process: subprocess.Popen[Any] | None = None, timeout: float = 30.0,
                probe: str = "/readyz") -> float:
     """Poll ``probe`` until it answers 200; return the seconds it took."""
     started = time.monotonic()
