@@ -1,5 +1,12 @@
-"""Packaging registry model versions as BentoML services, and the pod runtime that serves them.
+"""Three servers and one runtime.
 
-Commands: ``package``, ``pull``, ``serve`` (``cli.py``) and ``quickstart``.  May import
-``modelyard.registry`` only (``tests/test_dependencies.py``).
+- ``pod/``: the pod's file contract every server shares: the model record (``spec``), the file
+  manifest, typed serving settings per engine, failure reporting, request limits, the micro-batcher.
+- ``tensor/``: the tensor server (BentoML service) for torch.export and TorchScript programs.
+- ``llm/``: the language-model server, OpenAI's API over a continuous-batching engine.
+- above them: ``runtime`` (fetch by digest, verify, start the engine's server), ``packager``
+  (Bentos), the commands ``package``, ``pull``, ``serve`` (``cli``) and ``quickstart``.
+
+The servers never import the runtime, the packager or each other, and load only the registry's
+``kernel`` and ``model`` rooms (``tests/test_dependencies.py``).
 """

@@ -1,0 +1,2 @@
+"""The tensor server: a BentoML service for torch.export and TorchScript programs (``/predict``,
+``/predict_batch``, the lean ``/v2/predict``)."""
