@@ -78,6 +78,8 @@ def test_good_documents_are_accepted(doc: dict[str, Any]) -> None:
     (document(rollout__strategy="BlueGreen"), "rollout.strategy"),
     (document(rollout__canary__weight=100), "rollout.canary.weight"),
     (document(serving__maxBatchSize=0), "serving.maxBatchSize"),
+    (document(serving__llm__maxRunning=0), "serving.llm.maxRunning"),
+    (document(serving__llm__prefillTokens="many"), "serving.llm.prefillTokens"),
     (document(model={"name": "", "version": 1}), "model.name"),
     (document(model={"name": "x", "version": 0}), "model.version"),
     (document(resources__memory="lots"), "resources.memory"),
@@ -85,7 +87,7 @@ def test_good_documents_are_accepted(doc: dict[str, Any]) -> None:
     (document(registry__url="ftp://registry"), "registry.url"),
     (document(model={"name": "x", "alias": "Prod Alias"}), "model.alias"),
 ], ids=["version-and-alias", "neither", "negative-replicas", "gpu-string", "gpu-negative", "unknown-strategy",
-        "weight-100", "batch-0", "empty-name", "version-0", "bad-memory", "cpu-150", "ftp-registry", "bad-alias"])
+        "weight-100", "batch-0", "llm-running-0", "llm-prefill-string", "empty-name", "version-0", "bad-memory", "cpu-150", "ftp-registry", "bad-alias"])
 def test_bad_documents_are_refused(doc: dict[str, Any], where: str) -> None:
     found = errors(doc)
     assert found and any(e.startswith(f"spec.{where}") for e in found), found
