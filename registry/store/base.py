@@ -72,6 +72,8 @@ _INSERT_EVENT = insert(cast(Table, db.Event.__table__))
 
 TagFilter = Mapping[str, str] | Sequence[tuple[str, str]] | None
 """Tags a listed item must all carry: a mapping, or (key, value) pairs as the query string repeats them."""
+
+
 def _tag_pairs(tags: TagFilter) -> Iterable[tuple[str, str]]:
     return tags.items() if isinstance(tags, Mapping) else (tags or ())
 

@@ -26,11 +26,17 @@ AUTH_ON, AUTH_OPEN = "on", "open"
 
 def scope_allows(granted: str, needed: str) -> bool:
     return SCOPES.index(granted) >= SCOPES.index(needed)
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
 _SELECT_TOKEN = select(db.ApiToken.name, db.ApiToken.scope, db.ApiToken.cluster).where(
     db.ApiToken.token_hash == bindparam("token_hash"), db.ApiToken.revoked_at.is_(None))
 _SELECT_AUTH_STATE = select(db.RegistryState.value).where(db.RegistryState.key == AUTH_KEY)
+
+
 @dataclass(frozen=True)
 class TokenInfo:
     id: int
@@ -39,6 +45,8 @@ class TokenInfo:
     created_at: datetime
     revoked: bool
     cluster: str | None = None
+
+
 @dataclass(frozen=True)
 class TokenIdentity:
     """What a valid token is: its name (unique among live tokens), scope, and for a ``report``
@@ -47,6 +55,8 @@ class TokenIdentity:
     name: str
     scope: str
     cluster: str | None = None
+
+
 def _check_binding(scope: str, cluster: str | None) -> str | None:
     """A ``report`` token must name the one cluster it reports for; no other scope takes one."""
     if scope not in SCOPES:
@@ -59,6 +69,8 @@ def _check_binding(scope: str, cluster: str | None) -> str | None:
     if cluster:
         raise BadRequest(f"only a report token is bound to a cluster, not a {scope} token")
     return None
+
+
 class _Cluster(schemas._Strict):
     cluster: schemas.ClusterName
 
