@@ -1,5 +1,10 @@
-"""Protected aliases: the rules a version's metrics must meet before a non-admin caller may point
-the alias at it.  Pure: parsing and checking only (the store applies them inside ``set_alias``)."""
+"""Protected aliases: the rules a version must meet before a non-admin caller may point the alias at it.
+
+A rule reads a number from a source: the version's own metrics (frozen once it is ready), or the
+evidence measured on it: the latest passing ``offline`` evaluation, or the latest passing
+``canary`` evaluation (of any cluster, or of ``canary@CLUSTER``).  Pure: parsing and checking only
+(the store reads the evidence and applies the rules inside ``set_alias``).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,16 @@ import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from modelyard.registry.kernel.names import NAME_PATTERN
 from modelyard.registry.kernel.schemas import RULE_PATTERN
 
 _COMPARE: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq}
+OWN = "metrics"
+"""The source of a rule without a prefix: the version's own metrics."""
+EVIDENCE_KINDS = ("offline", "canary")
 
 
 @dataclass(frozen=True)
@@ -20,34 +30,77 @@ class Rule:
     metric: str
     op: str
     threshold: float
+    kind: str = OWN
+    """``metrics`` (the version's own), ``offline`` or ``canary``."""
+    cluster: str | None = None
+    """For a canary rule: the cluster whose evidence counts (None: any)."""
+
+    @property
+    def source(self) -> str:
+        """``metrics``, ``offline``, ``canary`` or ``canary@CLUSTER``: where the number comes from."""
+        return self.kind if self.cluster is None else f"{self.kind}@{self.cluster}"
 
     def __str__(self) -> str:
-        return f"{self.metric} {self.op} {self.threshold:g}"
+        prefix = "" if self.kind == OWN else f"{self.source}."
+        return f"{prefix}{self.metric} {self.op} {self.threshold:g}"
 
     @classmethod
     def parse(cls, text: str) -> Rule:
-        """``accuracy>=0.95`` → Rule; ValueError for anything else."""
+        """``accuracy>=0.95``, ``offline.accuracy>=0.95``, ``canary@staging.p99_ms<=120`` → Rule;
+        ValueError for anything else, an unknown source included."""
         match = re.match(RULE_PATTERN, text)
         if not match:
-            raise ValueError(f"invalid rule {text!r}: use METRIC OP NUMBER with OP one of >=, >, <=, <, == "
-                             "(e.g. accuracy>=0.95)")
-        return cls(match.group(1), match.group(2), float(match.group(3)))
+            raise ValueError(f"invalid rule {text!r}: use [SOURCE.]METRIC OP NUMBER with OP one of >=, >, <=, <, == "
+                             "(e.g. accuracy>=0.95, offline.accuracy>=0.95, canary@staging.error_rate<=0.01)")
+        name, op, threshold = match.group(1), match.group(2), float(match.group(3))
+        kind, cluster = OWN, None
+        if "." in name:
+            head, metric = name.split(".", 1)
+            kind, at, named = head.partition("@")
+            if kind not in (OWN, *EVIDENCE_KINDS) or (at and kind != "canary"):
+                raise ValueError(f"invalid rule {text!r}: {head!r} is not a source of numbers; use metrics. (the "
+                                 "version's own, also the default), offline. or canary[@CLUSTER].")
+            if at and not re.match(NAME_PATTERN, named):
+                raise ValueError(f"invalid rule {text!r}: {named!r} is not a cluster name")
+            cluster = named or None
+            name = metric
+        if "@" in name or not name:
+            raise ValueError(f"invalid rule {text!r}: a metric name cannot contain @")
+        return cls(name, op, threshold, kind, cluster)
 
-    def failure(self, metrics: Mapping[str, float]) -> str | None:
-        """Why ``metrics`` break this rule, or None when they meet it."""
-        value = metrics.get(self.metric)
-        if value is None:
-            return f"{self} (the version records no {self.metric})"
+    def failure(self, metrics: Mapping[str, float], evidence: Mapping[str, Any] | None = None) -> str | None:
+        """Why the numbers break this rule, or None when they meet it.  ``evidence`` maps a source
+        (``offline``, ``canary``, ``canary@CLUSTER``) to the latest passing evaluation's ``{"id",
+        "metrics"}``, or None when the version has none."""
+        if self.kind == OWN:
+            value = metrics.get(self.metric)
+            if value is None:
+                return f"{self} (the version records no {self.metric})"
+        else:
+            found = (evidence or {}).get(self.source)
+            where = "" if self.cluster is None else f" from cluster {self.cluster}"
+            if found is None:
+                return f"{self} (no passing {self.kind} evaluation{where} of this version)"
+            value = found["metrics"].get(self.metric)
+            if value is None:
+                return f"{self} (its latest passing {self.kind} evaluation{where}, #{found['id']}, records no " \
+                       f"{self.metric})"
         if math.isnan(value) or not _COMPARE[self.op](value, self.threshold):
             return f"{self} ({self.metric} is {value:g})"
         return None
 
 
-def failures(rules: Sequence[str], metrics: Mapping[str, float]) -> list[str]:
-    """The rules ``metrics`` break, each saying why; empty when every one holds."""
-    return [why for text in rules if (why := Rule.parse(text).failure(metrics)) is not None]
+def failures(rules: Sequence[str], metrics: Mapping[str, float],
+             evidence: Mapping[str, Any] | None = None) -> list[str]:
+    """The rules the numbers break, each saying why; empty when every one holds."""
+    return [why for text in rules if (why := Rule.parse(text).failure(metrics, evidence)) is not None]
 
 
 def read_by(rules: Sequence[str]) -> set[str]:
-    """The metric names ``rules`` read."""
-    return {Rule.parse(text).metric for text in rules}
+    """The names of the version's own metrics that ``rules`` read."""
+    return {rule.metric for text in rules if (rule := Rule.parse(text)).kind == OWN}
+
+
+def evidence_read_by(rules: Sequence[str]) -> set[tuple[str, str | None]]:
+    """The evidence sources ``rules`` read: (kind, cluster or None)."""
+    return {(rule.kind, rule.cluster) for text in rules if (rule := Rule.parse(text)).kind != OWN}

@@ -340,6 +340,25 @@ class RegistryClient:
 
     # -- deployments ------------------------------------------------------------------
 
+    def record_evaluation(self, name: str, version: int,
+                          evaluation: schemas.EvaluationCreate) -> schemas.Evaluation:
+        """Record evidence measured on a version: ``canary`` with the cluster's report token, ``offline``
+        with an ``evaluate`` token (``Forbidden`` otherwise)."""
+        answer = self._request("POST", f"/models/{name}/versions/{version}/evaluations",
+                               content=evaluation.model_dump_json(), headers={"Content-Type": "application/json"})
+        return schemas.Evaluation.model_validate_json(answer.content)
+
+    def list_evaluations(self, name: str, version: int, *, kind: str | None = None, source: str | None = None,
+                         verdict: str | None = None, limit: int = 100,
+                         cursor: str | None = None) -> schemas.Page[schemas.Evaluation]:
+        """A version's evaluations, newest first."""
+        params: dict[str, Any] = {"limit": limit}
+        for key, value in (("kind", kind), ("source", source), ("verdict", verdict), ("cursor", cursor)):
+            if value is not None:
+                params[key] = value
+        answer = self._request("GET", f"/models/{name}/versions/{version}/evaluations", params=params)
+        return schemas.Page[schemas.Evaluation].model_validate_json(answer.content)
+
     def report_deployment(self, cluster: str, namespace: str, name: str,
                           report: schemas.DeploymentReport) -> schemas.Deployment:
         """See ``RegistryOperations.report_deployment`` (a report-scope token is enough)."""

@@ -305,6 +305,63 @@ def alias_unprotect(
     console.print(f"{name}@{alias} is no longer protected", highlight=False)
 
 
+@versions_app.command("evaluations")
+def versions_evaluations(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION or NAME@ALIAS")],
+    kind: Annotated[str | None, typer.Option(help="canary | offline")] = None,
+    source: Annotated[str | None, typer.Option(help="CLUSTER/NAMESPACE/NAME of a canary, or an evaluator's name")]
+    = None,
+    verdict: Annotated[str | None, typer.Option(help="pass | fail")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="newest N")] = 20,
+    as_json: JsonOption = False,
+    registry: RegistryOption = defaults.REGISTRY_URL,
+    token: TokenOption = None,
+) -> None:
+    """The evidence measured on a version: canary and offline evaluations, newest first."""
+    with client(registry, token) as registry_client:
+        version = registry_client.resolve(parse_model_ref(ref))
+        found = registry_client.list_evaluations(version.model, version.version, kind=kind, source=source,
+                                                 verdict=verdict, limit=limit).items
+    if as_json:
+        print_json([e.model_dump(mode="json") for e in found])
+        return
+    table = Table("ID", "TIME", "KIND", "SOURCE", "VERDICT", "REQUESTS", "METRICS", "BY", box=None)
+    for e in found:
+        table.add_row(str(e.id), e.time.strftime("%Y-%m-%d %H:%M:%S"), e.kind, e.source, e.verdict,
+                      "-" if e.requests is None else f"{e.requests:,}",
+                      ", ".join(f"{k}={val:g}" for k, val in e.metrics.items()) or "-", e.recorded_by)
+    console.print(table)
+
+
+@versions_app.command("evaluate")
+def versions_evaluate(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION or NAME@ALIAS")],
+    metric: Annotated[list[str], typer.Option("--metric", help="NAME=NUMBER (repeatable)")],
+    verdict: Annotated[str, typer.Option(help="pass | fail")],
+    source: Annotated[str, typer.Option(help="the evaluator's name (e.g. nightly-eval)")],
+    requests: Annotated[int | None, typer.Option(min=0, help="examples evaluated")] = None,
+    registry: RegistryOption = defaults.REGISTRY_URL,
+    token: TokenOption = None,
+) -> None:
+    """Record an offline evaluation of a version (needs an evaluate token)."""
+    metrics: dict[str, float] = {}
+    for item in metric:
+        key, sep, value = item.partition("=")
+        try:
+            metrics[key] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r}: use NAME=NUMBER", param_hint="--metric")
+    with client(registry, token) as registry_client:
+        version = registry_client.resolve(parse_model_ref(ref))
+        body = schemas.validated(schemas.EvaluationCreate, kind="offline", source=source, metrics=metrics,
+                                 verdict=verdict, requests=requests)
+        recorded = registry_client.record_evaluation(version.model, version.version, body)
+    console.print(f"recorded evaluation {recorded.id} on {version.model}:{version.version} ({recorded.verdict})",
+                  highlight=False)
+
+
 @alias_app.command("history")
 def alias_history(
     name: ModelArgument,

@@ -95,7 +95,9 @@ def _store(db: str | None) -> RegistryStore:
 
 @token_app.command("create")
 def token_create(
-    scope: Annotated[str, typer.Option(help="read | report | write | admin")] = "read",
+    scope: Annotated[str, typer.Option(help="read | evaluate (read, record offline evaluations) | report (an "
+                                            "operator's: read, report deployments and canaries) | write | admin")]
+    = "read",
     name: Annotated[str, typer.Option(help="who or what holds it (unique among live tokens)")] = "token",
     cluster: Annotated[str | None, typer.Option(
         help="for --scope report: the one cluster it may report deployments for (the operator's clusterName)")] = None,

@@ -153,6 +153,27 @@ class RegistryState(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Evaluation(Base):
+    """Evidence measured on a version: a canary's live numbers or an offline evaluation's.  Immutable;
+    the oldest of a (version, kind, source) beyond ``defaults.EVALUATIONS_PER_SOURCE`` are pruned."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (Index("ix_evaluations_version_kind_source", "version_id", "kind", "source", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(381))
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    verdict: Mapped[str] = mapped_column(String(8))
+    window_start: Mapped[datetime | None] = mapped_column(default=None)
+    window_end: Mapped[datetime | None] = mapped_column(default=None)
+    requests: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    recorded_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Deployment(Base):
     """What a cluster serves, as its operator last reported it (``PUT /deployments/…``).
 

@@ -85,6 +85,9 @@ OPEN_MODE_CACHE_SECONDS: Final = 1.0
 DEPLOYMENT_REPORT_SECONDS: Final = 30.0
 """How often an operator reports each deployment again when nothing changed (a heartbeat)."""
 DEPLOYMENT_STALE_SECONDS: Final = 3 * DEPLOYMENT_REPORT_SECONDS
+EVALUATIONS_PER_SOURCE: Final = 100
+"""A version keeps the newest this many evaluations of each kind and source; older ones are pruned as new
+ones are recorded (the latest passing one is what alias rules read)."""
 DEPLOYMENTS_PER_VERSION: Final = 20
 """At most this many deployments are listed inside a version's answer; ``deployments_total`` counts
 them all and ``GET /deployments?model=…&version=…`` pages through them."""

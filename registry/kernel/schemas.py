@@ -156,6 +156,18 @@ class DeploymentRef(BaseModel):
     stale: bool = Field(description="the operator has not reported for longer than the registry's stale time")
 
 
+class EvaluationRef(BaseModel):
+    """An evaluation as a version's answer lists it (``GET …/evaluations/{id}``-free: the list has the rest)."""
+
+    id: int
+    kind: str
+    source: str
+    verdict: str
+    metrics: dict[str, float]
+    requests: int | None
+    time: datetime
+
+
 class Version(BaseModel):
     model: str
     version: int
@@ -178,19 +190,88 @@ class Version(BaseModel):
     deployments_total: int = Field(default=0, description="how many deployments serve it in all")
     deployments_link: str | None = Field(default=None, description="where to page through all of them, when "
                                          "more than are listed here")
+    evaluations: list[EvaluationRef] = Field(default=[], description="evidence measured on it: the newest "
+                                             "evaluation of each kind and source (at most 10, newest first); "
+                                             "all of them under …/evaluations")
+
+
+EVALUATION_KINDS = ("canary", "offline")
+VERDICTS = ("pass", "fail")
+CANARY_SOURCE_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$"
+"""A canary's source: the cluster, namespace and name of the ModelDeployment that measured it."""
+
+
+class EvaluationWindow(_Strict):
+    start: datetime
+    end: datetime
+
+    @model_validator(mode="after")
+    def _ordered(self) -> EvaluationWindow:
+        if self.end < self.start:
+            raise ValueError("window.end is before window.start")
+        return self
+
+
+class EvaluationCreate(_Strict):
+    """Evidence measured on a version (``POST …/versions/{v}/evaluations``): immutable once recorded.
+
+    ``canary``: measured live by an operator (``source`` is CLUSTER/NAMESPACE/NAME, and only that
+    cluster's report token may record it); ``offline``: measured by an evaluator (``source`` is its
+    name; an ``evaluate`` token records it)."""
+
+    kind: Annotated[str, StringConstraints(pattern=r"^(canary|offline)$")]
+    source: Annotated[str, StringConstraints(min_length=1, max_length=381)]
+    metrics: Annotated[Metrics, Field(description="at most 256 finite numbers")] = {}
+    verdict: Annotated[str, StringConstraints(pattern=r"^(pass|fail)$")]
+    window: EvaluationWindow | None = None
+    requests: Annotated[int, Field(ge=0, le=2**53)] | None = None
+    details: Annotated[Metadata, Field(description="free-form JSON, at most 64 KiB")] = {}
+
+    @model_validator(mode="after")
+    def _source_fits_the_kind(self) -> EvaluationCreate:
+        import re
+
+        if self.kind == "canary" and not re.match(CANARY_SOURCE_PATTERN, self.source):
+            raise ValueError("a canary's source is CLUSTER/NAMESPACE/NAME (the ModelDeployment that measured it)")
+        if self.kind == "offline" and not re.match(NAME_PATTERN, self.source):
+            raise ValueError("an offline evaluation's source is the evaluator's name (letters, digits, . _ -)")
+        return self
+
+    @property
+    def cluster(self) -> str | None:
+        return self.source.split("/", 1)[0] if self.kind == "canary" else None
+
+
+class Evaluation(BaseModel):
+    id: int
+    model: str
+    version: int
+    kind: str
+    source: str
+    metrics: dict[str, float]
+    verdict: str
+    window: EvaluationWindow | None
+    requests: int | None
+    details: dict[str, Any]
+    recorded_by: str = Field(description='the token that recorded it: "token:NAME"')
+    time: datetime
 
 
 class AliasSet(_Strict):
     version: VersionNumber
 
 
-RULE_PATTERN = r"^\s*([A-Za-z0-9_.:/-]{1,64})\s*(>=|<=|==|>|<)\s*(-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?)\s*$"
+RULE_PATTERN = r"^\s*([A-Za-z0-9_.:/@-]{1,140})\s*(>=|<=|==|>|<)\s*(-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?)\s*$"
 Rule = Annotated[str, StringConstraints(pattern=RULE_PATTERN, max_length=128)]
 
 
 class AliasProtection(_Strict):
-    """``require``: every rule (``METRIC OP NUMBER``, e.g. ``accuracy>=0.95``) must hold for a version
-    before a non-admin caller may point the alias at it; an empty list: admin only."""
+    """``require``: every rule (``[SOURCE.]METRIC OP NUMBER``) must hold for a version before a non-admin
+    caller may point the alias at it; an empty list: admin only.  SOURCE says where the number comes
+    from: none (or ``metrics.``) the version's own metrics, frozen once ready (``accuracy>=0.95``);
+    ``offline.`` the latest passing offline evaluation's (``offline.accuracy>=0.95``); ``canary.`` the
+    latest passing canary evaluation's, from any cluster or ``canary@CLUSTER.`` from one
+    (``canary@staging.error_rate<=0.01``, ``canary.requests>=500``)."""
 
     require: Annotated[list[Rule], Field(max_length=16)] = []
 
@@ -250,7 +331,7 @@ class Deployment(DeploymentReport):
 
 EVENT_TYPES = (
     "model.created", "model.deleted", "version.created", "version.ready", "version.packaged",
-    "version.unpackaged", "version.deleted", "alias.set", "alias.deleted", "auth.enabled", "auth.opened",
+    "version.unpackaged", "version.evaluated", "version.deleted", "alias.set", "alias.deleted", "auth.enabled", "auth.opened",
     "deployment.updated", "deployment.removed",
 )
 

@@ -1,4 +1,4 @@
-"""Bearer-token authentication with scopes read < write < admin.
+"""Bearer-token authentication with scopes read < evaluate < report < write < admin.
 
 Policy: a registry that never had a token is open (the embedded single-user
 default); creating the first token turns authentication on, and it stays on,

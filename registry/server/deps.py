@@ -24,6 +24,8 @@ TagFilter = Annotated[list[str], Query(description="repeatable key=value tag fil
 Force = Annotated[bool, Query(description="delete even while a deployment serves it (admin)")]
 
 Reader = Annotated[Caller, Depends(require("read"))]
+Evaluator = Annotated[Caller, Depends(require("evaluate"))]
+"""Read, and whatever evidence the exact scope allows (``evaluations_api.refuse_unless_measurer``)."""
 Reporter = Annotated[Caller, Depends(require("report"))]
 Writer = Annotated[Caller, Depends(require("write"))]
 Admin = Annotated[Caller, Depends(require("admin"))]

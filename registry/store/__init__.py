@@ -13,6 +13,7 @@ of ``base.StoreBase`` and each with its documented contract in ``contracts``:
 | ``events`` | the change feed and its retention | ``contracts.EventFeed`` |
 | ``tokens`` | tokens and the authentication mode | ``contracts.TokenKeeping`` |
 | ``deployments`` | what serves where, as operators report it | ``operations.RegistryOperations`` |
+| ``evaluations`` | evidence measured on versions, and what alias rules read of it | ``contracts.EvidenceKeeping`` |
 """
 
 from __future__ import annotations

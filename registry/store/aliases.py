@@ -9,15 +9,16 @@ from typing import Any, NoReturn, cast
 from sqlalchemy import CursorResult, delete, select
 from sqlalchemy.orm import Session
 
-from modelyard.registry.alias_rules import failures, read_by
+from modelyard.registry.alias_rules import Rule, evidence_read_by, failures, read_by
 from modelyard.registry.db import models as db
 from modelyard.registry.kernel import schemas
 from modelyard.registry.kernel.cursors import decode_cursor, encode_cursor
-from modelyard.registry.kernel.errors import BadRequest, Conflict, Forbidden, NotFound
-from modelyard.registry.store.base import _SELECT_ALIAS, _SELECT_MODEL_ID, StoreBase
+from modelyard.registry.kernel.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound
+from modelyard.registry.store.base import _SELECT_ALIAS, _SELECT_MODEL_ID
+from modelyard.registry.store.evaluations import EvaluationRecords
 
 
-class AliasRecords(StoreBase):
+class AliasRecords(EvaluationRecords):
     """See the module's docstring; its contract is ``contracts.AliasGovernance``."""
 
     def set_alias(self, name: str, alias: str, version: int, *, actor: str = "anonymous",
@@ -63,11 +64,16 @@ class AliasRecords(StoreBase):
         if target is None or not required:
             raise Forbidden(f"alias {alias!r} of model {model.name!r} is protected: only an admin token may "
                             + ("delete it" if target is None else "move it"))
-        broken = failures(required, target.metrics)
+        evidence = self._evidence(session, target.id, evidence_read_by(required))
+        broken = failures(required, target.metrics, evidence)
         if broken:
             raise Forbidden(f"alias {alias!r} of model {model.name!r} is protected: version {target.version} "
                             f"does not meet {'; '.join(broken)}", extra={"failed": broken})
-        return {"require": required, "metrics": {name: target.metrics[name] for name in sorted(read_by(required))}}
+        judged: dict[str, Any] = {"require": required,
+                                  "metrics": {name: target.metrics[name] for name in sorted(read_by(required))}}
+        if evidence:
+            judged["evidence"] = evidence
+        return judged
 
     def protect_alias(self, name: str, alias: str, protection: schemas.AliasProtection) -> schemas.AliasProtection:
         """Protect ``alias`` (it need not exist yet): see :meth:`set_alias`.  Replaces earlier rules."""
@@ -75,6 +81,11 @@ class AliasRecords(StoreBase):
             model = self._model_row(session, name, lock=True)
             row = session.scalars(select(db.AliasRule).where(db.AliasRule.model_id == model.id,
                                                              db.AliasRule.alias == alias)).one_or_none()
+            for text in protection.require:  # an unknown source of numbers is refused when the rule is set
+                try:
+                    Rule.parse(text)
+                except ValueError as exc:
+                    raise Invalid(str(exc)) from None
             rules = {"require": list(protection.require)}
             if row is None:
                 session.add(db.AliasRule(model_id=model.id, alias=alias, rules=rules))

@@ -29,9 +29,10 @@ from modelyard.registry.store.base import (
 )
 from modelyard.registry.store.blobs import BlobRecords
 from modelyard.registry.store.deployments import DeploymentRecords
+from modelyard.registry.store.evaluations import EvaluationRecords
 
 
-class CatalogRecords(BlobRecords, DeploymentRecords):
+class CatalogRecords(BlobRecords, DeploymentRecords, EvaluationRecords):
     """Models and versions; a deletion consults the deployments and frees blobs. Contracts:
     ``operations.RegistryOperations`` and ``contracts.CatalogAdmin``."""
 
@@ -171,7 +172,8 @@ class CatalogRecords(BlobRecords, DeploymentRecords):
                 raise NotFound(f"version {version} of model {name!r} does not exist")
             aliases = list(connection.scalars(_SELECT_VERSION_ALIASES, {"version_id": row.id}))
             deployments = self._deployments_of(connection, name, [version])[version]
-        return version_from_row(name, row, aliases, deployments)
+            evaluations = self._evaluations_of(connection, [row.id])[row.id]
+        return version_from_row(name, row, aliases, deployments, evaluations)
 
     def list_versions(self, name: str, *, order: str = "asc", status: str | None = None,
                       tags: TagFilter = None, limit: int = 100,
@@ -198,7 +200,9 @@ class CatalogRecords(BlobRecords, DeploymentRecords):
             rows = rows[:limit]
             aliases = self._aliases_by_version(session, [row.id for row in rows])
             served = self._deployments_of(session, name, [row.version for row in rows])
-            items = [version_from_row(name, row, aliases[row.id], served[row.version]) for row in rows]
+            measured = self._evaluations_of(session, [row.id for row in rows])
+            items = [version_from_row(name, row, aliases[row.id], served[row.version], measured[row.id])
+                     for row in rows]
         return schemas.VersionPage(
             items=items, next_cursor=encode_cursor(rows[-1].version) if more else None
         )

@@ -152,6 +152,22 @@ class TokenKeeping(Protocol):
         ...
 
 
+class EvidenceKeeping(Protocol):
+    """Evaluations: immutable evidence measured on a version, the newest of each source kept."""
+
+    def record_evaluation(self, name: str, version: int, evaluation: schemas.EvaluationCreate, *,
+                          recorded_by: str) -> schemas.Evaluation:
+        """Record evidence on a version (``version.evaluated``); prunes the oldest of its kind and source
+        beyond ``defaults.EVALUATIONS_PER_SOURCE``.  Who may record which kind is the server's to check."""
+        ...
+
+    def list_evaluations(self, name: str, version: int, *, kind: str | None = None, source: str | None = None,
+                         verdict: str | None = None, limit: int = 100,
+                         cursor: str | None = None) -> schemas.Page[schemas.Evaluation]:
+        """A version's evaluations, newest first.  Raises ``NotFound`` or ``BadRequest`` (a foreign cursor)."""
+        ...
+
+
 class StoreHealth(Protocol):
     """Whether the database can answer and may be written."""
 
@@ -164,7 +180,8 @@ class StoreHealth(Protocol):
         ...
 
 
-STORE_CONTRACTS: tuple[type, ...] = (CatalogAdmin, AliasGovernance, BlobKeeping, EventFeed, TokenKeeping, StoreHealth)
+STORE_CONTRACTS: tuple[type, ...] = (CatalogAdmin, AliasGovernance, BlobKeeping, EventFeed, TokenKeeping,
+                                     EvidenceKeeping, StoreHealth)
 
 
 if TYPE_CHECKING:  # checked by mypy (tests/test_contract.py); never run
@@ -183,6 +200,9 @@ if TYPE_CHECKING:  # checked by mypy (tests/test_contract.py); never run
         return store
 
     def _the_store_keeps_tokens(store: RegistryStore) -> TokenKeeping:
+        return store
+
+    def _the_store_keeps_evidence(store: RegistryStore) -> EvidenceKeeping:
         return store
 
     def _the_store_reports_its_health(store: RegistryStore) -> StoreHealth:

@@ -18,8 +18,10 @@ from modelyard.registry.kernel import schemas
 from modelyard.registry.kernel.errors import BadRequest, Conflict, NotFound
 from modelyard.registry.store.base import StoreBase
 
-SCOPES = ("read", "report", "write", "admin")
-"""Each scope includes the ones before it; ``report`` is an operator's: read, and report deployments."""
+SCOPES = ("read", "evaluate", "report", "write", "admin")
+"""Each scope includes the ones before it for what the API guards by scope; ``evaluate`` is an evaluator's
+(read, and record offline evaluations), ``report`` an operator's (read, report deployments, record its
+cluster's canary evaluations).  Evidence is guarded by the exact scope: no other token records it."""
 AUTH_KEY = "auth"
 AUTH_ON, AUTH_OPEN = "on", "open"
 
