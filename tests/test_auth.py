@@ -92,8 +92,10 @@ def test_tokens_from_the_environment_are_seeded_once(settings: RegistrySettings,
             as_reader = {"Authorization": f"Bearer {reader}"}
             assert httpx.get(f"{api}/models/m", headers=as_reader).status_code == 200
             assert httpx.post(f"{api}/models", json={"name": "x"}, headers=as_reader).status_code == 403
+            # An operator may move an alias on its cluster's evidence (tests/test_evidence.py): it is told the
+            # version does not exist; a pull token may not ask.
             assert httpx.put(f"{api}/models/m/aliases/production", json={"version": 1},
-                             headers=as_reader).status_code == 403
+                             headers=as_reader).status_code == (404 if reader == operator else 403)
         assert httpx.delete(f"{api}/models/m", headers=as_admin).status_code == 204
         assert [t.name for t in server.store.list_tokens()] == ["admin", "operator", "pull"]
     with ThreadedRegistry(seeded) as server:  # a restart (or a second replica) adds nothing

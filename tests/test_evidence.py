@@ -222,3 +222,45 @@ def test_the_cli_records_and_shows_evidence(registry: Registry) -> None:
         "offline", "nightly-eval", {"accuracy": 0.97, "f1": 0.9}, 1797)
     table = cli("read", "versions", "evaluations", f"digits:{version}")
     assert "nightly-eval" in table.stdout and "accuracy=0.97" in table.stdout
+
+
+def test_an_operator_moves_an_alias_on_its_clusters_evidence_only(registry: Registry) -> None:
+    """Revert: back to the version the alias held before, once its cluster recorded a failing canary of
+    the current one.  Promote: to a version meeting rules that read its cluster's canary evidence.
+    Nothing else, and never for another cluster."""
+    v1, v2, v3 = (registry.ready_version("digits") for _ in range(3))
+    alias = "/models/digits/aliases/production"
+    assert registry.call("PUT", alias, "write", json={"version": v1}).status_code == 200
+    assert registry.call("PUT", alias, "write", json={"version": v2}).status_code == 200
+    assert registry.call("PUT", alias, "report:prod", json={"version": v1}).status_code == 403  # no evidence yet
+    registry.call("POST", f"/models/digits/versions/{v2}/evaluations", "report:staging",
+                  json=canary("staging", "fail", metrics={"error_rate": 0.125}))
+    refused = registry.call("PUT", alias, "report:prod", json={"version": v1})  # staging's failure is not prod's
+    assert refused.status_code == 403 and "only to revert a canary that failed in its cluster" in refused.text
+    failed = registry.call("POST", f"/models/digits/versions/{v2}/evaluations", "report:prod",
+                           json=canary("prod", "fail", metrics={"error_rate": 0.125})).json()
+    assert registry.call("PUT", alias, "report:prod", json={"version": v3}).status_code == 403  # not back: forward
+    reverted = registry.call("PUT", alias, "report:prod", json={"version": v1})
+    assert reverted.status_code == 200, reverted.text
+    move = registry.call("GET", alias + "/history", "read").json()["items"][0]
+    assert (move["actor"], move["from_version"], move["to_version"]) == ("token:report-prod", v2, v1)
+    assert move["judged"]["revert"]["evidence"]["id"] == failed["id"]
+    assert move["judged"]["revert"]["evidence"]["metrics"] == {"error_rate": 0.125}
+    assert registry.call("PUT", alias, "report:prod", json={"version": v2}).status_code == 403  # no way forward
+
+    # Promotion: production reads staging's canary evidence, so staging's operator may move it, on evidence.
+    assert registry.call("PUT", alias + "/protection", "admin", json={"require": [
+        "canary@staging.error_rate<=0.01", "canary@staging.requests>=500"]}).status_code == 200
+    refused = registry.call("PUT", alias, "report:staging", json={"version": v3})
+    assert refused.status_code == 403 and "no passing canary evaluation from cluster staging" in refused.text
+    assert registry.call("PUT", alias, "write", json={"version": v3}).status_code == 403  # a writer: same rules
+    passed = registry.call("POST", f"/models/digits/versions/{v3}/evaluations", "report:staging",
+                           json=canary("staging")).json()
+    assert registry.call("PUT", alias, "report:prod", json={"version": v3}).status_code == 403  # not prod's rules
+    promoted = registry.call("PUT", alias, "report:staging", json={"version": v3})
+    assert promoted.status_code == 200, promoted.text
+    move = registry.call("GET", alias + "/history", "read").json()["items"][0]
+    assert (move["actor"], move["to_version"], move["judged"]["promoted_by"]) == ("token:report-staging", v3,
+                                                                                  "staging")
+    assert move["judged"]["evidence"]["canary@staging"]["id"] == passed["id"]
+    assert registry.call("DELETE", alias, "report:staging").status_code == 403  # deleting is a writer's

@@ -282,8 +282,10 @@ class AliasMove(BaseModel):
     actor: str = Field(description='who: "token:NAME" (unique among live tokens), or "anonymous" on an open registry')
     time: datetime
     judged: dict[str, Any] | None = Field(
-        default=None, description="what a protected alias judged the move on: its rules (require) and the "
-        "metric values read (metrics); null when nothing was judged (not protected, or an admin's move)")
+        default=None, description="what the move was judged on: a protected alias's rules (require), the "
+        "metric values read (metrics) and the evidence read (evidence: each source's evaluation id and numbers); "
+        "an operator's revert (revert: the failed version and its failing evidence) or promotion (promoted_by: "
+        "its cluster); null when nothing was judged (not protected, or an admin's move)")
     deleted_model: bool = Field(default=False, description="the move belongs to a deleted model of this name")
 
 

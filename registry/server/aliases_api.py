@@ -6,10 +6,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from modelyard.registry.kernel import schemas
-from modelyard.registry.kernel.errors import NotFound
+from modelyard.registry.kernel.errors import Forbidden, NotFound
 from modelyard.registry.server.calls import run_write
-from modelyard.registry.server.deps import (Admin, AliasPath, Cursor, Limit, ModelPath, Reader, Store, Writer,
-                                            run_read)
+from modelyard.registry.server.deps import (Admin, AliasPath, Cursor, Limit, ModelPath, Reader, Reporter, Store,
+                                            Writer, run_read)
 
 router = APIRouter(prefix="/models/{name}/aliases", tags=["aliases"])
 
@@ -17,11 +17,19 @@ router = APIRouter(prefix="/models/{name}/aliases", tags=["aliases"])
 @router.put("/{alias}", response_model=schemas.Alias,
             responses={403: {"model": schemas.Problem, "description": "a protected alias: which rule failed"}})
 async def set_alias(name: ModelPath, alias: AliasPath, body: schemas.AliasSet, store: Store,
-                    who: Writer) -> schemas.Alias:
+                    who: Reporter) -> schemas.Alias:
     """Point the alias at a ready version; operators following it roll the new version out.  A
-    protected alias moves for admin tokens, or to a version whose metrics meet its rules."""
+    protected alias moves for admin tokens, or to a version meeting its rules.  A cluster's operator
+    (its report token) moves an alias on its canary evidence only: to revert a failed canary, or to
+    promote a version whose protection rules read that cluster's canary evidence."""
+    operator_cluster = None
+    if who.scope == "report":
+        if who.cluster is None:
+            raise Forbidden("this report token is bound to no cluster (it predates cluster binding): create one "
+                            "with `modelyard registry token create --scope report --cluster NAME`")
+        operator_cluster = who.cluster
     return await run_write(store, lambda: store.set_alias(name, alias, body.version, actor=who.identity,
-                                                          admin=who.admin))
+                                                          admin=who.admin, operator_cluster=operator_cluster))
 
 
 @router.get("/{alias}", response_model=None, responses={200: {"model": schemas.Alias}})

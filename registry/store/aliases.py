@@ -22,10 +22,13 @@ class AliasRecords(EvaluationRecords):
     """See the module's docstring; its contract is ``contracts.AliasGovernance``."""
 
     def set_alias(self, name: str, alias: str, version: int, *, actor: str = "anonymous",
-                  admin: bool = True) -> schemas.Alias:
+                  admin: bool = True, operator_cluster: str | None = None) -> schemas.Alias:
         """Point ``alias`` at a ready version; a no-op (no event) when it already does.  A protected
         alias moves for ``admin`` callers, or to a version whose metrics meet its rules (``Forbidden``
-        naming the rule that failed).  Every move is recorded with ``actor`` (the audit trail)."""
+        naming the rule that failed).  Every move is recorded with ``actor`` (the audit trail).
+
+        ``operator_cluster``: the caller is that cluster's operator (a report token), which moves an
+        alias on evidence only (``_operator_move``)."""
         with self._write() as session:
             model = self._model_row(session, name, lock=True)
             target = self._version_row(session, model, version)
@@ -37,7 +40,10 @@ class AliasRecords(EvaluationRecords):
             ).one_or_none()
             if row is not None and row.version_id == target.id:
                 return schemas.Alias(model=name, alias=alias, version=version, digest=target.digest)
-            judged = self._check_protection(session, model, alias, target, admin)
+            if operator_cluster is not None:
+                judged = self._operator_move(session, model, alias, row, target, operator_cluster)
+            else:
+                judged = self._check_protection(session, model, alias, target, admin)
             if row is None:
                 session.add(db.Alias(model_id=model.id, alias=alias, version_id=target.id))
                 previous = None
@@ -74,6 +80,43 @@ class AliasRecords(EvaluationRecords):
         if evidence:
             judged["evidence"] = evidence
         return judged
+
+    def _operator_move(self, session: Session, model: db.RegisteredModel, alias: str, row: db.Alias | None,
+                       target: db.ModelVersion, cluster: str) -> dict[str, Any]:
+        """What an operator may do with an alias, and only this, each backed by its cluster's evidence:
+
+        - revert: move the alias back to the version it held before the current one, when a failing
+          canary evaluation of the current version from this cluster exists;
+        - promote: move a protected alias whose rules read this cluster's canary evidence
+          (``canary@CLUSTER.…``) to a version meeting every rule.
+
+        Returns what the move was judged on (the evidence's id and numbers); ``Forbidden`` otherwise."""
+        if row is not None:
+            current = session.get(db.ModelVersion, row.version_id)
+            assert current is not None
+            before = session.scalar(select(db.AliasMove.from_version).where(
+                db.AliasMove.model == model.name, db.AliasMove.alias == alias,
+                db.AliasMove.to_version == current.version).order_by(db.AliasMove.id.desc()).limit(1))
+            if before == target.version:
+                failed = session.scalars(select(db.Evaluation).where(
+                    db.Evaluation.version_id == current.id, db.Evaluation.kind == "canary",
+                    db.Evaluation.verdict == "fail", db.Evaluation.source.startswith(f"{cluster}/", autoescape=True),
+                ).order_by(db.Evaluation.id.desc()).limit(1)).first()
+                if failed is not None:
+                    return {"revert": {"from": current.version, "evidence": {
+                        "id": failed.id, "source": failed.source, "metrics": failed.metrics,
+                        "requests": failed.requests}}}
+        rule = session.scalars(select(db.AliasRule).where(db.AliasRule.model_id == model.id,
+                                                          db.AliasRule.alias == alias)).one_or_none()
+        required = list(rule.rules.get("require") or []) if rule is not None else []
+        if ("canary", cluster) in evidence_read_by(required):
+            judged = self._check_protection(session, model, alias, target, admin=False)
+            assert judged is not None
+            return {**judged, "promoted_by": cluster}
+        raise Forbidden(f"an operator (cluster {cluster!r}) moves alias {alias!r} of model {model.name!r} only to "
+                        "revert a canary that failed in its cluster (back to the version the alias held before) "
+                        f"or to promote a version whose protection rules read its cluster's canary evidence "
+                        f"(canary@{cluster}.…); this move is neither")
 
     def protect_alias(self, name: str, alias: str, protection: schemas.AliasProtection) -> schemas.AliasProtection:
         """Protect ``alias`` (it need not exist yet): see :meth:`set_alias`.  Replaces earlier rules."""
