@@ -264,3 +264,20 @@ def test_an_operator_moves_an_alias_on_its_clusters_evidence_only(registry: Regi
                                                                                   "staging")
     assert move["judged"]["evidence"]["canary@staging"]["id"] == passed["id"]
     assert registry.call("DELETE", alias, "report:staging").status_code == 403  # deleting is a writer's
+
+
+def test_the_ui_tells_why_an_alias_moved(registry: Registry) -> None:
+    v1, v2 = registry.ready_version("digits"), registry.ready_version("digits")
+    alias = "/models/digits/aliases/production"
+    registry.call("PUT", alias, "write", json={"version": v1})
+    registry.call("PUT", alias, "write", json={"version": v2})
+    registry.call("POST", f"/models/digits/versions/{v2}/evaluations", "report:prod",
+                  json=canary("prod", "fail", metrics={"error_rate": 0.125}))
+    assert registry.call("PUT", alias, "report:prod", json={"version": v1}).status_code == 200
+    page = httpx.get(f"{registry.server.url}/ui/models/digits/aliases/production",
+                     cookies={"modelyard_token": registry.tokens["read"]}, timeout=10)
+    assert page.status_code == 200, page.text
+    assert f"reverted: version {v2}'s canary failed (evaluation" in page.text and "error_rate=0.125" in page.text
+    model = httpx.get(f"{registry.server.url}/ui/models/digits", cookies={"modelyard_token": registry.tokens["read"]},
+                      timeout=10)
+    assert "canary prod/ml/digits: fail" in model.text
