@@ -40,6 +40,7 @@ class AliasRecords(EvaluationRecords):
             ).one_or_none()
             if row is not None and row.version_id == target.id:
                 return schemas.Alias(model=name, alias=alias, version=version, digest=target.digest)
+            judged: dict[str, Any] | None
             if operator_cluster is not None:
                 judged = self._operator_move(session, model, alias, row, target, operator_cluster)
             else:
