@@ -20,9 +20,10 @@ from tests.test_deployments_and_aliases import Registry
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    settings = RegistrySettings(db_url=f"sqlite:///{tmp_path / 'r.db'}", artifacts_url=str(tmp_path / "a"),
-                                migrate_on_start=True, token_cache_seconds=0.0, open_mode_cache_seconds=0.0)
+def registry(db_url: str, tmp_path: Path) -> Iterator[Registry]:
+    """On each database backend: the evidence queries (newest per source, prefix matches) run on both."""
+    settings = RegistrySettings(db_url=db_url, artifacts_url=str(tmp_path / "a"), migrate_on_start=True,
+                                token_cache_seconds=0.0, open_mode_cache_seconds=0.0)
     with ThreadedRegistry(settings) as server:
         found = Registry(server)
         found.tokens["evaluate"] = server.store.create_token("nightly-eval", "evaluate")[0]
