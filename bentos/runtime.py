@@ -10,7 +10,7 @@ only ever extracted after its sha256 matched the registry's record, within a siz
 
 What is served is checked against the version, not only against the Bento: a
 model version's Bento must record that very version and its program's digest
-(``registry.bento_source``), and it is served by the installed generic service
+(``registry.model.bento_source``), and it is served by the installed generic service
 (``modelyard.bentos.tensor.service``), never by code inside the Bento.  Only a version
 in format ``bento`` (the user's own service) runs the Bento's code, and then the
 Bento must be the version's artifact itself.

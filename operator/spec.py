@@ -1,7 +1,7 @@
 """A ModelDeployment's ``spec``, typed: parsed once where the resource is read, then passed around.
 
 The CRD's schema (charts/modelyard/crds) already refuses wrong types and ranges; these models give
-the rest of the operator attribute access with the schema's defaults (``registry.defaults``), and
+the rest of the operator attribute access with the schema's defaults (``registry.kernel.defaults``), and
 turn what the schema cannot express (exactly one of version and alias, a missing field when the
 schema was bypassed) into a ``SpecError`` with a reason for the status.
 """

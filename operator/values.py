@@ -186,7 +186,8 @@ def _given(serving: Serving, fields: Mapping[str, str]) -> dict[str, Any]:
 
 def serving_values(serving: Serving, resources: Resources, resolved: ResolvedVersion) -> dict[str, Any]:
     """The chart's ``serving`` values: the engine that serves ``resolved`` and the settings of that
-    engine's server only, or SpecError(InvalidServing) naming a field that server would ignore."""
+    engine's server only (with its defaults), or SpecError(InvalidServing) naming a field that server
+    would ignore.  A version that is its own Bento gets what the spec sets, for its service to read."""
     engine = check_engine(serving, resources, resolved)
     label = f"{resolved.name}:{resolved.version} (format {resolved.format})"
     values: dict[str, Any] = {"engine": engine or defaults.ENGINE, "maxRequestBytes": serving.max_request_bytes}
@@ -199,23 +200,20 @@ def serving_values(serving: Serving, resources: Resources, resolved: ResolvedVer
                             f"serving.{first} is read only by {SERVER_NAMES[server]}; {label} is served by "
                             f"{SERVER_NAMES[engine]}, which would ignore it: remove it"
                             + (f" (that server's settings are {others})" if others else ""))
-        if given and engine is None and resolved.format:
-            raise SpecError(Reason.INVALID_SERVING,
-                            f"serving.{next(iter(given))} is a setting of Modelyard's servers; {label} is its own "
-                            "BentoML service, which would ignore it: remove it")
-    unknown = engine is None and not resolved.format  # only in tests: a ready version has a format
-    if engine == defaults.TENSOR_ENGINE or (unknown and _given(serving, TENSOR_FIELDS)):
-        given = _given(serving, TENSOR_FIELDS)
-        values["tensor"] = {"maxBatchSize": given.get("maxBatchSize", defaults.MAX_BATCH_SIZE),
-                            "maxLatencyMs": given.get("maxLatencyMs", defaults.MAX_LATENCY_MS),
-                            "workers": given.get("workers", defaults.SERVE_WORKERS),
-                            "batching": given.get("batching", defaults.BATCHING)}
-    if engine == defaults.LLM_ENGINE or (unknown and _given(serving, LLM_FIELDS)):
-        given = _given(serving, LLM_FIELDS)
-        values["llm"] = {"maxRunning": given.get("llm.maxRunning", defaults.LLM_MAX_RUNNING),
-                         "maxWaiting": given.get("llm.maxWaiting", defaults.LLM_MAX_WAITING),
-                         "prefillTokens": given.get("llm.prefillTokens", defaults.LLM_PREFILL_TOKENS),
-                         "maxModelLen": given.get("maxModelLen", 0)}
+    # A version that is its own Bento (format bento) runs the user's service, which may read any of these
+    # (bentos/examples/embedding reads the tensor server's): what the spec sets is passed on, nothing more.
+    own_service = engine is None
+    tensor, llm = _given(serving, TENSOR_FIELDS), _given(serving, LLM_FIELDS)
+    if engine == defaults.TENSOR_ENGINE:
+        tensor = {"maxBatchSize": defaults.MAX_BATCH_SIZE, "maxLatencyMs": defaults.MAX_LATENCY_MS,
+                  "workers": defaults.SERVE_WORKERS, "batching": defaults.BATCHING, **tensor}
+    if engine == defaults.LLM_ENGINE:
+        llm = {"llm.maxRunning": defaults.LLM_MAX_RUNNING, "llm.maxWaiting": defaults.LLM_MAX_WAITING,
+               "llm.prefillTokens": defaults.LLM_PREFILL_TOKENS, **llm}
+    if tensor and (engine == defaults.TENSOR_ENGINE or own_service):
+        values["tensor"] = tensor
+    if llm and (engine == defaults.LLM_ENGINE or own_service):
+        values["llm"] = {name.removeprefix("llm."): value for name, value in llm.items()}
     return values
 
 

@@ -305,3 +305,26 @@ def test_modelyard_values_schema_rejects_nonsense() -> None:
 def test_crds_ship_in_the_crds_folder() -> None:
     names = sorted(c["name"] for c in load(MODELYARD).crds)
     assert names == ["crds/kopf-peerings.kopf.dev.yaml", "crds/modeldeployments.modelyard.io.yaml"], names
+
+
+def test_a_pod_gets_only_the_serving_settings_its_values_carry() -> None:
+    """The operator fills one engine's section (with defaults), or for a user's own Bento what the spec set:
+    the chart renders exactly those keys, so a server never receives a setting it would refuse."""
+    def env_of(serving: dict[str, Any]) -> dict[str, str]:
+        pod = one(render(MODEL_SERVER, values(serving=serving)), "Deployment")["spec"]["template"]["spec"]
+        return {e["name"]: e.get("value") for e in pod["containers"][0]["env"] if e["name"].startswith("MODELYARD_")}
+
+    llm = env_of({"engine": "transformers", "llm": {"maxRunning": 3, "maxWaiting": 7, "prefillTokens": 64,
+                                                    "maxModelLen": 128}})
+    assert {k: llm[k] for k in ("MODELYARD_LLM_MAX_RUNNING", "MODELYARD_LLM_MAX_WAITING",
+                                "MODELYARD_LLM_PREFILL_TOKENS", "MODELYARD_MAX_MODEL_LEN")} == {
+        "MODELYARD_LLM_MAX_RUNNING": "3", "MODELYARD_LLM_MAX_WAITING": "7", "MODELYARD_LLM_PREFILL_TOKENS": "64",
+        "MODELYARD_MAX_MODEL_LEN": "128"}
+    assert not any(k in llm for k in ("MODELYARD_MAX_BATCH_SIZE", "MODELYARD_BATCHING"))
+    tensor = env_of({"engine": "torch", "tensor": {"maxBatchSize": 8, "maxLatencyMs": 50, "workers": 2,
+                                                   "batching": False}})
+    assert (tensor["MODELYARD_MAX_BATCH_SIZE"], tensor["MODELYARD_MAX_LATENCY_MS"], tensor["MODELYARD_SERVE_WORKERS"],
+            tensor["MODELYARD_BATCHING"]) == ("8", "50", "2", "off")
+    assert not any(k.startswith("MODELYARD_LLM_") for k in tensor)
+    own = env_of({"engine": "auto", "tensor": {"maxBatchSize": 16}})  # a user's Bento: only what was set
+    assert own["MODELYARD_MAX_BATCH_SIZE"] == "16" and "MODELYARD_MAX_LATENCY_MS" not in own

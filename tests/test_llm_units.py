@@ -412,7 +412,7 @@ def test_each_engine_gets_only_its_own_settings_in_the_chart() -> None:
     """The operator names the engine that serves the version and passes that server's settings only
     (with its defaults), so the pod's server never receives a setting it would ignore."""
     assert values({}, LLM)["serving"] == {"engine": "transformers", "maxRequestBytes": 32 << 20, "llm": {
-        "maxRunning": 32, "maxWaiting": 512, "prefillTokens": 8192, "maxModelLen": 0}}
+        "maxRunning": 32, "maxWaiting": 512, "prefillTokens": 8192}}
     serving = values({"serving": {"engine": "transformers", "maxModelLen": 2048,
                                   "llm": {"maxRunning": 3, "maxWaiting": 9, "prefillTokens": 1024}},
                       "resources": {"gpu": 2}}, LLM)["serving"]
@@ -421,8 +421,12 @@ def test_each_engine_gets_only_its_own_settings_in_the_chart() -> None:
     program = values({"serving": {"maxBatchSize": 8, "batching": False}}, PROGRAM)["serving"]
     assert program == {"engine": "torch", "maxRequestBytes": 32 << 20, "tensor": {
         "maxBatchSize": 8, "maxLatencyMs": 1000, "workers": 1, "batching": False}}
-    assert values({}, ResolvedVersion("own", 1, "sha256:" + "c" * 64, format="bento"))["serving"] == {
-        "engine": "auto", "maxRequestBytes": 32 << 20}
+    own = ResolvedVersion("own", 1, "sha256:" + "c" * 64, format="bento")
+    assert values({}, own)["serving"] == {"engine": "auto", "maxRequestBytes": 32 << 20}
+    # A user's own service may read any of them (bentos/examples/embedding reads the tensor server's):
+    # what the spec sets is passed on as set, without defaults.
+    assert values({"serving": {"maxBatchSize": 16, "llm": {"maxRunning": 2}}}, own)["serving"] == {
+        "engine": "auto", "maxRequestBytes": 32 << 20, "tensor": {"maxBatchSize": 16}, "llm": {"maxRunning": 2}}
 
 
 @pytest.mark.parametrize("spec, resolved, message", [
@@ -435,7 +439,6 @@ def test_each_engine_gets_only_its_own_settings_in_the_chart() -> None:
                                              "\\(format hf\\) is served by the language-model server"),
     ({"serving": {"workers": 2}}, LLM, "serving.workers is read only by the tensor server"),
     ({"serving": {"batching": True}}, LLM, "serving.batching is read only by the tensor server"),
-    ({"serving": {"maxLatencyMs": 10}}, ResolvedVersion("own", 1, format="bento"), "its own BentoML service"),
     ({"resources": {"gpu": 2}}, PROGRAM, "runs on one GPU"),
 ])
 def test_serving_that_cannot_work_is_refused_with_a_reason(spec: dict, resolved: ResolvedVersion,

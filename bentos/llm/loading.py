@@ -1,7 +1,7 @@
 """Load a model directory (format ``hf``) for serving, after checking it is what was pushed.
 
 Before transformers reads a byte, the extracted files are checked against the manifest
-the runtime wrote from the digest-checked archive (``bentos.manifest``) and against the
+the runtime wrote from the digest-checked archive (``bentos.pod.manifest``) and against the
 same safety rules the registry applied (``registry.model.hf_model``: no pickles, no model code
 unless the version allows it).  Loading is offline (no hub), from safetensors only, in
 the dtype the weights were saved in, on the GPUs the pod was given (``resources.gpu``);

@@ -1,6 +1,6 @@
 """``modelyard-model.json``: what a model Bento carries besides the program itself.
 
-The file's name and layout are the registry's contract (``registry.bento_source``
+The file's name and layout are the registry's contract (``registry.model.bento_source``
 checks uploaded Bentos against it); this is the packager's and server's view of it.
 """
 

@@ -38,7 +38,7 @@ def verify_digest(path: Path, digest: str) -> None:
 
 
 def check_safe_to_load(path: Path, spec: ModelSpec) -> None:
-    """Refuse a program torch would run code from while loading it (``registry.torch_export_check``):
+    """Refuse a program torch would run code from while loading it (``registry.model.torch_export_check``):
     the registry checked it on upload, and this server checks again, before torch sees a byte."""
     try:
         kind = sniff_format(path, f"{spec.model}:{spec.version}'s program")

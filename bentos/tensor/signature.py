@@ -26,7 +26,7 @@ _NUMERIC_KINDS = "biuf"
 
 @dataclass(frozen=True)
 class InputSpec(InputSignature):
-    """The declared input (``registry.signature`` owns its metadata form), checked per request."""
+    """The declared input (``registry.model.signature`` owns its metadata form), checked per request."""
 
     def check(self, array: np.ndarray) -> np.ndarray:
         if array.ndim != len(self.shape) or tuple(array.shape[1:]) != self.shape[1:]:

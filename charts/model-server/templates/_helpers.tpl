@@ -170,15 +170,29 @@ spec:
             - {name: MODELYARD_ENGINE, value: {{ $v.serving.engine | default "auto" | quote }}}
             {{- /* Only the settings of the server that serves the version: it refuses the other's. */}}
             {{- with $v.serving.tensor }}
+            {{- if hasKey . "maxBatchSize" }}
             - {name: MODELYARD_MAX_BATCH_SIZE, value: {{ .maxBatchSize | int | toString | quote }}}
+            {{- end }}
+            {{- if hasKey . "maxLatencyMs" }}
             - {name: MODELYARD_MAX_LATENCY_MS, value: {{ .maxLatencyMs | int | toString | quote }}}
+            {{- end }}
+            {{- if hasKey . "workers" }}
             - {name: MODELYARD_SERVE_WORKERS, value: {{ .workers | int | toString | quote }}}
+            {{- end }}
+            {{- if hasKey . "batching" }}
             - {name: MODELYARD_BATCHING, value: {{ ternary "on" "off" .batching | quote }}}
             {{- end }}
+            {{- end }}
             {{- with $v.serving.llm }}
+            {{- if hasKey . "maxRunning" }}
             - {name: MODELYARD_LLM_MAX_RUNNING, value: {{ .maxRunning | int | toString | quote }}}
+            {{- end }}
+            {{- if hasKey . "maxWaiting" }}
             - {name: MODELYARD_LLM_MAX_WAITING, value: {{ .maxWaiting | int | toString | quote }}}
+            {{- end }}
+            {{- if hasKey . "prefillTokens" }}
             - {name: MODELYARD_LLM_PREFILL_TOKENS, value: {{ .prefillTokens | int | toString | quote }}}
+            {{- end }}
             {{- if .maxModelLen }}
             - {name: MODELYARD_MAX_MODEL_LEN, value: {{ .maxModelLen | int | toString | quote }}}
             {{- end }}
