@@ -9,9 +9,8 @@ token for offline evaluations); the store records who did.
 
 from __future__ import annotations
 
-from typing import Any
-
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, func, select
 from sqlalchemy.orm import Session
@@ -21,7 +20,6 @@ from modelyard.registry.kernel import defaults, schemas
 from modelyard.registry.kernel.cursors import decode_cursor, encode_cursor
 from modelyard.registry.kernel.errors import BadRequest
 from modelyard.registry.store.base import StoreBase
-
 
 EVALUATIONS_PER_ANSWER = 10
 """A version's answer lists the newest evaluation of each kind and source, at most this many."""
