@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session
 from modelyard.registry.alias_rules import Rule, evidence_read_by, failures, read_by
 from modelyard.registry.db import models as db
 from modelyard.registry.kernel import schemas
-from modelyard.registry.kernel.cursors import decode_cursor, encode_cursor
-from modelyard.registry.kernel.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound
+from modelyard.registry.kernel.cursors import decode_number_cursor, encode_cursor
+from modelyard.registry.kernel.errors import Conflict, Forbidden, Invalid, NotFound
 from modelyard.registry.store.base import _SELECT_ALIAS, _SELECT_MODEL_ID
 from modelyard.registry.store.evaluations import EvaluationRecords
 
@@ -163,10 +163,7 @@ class AliasRecords(EvaluationRecords):
             query = (select(db.AliasMove).where(db.AliasMove.model == name, db.AliasMove.alias == alias)
                      .order_by(db.AliasMove.id.desc()).limit(limit + 1))
             if cursor:
-                raw = decode_cursor(cursor)
-                if not raw.isdigit() or len(raw) > 18:
-                    raise BadRequest(f"invalid cursor {cursor!r}: pass back the next_cursor of a previous page")
-                query = query.where(db.AliasMove.id < int(raw))
+                query = query.where(db.AliasMove.id < decode_number_cursor(cursor, digits=18))
             rows = list(session.scalars(query))
             if model_id is None and not rows and not cursor:
                 raise NotFound(f"model {name!r} does not exist")

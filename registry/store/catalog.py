@@ -12,8 +12,8 @@ from sqlalchemy.exc import IntegrityError
 
 from modelyard.registry.db import models as db
 from modelyard.registry.kernel import schemas
-from modelyard.registry.kernel.cursors import decode_cursor, encode_cursor
-from modelyard.registry.kernel.errors import BadRequest, Conflict, NotFound
+from modelyard.registry.kernel.cursors import decode_cursor, decode_number_cursor, encode_cursor
+from modelyard.registry.kernel.errors import Conflict, NotFound
 from modelyard.registry.store.base import (
     _ALLOCATE_VERSION,
     _INSERT_MODEL,
@@ -191,10 +191,8 @@ class CatalogRecords(BlobRecords, DeploymentRecords, EvaluationRecords):
             for key, value in _tag_pairs(tags):
                 query = query.where(db.ModelVersion.tags[key].as_string() == value)
             if cursor:
-                raw = decode_cursor(cursor)
-                if not raw.isdigit() or len(raw) > 10 or int(raw) > schemas.MAX_VERSION:
-                    raise BadRequest(f"invalid cursor {cursor!r}: pass back the next_cursor of a previous page")
-                query = query.where(number < int(raw) if descending else number > int(raw))
+                after = decode_number_cursor(cursor, digits=10, maximum=schemas.MAX_VERSION)
+                query = query.where(number < after if descending else number > after)
             rows = list(session.execute(query))
             more = len(rows) > limit
             rows = rows[:limit]

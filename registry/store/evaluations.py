@@ -17,8 +17,7 @@ from sqlalchemy.orm import Session
 
 from modelyard.registry.db import models as db
 from modelyard.registry.kernel import defaults, schemas
-from modelyard.registry.kernel.cursors import decode_cursor, encode_cursor
-from modelyard.registry.kernel.errors import BadRequest
+from modelyard.registry.kernel.cursors import decode_number_cursor, encode_cursor
 from modelyard.registry.store.base import StoreBase
 
 EVALUATIONS_PER_ANSWER = 10
@@ -80,10 +79,7 @@ class EvaluationRecords(StoreBase):
                 if value is not None:
                     query = query.where(column == value)
             if cursor:
-                raw = decode_cursor(cursor)
-                if not raw.isdigit() or len(raw) > 19:
-                    raise BadRequest(f"invalid cursor {cursor!r}: pass back the next_cursor of a previous page")
-                query = query.where(db.Evaluation.id < int(raw))
+                query = query.where(db.Evaluation.id < decode_number_cursor(cursor, digits=19))
             rows = list(session.scalars(query))
             more = len(rows) > limit
             rows = rows[:limit]
