@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from modelyard.registry.kernel import schemas
-from modelyard.registry.kernel.errors import Forbidden, NotFound
+from modelyard.registry.kernel.errors import NotFound
 from modelyard.registry.server.calls import run_write
 from modelyard.registry.server.deps import (Admin, AliasPath, Cursor, Limit, ModelPath, Reader, Reporter, Store,
                                             Writer, run_read)
@@ -22,12 +22,7 @@ async def set_alias(name: ModelPath, alias: AliasPath, body: schemas.AliasSet, s
     protected alias moves for admin tokens, or to a version meeting its rules.  A cluster's operator
     (its report token) moves an alias on its canary evidence only: to revert a failed canary, or to
     promote a version whose protection rules read that cluster's canary evidence."""
-    operator_cluster = None
-    if who.scope == "report":
-        if who.cluster is None:
-            raise Forbidden("this report token is bound to no cluster (it predates cluster binding): create one "
-                            "with `modelyard registry token create --scope report --cluster NAME`")
-        operator_cluster = who.cluster
+    operator_cluster = who.reporting_cluster() if who.scope == "report" else None
     return await run_write(store, lambda: store.set_alias(name, alias, body.version, actor=who.identity,
                                                           admin=who.admin, operator_cluster=operator_cluster))
 

@@ -41,6 +41,14 @@ class Caller:
     def admin(self) -> bool:
         return self.scope == "admin"
 
+    def reporting_cluster(self) -> str:
+        """The cluster a report token speaks for; ``Forbidden`` for one bound to none (it predates
+        cluster binding), which may speak for no cluster at all."""
+        if self.cluster is None:
+            raise Forbidden("this report token is bound to no cluster (it predates cluster binding): create one "
+                            "with `modelyard registry token create --scope report --cluster NAME`")
+        return self.cluster
+
 
 class Authenticator:
     def __init__(self, store: RegistryStore, anonymous_read: bool | None,

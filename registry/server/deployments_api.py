@@ -55,8 +55,5 @@ async def remove_deployment(cluster: ClusterPath, namespace: NamespacePath, name
 def refuse_other_cluster(who: Caller, cluster: str) -> None:
     """A report token speaks for its own cluster only: it must not overwrite or delete what another
     cluster's operator reported.  Write and admin tokens may (an administrator cleaning up)."""
-    if who.scope == "report" and who.cluster is None:
-        raise Forbidden("this report token is bound to no cluster (it predates cluster binding): create one with "
-                        "`modelyard registry token create --scope report --cluster NAME`")
-    if who.scope == "report" and who.cluster != cluster:
+    if who.scope == "report" and who.reporting_cluster() != cluster:
         raise Forbidden(f"this report token is bound to cluster {who.cluster!r}; it cannot report for {cluster!r}")

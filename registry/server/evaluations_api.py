@@ -31,10 +31,7 @@ def refuse_unless_measurer(who: Caller, evaluation: schemas.EvaluationCreate) ->
         if who.scope != "report":
             raise Forbidden(f"canary evidence is recorded by the measuring cluster's operator (a report token), "
                             f"not by a {who.scope} token")
-        if who.cluster is None:
-            raise Forbidden("this report token is bound to no cluster (it predates cluster binding): create one with "
-                            "`modelyard registry token create --scope report --cluster NAME`")
-        if who.cluster != evaluation.cluster:
+        if who.reporting_cluster() != evaluation.cluster:
             raise Forbidden(f"this report token is bound to cluster {who.cluster!r}; it cannot record a canary "
                             f"measured in {evaluation.cluster!r}")
     elif who.scope != "evaluate":
