@@ -467,7 +467,7 @@ def test_memory_below_the_weights_is_a_warning() -> None:
 
 
 def test_the_server_uses_the_gpus_the_pod_was_given() -> None:
-    from modelyard.bentos.llm.loading import gpus_to_use
+    from modelyard.bentos.pod.settings import gpus_to_use
 
     assert gpus_to_use(None, 4) == 4  # a local `modelyard serve`: every visible GPU
     assert gpus_to_use(0, 4) == 0  # a pod without GPUs serves on the CPU, even where one is visible

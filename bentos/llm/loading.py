@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelyard.bentos.pod.settings import LLM_ENGINE, ServingSettings
+from modelyard.bentos.pod.settings import LLM_ENGINE, ServingSettings, gpus_to_use
 from modelyard.bentos.pod.failure import ModelLoadError
 from modelyard.bentos.pod.manifest import MANIFEST_FILE, ManifestMismatch, check_manifest
 from modelyard.bentos.pod.spec import ModelSpec
@@ -66,18 +66,6 @@ def max_model_len(facts: HfFacts, asked: int | None) -> int:
     if asked and asked > context:
         raise ModelLoadError(f"maxModelLen {asked} is longer than the model's context of {context}")
     return asked or min(context, defaults.LLM_MAX_MODEL_LEN)
-
-
-def gpus_to_use(asked: int | None, visible: int) -> int:
-    """The GPUs to load onto: the count the pod was given (0: the CPU, even where one is visible), or
-    every visible one when no count was given (a local ``modelyard serve``).  ``ModelLoadError``
-    when the pod was given more than it can see."""
-    if asked is None:
-        return visible
-    if asked > visible:
-        raise ModelLoadError(f"the server was given {asked} GPU(s) (resources.gpu) but sees {visible}: is the "
-                             "NVIDIA device plugin running and the runtime image built for CUDA?")
-    return asked
 
 
 def load(spec: ModelSpec, src: Path, settings: ServingSettings) -> LoadedModel:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from modelyard.bentos.pod.failure import ModelLoadError
 from modelyard.registry.kernel import defaults
 from modelyard.registry.kernel.defaults import Env
 
@@ -170,6 +171,18 @@ def engine_for(fmt: str | None, engine: str) -> str:
     if by_format is not None and engine != by_format:
         raise ValueError(f"engine {engine} does not serve format {fmt}: use {by_format} (or auto)")
     return engine
+
+
+def gpus_to_use(asked: int | None, visible: int) -> int:
+    """The GPUs a server uses: the count the pod was given (0: the CPU, even where one is visible), or
+    every visible one when no count was given (a local ``modelyard serve``).  ``ModelLoadError``
+    when the pod was given more than it can see."""
+    if asked is None:
+        return visible
+    if asked > visible:
+        raise ModelLoadError(f"the server was given {asked} GPU(s) (resources.gpu) but sees {visible or 'none'}: "
+                             "is the NVIDIA device plugin running and the runtime image built for CUDA?")
+    return asked
 
 
 def served_settings(settings: ServingSettings, engine: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 from modelyard.bentos.tensor.signature import InputSpec
 from modelyard.bentos.pod.spec import ModelSpec
 from modelyard.bentos.pod.failure import ModelLoadError
+from modelyard.bentos.pod.settings import gpus_to_use
 from modelyard.registry.model.formats import UnsupportedArtifact, sniff_format
 
 log = logging.getLogger("bentoml.modelyard")  # under "bentoml" so the server's log config shows it
@@ -20,12 +21,8 @@ def pick_device(gpus: int | None = None) -> str:
     A program runs on one GPU; the operator refuses more for one replica."""
     import torch
 
-    if gpus is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if gpus and not torch.cuda.is_available():
-        raise ModelLoadError(f"the server was given {gpus} GPU(s) (resources.gpu) but sees none: is the NVIDIA "
-                             "device plugin running and the runtime image built for CUDA?")
-    return "cuda" if gpus else "cpu"
+    one = None if gpus is None else min(gpus, 1)  # a program runs on one GPU, however many it was given
+    return "cuda" if gpus_to_use(one, torch.cuda.device_count()) else "cpu"
 
 
 def verify_digest(path: Path, digest: str) -> None:
