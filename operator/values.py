@@ -191,8 +191,8 @@ def serving_values(serving: Serving, resources: Resources, resolved: ResolvedVer
     engine = check_engine(serving, resources, resolved)
     label = f"{resolved.name}:{resolved.version} (format {resolved.format})"
     values: dict[str, Any] = {"engine": engine or defaults.ENGINE, "maxRequestBytes": serving.max_request_bytes}
-    for server, fields in ENGINE_FIELDS.items():
-        given = _given(serving, fields)
+    given_for = {server: _given(serving, fields) for server, fields in ENGINE_FIELDS.items()}
+    for server, given in given_for.items():
         if given and engine is not None and engine != server and resolved.format:
             first = next(iter(given))
             others = ", ".join(f"serving.{name}" for name in ENGINE_FIELDS.get(engine, {}))
@@ -203,7 +203,7 @@ def serving_values(serving: Serving, resources: Resources, resolved: ResolvedVer
     # A version that is its own Bento (format bento) runs the user's service, which may read any of these
     # (bentos/examples/embedding reads the tensor server's): what the spec sets is passed on, nothing more.
     own_service = engine is None
-    tensor, llm = _given(serving, TENSOR_FIELDS), _given(serving, LLM_FIELDS)
+    tensor, llm = given_for[defaults.TENSOR_ENGINE], given_for[defaults.LLM_ENGINE]
     if engine == defaults.TENSOR_ENGINE:
         tensor = {"maxBatchSize": defaults.MAX_BATCH_SIZE, "maxLatencyMs": defaults.MAX_LATENCY_MS,
                   "workers": defaults.SERVE_WORKERS, "batching": defaults.BATCHING, **tensor}
