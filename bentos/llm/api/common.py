@@ -35,13 +35,13 @@ class Served:
         return np.asarray(vectors, dtype=np.float32)
 
 
-def _json(body: dict[str, Any], status: int = 200) -> Response:
+def json_response(body: dict[str, Any], status: int = 200) -> Response:
     return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
                     media_type="application/json")
 
 
-def _error(exc: ApiError) -> Response:
-    return _json(exc.body(), exc.status)
+def error_response(exc: ApiError) -> Response:
+    return json_response(exc.body(), exc.status)
 
 
 def known(served: Served, name: str) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
-from modelyard.bentos.llm.api.common import EMBED_BATCH, Served, _json, bounded, known
+from modelyard.bentos.llm.api.common import EMBED_BATCH, Served, json_response, bounded, known
 from modelyard.bentos.llm.protocol import MAX_EMBEDDING_TOKENS, ApiError, EmbeddingRequest, parse
 from modelyard.bentos.pod.batcher import MicroBatcher
 
@@ -44,7 +44,7 @@ async def create_embeddings(request: Request, served: Served) -> Response:
              if body.encoding_format == "base64" else vector}
             for index, vector in enumerate(vectors)]
     total = sum(counts)
-    return _json({"object": "list", "data": data, "model": body.model,
+    return json_response({"object": "list", "data": data, "model": body.model,
                   "usage": {"prompt_tokens": total, "total_tokens": total}})
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response, StreamingResponse
 
-from modelyard.bentos.llm.api.common import Served, _json
+from modelyard.bentos.llm.api.common import Served, json_response
 from modelyard.bentos.llm.engine_client import GenerationFailed
 from modelyard.bentos.llm.protocol import ApiError, ChatRequest, CompletionRequest
 from modelyard.bentos.llm.sampling import SamplingParams
@@ -51,7 +51,7 @@ async def complete(served: Served, body: ChatRequest | CompletionRequest, prompt
         async for delta in deltas:
             text.append(delta.text)
             tokens, finish = delta.completion_tokens, delta.finish_reason
-    return _json(shape.whole("".join(text), finish, tokens))
+    return json_response(shape.whole("".join(text), finish, tokens))
 
 
 async def _first(deltas: AsyncGenerator[Any, None]) -> Any:

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from modelyard.bentos.llm.api import chat, completions, embeddings, models, stats
-from modelyard.bentos.llm.api.common import Served, _error
+from modelyard.bentos.llm.api.common import Served, error_response
 from modelyard.bentos.llm.engine_client import GenerationFailed, Overloaded
 from modelyard.bentos.llm.protocol import ApiError
 
@@ -35,15 +35,15 @@ def build_llm_app(served_ref: Callable[[], Served | None]) -> Starlette:
         async def wrapped(request: Request) -> Response:
             served = served_ref()
             if served is None:
-                return _error(ApiError(503, "the model is still loading", kind="server_error", code="loading"))
+                return error_response(ApiError(503, "the model is still loading", kind="server_error", code="loading"))
             try:
                 return await handler(request, served)
             except ApiError as exc:
-                return _error(exc)
+                return error_response(exc)
             except Overloaded as exc:
-                return _error(ApiError(429, str(exc), kind="server_error", code="overloaded"))
+                return error_response(ApiError(429, str(exc), kind="server_error", code="overloaded"))
             except GenerationFailed as exc:
-                return _error(ApiError(500, str(exc), kind="server_error", code="generation_failed"))
+                return error_response(ApiError(500, str(exc), kind="server_error", code="generation_failed"))
 
         return wrapped
 

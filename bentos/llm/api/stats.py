@@ -8,9 +8,9 @@ import asyncio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from modelyard.bentos.llm.api.common import Served, _json
+from modelyard.bentos.llm.api.common import Served, json_response
 
 
 async def engine_stats(_: Request, served: Served) -> Response:
     engine = served.engine.stats() if served.engine is not None else {}
-    return _json({**engine, "tasks": len(asyncio.all_tasks())})
+    return json_response({**engine, "tasks": len(asyncio.all_tasks())})
