@@ -70,6 +70,9 @@ def test_only_the_measurer_records_evidence(registry: Registry, scope: str, body
     (canary(source="staging"), "CLUSTER/NAMESPACE/NAME"),
     (offline(source="two words"), "evaluator's name"),
     ('{"kind": "offline", "source": "e", "verdict": "pass", "metrics": {"accuracy": Infinity}}', "finite"),
+    ('{"kind": "offline", "source": "e", "verdict": "pass", "metrics": {"accuracy": 1e400}}', "finite"),
+    ('{"kind": "offline", "source": "e", "verdict": "pass", "details": {"note": "a\\u0000b"}}', "NUL"),
+    (offline(requests=2**60), "requests"),
     (offline(verdict="maybe"), "verdict"),
     (offline(kind="online"), "kind"),
     (offline(window={"start": "2026-12-07T10:05:00Z", "end": "2026-12-07T10:00:00Z"}), "before"),
@@ -282,3 +285,27 @@ def test_the_ui_tells_why_an_alias_moved(registry: Registry) -> None:
     model = httpx.get(f"{registry.server.url}/ui/models/digits", cookies={"modelyard_token": registry.tokens["read"]},
                       timeout=10)
     assert "canary prod/ml/digits: fail" in model.text
+
+
+def test_evidence_raced_by_the_versions_deletion_is_recorded_or_refused_never_orphaned(registry: Registry) -> None:
+    """Recording while the version is deleted: each request is a 201 (before the delete) or a 404 (after),
+    never a 500, and the delete takes the version's evidence with it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import sqlalchemy
+
+    version = registry.ready_version("digits")
+    path = f"/models/digits/versions/{version}/evaluations"
+
+    def record(_: int) -> int:
+        return registry.call("POST", path, "evaluate", json=offline()).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        recorded = [pool.submit(record, i) for i in range(40)]
+        deleted = registry.call("DELETE", f"/models/digits/versions/{version}", "admin")
+        statuses = {future.result() for future in recorded}
+    assert deleted.status_code == 204, deleted.text
+    assert statuses <= {201, 404}, statuses
+    assert registry.call("POST", path, "evaluate", json=offline()).status_code == 404
+    with registry.server.store.engine.connect() as connection:
+        assert connection.scalar(sqlalchemy.text("SELECT count(*) FROM evaluations")) == 0
