@@ -237,7 +237,10 @@ def serve_command(fetched: FetchedBento, host: str, port: int, settings: Serving
     A model version is served by the installed service of its engine (the tensor server or the
     language-model server), from an empty working directory, with the Bento's directory as data
     only; a version in format ``bento`` is the user's service and is served from its Bento."""
-    home = cache / "bentoml-home"  # empty: the Bento is served from its directory, not a store
+    # Empty: the Bento is served from its directory, not a store.  One per port: BentoML keeps its
+    # Prometheus files there and empties them when a server starts, so two servers sharing a cache
+    # (the default one) would wipe each other's metrics, which the canary analysis reads.
+    home = cache / "bentoml-home" / str(port)
     home.mkdir(parents=True, exist_ok=True)
     engine = serving_engine(fetched.version, settings.engine)
     env = {**os.environ, **settings.to_env(), "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true",

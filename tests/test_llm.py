@@ -22,13 +22,16 @@ import numpy as np
 import openai
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modelyard.bentos.llm.loading import check_files
 from modelyard.bentos.pod.failure import ModelLoadError
 from modelyard.bentos.runtime import fetch
 from modelyard.bentos.pod.spec import ModelSpec
+from modelyard.operator.analysis import read_exposition
 from modelyard.registry.client import RegistryClient
+from modelyard.registry.kernel import serving_metrics as contract
 from modelyard.registry.kernel.errors import Invalid
 from modelyard.registry.kernel.processes.children import stop_process
 from modelyard.registry.settings import RegistrySettings
@@ -261,6 +264,28 @@ def test_a_stream_carries_the_same_text_and_the_usage(bed: Bed) -> None:
         model="tiny", prompt="The quick", max_tokens=15, temperature=0, stream=True))
     assert streamed == client.completions.create(model="tiny", prompt="The quick", max_tokens=15,
                                                  temperature=0).choices[0].text
+
+
+def test_metrics_count_requests_by_status_and_time_tokens_for_canary_analysis(bed: Bed) -> None:
+    """What the operator's canary analysis reads from this server: requests by status and time to first token."""
+    def read() -> tuple[dict[str, float], float, float]:
+        text = httpx.get(f"{bed.lm.url}/metrics", timeout=10).text
+        counts = read_exposition(text, "canary")
+        between = sum(s.value for f in text_string_to_metric_families(text) if f.name == contract.INTER_TOKEN_LATENCY
+                      for s in f.samples if s.name.endswith("_count"))
+        return counts.requests, counts.buckets.get("+Inf", 0.0), between
+
+    requests, first_tokens, between = read()
+    list(bed.lm.openai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
+                                               max_tokens=8, temperature=0, stream=True))
+    with pytest.raises(openai.BadRequestError):
+        bed.lm.openai.chat.completions.create(model="tiny", messages=[], max_tokens=8)
+    bed.lm.openai.models.list()  # not a model request: not counted
+    after, first_tokens_after, between_after = read()
+    assert after.get("200", 0) - requests.get("200", 0) == 1 and after.get("400", 0) - requests.get("400", 0) == 1
+    assert sum(after.values()) - sum(requests.values()) == 2
+    assert first_tokens_after - first_tokens == 1  # the latency the analysis reads is time to first token
+    assert between_after > between
 
 
 def test_sampling_with_a_seed_repeats_and_stop_sequences_end_the_text(bed: Bed) -> None:

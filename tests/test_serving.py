@@ -24,10 +24,12 @@ import torch
 from modelyard.bentos.examples import digits
 from modelyard.bentos.packager import package_version
 from modelyard.bentos.runtime import BentoRefused, extract
+from modelyard.operator.analysis import numbers, read_exposition
 from modelyard.registry.client import RegistryClient
 from modelyard.registry.kernel.errors import Invalid
 from modelyard.registry.kernel.processes.children import stop_process
 from modelyard.registry.settings import RegistrySettings
+from tests.support import behaviours
 from tests.support.servers import ThreadedRegistry, free_port, wait_ready
 
 pytestmark = pytest.mark.slow
@@ -94,6 +96,34 @@ def test_a_language_model_setting_is_refused_for_a_program(served: Served, tmp_p
     assert f"{option[0]}: the torch engine that serves digits:1 does not read it" in said
 
 
+def test_a_model_that_raises_is_a_500_on_every_route_and_counted_for_canary_analysis(served: Served,
+                                                                                    tmp_path: Path) -> None:
+    # Passes the server's load-time check (one forward pass), then fails every forward pass.
+    program, metadata, _ = behaviours.faulty(tmp_path, 1.0, served.images, healthy_calls=1)
+    with RegistryClient(served.registry.url) as client:
+        client.ensure_model("faulty")
+        version = client.create_version("faulty", format="torchscript", metadata=metadata).version
+        client.upload_artifact("faulty", version, program)
+    process, url, log = start_serving(served, tmp_path / "cache", f"faulty:{version}")
+    try:
+        wait_serving(process, url, log)
+        before = read_exposition(httpx.get(f"{url}/metrics", timeout=30).text, "canary")
+        assert before.requests == {"200": 0} and before.buckets["+Inf"] == 0  # ours from the start, at zero
+        body = {"inputs": served.images.tolist()}
+        for route in ("/predict", "/v2/predict", "/v2/predict"):
+            answer = httpx.post(f"{url}{route}", json=body, timeout=30)
+            assert answer.status_code == 500 and "error" in answer.json(), (route, answer.text)
+        assert httpx.post(f"{url}/v2/predict", json={"inputs": [[1.0]]}, timeout=30).status_code == 400
+        counted = read_exposition(httpx.get(f"{url}/metrics", timeout=30).text, "canary")
+        assert {code: n for code, n in counted.requests.items() if n} == {"500": 3, "400": 1}
+        assert counted.buckets["+Inf"] == 4
+        assert numbers(counted).error_rate == 0.75
+        assert httpx.get(f"{url}/readyz", timeout=30).status_code == 200  # a failing model still serves probes
+    finally:
+        stop(process)
+    assert "the model failed on a request of 5 examples" in log.read_text()
+
+
 def test_packaging_records_the_bento_once(served: Served) -> None:
     with RegistryClient(served.registry.url) as client:
         first = package_version(client, "digits:1")
@@ -143,8 +173,8 @@ def test_served_predictions_match_the_model_and_bad_input_is_a_400(served: Serve
                               timeout=30)  # 20 examples: past /predict's batch of 16
         assert too_many.status_code == 400 and "more than max_batch_size (16)" in too_many.text
         metrics = httpx.get(f"{url}/metrics", timeout=30).text  # the lean route counts itself
-        assert 'modelyard_lean_requests_total{status="200"} 3.0' in metrics
-        assert 'modelyard_lean_requests_total{status="400"} 2.0' in metrics
+        assert ('modelyard_requests_total{route="/v2/predict",status="200"} 3.0') in metrics
+        assert ('modelyard_requests_total{route="/v2/predict",status="400"} 2.0') in metrics
     finally:
         stop(process)
     text = log.read_text()

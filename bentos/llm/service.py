@@ -19,6 +19,7 @@ import bentoml
 
 from modelyard.bentos.pod.settings import LLM_ENGINE, ServingSettings, served_settings, torch_threads
 from modelyard.bentos.pod.limits import BodyLimit
+from modelyard.bentos.pod.request_metrics import RequestMetrics, declare
 from modelyard.bentos.llm.api.common import Served
 from modelyard.bentos.llm.api.server import build_llm_app
 from modelyard.bentos.pod.spec import ModelSpec
@@ -38,6 +39,7 @@ def _served() -> "Served | None":
 
 
 OPENAI_APP = build_llm_app(_served)
+MODEL_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 OPENAI_APP.add_middleware(BodyLimit, max_bytes=SETTINGS.common.max_request_bytes)
 
 
@@ -74,6 +76,7 @@ class LLMService:
             engine.start()
         self.served = Served(loaded, engine)
         _SERVED.append(self.served)
+        declare(MODEL_ROUTES, generates=engine is not None)
 
     @bentoml.api(route="/model")
     def model(self) -> dict[str, Any]:
@@ -82,3 +85,7 @@ class LLMService:
         return {"model": SPEC.model, "version": SPEC.version, "digest": SPEC.digest, "format": SPEC.format,
                 "task": loaded.task, "device": loaded.device, "max_model_len": loaded.max_model_len,
                 "metadata": SPEC.metadata, "serving": served_settings(SETTINGS, LLM_ENGINE)}
+
+
+# BentoML's service decorator adds the method at run time; its stubs do not show it.
+LLMService.add_asgi_middleware(RequestMetrics, routes=MODEL_ROUTES)  # type: ignore[attr-defined]

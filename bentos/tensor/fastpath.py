@@ -4,8 +4,8 @@ BentoML's API path costs about 1.5 ms of CPU per request on this hardware
 (pydantic models, serde, tracing), which caps a small model at ~600 single
 requests/s on 2 cores however fast the model is.  This route is a plain ASGI
 app mounted on the same BentoML service (same process, model, port, probes,
-metrics): orjson or a binary ``.npy`` body in, the same exact-shape check, and
-its own micro-batcher that gathers concurrent requests into one forward pass
+metrics: ``pod.request_metrics`` counts it like every model route): orjson or a
+binary ``.npy`` body in, the same exact-shape check, and its own micro-batcher that gathers concurrent requests into one forward pass
 (a request of more than ``max_batch_size`` examples goes straight to the model).
 
 Bodies: ``application/json`` ``{"inputs": [...]}`` → ``{"outputs": [...]}``;
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -33,29 +33,7 @@ from modelyard.bentos.tensor.signature import coerce, read_npy
 
 NPY = "application/x-npy"
 PARSE_IN_THREAD_BYTES = 1 << 20
-
-
-class LeanRouteMetrics:
-    """Prometheus counters for the lean route, on BentoML's own ``/metrics``.
-
-    BentoML's metrics and tracing middleware are skipped for this route (they
-    cost about a fifth of its throughput), so it counts its own requests: one
-    counter and one histogram, a few mmap writes per request.  prometheus_client
-    is imported on first use because BentoML sets its multiprocess directory
-    only after the service module is imported.
-    """
-
-    def __init__(self) -> None:
-        from prometheus_client import Counter, Histogram
-
-        self.requests = Counter("modelyard_lean_requests_total", "Requests on /v2/predict by status code",
-                                ["status"])
-        self.seconds = Histogram("modelyard_lean_request_duration_seconds", "Latency of /v2/predict",
-                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
-
-    def observe(self, status: int, started: float) -> None:
-        self.requests.labels(str(status)).inc()
-        self.seconds.observe(time.perf_counter() - started)
+log = logging.getLogger("modelyard.serving")
 
 
 def _error(status: int, detail: str) -> Response:
@@ -66,15 +44,6 @@ def build_app(service_ref: Callable[[], object], check: Callable[[np.ndarray], n
               dtype: str, max_batch: int) -> Starlette:
     """The ASGI app; ``service_ref()`` returns the loaded service (it exists once BentoML started it)."""
     batchers: dict[int, MicroBatcher] = {}
-    metrics: list[LeanRouteMetrics] = []
-
-    async def predict(request: Request) -> Response:
-        started = time.perf_counter()
-        if not metrics:
-            metrics.append(LeanRouteMetrics())
-        response = await _predict(request)
-        metrics[0].observe(response.status_code, started)
-        return response
 
     def parse(body: bytes, binary: bool) -> np.ndarray:
         if binary:
@@ -86,7 +55,7 @@ def build_app(service_ref: Callable[[], object], check: Callable[[np.ndarray], n
             array = coerce(payload["inputs"], dtype)
         return check(array) if check is not None else array
 
-    async def _predict(request: Request) -> Response:
+    async def predict(request: Request) -> Response:
         service = service_ref()
         if service is None:
             return _error(503, "the model is still loading")
@@ -99,13 +68,17 @@ def build_app(service_ref: Callable[[], object], check: Callable[[np.ndarray], n
                 array = parse(body, binary)
         except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
             return _error(400, str(exc))
-        if len(array) > max_batch:  # already a batch: straight to the model, in chunks
-            outputs = await asyncio.to_thread(service._forward_chunked, array)  # type: ignore[attr-defined]
-        else:
-            batcher = batchers.get(id(service))
-            if batcher is None:
-                batcher = batchers[id(service)] = MicroBatcher(service._forward, max_batch)  # type: ignore[attr-defined]
-            outputs = await batcher.submit(array)
+        try:
+            if len(array) > max_batch:  # already a batch: straight to the model, in chunks
+                outputs = await asyncio.to_thread(service._forward_chunked, array)  # type: ignore[attr-defined]
+            else:
+                batcher = batchers.get(id(service))
+                if batcher is None:
+                    batcher = batchers[id(service)] = MicroBatcher(service._forward, max_batch)  # type: ignore[attr-defined]
+                outputs = await batcher.submit(array)
+        except Exception as exc:  # noqa: BLE001 - the model's own failure: a 500 that says so, as BentoML's routes do
+            log.error("the model failed on a request of %d examples: %s", len(array), exc)
+            return _error(500, f"the model failed: {type(exc).__name__}")
         if binary or request.headers.get("accept", "").startswith(NPY):
             buffer = io.BytesIO()
             np.save(buffer, outputs, allow_pickle=False)

@@ -23,6 +23,7 @@ from pydantic import AfterValidator, BeforeValidator
 from modelyard.bentos.pod.settings import TENSOR_ENGINE, ServingSettings, served_settings, torch_threads
 from modelyard.bentos.tensor.fastpath import build_app
 from modelyard.bentos.pod.limits import BodyLimit, quiet_bad_requests
+from modelyard.bentos.pod.request_metrics import RequestMetrics, declare
 from modelyard.bentos.tensor.signature import InputSpec, coerce
 from modelyard.bentos.pod.spec import ModelSpec
 from modelyard.registry.kernel.defaults import Env
@@ -66,6 +67,7 @@ def _loaded() -> "ModelService | None":
     return _LOADED[0] if _LOADED else None
 
 
+MODEL_ROUTES = ("/predict", "/predict_batch", "/v2/predict")
 FAST_APP = build_app(_loaded, INPUT.check if INPUT is not None else None, DTYPE, TENSOR.max_batch_size)
 
 
@@ -95,6 +97,7 @@ class ModelService:
             raise
         self.spec = SPEC
         _LOADED.append(self)
+        declare(MODEL_ROUTES)
         tune_for_serving()  # after the load: torch's objects are then frozen out of the GC
 
     @bentoml.api(batchable=TENSOR.batching, max_batch_size=TENSOR.max_batch_size,
@@ -130,3 +133,4 @@ class ModelService:
 
 # BentoML's service decorator adds the method at run time; its stubs do not show it.
 ModelService.add_asgi_middleware(BodyLimit, max_bytes=SETTINGS.common.max_request_bytes)  # type: ignore[attr-defined]
+ModelService.add_asgi_middleware(RequestMetrics, routes=MODEL_ROUTES)  # type: ignore[attr-defined]

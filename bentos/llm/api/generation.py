@@ -16,6 +16,7 @@ from modelyard.bentos.llm.api.common import Served, json_response
 from modelyard.bentos.llm.engine_client import GenerationFailed
 from modelyard.bentos.llm.protocol import ApiError, ChatRequest, CompletionRequest
 from modelyard.bentos.llm.sampling import SamplingParams
+from modelyard.bentos.pod.request_metrics import token_timings
 from modelyard.registry.kernel import defaults
 
 
@@ -41,7 +42,7 @@ async def complete(served: Served, body: ChatRequest | CompletionRequest, prompt
     assert served.engine is not None
     params = sampling(body, prompt, served.loaded.max_model_len)
     shape = _Shape(chat, body.model, len(prompt))
-    deltas = served.engine.generate(prompt, params)
+    deltas = _timed(served.engine.generate(prompt, params))
     if body.stream:
         first = await _first(deltas)  # a full queue is a 429 before the stream starts
         return StreamingResponse(_events(shape, first, deltas, body.include_usage), media_type="text/event-stream",
@@ -52,6 +53,25 @@ async def complete(served: Served, body: ChatRequest | CompletionRequest, prompt
             text.append(delta.text)
             tokens, finish = delta.completion_tokens, delta.finish_reason
     return json_response(shape.whole("".join(text), finish, tokens))
+
+
+async def _timed(deltas: AsyncGenerator[Any, None]) -> AsyncGenerator[Any, None]:
+    """The engine's deltas, timed for ``/metrics``: time to the first token (what a canary's latency
+    bound means for this server) and between tokens.  Closing this closes the engine's generator."""
+    first_token, between_tokens = token_timings()
+    last = time.perf_counter()
+    seen = 0
+    async with contextlib.aclosing(deltas):
+        async for delta in deltas:
+            now = time.perf_counter()
+            gained = delta.completion_tokens - seen
+            if gained > 0:
+                if seen == 0:
+                    first_token.observe(now - last)
+                else:  # a delta may carry several tokens (text held back until it decodes)
+                    between_tokens.observe((now - last) / gained)
+                seen, last = delta.completion_tokens, now
+            yield delta
 
 
 async def _first(deltas: AsyncGenerator[Any, None]) -> Any:
