@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client, config
@@ -19,6 +20,22 @@ GROUP, VERSION, PLURAL, KIND = "modelyard.io", "v1alpha1", "modeldeployments", "
 TRIGGER_ANNOTATION = "modelyard.io/registry-event"
 """Written by the event follower; the change is what wakes the resource's update handler."""
 RELEASE_SELECTOR = "app.kubernetes.io/part-of=modelyard,app.kubernetes.io/component=model-server"
+TRACK_LABEL = "modelyard.io/track"
+
+
+@dataclass(frozen=True)
+class PodTarget:
+    """A model pod the canary analysis reads."""
+
+    name: str
+    track: str
+    ip: str
+    port: int
+
+    @property
+    def metrics_url(self) -> str:
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        return f"http://{host}:{self.port}/metrics"
 
 
 def api_client(kubeconfig: str | None) -> client.ApiClient:
@@ -82,6 +99,21 @@ class Kube:
         answer = self.apps.list_namespaced_deployment(
             namespace, label_selector=f"{RELEASE_SELECTOR},app.kubernetes.io/instance={release}")
         return [self.api.sanitize_for_serialization(d) for d in answer.items]
+
+    def release_pods(self, namespace: str, release: str) -> list[PodTarget]:
+        """The release's running pods with an address: where the canary analysis reads ``/metrics``."""
+        answer = self.core.list_namespaced_pod(
+            namespace, label_selector=f"{RELEASE_SELECTOR},app.kubernetes.io/instance={release}")
+        found = []
+        for pod in answer.items:
+            if pod.status.phase != "Running" or not pod.status.pod_ip:
+                continue
+            ports = [port for container in pod.spec.containers for port in container.ports or []]
+            port = next((p.container_port for p in ports if p.name == "http"), ports[0].container_port if ports else None)
+            if port is not None:
+                found.append(PodTarget(pod.metadata.name, (pod.metadata.labels or {}).get(TRACK_LABEL, "stable"),
+                                       pod.status.pod_ip, int(port)))
+        return found
 
     def secret_value(self, namespace: str, name: str, key: str) -> str | None:
         try:

@@ -14,13 +14,16 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from functools import partial
 from typing import Any, TypeVar
 
 import helm_python as helm
+import httpx
 import kopf
 
 from modelyard.operator import metrics
+from modelyard.operator.canary_report import canary_report, told
 from modelyard.operator.config import OperatorConfig
 from modelyard.operator.follower import Key, RegistryFollower
 from modelyard.operator.helm_driver import HelmDriver, ReleaseState
@@ -28,13 +31,29 @@ from modelyard.operator.kube import Kube
 from modelyard.operator.reporting import DeploymentReporter, deployment_report
 from modelyard.operator.resolve import RegistryUnreachable, ResolveFailure, resolve
 from modelyard.operator.rollout import track_of
+from modelyard.operator.scrape import read_pods
 from modelyard.operator.spec import DeploymentSpec, SpecError
-from modelyard.operator.status import DeploymentStatus, Reason, to_patch
-from modelyard.operator.transitions import (CheckInputs, FeedHealth, HelmAction, HelmFailure, HelmVerb, Outcome,
-                                            ReconcileInputs, Release, Resolution, Retry, Step, check_step,
-                                            reconcile_step)
+from modelyard.operator.status import ConditionType, DeploymentStatus, Reason, to_patch
+from modelyard.operator.transitions import (
+    CheckInputs,
+    FeedHealth,
+    HelmAction,
+    HelmFailure,
+    HelmVerb,
+    Outcome,
+    ReconcileInputs,
+    Release,
+    Resolution,
+    Retry,
+    Step,
+    check_step,
+    reading_needed,
+    reconcile_step,
+)
 from modelyard.operator.values import RegistryAccess, ResolvedVersion, registry_access
 from modelyard.registry.client import RegistryClient
+from modelyard.registry.kernel import defaults
+from modelyard.registry.kernel.errors import RegistryError, Unavailable
 
 log = logging.getLogger("modelyard.operator")
 T = TypeVar("T")
@@ -58,6 +77,7 @@ class Reconciler:
         self._clients: dict[Key, RegistryClient] = {}
         self.reporter = DeploymentReporter(config.cluster_name, config.report_seconds, self.io)
         self._heartbeat: asyncio.Task[None] | None = None
+        self._http: httpx.AsyncClient | None = None
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -85,6 +105,8 @@ class Reconciler:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._http is not None:
+            await self._http.aclose()
         self.io_pool.shutdown(wait=False, cancel_futures=True)
         self.helm_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -273,6 +295,9 @@ class Reconciler:
         inputs = CheckInputs(spec=spec, status=status, tracks=tracks,
                              generation=int(md["metadata"].get("generation") or 1), now=self.clock(),
                              defaults=self.config.defaults)
+        if reading_needed(inputs):
+            pods = await self.io(self.kube.release_pods, namespace, name)
+            inputs = replace(inputs, reading=await read_pods(self._scraper(), pods), now=self.clock())
         step = check_step(inputs)
         if step.helm is not None:
             current = await self.helm_call(self.helm.current, namespace, name)
@@ -282,6 +307,78 @@ class Reconciler:
             self.schedule(key, step.recheck_at)
         elif step.check_now:
             self.request_check(namespace, name)
+        await self._report_canary(md, spec, step.status)
+
+    def _scraper(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=defaults.ANALYSIS_SCRAPE_SECONDS,
+                                           limits=httpx.Limits(max_connections=64, max_keepalive_connections=0))
+        return self._http
+
+    async def _report_canary(self, md: dict[str, Any], spec: DeploymentSpec, status: DeploymentStatus) -> None:
+        """Record a finished analysis as canary evidence on the version, then make the alias move the spec
+        asks for; the registry judges the move.  Told once (``analysis.reported``, the ``Evidence``
+        condition); an unreachable registry is tried again, a refusal is told and not repeated."""
+        namespace, name = md["metadata"]["namespace"], md["metadata"]["name"]
+        report = canary_report(spec, status, self.config.cluster_name, namespace, name)
+        client = self._clients.get((namespace, name))
+        if report is None or client is None:
+            return
+        record = status.rollout.analysis
+        assert record is not None
+        evidence_id = record.evidence_id
+        subject = f"{report.model}:{report.version}"
+        if evidence_id is None:
+            try:
+                evidence = await self.io(client.record_evaluation, report.model, report.version, report.evaluation)
+            except Unavailable as error:
+                log.warning("recording the canary verdict of %s/%s: %s; trying again", namespace, name, error)
+                self.schedule((namespace, name), self.clock() + 10)
+                return
+            except RegistryError as error:
+                await self._tell(md, status, told(status, self.clock(), None, Reason.EVIDENCE_NOT_RECORDED,
+                                                  f"the registry refused the canary evaluation of {subject}: {error}"))
+                return
+            evidence_id = evidence.id
+            recorded = (f"canary evaluation #{evidence_id} ({report.evaluation.verdict}) recorded on {subject}")
+            # Kept before the alias moves: a move tried again after an outage records no second evaluation.
+            after = told(status, self.clock(), evidence_id, Reason.EVIDENCE_RECORDED, recorded,
+                         reported=report.move is None)
+            await self._tell(md, status, after)
+            status = after
+        else:
+            recorded = f"canary evaluation #{evidence_id} recorded on {subject}"
+        if report.move is None:
+            return
+        move = report.move
+        try:
+            await self.io(client.set_alias, report.model, move.alias, move.version)
+        except Unavailable as error:
+            log.warning("moving alias %s of %s: %s; trying again", move.alias, report.model, error)
+            self.schedule((namespace, name), self.clock() + 10)
+            return
+        except RegistryError as error:
+            await self._tell(md, status, told(status, self.clock(), evidence_id, Reason.ALIAS_NOT_MOVED, (
+                f"{recorded}; alias {move.alias} was not moved to version {move.version}: {error}")))
+            return
+        verb = "moved back" if move.kind == "revert" else "promoted"
+        await self._tell(md, status, told(status, self.clock(), evidence_id, Reason.EVIDENCE_RECORDED, (
+            f"{recorded}; alias {move.alias} {verb} to version {move.version}")),
+            ("Normal", "AliasReverted" if move.kind == "revert" else "AliasPromoted",
+             (f"alias {move.alias} {verb} to version {move.version} on canary evaluation #{evidence_id} "
+              f"of version {report.version}")))
+
+    async def _tell(self, md: dict[str, Any], before: DeploymentStatus, after: DeploymentStatus,
+                    event: tuple[str, str, str] | None = None) -> None:
+        """Write the ``Evidence`` condition (one patch) and post it as an event."""
+        changed = to_patch(before.to_dict(), after.to_dict())
+        if changed:
+            await self.io(self.kube.patch_status, md["metadata"]["namespace"], md["metadata"]["name"], changed)
+        condition = after.condition(ConditionType.EVIDENCE)
+        if event is None and condition is not None:
+            event = ("Normal" if condition.status == "True" else "Warning", condition.reason, condition.message)
+        if event is not None:
+            await self.io(self.kube.event, md, *event)
 
     # -- delete -------------------------------------------------------------------------------
 

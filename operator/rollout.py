@@ -10,7 +10,7 @@ from enum import StrEnum
 from typing import Any
 
 from modelyard.operator.spec import DeploymentSpec, Strategy
-from modelyard.operator.status import RolloutRecord, RolloutState, from_time
+from modelyard.operator.status import AnalysisState, RolloutRecord, RolloutState, VersionFacts, from_time
 from modelyard.operator.values import OperatorDefaults, ResolvedVersion, memory_warnings, model_server_values
 
 
@@ -49,9 +49,27 @@ def plan_release(spec: DeploymentSpec, resolved: ResolvedVersion, rollout: Rollo
                        stable=stable, warnings=tuple(memory_warnings(spec, resolved)))
 
 
-def pinned(spec: DeploymentSpec, version: int, digest: str | None) -> ResolvedVersion:
-    """A version the operator recorded earlier (stable, last ready, canary target) of ``spec.model``."""
-    return ResolvedVersion(spec.model.name, int(version), digest or "", spec.model.alias or "")
+def pinned(spec: DeploymentSpec, version: int, digest: str | None, rollout: RolloutRecord) -> ResolvedVersion:
+    """A version the operator recorded earlier (stable, last ready, canary target) of ``spec.model``, with
+    the facts it was rendered from (``RolloutRecord.facts``)."""
+    known = rollout.facts.get(str(version)) or VersionFacts()
+    facts = {key: value for key, value in (("context_length", known.context_length), ("load_bytes", known.load_bytes))
+             if value is not None}
+    return ResolvedVersion(spec.model.name, int(version), digest or "", spec.model.alias or "",
+                           format=known.format or "", facts=facts)
+
+
+def remembered(rollout: RolloutRecord, *versions: ResolvedVersion | None) -> dict[str, VersionFacts]:
+    """``rollout.facts`` with ``versions`` added, keeping only the versions the record names."""
+    facts = dict(rollout.facts)
+    for version in versions:
+        if version is not None:
+            facts[str(version.version)] = VersionFacts(
+                format=version.format or None, context_length=version.facts.get("context_length"),
+                load_bytes=version.facts.get("load_bytes"))
+    named = {str(v.version) for v in versions if v is not None} | {
+        str(n) for n in (rollout.version, rollout.stable_version, rollout.last_ready_version) if n is not None}
+    return {key: value for key, value in facts.items() if key in named}
 
 
 def _stable_for_canary(spec: DeploymentSpec, resolved: ResolvedVersion, rollout: RolloutRecord,
@@ -63,11 +81,11 @@ def _stable_for_canary(spec: DeploymentSpec, resolved: ResolvedVersion, rollout:
         # A canary of this very version is on its way: keep it; promotion is a separate step.
         if rollout.stable_version is None:
             return None
-        return ResolvedVersion(resolved.name, rollout.stable_version, rollout.stable_digest or "", resolved.alias)
+        return pinned(spec, rollout.stable_version, rollout.stable_digest, rollout)
     version = rollout.last_ready_version
     if version is None or version == resolved.version:
         return None
-    return ResolvedVersion(resolved.name, version, rollout.last_ready_digest or "", resolved.alias)
+    return pinned(spec, version, rollout.last_ready_digest, rollout)
 
 
 @dataclass(frozen=True)
@@ -118,6 +136,9 @@ class VerdictAction(StrEnum):
     COMPLETE = "complete"
     PROMOTE = "promote"
     CANARY_READY = "canary-ready"
+    ANALYZE = "analyze"
+    """Read the pods' counters and judge the interval that just ended."""
+    ANALYSIS_FAILED = "analysis-failed"
     DEADLINE = "deadline"
 
 
@@ -148,6 +169,8 @@ def judge(rollout: RolloutRecord, tracks: list[Track], spec: DeploymentSpec, now
     if rollout.state == RolloutState.CANARY:
         if canary and all(t.rolled_out for t in canary):
             since = from_time(rollout.ready_since)
+            if spec.rollout.canary.analysis.enabled:
+                return _judge_analysis(rollout, since, now, spec.rollout.canary.analysis.interval)
             step = spec.rollout.canary.step_seconds
             if since is None:
                 return Verdict(VerdictAction.CANARY_READY, recheck_at=now + step)
@@ -167,6 +190,21 @@ def judge(rollout: RolloutRecord, tracks: list[Track], spec: DeploymentSpec, now
                else f"not taken up by the Deployment controller within {limit} s")
         return Verdict(VerdictAction.DEADLINE, message=f"{why} ({detail or 'no Deployment found'})")
     return Verdict(VerdictAction.WAIT, recheck_at=deadline if unseen else None)
+
+
+def _judge_analysis(rollout: RolloutRecord, ready_since: float | None, now: float, interval: int) -> Verdict:
+    """A ready canary under analysis: its first reading, the next interval, or the analysis' verdict."""
+    record = rollout.analysis
+    if ready_since is None or record is None or record.version != rollout.version:
+        return Verdict(VerdictAction.CANARY_READY, recheck_at=now + interval)
+    if record.state == AnalysisState.PASSED:
+        return Verdict(VerdictAction.PROMOTE)
+    if record.state == AnalysisState.FAILED:
+        return Verdict(VerdictAction.ANALYSIS_FAILED, message=record.message)
+    due = from_time(record.next_at) or now
+    if now >= due:
+        return Verdict(VerdictAction.ANALYZE)
+    return Verdict(VerdictAction.WAIT, recheck_at=due)
 
 
 def replica_counts(tracks: list[Track]) -> tuple[int, int]:

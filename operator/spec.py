@@ -103,9 +103,55 @@ class Serving(_Part):
     llm: LlmServing = LlmServing()
 
 
+class CanaryAnalysis(_Part):
+    """``rollout.canary.analysis``: the canary is judged by the numbers its pods serve.  No schema
+    defaults: any field set turns analysis on, and the unset ones take ``defaults``' values."""
+
+    interval_seconds: int | None = None
+    samples: int | None = None
+    min_requests: int | None = None
+    max_error_rate: float | None = None
+    max_p99_latency_ms: float | None = None
+    """Time to first token for the language-model server; request latency otherwise."""
+    max_latency_ratio: float | None = None
+    """The canary's p99 over the stable track's, in the same interval."""
+
+    @property
+    def enabled(self) -> bool:
+        return any(value is not None for value in self.model_dump().values())
+
+    @property
+    def interval(self) -> int:
+        return self.interval_seconds or defaults.ANALYSIS_INTERVAL_SECONDS
+
+    @property
+    def needed(self) -> int:
+        return self.samples or defaults.ANALYSIS_SAMPLES
+
+    @property
+    def least_requests(self) -> int:
+        return defaults.ANALYSIS_MIN_REQUESTS if self.min_requests is None else self.min_requests
+
+    @property
+    def error_rate_bound(self) -> float:
+        return defaults.ANALYSIS_MAX_ERROR_RATE if self.max_error_rate is None else self.max_error_rate
+
+
+class FailureAction(StrEnum):
+    HOLD = "hold"
+    REVERT_ALIAS = "revertAlias"
+
+
+class PromoteAlias(_Part):
+    alias: str = Field(min_length=1)
+
+
 class CanarySettings(_Part):
     weight: int = defaults.CANARY_WEIGHT
     step_seconds: int = defaults.CANARY_STEP_SECONDS
+    analysis: CanaryAnalysis = CanaryAnalysis()
+    on_failure: FailureAction = FailureAction(defaults.CANARY_ON_FAILURE)
+    promote: PromoteAlias | None = None
 
 
 class RolloutSpec(_Part):
@@ -127,6 +173,20 @@ class DeploymentSpec(_Part):
     node_selector: dict[str, str] = {}
     tolerations: list[dict[str, Any]] = []
     affinity: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _canary_settings_fit(self) -> DeploymentSpec:
+        canary = self.rollout.canary
+        if self.rollout.strategy != Strategy.CANARY and (canary.analysis.enabled or canary.promote is not None
+                                                         or canary.on_failure != FailureAction.HOLD):
+            raise ValueError("spec.rollout.canary.analysis, onFailure and promote need spec.rollout.strategy: Canary")
+        if canary.on_failure == FailureAction.REVERT_ALIAS and self.model.alias is None:
+            raise ValueError("spec.rollout.canary.onFailure: revertAlias needs spec.model.alias (a pinned version "
+                             "has no alias to revert)")
+        if canary.promote is not None and (canary.promote.alias == self.model.alias or not canary.analysis.enabled):
+            raise ValueError("spec.rollout.canary.promote moves another alias than the one followed, on the evidence "
+                             "of an analysis: set spec.rollout.canary.analysis and a different alias")
+        return self
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any] | None) -> DeploymentSpec:

@@ -48,6 +48,8 @@ class ConditionType(StrEnum):
     DEGRADED = "Degraded"
     REGISTRY_REACHABLE = "RegistryReachable"
     REGISTRY_WATCH = "RegistryWatch"
+    EVIDENCE = "Evidence"
+    """The last canary verdict told to the registry: evidence recorded and the alias moved, or why not."""
 
 
 class Reason(StrEnum):
@@ -78,6 +80,9 @@ class Reason(StrEnum):
     ROLLED_BACK = "RolledBack"
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
     CANARY_FAILED = "CanaryFailed"
+    EVIDENCE_RECORDED = "EvidenceRecorded"
+    EVIDENCE_NOT_RECORDED = "EvidenceNotRecorded"
+    ALIAS_NOT_MOVED = "AliasNotMoved"
     ROLLOUT_FAILED = "RolloutFailed"
     # replicas
     MINIMUM_REPLICAS_AVAILABLE = "MinimumReplicasAvailable"
@@ -123,6 +128,80 @@ class HistoryEntry(_Part):
     time: str | None = None
 
 
+class Counts(_Part):
+    """Request counters: by HTTP status code, and the latency histogram's cumulative buckets by
+    upper bound (``"0.1"``, ``"+Inf"``), as a pod's ``/metrics`` reads at one moment, or their
+    growth over an interval."""
+
+    requests: dict[str, float] = {}
+    buckets: dict[str, float] = {}
+
+
+class PodCounts(Counts):
+    track: str = "stable"
+
+
+class TrackNumbers(_Part):
+    """One track's numbers over an interval (or a whole analysis)."""
+
+    requests: int = 0
+    errors: int = 0
+    error_rate: float | None = None
+    p99_ms: float | None = None
+
+
+class IntervalResult(_Part):
+    start: str | None = None
+    end: str | None = None
+    canary: TrackNumbers = TrackNumbers()
+    stable: TrackNumbers = TrackNumbers()
+    verdict: str = ""
+    """pass | fail | short (too few requests to judge)"""
+    message: str = ""
+
+
+class AnalysisState(StrEnum):
+    RUNNING = "Running"
+    PASSED = "Passed"
+    FAILED = "Failed"
+
+
+class AnalysisRecord(_Part):
+    """A canary's analysis as it happens: what the operator needs to go on after a restart (the
+    counters it last read, per pod, and when to read again) and what ``kubectl describe`` shows."""
+
+    version: int | None = None
+    state: AnalysisState = AnalysisState.RUNNING
+    started_at: str | None = None
+    last_at: str | None = None
+    """The end of the last interval (the baseline's time)."""
+    next_at: str | None = None
+    judged_at: str | None = None
+    """The end of the last interval that had enough requests to be judged."""
+    passed: int = 0
+    """Consecutive passing intervals."""
+    intervals_done: int = 0
+    baseline: dict[str, PodCounts] = {}
+    canary_total: Counts = Counts()
+    stable_total: Counts = Counts()
+    intervals: list[IntervalResult] = []
+    """The newest ones (``defaults.ANALYSIS_INTERVALS_KEPT``)."""
+    message: str = ""
+    evidence_id: int | None = None
+    reported: bool = False
+    """The verdict is in the registry (evidence recorded, alias moved or the refusal told)."""
+
+
+class VersionFacts(_Part):
+    """What the chart's values depend on besides the spec, for a version the rollout may render again
+    (the stable track, the canary, the last ready one): rendering from these gives the very values the
+    version was rolled out with, so removing or promoting a canary changes no other pod."""
+
+    format: str | None = None
+    context_length: int | None = None
+    load_bytes: int | None = None
+
+
 class RolloutRecord(_Part):
     state: RolloutState | None = None
     revision: int | None = None
@@ -142,6 +221,11 @@ class RolloutRecord(_Part):
     failed_version: int | None = None
     """A version that failed for this spec: not retried until either changes."""
     failed_generation: int | None = None
+    analysis: AnalysisRecord | None = None
+    """The canary analysis of ``version`` (spec.rollout.canary.analysis), until the next rollout."""
+    facts: dict[str, VersionFacts] = {}
+    """By version number: the versions this record names (``version``, ``stableVersion``,
+    ``lastReadyVersion``)."""
 
     @property
     def in_flight(self) -> bool:
@@ -187,23 +271,37 @@ class DeploymentStatus(_Part):
             return cls()
 
     def to_dict(self) -> dict[str, Any]:
-        """The resource's spelling: camelCase, unset fields (and an empty rollout record or list)
+        """The resource's spelling: camelCase, unset fields (and empty objects or lists, at any depth)
         left out, so a status read and written back unchanged compares equal."""
-        out = self.model_dump(mode="json", by_alias=True, exclude_none=True)
-        return {key: value for key, value in out.items() if value not in ({}, [])}
+        out: dict[str, Any] = _without_empty(self.model_dump(mode="json", by_alias=True, exclude_none=True))
+        return out
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
 
 
+def _without_empty(value: Any) -> Any:
+    """Objects without their empty objects and lists, at every depth (they parse back as defaults)."""
+    if isinstance(value, dict):
+        return {key: _without_empty(item) for key, item in value.items() if item not in ({}, [])}
+    if isinstance(value, list):
+        return [_without_empty(item) for item in value]
+    return value
+
+
 def to_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """A merge patch turning ``old`` into ``new`` at the top level: changed fields, with an object's
-    vanished fields set to None (a merge patch deletes them); lists are replaced whole."""
+    """A JSON merge patch (RFC 7386) turning ``old`` into ``new``: changed fields only, at every depth,
+    with an object's vanished fields set to None (the patch deletes them; without it a merge keeps
+    them, e.g. a gone pod's counters in the analysis); lists are replaced whole.  Top-level fields
+    that vanished are left alone."""
     changed: dict[str, Any] = {}
     for key, value in new.items():
-        if old.get(key) == value:
+        before = old.get(key)
+        if before == value:
             continue
-        if isinstance(value, dict) and isinstance(old.get(key), dict):
-            value = {**{gone: None for gone in old[key] if gone not in value}, **value}
-        changed[key] = value
+        changed[key] = _object_patch(before, value) if isinstance(value, dict) and isinstance(before, dict) else value
     return changed
+
+
+def _object_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    return {**{gone: None for gone in old if gone not in new}, **to_patch(old, new)}

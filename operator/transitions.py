@@ -23,12 +23,25 @@ from enum import StrEnum
 from typing import Any
 
 from modelyard.operator import conditions as cond
+from modelyard.operator.analysis import Reading, advance, begin, summary
 from modelyard.operator.resolve import RegistryUnreachable, ResolveFailure
-from modelyard.operator.rollout import (ReleasePlan, Track, VerdictAction, judge, pinned, plan_release,
+from modelyard.operator.rollout import (ReleasePlan, Track, VerdictAction, judge, pinned, plan_release, remembered,
                                         replica_counts)
 from modelyard.operator.spec import DeploymentSpec, SpecError
-from modelyard.operator.status import (ConditionType, DeploymentStatus, HelmStatus, HistoryEntry, ModelStatus,
-                                       Phase, Reason, RolloutState, to_time)
+from modelyard.operator.status import (
+    AnalysisRecord,
+    ConditionType,
+    DeploymentStatus,
+    HelmStatus,
+    HistoryEntry,
+    IntervalResult,
+    ModelStatus,
+    Phase,
+    Reason,
+    RolloutRecord,
+    RolloutState,
+    to_time,
+)
 from modelyard.operator.values import OperatorDefaults, ResolvedVersion, model_server_values
 from modelyard.registry.kernel.defaults import FAILURE_RETRY_SECONDS, FALLBACK_RESOLVE_SECONDS
 
@@ -201,9 +214,20 @@ def reconcile_step(inputs: ReconcileInputs, helm_result: int | HelmFailure | Non
                 "state": RolloutState.CANARY if plan.canary else RolloutState.PROGRESSING,
                 "revision": i.release.revision, "version": resolved.version, "digest": resolved.digest,
                 "started_at": now, "ready_since": None})
+            status.rollout.facts = remembered(status.rollout, resolved, plan.stable)
             status.phase = Phase.ROLLING_OUT
             status.helm = HelmStatus(release=i.name, revision=i.release.revision, chart=i.release.chart)
             status.model = _model_status(resolved)
+        elif (rollout.state in (RolloutState.ROLLED_BACK, RolloutState.FAILED) and rollout.version == resolved.version
+              and rollout.failed_version not in (None, resolved.version) and rollout.revision == i.release.revision):
+            # The spec points at the version that kept serving again (its alias was moved back, by a
+            # person or by the operator after a failed canary): the failure is behind it.
+            status.rollout = rollout.model_copy(update={"state": RolloutState.COMPLETE})
+            status.phase = Phase.READY
+            message = f"version {resolved.version} serves, as {spec.model.ref} says again"
+            status.conditions = cond.set_condition(status.conditions, C.PROGRESSING, False, Reason.ROLLOUT_COMPLETE,
+                                                   message, now)
+            status.conditions = cond.set_condition(status.conditions, C.DEGRADED, False, Reason.NONE, "", now)
         if status.phase in (Phase.RESOLVING, Phase.FAILED, Phase.PENDING):
             status.phase = Phase.ROLLING_OUT if status.rollout.in_flight else Phase.READY
         return Step(status, outcome=Outcome.UNCHANGED)
@@ -235,7 +259,8 @@ def _upgraded(i: ReconcileInputs, status: DeploymentStatus, resolved: ResolvedVe
         "state": RolloutState.CANARY if plan.canary else RolloutState.PROGRESSING, "revision": revision,
         "version": resolved.version, "digest": resolved.digest, "started_at": now, "ready_since": None,
         "stable_version": stable.version if stable else None, "stable_digest": stable.digest if stable else None,
-        "failed_version": None, "failed_generation": None})
+        "failed_version": None, "failed_generation": None, "analysis": None})
+    status.rollout.facts = remembered(status.rollout, resolved, stable)
     status.model = _model_status(resolved)
     status.helm = HelmStatus(release=i.name, revision=revision, chart=i.chart)
     status.url = f"http://{i.name}.{i.namespace}.svc.cluster.local:{int(plan.values['service']['port'])}"
@@ -272,6 +297,16 @@ class CheckInputs:
     generation: int
     now: float
     defaults: OperatorDefaults = field(default_factory=OperatorDefaults)
+    reading: Reading | None = None
+    """The release's pods' request counters, read now (``reading_needed``): a canary under analysis."""
+
+
+def reading_needed(inputs: CheckInputs) -> bool:
+    """Whether this check judges a canary by its numbers, so the reconciler must read the pods first."""
+    if not inputs.spec.rollout.canary.analysis.enabled:
+        return False
+    action = judge(inputs.status.rollout, inputs.tracks, inputs.spec, inputs.now).action
+    return action in (VerdictAction.CANARY_READY, VerdictAction.ANALYZE)
 
 
 def check_step(inputs: CheckInputs, helm_result: int | None = None) -> Step:
@@ -284,6 +319,15 @@ def check_step(inputs: CheckInputs, helm_result: int | None = None) -> Step:
     verdict = judge(rollout, i.tracks, i.spec, i.now)
     events: list[Event] = []
     counted: dict[str, Any] = {}
+    settings = i.spec.rollout.canary.analysis
+    if verdict.action == VerdictAction.ANALYZE:
+        if i.reading is None:  # not read (cannot happen through the reconciler): judged on the next check
+            return Step(status, recheck_at=i.now + 1)
+        assert rollout.analysis is not None
+        moved = advance(rollout.analysis, i.reading, i.now, settings, i.spec.rollout.progress_deadline_seconds)
+        rollout = status.rollout = rollout.model_copy(update={"analysis": moved.record})
+        events.append(_interval_event(moved.record, moved.interval))
+        verdict = judge(rollout, i.tracks, i.spec, i.now)  # promote, fail, or wait for the next interval
 
     if verdict.action == VerdictAction.COMPLETE:
         status.rollout = rollout.model_copy(update={
@@ -298,12 +342,20 @@ def check_step(inputs: CheckInputs, helm_result: int | None = None) -> Step:
                             f"version {rollout.version} ready (Helm revision {rollout.revision})"))
         counted["rollout"] = "succeeded"
     elif verdict.action == VerdictAction.CANARY_READY:
-        status.rollout = rollout.model_copy(update={"ready_since": now})
-        events.append(Event("Normal", "CanaryReady", f"canary of version {rollout.version} is ready; "
-                                                     f"promoting after the canary step"))
+        assert rollout.version is not None
+        if settings.enabled:
+            status.rollout = rollout.model_copy(update={
+                "ready_since": now, "analysis": begin(rollout.version, i.reading or {}, i.now, settings)})
+            events.append(Event("Normal", "CanaryReady", (
+                f"canary of version {rollout.version} is ready; analysing its traffic every {settings.interval} s "
+                f"until {settings.needed} intervals pass in a row")))
+        else:
+            status.rollout = rollout.model_copy(update={"ready_since": now})
+            events.append(Event("Normal", "CanaryReady", f"canary of version {rollout.version} is ready; "
+                                                         f"promoting after the canary step"))
     elif verdict.action == VerdictAction.PROMOTE:
         assert rollout.version is not None
-        target = pinned(i.spec, rollout.version, rollout.digest)
+        target = pinned(i.spec, rollout.version, rollout.digest, rollout)
         if helm_result is None:
             return Step(status, helm=HelmAction(
                 HelmVerb.UPGRADE, f"modelyard: promote canary {target.name}:{target.version}",
@@ -316,13 +368,15 @@ def check_step(inputs: CheckInputs, helm_result: int | None = None) -> Step:
             cond.finish_history(status.history, rollout.revision, "Promoted", "", now),
             HistoryEntry(version=rollout.version, revision=helm_result, result="Progressing",
                          reason="CanaryPromoted", time=now))
+        judged = f": {rollout.analysis.message}" if rollout.analysis is not None and settings.enabled else ""
         events.append(Event("Normal", "CanaryPromoted",
-                            f"version {rollout.version} promoted (Helm revision {helm_result})"))
-    elif verdict.action == VerdictAction.DEADLINE:
-        action = _give_up_action(i)
+                            f"version {rollout.version} promoted (Helm revision {helm_result}){judged}"))
+    elif verdict.action in (VerdictAction.DEADLINE, VerdictAction.ANALYSIS_FAILED):
+        action = _give_up_action(i, rollout)
         if action is not None and helm_result is None:
-            return Step(status, helm=action)
-        event, counted = _give_up(i, status, action, verdict.message, helm_result, now)
+            return Step(status, tuple(events), helm=action)
+        why = verdict.message if verdict.action == VerdictAction.DEADLINE else f"failed its analysis: {verdict.message}"
+        event, counted = _give_up(i, rollout, status, action, why, helm_result, now)
         events.append(event)
 
     desired, ready = replica_counts(i.tracks)
@@ -349,11 +403,19 @@ def check_step(inputs: CheckInputs, helm_result: int | None = None) -> Step:
                 check_now=in_flight and verdict.recheck_at is None and verdict.action == VerdictAction.PROMOTE)
 
 
-def _give_up_action(i: CheckInputs) -> HelmAction | None:
-    """A rollout missed its deadline: remove the canary, or roll back, or (nothing to return to) neither."""
-    rollout = i.status.rollout
+def _interval_event(record: AnalysisRecord, interval: IntervalResult) -> Event:
+    """One line per interval (``CanaryAnalysis``); a Warning for the interval that failed the canary."""
+    stable = f"; stable {summary(interval.stable)}" if interval.stable.requests else ""
+    return Event("Warning" if interval.verdict == "fail" else "Normal", "CanaryAnalysis",
+                 f"version {record.version}, interval {record.intervals_done}: {interval.verdict} "
+                 f"({interval.message}); canary {summary(interval.canary)}{stable}")
+
+
+def _give_up_action(i: CheckInputs, rollout: RolloutRecord) -> HelmAction | None:
+    """A rollout missed its deadline or its canary failed: remove the canary, or roll back, or
+    (nothing to return to) neither."""
     if rollout.state == RolloutState.CANARY and rollout.stable_version is not None:
-        stable = pinned(i.spec, rollout.stable_version, rollout.stable_digest)
+        stable = pinned(i.spec, rollout.stable_version, rollout.stable_digest, rollout)
         return HelmAction(HelmVerb.UPGRADE, f"modelyard: remove failed canary {rollout.version}",
                           values=model_server_values(i.spec, stable, i.defaults))
     if i.spec.rollout.auto_rollback and rollout.last_ready_revision:
@@ -362,16 +424,15 @@ def _give_up_action(i: CheckInputs) -> HelmAction | None:
     return None
 
 
-def _give_up(i: CheckInputs, status: DeploymentStatus, action: HelmAction | None, why: str,
+def _give_up(i: CheckInputs, rollout: RolloutRecord, status: DeploymentStatus, action: HelmAction | None, why: str,
              revision: int | None, now: str) -> tuple[Event, dict[str, Any]]:
-    """The status after giving up on a rollout with ``action`` (``revision``: what it made)."""
-    rollout = i.status.rollout
+    """The status after giving up on ``rollout`` with ``action`` (``revision``: what it made)."""
     failed_version, failed_revision = rollout.version, rollout.revision
     record = rollout.model_copy(update={"failed_version": failed_version, "failed_generation": i.generation,
                                         "ready_since": None})
     if action is not None and action.verb == HelmVerb.UPGRADE:
         assert rollout.stable_version is not None
-        stable = pinned(i.spec, rollout.stable_version, rollout.stable_digest)
+        stable = pinned(i.spec, rollout.stable_version, rollout.stable_digest, rollout)
         reason, message = Reason.CANARY_FAILED, (f"canary of version {failed_version} {why}; removed, version "
                                                  f"{stable.version} keeps serving (Helm revision {revision})")
         record = record.model_copy(update={"state": RolloutState.FAILED, "revision": revision,
@@ -387,7 +448,8 @@ def _give_up(i: CheckInputs, status: DeploymentStatus, action: HelmAction | None
         record = record.model_copy(update={"state": RolloutState.ROLLED_BACK, "revision": revision,
                                            "version": rollout.last_ready_version,
                                            "digest": rollout.last_ready_digest})
-        status.model = _model_status(pinned(i.spec, rollout.last_ready_version, rollout.last_ready_digest))
+        status.model = _model_status(pinned(i.spec, rollout.last_ready_version, rollout.last_ready_digest,
+                                                  rollout))
         status.helm = (status.helm or HelmStatus()).model_copy(update={"revision": revision})
     else:
         reason, message = Reason.PROGRESS_DEADLINE_EXCEEDED, f"version {failed_version} {why}" + (

@@ -102,9 +102,9 @@ LAYERS: dict[str, list[tuple[set[str], bool]]] = {
         ({"main", "cli"}, False),
         ({"handlers"}, False),  # kopf, thin
         ({"reconciler"}, False),  # I/O around the pure core: read, transition, Helm, one status patch
-        ({"follower", "kube", "helm_driver", "reporting", "config", "metrics"}, False),
-        ({"transitions"}, False),  # the state machine (pure)
-        ({"rollout", "resolve"}, False),
+        ({"follower", "kube", "helm_driver", "reporting", "config", "metrics", "scrape"}, False),
+        ({"transitions", "canary_report"}, False),  # the state machine; what a verdict tells the registry (pure)
+        ({"rollout", "resolve", "analysis"}, False),  # rollout decisions, canary analysis (pure)
         ({"values", "conditions"}, False),
         ({"spec"}, False),
         ({"status"}, False),

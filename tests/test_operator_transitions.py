@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from modelyard.operator.canary_report import told
 from modelyard.operator.resolve import RegistryUnreachable, ResolveFailure
 from modelyard.operator.rollout import Track
 from modelyard.operator.spec import DeploymentSpec, SpecError
@@ -299,6 +300,29 @@ def test_a_stalled_canary_is_removed_and_the_stable_version_keeps_serving() -> N
     assert step.status.rollout.state == RolloutState.FAILED and step.status.rollout.failed_version == 8
 
 
+def test_removing_or_promoting_a_canary_renders_each_version_as_it_was_rolled_out() -> None:
+    """The values a canary's removal or promotion renders equal those the version was rolled out with (its
+    format and facts kept in ``rollout.facts``): the stable pods are not restarted by a changed template,
+    and the next reconcile makes no extra revision."""
+    v7 = ResolvedVersion("digits-cnn", 7, V7.digest, "production", format="torch-export")
+    v8 = ResolvedVersion("digits-cnn", 8, V8.digest, "production", format="torchscript")
+    start = check(upgraded(v7, spec=CANARY_SPEC).status, [track(ready=2)], spec=CANARY_SPEC).status
+    canary = upgraded(v8, status=start, revision=2, spec=CANARY_SPEC, release=release_of(CANARY_SPEC, v7, 1)).status
+    assert set(canary.rollout.facts) == {"7", "8"} and canary.rollout.facts["7"].format == "torch-export"
+    tracks = [track(ready=1, desired=1), track(ready=0, desired=1, name="md-canary", kind="canary", stalled=True)]
+    removal = check(canary, tracks, spec=CANARY_SPEC)
+    assert removal.helm is not None and removal.helm.values == model_server_values(CANARY_SPEC, v7, DEFAULTS)
+    ready = [track(ready=1, desired=1), track(ready=1, desired=1, name="md-canary", kind="canary")]
+    became = check(canary, ready, spec=CANARY_SPEC, now=T0 + 10)
+    promote = check(became.status, ready, spec=CANARY_SPEC, now=T0 + 40)
+    assert promote.helm is not None and promote.helm.values == model_server_values(CANARY_SPEC, v8, DEFAULTS)
+    # After the removal, the spec resolving to the stable version again finds nothing to change.
+    removed = check(canary, tracks, spec=CANARY_SPEC, helm=3).status
+    again = reconcile(v7, spec=CANARY_SPEC, status=removed, release=Release(3, "model-server-0.1.0",
+                                                                             removal.helm.values))
+    assert again.helm is None
+
+
 # -- the README's troubleshooting table --------------------------------------------------------
 
 # A scenario per reason: the step that sets it (each is also checked in detail above).
@@ -325,6 +349,10 @@ SCENARIOS: dict[str, Callable[[], Step]] = {
     Reason.ROLLOUT_FAILED: lambda: reconcile(V8, status=check(moved_to_v8(), [track(ready=1, stalled=True)],
                                                               helm=3).status, release=release_of(SPEC, V7, 3)),
     Reason.REPLICAS_UNAVAILABLE: lambda: check(ready(), [track(ready=1)]),
+    # What the registry answered to a canary's verdict (canary_report.told; test_canary_analysis.py has the flow).
+    **{reason: (lambda r=reason: Step(told(DeploymentStatus(rollout={"analysis": {"version": 8, "state": "Failed"}}),
+                                           T0, None, r, "403")))
+       for reason in (Reason.EVIDENCE_NOT_RECORDED, Reason.ALIAS_NOT_MOVED)},
 }
 
 
@@ -379,4 +407,11 @@ def test_a_status_read_and_written_back_unchanged_needs_no_patch() -> None:
     assert DeploymentStatus.parse({"phase": "Packaging"}).phase == Phase.PACKAGING  # the CRD allows it
     cleared = status.model_copy(update={"rollout": status.rollout.model_copy(update={"last_ready_revision": None})})
     assert to_patch(status.to_dict(), cleared.to_dict()) == {  # a field that went is deleted by the merge patch
-        "rollout": {"state": "Complete", "revision": 4, "version": 7, "lastReadyRevision": None}}
+        "rollout": {"lastReadyRevision": None}}
+    # At any depth: a gone pod's counters leave the analysis, a changed one is sent alone.
+    analysed = {"rollout": {"state": "Canary", "analysis": {"passed": 1, "baseline": {
+        "md-0": {"track": "stable", "requests": {"200": 5.0}}, "md-canary-0": {"track": "canary"}}}}}
+    later = {"rollout": {"state": "Canary", "analysis": {"passed": 2, "baseline": {
+        "md-0": {"track": "stable", "requests": {"200": 9.0}}}}}}
+    assert to_patch(analysed, later) == {"rollout": {"analysis": {"passed": 2, "baseline": {
+        "md-canary-0": None, "md-0": {"requests": {"200": 9.0}}}}}}

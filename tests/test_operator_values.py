@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from modelyard.operator.spec import DeploymentSpec, RegistrySpec, SecretRef, SpecError
 from modelyard.operator.values import (
     REGISTRY_TOKEN_REQUIRED,
+    ModelNetworkPolicy,
     OperatorDefaults,
     ResolvedVersion,
     canary_replicas,
@@ -63,6 +64,14 @@ def specs(draw: st.DrawFn) -> dict[str, Any]:
                            "canary": {"weight": draw(st.integers(1, 99)), "stepSeconds": draw(st.integers(1, 600))},
                            "progressDeadlineSeconds": draw(st.integers(1, 3600)),
                            "autoRollback": draw(st.booleans())}
+        if spec["rollout"]["strategy"] == "Canary" and draw(st.booleans()):  # analysis changes no values
+            spec["rollout"]["canary"]["analysis"] = {
+                "intervalSeconds": draw(st.integers(1, 3600)), "samples": draw(st.integers(1, 1000)),
+                "minRequests": draw(st.integers(0, 10_000)), "maxErrorRate": draw(st.floats(0, 1)),
+                "maxP99LatencyMs": draw(st.floats(1, 1e6)), "maxLatencyRatio": draw(st.floats(0.01, 100))}
+            if "alias" in model:
+                spec["rollout"]["canary"]["onFailure"] = draw(st.sampled_from(["hold", "revertAlias"]))
+                spec["rollout"]["canary"]["promote"] = {"alias": model["alias"] + "-next"}
     if draw(st.booleans()):
         spec["registry"] = {"url": "https://registry.example.com",
                             "tokenSecretRef": {"name": draw(names), "key": "token"}}
@@ -147,6 +156,19 @@ def test_operator_defaults_fill_what_the_spec_leaves_out() -> None:
     assert values["registry"] == {"url": "http://reg:8080", "tokenSecretRef": {"name": "tok", "key": "token"}}
     assert values["image"]["repository"] == "rt" and values["image"]["tag"] == "9"
     assert values["replicas"] == 1 and values["resources"]["gpu"] == 0
+
+
+def test_an_operator_with_network_policies_gives_each_release_one_that_admits_it() -> None:
+    spec = {"model": {"name": "m", "version": 2}}
+    assert "networkPolicy" not in values_of(spec, ResolvedVersion("m", 2))  # releases made without it stay as they are
+    policy = ModelNetworkPolicy("platform", (("team", "ml"),))
+    values = values_of(spec, ResolvedVersion("m", 2), OperatorDefaults(network_policy=policy))
+    assert values["networkPolicy"] == {"enabled": True, "operatorNamespace": "platform",
+                                       "clientNamespaceSelector": {"team": "ml"}}
+    objects = render(MODEL_SERVER, values)
+    validate_kubernetes(objects)
+    assert one(objects, "NetworkPolicy")["spec"]["ingress"][0]["from"][0]["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": "platform"}}
 
 
 def test_canary_runs_the_new_version_beside_the_stable_one() -> None:

@@ -32,6 +32,11 @@ class Env:
     ADMIN_TOKEN: Final = "MODELYARD_ADMIN_TOKEN"
     OPERATOR_TOKEN: Final = "MODELYARD_OPERATOR_TOKEN"
     PULL_TOKEN: Final = "MODELYARD_PULL_TOKEN"
+    MODEL_NETWORK_POLICY: Final = "MODELYARD_MODEL_NETWORK_POLICY"
+    """The operator gives each model release a NetworkPolicy (the modelyard chart's networkPolicy.enabled)."""
+    OPERATOR_NAMESPACE: Final = "MODELYARD_OPERATOR_NAMESPACE"
+    MODEL_CLIENT_NAMESPACES: Final = "MODELYARD_MODEL_CLIENT_NAMESPACES"
+    """Label selector (k=v,…) of the namespaces that may call model pods under that policy; empty: all."""
     OPERATOR_CLUSTER: Final = "MODELYARD_OPERATOR_CLUSTER"
     """The cluster the seeded operator (report) token may report for: the operator's clusterName."""
     # clients (CLI, model server, operator)
@@ -143,6 +148,20 @@ PROGRESS_DEADLINE_SECONDS: Final = 600
 AUTO_ROLLBACK: Final = True
 CANARY_WEIGHT: Final = 10
 CANARY_STEP_SECONDS: Final = 60
+CANARY_ON_FAILURE: Final = "hold"
+"""What the operator does with the alias when a canary fails its analysis: ``hold`` or ``revertAlias``."""
+ANALYSIS_INTERVAL_SECONDS: Final = 30
+ANALYSIS_SAMPLES: Final = 5
+"""Consecutive passing intervals before a canary under analysis is promoted."""
+ANALYSIS_MIN_REQUESTS: Final = 20
+"""Requests the canary must serve in an interval for the interval to be judged."""
+ANALYSIS_MAX_ERROR_RATE: Final = 0.01
+ANALYSIS_SCRAPE_SECONDS: Final = 5.0
+"""How long the operator waits for one pod's ``/metrics``."""
+ANALYSIS_SCRAPE_BYTES: Final = 4 << 20
+"""The most of one pod's ``/metrics`` the operator reads (a larger answer counts as no answer)."""
+ANALYSIS_INTERVALS_KEPT: Final = 10
+"""Intervals shown in ``status.rollout.analysis.intervals`` (the newest)."""
 FALLBACK_RESOLVE_SECONDS: Final = 60.0
 """How often the operator re-resolves every resource while the registry's event feed is down."""
 CLUSTER_NAME: Final = "default"
