@@ -60,15 +60,30 @@ def run(
     failure_retry_seconds: Annotated[float, typer.Option(
         "--failure-retry-seconds", help="retry period for a missing model/alias/version")]
     = defaults.FAILURE_RETRY_SECONDS,
+    model_network_policy: Annotated[bool, typer.Option(
+        "--model-network-policy", envvar=Env.MODEL_NETWORK_POLICY,
+        help="give each model release a NetworkPolicy: its port open to client namespaces and this operator")]
+    = False,
+    operator_namespace: Annotated[str, typer.Option(
+        "--operator-namespace", envvar=Env.OPERATOR_NAMESPACE,
+        help="where this operator's pods run (the model pods' NetworkPolicy admits them)")] = "modelyard",
+    model_client_namespaces: Annotated[str, typer.Option(
+        "--model-client-namespaces", envvar=Env.MODEL_CLIENT_NAMESPACES,
+        help="labels (k=v,…) of the namespaces that may call model pods under the policy; empty: all")] = "",
 ) -> None:
     """Reconcile ModelDeployments into Helm releases of charts/model-server until stopped."""
     from modelyard.operator.config import OperatorConfig
+    from modelyard.operator.values import ModelNetworkPolicy
     from modelyard.operator.main import run as run_operator
 
     if all_namespaces and namespace:
         raise typer.BadParameter("use --namespace or --all-namespaces, not both")
     if not re.fullmatch(NAME_PATTERN, cluster_name):  # the registry keys reports by it (an RFC 1123 label)
         raise typer.BadParameter(f"--cluster-name {cluster_name!r}: use a DNS label (a-z, 0-9, -; at most 63)")
+    pairs = [pair.partition("=") for pair in model_client_namespaces.split(",") if pair]
+    if any(not key or not equals for key, equals, _ in pairs):
+        raise typer.BadParameter(f"--model-client-namespaces {model_client_namespaces!r}: use key=value,…")
+    client_labels = tuple((key, value) for key, _, value in pairs)
     if log_format not in ("plain", "full", "json"):
         raise typer.BadParameter(f"--log-format must be plain, full or json, not {log_format!r}")
     run_operator(OperatorConfig(
@@ -78,4 +93,5 @@ def run(
         metrics_host=metrics_host, metrics_port=metrics_port, health_host=health_host, health_port=health_port,
         fallback_resolve_seconds=fallback_resolve_seconds, failure_retry_seconds=failure_retry_seconds,
         cluster_name=cluster_name, report_seconds=report_seconds,
+        network_policy=ModelNetworkPolicy(operator_namespace, client_labels) if model_network_policy else None,
     ))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from modelyard.operator.values import OperatorDefaults
+from modelyard.operator.values import ModelNetworkPolicy, OperatorDefaults
 from modelyard.registry.kernel import defaults
 
 
@@ -41,7 +41,11 @@ class OperatorConfig:
     report_seconds: float = defaults.DEPLOYMENT_REPORT_SECONDS
     """How often every deployment is reported again when nothing changed (the heartbeat)."""
 
+    network_policy: ModelNetworkPolicy | None = None
+    """A NetworkPolicy for every model release: its serving port open to the client namespaces and to
+    this operator's pods (the canary analysis reads each pod's /metrics there)."""
+
     @property
     def defaults(self) -> OperatorDefaults:
         return OperatorDefaults(registry_url=self.registry_url, token_secret=self.token_secret,
-                                runtime_image=self.runtime_image)
+                                runtime_image=self.runtime_image, network_policy=self.network_policy)

@@ -45,6 +45,20 @@ class OperatorDefaults:
     registry_url: str = defaults.IN_CLUSTER_REGISTRY_URL
     token_secret: str = defaults.TOKEN_SECRET
     runtime_image: str = defaults.RUNTIME_IMAGE
+    network_policy: ModelNetworkPolicy | None = None
+    """Give each release a NetworkPolicy (None: none, and the values carry no ``networkPolicy`` key, so
+    releases made before this setting existed are not upgraded for it)."""
+
+
+@dataclass(frozen=True)
+class ModelNetworkPolicy:
+    operator_namespace: str
+    client_namespaces: tuple[tuple[str, str], ...] = ()
+    """Labels the client namespaces carry; empty: every namespace."""
+
+    def values(self) -> dict[str, Any]:
+        return {"enabled": True, "operatorNamespace": self.operator_namespace,
+                "clientNamespaceSelector": dict(self.client_namespaces)}
 
 
 @dataclass(frozen=True)
@@ -148,6 +162,8 @@ def model_server_values(spec: DeploymentSpec, resolved: ResolvedVersion,
         "tolerations": [dict(t) for t in spec.tolerations],
         "affinity": dict(spec.affinity),
     }
+    if operator.network_policy is not None:
+        values["networkPolicy"] = operator.network_policy.values()
     if resources.gpu < 0:
         raise SpecError(Reason.INVALID_RESOURCES, "resources.gpu must not be negative")
     if resources.gpu_type and not resources.gpu:

@@ -41,6 +41,8 @@ MATRIX = {
     "pvc-cache": values(cache={"persistentVolumeClaim": {"enabled": True, "size": "50Gi",
                                                          "storageClassName": "fast"}}),
     "service-monitor": values(serviceMonitor={"enabled": True, "interval": "15s", "labels": {"release": "prom"}}),
+    "network-policy": values(networkPolicy={"enabled": True, "operatorNamespace": "platform",
+                                            "clientNamespaceSelector": {"team": "ml"}}),
 }
 
 
@@ -162,6 +164,21 @@ def test_canary_is_a_second_deployment_behind_the_same_service() -> None:
     assert "canary" in notes(MODEL_SERVER, MATRIX["canary"]).lower()
 
 
+def test_the_model_pods_policy_opens_the_serving_port_to_clients_and_the_operators_scrape() -> None:
+    assert not by_kind(render(MODEL_SERVER, values()), "NetworkPolicy")  # off unless the operator turns it on
+    policy = one(render(MODEL_SERVER, MATRIX["network-policy"]), "NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "digits"
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]  # the serving port, where /metrics is, and no other
+    operator, clients = rule["from"]
+    assert operator == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "platform"}},
+                        "podSelector": {"matchLabels": {"app.kubernetes.io/component": "operator"}}}
+    assert clients == {"namespaceSelector": {"matchLabels": {"team": "ml"}}}
+    every = one(render(MODEL_SERVER, values(networkPolicy={"enabled": True, "operatorNamespace": "modelyard",
+                                                             "clientNamespaceSelector": {}})), "NetworkPolicy")
+    assert every["spec"]["ingress"][0]["from"][1] == {"namespaceSelector": {}}  # every namespace's pods
+
+
 def test_pvc_cache_and_service_monitor() -> None:
     objects = render(MODEL_SERVER, MATRIX["pvc-cache"])
     claim = one(objects, "PersistentVolumeClaim")
@@ -271,9 +288,9 @@ def test_modelyard_chart_production_settings() -> None:
     production = {"registry": {"replicas": 3, "database": {"urlSecretRef": {"name": "registry-db"}},
                                "artifacts": {"url": "s3://models/prod", "s3CredentialsSecret": "s3-creds"},
                                "adminToken": {"existingSecret": "my-admin"}},
-                  "serviceMonitor": {"enabled": True}, "networkPolicy": {"enabled": True,
-                                                                          "registryClientNamespaceSelector":
-                                                                              {"matchLabels": {"ml": "true"}}}}
+                  "serviceMonitor": {"enabled": True}, "networkPolicy": {
+                      "enabled": True, "registryClientNamespaceSelector": {"matchLabels": {"ml": "true"}},
+                      "modelClientNamespaceLabels": {"team": "ml", "tier": "web"}}}
     objects = render(MODELYARD, production, name="modelyard", namespace="modelyard")
     validate_kubernetes(objects)
     registry = one(objects, "Deployment", "modelyard-registry")
@@ -290,6 +307,10 @@ def test_modelyard_chart_production_settings() -> None:
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["modelyard", "registry", "migrate"]
     assert len(by_kind(objects, "ServiceMonitor")) == 2 and len(by_kind(objects, "NetworkPolicy")) == 2
+    operator_env = {e["name"]: e.get("value") for e in one(objects, "Deployment", "modelyard-operator")["spec"][
+        "template"]["spec"]["containers"][0]["env"]}
+    assert (operator_env["MODELYARD_MODEL_NETWORK_POLICY"], operator_env["MODELYARD_OPERATOR_NAMESPACE"],
+            operator_env["MODELYARD_MODEL_CLIENT_NAMESPACES"]) == ("true", "modelyard", "team=ml,tier=web")
     with pytest.raises(helm.HelmError, match="s3CredentialsSecret"):
         render(MODELYARD, {"registry": {"artifacts": {"url": "s3://models/x"}}})
 

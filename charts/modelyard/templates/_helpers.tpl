@@ -72,3 +72,13 @@ capabilities:
 {{- define "modelyard.registryNeedsVolume" -}}
 {{- if or (not .Values.registry.database.urlSecretRef.name) (not (hasPrefix "s3://" .Values.registry.artifacts.url)) -}}true{{- end -}}
 {{- end -}}
+
+
+{{/* A map of labels as k=v,k2=v2 (sorted), for a flag. */}}
+{{- define "modelyard.labelList" -}}
+{{- $pairs := list -}}
+{{- range $key, $value := . -}}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}
