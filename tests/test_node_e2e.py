@@ -16,6 +16,7 @@ the state the previous one left, as a user's cluster would.
 
 from __future__ import annotations
 
+import base64
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,12 @@ import numpy as np
 import pytest
 from kubernetes import client
 
+from modelyard.registry.client import RegistryClient
+from modelyard.registry.kernel.errors import Forbidden
+from modelyard.registry.kernel.schemas import AliasProtection
+
 from tests.helpers import condition, eventually
+from tests.support import behaviours
 from tests.support.node import Image, Node
 from tests.support.tiny_lm import make_tiny_lm
 from tests.support.platform import (
@@ -40,6 +46,7 @@ from tests.support.platform import (
     install,
     predictions_match,
     push,
+    push_program,
 )
 
 pytestmark = [pytest.mark.node, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -336,3 +343,139 @@ def test_a_language_model_is_served_behind_the_openai_api_in_a_pod(platform: Pla
     platform.custom.delete_namespaced_custom_object(GROUP, API_VERSION, ML, PLURAL, "chat")
     eventually(lambda: not platform.status("chat") and not platform.serving("chat"), timeout=120, interval=1,
                what="resource and pods gone")
+
+
+# -- canaries judged by their live numbers (spec.rollout.canary.analysis) ----------------------------------------
+# One resource, "judged", follows alias "candidate" with canary analysis, reverts the alias when a canary fails and
+# promotes "production" when one passes.  Each test moves "candidate" under a request loop through the Service.
+
+CLUSTER = "default"  # the chart's operator.clusterName: its report token records canary evidence for it
+ANALYSIS = {"intervalSeconds": 5, "samples": 3, "minRequests": 3, "maxErrorRate": 0.05, "maxP99LatencyMs": 400}
+
+
+def judged_by_its_numbers(platform: Platform, version: int, what: str) -> str:
+    """Move "candidate" to ``version`` under a request loop; once its canary failed its analysis and its pods
+    are gone, check that the stable track answered every request after that, that the operator moved the alias
+    back on the failing evidence it recorded, and that the resource is Ready again.  Returns the CanaryFailed
+    event's message."""
+    with platform.registry() as registry:
+        serving = registry.get_alias(MODEL, "candidate").version
+    with RequestLoop(platform, platform.service_url("judged")) as loop:
+        with platform.registry() as registry:
+            registry.set_alias(MODEL, "candidate", version)
+        platform.wait_status("judged", lambda s: s.get("rollout", {}).get("analysis", {}).get("version") == version
+                             and s["rollout"]["analysis"].get("state") == "Failed",
+                             f"the canary of v{version} failed on {what}", timeout=300)
+        eventually(lambda: all(p.metadata.labels.get("modelyard.io/track") == "stable"
+                               for p in platform.serving("judged", terminating=True)), timeout=90, interval=1,
+                   what="the canary's pods removed")
+        loop.mark("removed")
+        eventually(lambda: len(loop.results) > loop.marks["removed"] + 10, timeout=30, what="requests after")
+    answered = Counter(loop.results)
+    assert set(loop.failures()) <= {"HTTP 500"}, answered  # only the canary's own failures, no refused connection
+    assert not loop.failures(since="removed"), answered  # the stable track answers every request
+    assert answered[f"v{serving}"] > 10 and "wrong outputs" not in answered, answered
+    # The alias is moved back by the operator, on the failing evidence it recorded on the version.
+    with platform.registry() as registry:
+        eventually(lambda: registry.get_alias(MODEL, "candidate").version == serving, timeout=60,
+                   what="candidate reverted")
+        (evidence,) = registry.list_evaluations(MODEL, version, kind="canary").items
+        move = registry.alias_history(MODEL, "candidate", limit=1).items[0]
+    assert (evidence.verdict, evidence.source) == ("fail", f"{CLUSTER}/{ML}/judged")
+    assert move.judged is not None and move.judged["revert"]["evidence"]["id"] == evidence.id
+    assert (move.from_version, move.to_version) == (version, serving)
+    settled = platform.wait_status("judged", lambda s: s.get("phase") == "Ready" and s["model"]["version"] == serving,
+                                   "back to Ready on the reverted alias", timeout=120)
+    assert condition(settled, "Evidence")["status"] == "True"
+    assert settled["history"][-1]["version"] == version and settled["history"][-1]["result"] == "CanaryFailed"
+    assert "failed its analysis" in settled["history"][-1]["reason"]
+    eventually(lambda: {"CanaryAnalysis", "CanaryFailed", "AliasReverted"} <= platform.events("judged"), timeout=30,
+               what="analysis events")
+    (failed,) = [m for m in platform.event_messages("judged", "CanaryFailed") if f"version {version} " in m]
+    assert f"version {serving} keeps serving" in failed, failed
+    return failed
+
+
+def test_a_canary_that_fails_requests_is_removed_by_its_numbers_and_its_alias_reverted(platform: Platform,
+                                                                                        tmp_path: Path) -> None:
+    good = push_program(platform, behaviours.plain(tmp_path, platform.images, seed=300))
+    with platform.registry() as registry:
+        registry.set_alias(MODEL, "candidate", good)
+    platform.create("judged", {"model": {"name": MODEL, "alias": "candidate"}, "replicas": 1,
+                               "resources": {"cpu": "500m", "memory": "1Gi"},
+                               "rollout": {"strategy": "Canary", "progressDeadlineSeconds": 120, "canary": {
+                                   "weight": 50, "onFailure": "revertAlias", "promote": {"alias": "production"},
+                                   "analysis": ANALYSIS}}})
+    platform.wait_status("judged", lambda s: s.get("phase") == "Ready", "judged Ready", timeout=240)
+    faulty = push_program(platform, behaviours.faulty(tmp_path, 0.5, platform.images, seed=101))
+    message = judged_by_its_numbers(platform, faulty, "errors")
+    assert f"canary of version {faulty} failed its analysis: version {faulty}: error rate" in message, message
+    analysis = platform.status("judged")["rollout"]["analysis"]
+    assert analysis["state"] == "Failed" and analysis["intervals"][-1]["verdict"] == "fail"
+    assert analysis["intervals"][-1]["canary"]["errors"] > 0 and analysis["intervals"][-1]["stable"]["errors"] == 0
+
+
+def test_a_slow_canary_fails_on_its_p99_latency(platform: Platform, tmp_path: Path) -> None:
+    slow = push_program(platform, behaviours.slow(tmp_path, 0.8, platform.images, seed=201))
+    message = judged_by_its_numbers(platform, slow, "latency")
+    assert "p99 latency" in message and "> 400 ms" in message, message
+
+
+def test_a_slow_canary_fails_on_its_latency_ratio_to_the_stable_track(platform: Platform, tmp_path: Path) -> None:
+    generation = platform.custom.patch_namespaced_custom_object(GROUP, API_VERSION, ML, PLURAL, "judged", {
+        "spec": {"rollout": {"canary": {"analysis": {"maxP99LatencyMs": None, "maxLatencyRatio": 3}}}}}
+    )["metadata"]["generation"]
+    platform.wait_status("judged", lambda s: s.get("observedGeneration") == generation, "the new spec seen")
+    slow = push_program(platform, behaviours.slow(tmp_path, 0.8, platform.images, seed=202))
+    message = judged_by_its_numbers(platform, slow, "the latency ratio")
+    assert "the stable track's" in message and "> 3×" in message, message
+
+
+def test_a_canary_that_passes_is_promoted_and_moves_production_on_its_evidence(platform: Platform,
+                                                                               tmp_path: Path) -> None:
+    """With production protected by this cluster's canary evidence, only the operator's promotion moves it;
+    the operator is restarted mid-analysis and neither loses nor double-counts an interval."""
+    good = push_program(platform, behaviours.plain(tmp_path, platform.images, seed=301))
+    rules = [f"canary@{CLUSTER}.error_rate<=0.01", f"canary@{CLUSTER}.requests>=9"]
+    operator_token = base64.b64decode(platform.core.read_namespaced_secret(
+        "modelyard-tokens", "modelyard").data["operator-token"]).decode()
+    with platform.registry() as registry:
+        registry.protect_alias(MODEL, "production", AliasProtection(require=rules))
+    try:
+        writer = platform.create_token("write", "e2e-writer")
+        for token in (writer, operator_token):  # no evidence yet: neither may move it, and the 403 names the rule
+            with RegistryClient(platform.registry_url, token) as caller, pytest.raises(Forbidden) as refused:
+                caller.set_alias(MODEL, "production", good)
+            assert f"canary@{CLUSTER}.error_rate" in str(refused.value), refused.value
+        with RequestLoop(platform, platform.service_url("judged")) as loop:
+            with platform.registry() as registry:
+                registry.set_alias(MODEL, "candidate", good)
+            platform.wait_status("judged", lambda s: s.get("rollout", {}).get("analysis", {}).get("version") == good
+                                 and s["rollout"]["analysis"].get("intervalsDone", 0) >= 1, "an interval judged",
+                                 timeout=240)
+            platform.replace_operator()
+            status = platform.wait_status("judged", lambda s: s.get("phase") == "Ready"
+                                          and s["model"]["version"] == good, f"v{good} promoted", timeout=300)
+        assert not loop.failures(), Counter(loop.results)
+        analysis = status["rollout"]["analysis"]
+        intervals = analysis["intervals"]
+        assert analysis["state"] == "Passed" and len(intervals) == analysis["intervalsDone"] <= 10
+        assert all(later["start"] == earlier["end"] for earlier, later in zip(intervals, intervals[1:]))  # none lost
+        assert [i["verdict"] for i in intervals][-3:] == ["pass"] * 3
+        with platform.registry() as registry:
+            (evidence,) = registry.list_evaluations(MODEL, good, kind="canary").items
+            eventually(lambda: registry.get_alias(MODEL, "production").version == good, timeout=60,
+                       what="production promoted on the evidence")
+            move = registry.alias_history(MODEL, "production", limit=1).items[0]
+        assert evidence.verdict == "pass" and evidence.requests == sum(i["canary"]["requests"] for i in intervals)
+        assert evidence.requests >= 9 and evidence.metrics["error_rate"] == 0  # nothing counted twice
+        assert move.judged is not None and move.judged["promoted_by"] == CLUSTER
+        assert move.judged["evidence"][f"canary@{CLUSTER}"]["id"] == evidence.id
+        eventually(lambda: platform.status("judged")["rollout"]["analysis"].get("evidenceId") == evidence.id,
+                   timeout=30, what="the evidence's id in the status")
+        eventually(lambda: {"CanaryPromoted", "AliasPromoted"} <= platform.events("judged"), timeout=30,
+                   what="promotion events")
+    finally:
+        with platform.registry() as registry:
+            registry.unprotect_alias(MODEL, "production")
+    platform.custom.delete_namespaced_custom_object(GROUP, API_VERSION, ML, PLURAL, "judged")

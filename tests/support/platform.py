@@ -144,6 +144,27 @@ class Platform:
             ML, field_selector=f"involvedObject.name={name},involvedObject.kind=ModelDeployment").items
         return {e.reason for e in items}
 
+    def create_token(self, scope: str, name: str) -> str:
+        """A new registry token, as an administrator makes one: `modelyard registry token create` run in the
+        registry's pod (`kubectl exec`), against its database."""
+        from kubernetes.stream import stream
+
+        (pod,) = [p for p in self.core.list_namespaced_pod(
+            "modelyard", label_selector="app.kubernetes.io/component=registry").items
+            if p.metadata.deletion_timestamp is None]
+        said = stream(self.core.connect_get_namespaced_pod_exec, pod.metadata.name, "modelyard",
+                      command=["modelyard", "registry", "token", "create", "--scope", scope, "--name", name],
+                      stderr=True, stdout=True, stdin=False, tty=False, _preload_content=True)
+        tokens = [line.strip() for line in said.splitlines() if line.strip().startswith("my_")]
+        assert len(tokens) == 1, said
+        return tokens[0]
+
+    def event_messages(self, name: str, reason: str) -> list[str]:
+        """The messages of the events with ``reason`` posted on ModelDeployment ``name``, oldest first."""
+        items = self.core.list_namespaced_event(
+            ML, field_selector=f"involvedObject.name={name},involvedObject.kind=ModelDeployment").items
+        return [e.message for e in sorted(items, key=lambda e: e.metadata.creation_timestamp) if e.reason == reason]
+
     def annotate(self, name: str, **annotations: str) -> None:
         """A metadata change: wakes the operator's handler without a new generation."""
         self.custom.patch_namespaced_custom_object(GROUP, API_VERSION, ML, PLURAL, name,
@@ -193,6 +214,18 @@ def push(platform: Platform, trained: Trained | None, *, broken: bool = False, p
         return version.version
 
 
+def push_program(platform: Platform, made: tuple[Path, dict[str, Any], np.ndarray]) -> int:
+    """A TorchScript version of MODEL (``tests.support.behaviours``), served from its artifact; its answers
+    are classified by the request loop like any version's."""
+    program, metadata, expected = made
+    with platform.registry() as registry:
+        registry.ensure_model(MODEL)
+        version = registry.create_version(MODEL, format="torchscript", metadata=metadata)
+        registry.upload_artifact(MODEL, version.version, program)
+    platform.versions[version.version] = Trained(program, metadata, expected)
+    return version.version
+
+
 def predictions_match(platform: Platform, url: str, version: int) -> bool:
     try:
         got = platform.predict(url)
@@ -208,6 +241,8 @@ class RequestLoop:
     def __init__(self, platform: Platform, url: str, limit: float = 420) -> None:
         self.platform, self.url, self.limit = platform, url, limit
         self.results: list[str] = []
+        self.marks: dict[str, int] = {}
+        """Named points in ``results`` (``mark``), to count what was answered after them."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -239,8 +274,12 @@ class RequestLoop:
         self._stop.set()
         self._thread.join(timeout=30)
 
-    def failures(self) -> Counter[str]:
-        return Counter(r for r in self.results if not r.startswith("v"))
+    def failures(self, since: str | None = None) -> Counter[str]:
+        start = self.marks[since] if since else 0
+        return Counter(r for r in self.results[start:] if not r.startswith("v"))
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = len(self.results)
 
 
 def make_registry_volume(api: client.ApiClient, node: Node) -> str:
