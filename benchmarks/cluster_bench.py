@@ -10,6 +10,10 @@ them, pushes two versions of the digits CNN, then measures:
 2. Alias move → every replica serving the new version (all old pods gone).
 3. A model pod's start (created → Ready) and RSS (its containers' processes), beside the same
    figures for `modelyard serve` started on the host against the same registry (ratio).
+4. Canary analysis closing the loop, under a request loop through the Service, with the settings the
+   suite uses (5 s intervals, 3 samples) beside the defaults (30 s, 5): alias move → verdict and
+   verdict → alias moved by the operator, for a version that fails a share of its requests (reverted)
+   and one that passes (`production` promoted on its evidence).
 Prints one table; these machines are noisy, so compare the ratios of one run.
 """
 
@@ -36,8 +40,10 @@ sys.path.insert(0, str(ROOT))
 from modelyard.registry.kernel.processes.children import free_port, stop_process  # noqa: E402
 from tests.helpers import eventually  # noqa: E402
 from tests.support.node import Node, build_images, image_sizes  # noqa: E402
+from modelyard.registry.kernel.schemas import AliasProtection  # noqa: E402
+from tests.support import behaviours  # noqa: E402
 from tests.support.platform import (  # noqa: E402
-    API_VERSION, GROUP, ML, MODEL, PLURAL, Platform, install, predictions_match, push)
+    API_VERSION, GROUP, ML, MODEL, PLURAL, Platform, RequestLoop, install, predictions_match, push, push_program)
 
 KUBECTL = ROOT / "tests" / "cluster" / "node.sh"
 
@@ -129,6 +135,55 @@ def row(label: str, cluster: float, host: float | None, unit: str) -> str:
     return f"  {label:<52} {cluster:9.1f} {unit}  {other}  {ratio}"
 
 
+def _until(probe, timeout: float = 900) -> float:  # noqa: ANN001 - a predicate
+    """Poll ``probe`` every 0.2 s; the monotonic time it first held."""
+    eventually(probe, timeout=timeout, interval=0.2, what="a canary verdict or alias move")
+    return time.monotonic()
+
+
+def canary_loop(platform: Platform, work: Path, label: str, analysis: dict, seed: int) -> dict[str, float]:
+    """Seconds from alias move to verdict and from verdict to the operator's alias move, failing and passing."""
+    candidate, production, name = f"cand-{label}", f"prod-{label}", f"judged-{label}"
+    made = [push_program(platform, maker) for maker in (
+        behaviours.plain(work, platform.images, seed), behaviours.faulty(work, 0.5, platform.images, seed + 1),
+        behaviours.plain(work, platform.images, seed + 2))]
+    stable, failing, passing = made
+    with platform.registry() as registry:
+        registry.set_alias(MODEL, candidate, stable)
+        registry.set_alias(MODEL, production, stable)
+        registry.protect_alias(MODEL, production, AliasProtection(require=["canary@default.error_rate<=0.01"]))
+    platform.create(name, {"model": {"name": MODEL, "alias": candidate}, "replicas": 1,
+                           "resources": {"cpu": CPU, "memory": "1Gi"},
+                           "rollout": {"strategy": "Canary", "progressDeadlineSeconds": 600, "canary": {
+                               "weight": 50, "onFailure": "revertAlias", "promote": {"alias": production},
+                               "analysis": analysis}}})
+    platform.wait_status(name, lambda s: s.get("phase") == "Ready", f"{name} Ready", timeout=600)
+
+    def verdict(version: int, state: str):  # noqa: ANN202
+        return lambda: (a := platform.status(name).get("rollout", {}).get("analysis", {})).get(
+            "version") == version and a.get("state") == state
+
+    def alias_at(alias: str, version: int):  # noqa: ANN202
+        def probe() -> bool:
+            with platform.registry() as registry:
+                return registry.get_alias(MODEL, alias).version == version
+        return probe
+
+    found: dict[str, float] = {}
+    with RequestLoop(platform, platform.service_url(name), limit=1800):
+        for version, state, alias, target, kind in ((failing, "Failed", candidate, stable, "revert"),
+                                                     (passing, "Passed", production, passing, "promote")):
+            platform.wait_status(name, lambda s: s.get("phase") == "Ready", f"{name} Ready", timeout=600)
+            moved = time.monotonic()
+            with platform.registry() as registry:
+                registry.set_alias(MODEL, candidate, version)
+            judged = _until(verdict(version, state))
+            done = _until(alias_at(alias, target))
+            found[f"{kind}: verdict"], found[f"{kind}: alias"] = judged - moved, done - judged
+    platform.custom.delete_namespaced_custom_object(GROUP, API_VERSION, ML, PLURAL, name)
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replicas", type=int, default=2, help="replicas for the alias-move measurement")
@@ -177,6 +232,12 @@ def main() -> None:
         alias_move = time.monotonic() - moved
 
         host_seconds, host_rss = host_serve(platform, v2, work / "host-cache")
+        platform.custom.delete_namespaced_custom_object(GROUP, API_VERSION, ML, PLURAL, "warm")
+        eventually(lambda: not platform.serving("warm", terminating=True), timeout=120, interval=0.5,
+                   what="the warm pods gone")
+        suite = canary_loop(platform, work, "suite", {"intervalSeconds": 5, "samples": 3, "minRequests": 3,
+                                                     "maxErrorRate": 0.05, "maxP99LatencyMs": 400}, 400)
+        stock = canary_loop(platform, work, "defaults", {"maxErrorRate": 0.01}, 500)  # every other field its default
 
         print(f"\nnode Ready in {node.start_seconds:.1f} s; images built/cached in {build_seconds:.1f} s; "
               f"imported in {platform_import:.1f} s (modelyard) and {runtime_import:.1f} s (runtime)")
@@ -191,6 +252,14 @@ def main() -> None:
         print(row("model server RSS (pod's container vs host process tree)", pod_rss, host_rss, "MiB"))
         print(f"  (cold pod: {cold_pod.metadata.name}; host serve: `modelyard serve {MODEL}:{v2}` from an empty "
               "cache against the same registry)")
+        print(f"\n  canary analysis {'':<36} {'suite':>12}  {'defaults':>12}  ratio")
+        print("  (suite: 5 s intervals, 3 samples, minRequests 3; defaults: 30 s, 5, 20; a request loop through the "
+              "Service; a version failing half its requests, then a good one)")
+        for key, label in (("revert: verdict", "alias move → verdict (failing version)"),
+                           ("revert: alias", "verdict → alias reverted by the operator"),
+                           ("promote: verdict", "alias move → verdict (passing version)"),
+                           ("promote: alias", "verdict → production promoted on its evidence")):
+            print(row(label, suite[key], stock[key], "s"))
     finally:
         node.stop()
 

@@ -35,3 +35,13 @@ def test_llm_benchmark_runs_and_reports_every_concurrency() -> None:
     rows = [line.split() for line in answer.stdout.splitlines() if line.strip()[:1].isdigit()]
     assert [row[0] for row in rows] == ["1", "4"], answer.stdout
     assert all(float(row[3]) > 0 for row in rows), answer.stdout  # a ratio for each
+
+
+def test_analysis_benchmark_runs_and_judges_every_canary() -> None:
+    answer = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "analysis_bench.py"), "--canaries", "3", "--rounds", "2"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert answer.returncode == 0, answer.stderr[-3000:]  # non-zero when an interval read nothing
+    assert "3 canaries under analysis (6 pods' /metrics" in answer.stdout, answer.stdout
+    assert "share of one core at intervalSeconds=30" in answer.stdout
