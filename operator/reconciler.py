@@ -31,7 +31,7 @@ from modelyard.operator.kube import Kube
 from modelyard.operator.reporting import DeploymentReporter, deployment_report
 from modelyard.operator.resolve import RegistryUnreachable, ResolveFailure, resolve
 from modelyard.operator.rollout import track_of
-from modelyard.operator.scrape import read_pods
+from modelyard.operator.scrape import read_pods, scrape_client
 from modelyard.operator.spec import DeploymentSpec, SpecError
 from modelyard.operator.status import ConditionType, DeploymentStatus, Reason, to_patch
 from modelyard.operator.transitions import (
@@ -52,7 +52,6 @@ from modelyard.operator.transitions import (
 )
 from modelyard.operator.values import RegistryAccess, ResolvedVersion, registry_access
 from modelyard.registry.client import RegistryClient
-from modelyard.registry.kernel import defaults
 from modelyard.registry.kernel.errors import RegistryError, Unavailable
 
 log = logging.getLogger("modelyard.operator")
@@ -311,8 +310,7 @@ class Reconciler:
 
     def _scraper(self) -> httpx.AsyncClient:
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=defaults.ANALYSIS_SCRAPE_SECONDS,
-                                           limits=httpx.Limits(max_connections=64, max_keepalive_connections=0))
+            self._http = scrape_client()
         return self._http
 
     async def _report_canary(self, md: dict[str, Any], spec: DeploymentSpec, status: DeploymentStatus) -> None:
