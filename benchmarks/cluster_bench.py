@@ -1,6 +1,6 @@
 """Modelyard on a real one-node cluster (tests/cluster/node.sh), beside a plain `modelyard serve` on the host.
 
-  python benchmarks/cluster_bench.py [--replicas 2]
+  python benchmarks/cluster_bench.py [--replicas 2] [--only canary]
 
 Starts the node, builds (or takes from the cache) both images, installs charts/modelyard with
 them, pushes two versions of the digits CNN, then measures:
@@ -184,9 +184,30 @@ def canary_loop(platform: Platform, work: Path, label: str, analysis: dict, seed
     return found
 
 
+def canary_timings(platform: Platform, work: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """Part 4 with the suite's settings and with the defaults."""
+    suite = canary_loop(platform, work, "suite", {"intervalSeconds": 5, "samples": 3, "minRequests": 3,
+                                                 "maxErrorRate": 0.05, "maxP99LatencyMs": 400}, 400)
+    stock = canary_loop(platform, work, "defaults", {"maxErrorRate": 0.01}, 500)  # every other field its default
+    return suite, stock
+
+
+def print_canary_table(timings: tuple[dict[str, float], dict[str, float]]) -> None:
+    suite, stock = timings
+    print(f"\n  canary analysis {'':<36} {'suite':>12}  {'defaults':>12}  ratio")
+    print("  (suite: 5 s intervals, 3 samples, minRequests 3; defaults: 30 s, 5, 20; a request loop through the "
+          "Service; a version failing half its requests, then a good one)")
+    for key, label in (("revert: verdict", "alias move → verdict (failing version)"),
+                       ("revert: alias", "verdict → alias reverted by the operator"),
+                       ("promote: verdict", "alias move → verdict (passing version)"),
+                       ("promote: alias", "verdict → production promoted on its evidence")):
+        print(row(label, suite[key], stock[key], "s"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replicas", type=int, default=2, help="replicas for the alias-move measurement")
+    parser.add_argument("--only", choices=["canary"], help="measure only the canary analysis (part 4)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="cluster-bench-"))
@@ -198,6 +219,10 @@ def main() -> None:
     try:
         platform_import = node.load(images["modelyard"])
         platform = install(node, images, work)
+        if args.only == "canary":
+            node.load(images["modelyard-runtime"])
+            print_canary_table(canary_timings(platform, work))
+            return
         v1 = push(platform, platform.candidates[0], package=False)
         v2 = push(platform, platform.candidates[1], package=False)
         with platform.registry() as registry:
@@ -235,9 +260,7 @@ def main() -> None:
         platform.custom.delete_namespaced_custom_object(GROUP, API_VERSION, ML, PLURAL, "warm")
         eventually(lambda: not platform.serving("warm", terminating=True), timeout=120, interval=0.5,
                    what="the warm pods gone")
-        suite = canary_loop(platform, work, "suite", {"intervalSeconds": 5, "samples": 3, "minRequests": 3,
-                                                     "maxErrorRate": 0.05, "maxP99LatencyMs": 400}, 400)
-        stock = canary_loop(platform, work, "defaults", {"maxErrorRate": 0.01}, 500)  # every other field its default
+        canary = canary_timings(platform, work)
 
         print(f"\nnode Ready in {node.start_seconds:.1f} s; images built/cached in {build_seconds:.1f} s; "
               f"imported in {platform_import:.1f} s (modelyard) and {runtime_import:.1f} s (runtime)")
@@ -252,14 +275,7 @@ def main() -> None:
         print(row("model server RSS (pod's container vs host process tree)", pod_rss, host_rss, "MiB"))
         print(f"  (cold pod: {cold_pod.metadata.name}; host serve: `modelyard serve {MODEL}:{v2}` from an empty "
               "cache against the same registry)")
-        print(f"\n  canary analysis {'':<36} {'suite':>12}  {'defaults':>12}  ratio")
-        print("  (suite: 5 s intervals, 3 samples, minRequests 3; defaults: 30 s, 5, 20; a request loop through the "
-              "Service; a version failing half its requests, then a good one)")
-        for key, label in (("revert: verdict", "alias move → verdict (failing version)"),
-                           ("revert: alias", "verdict → alias reverted by the operator"),
-                           ("promote: verdict", "alias move → verdict (passing version)"),
-                           ("promote: alias", "verdict → production promoted on its evidence")):
-            print(row(label, suite[key], stock[key], "s"))
+        print_canary_table(canary)
     finally:
         node.stop()
 
