@@ -58,8 +58,9 @@ metadata: {{name: {name}, namespace: {ML}}}
 spec:
   model: {{name: {MODEL}, alias: production}}
   replicas: {replicas}
-  resources: {{gpu: 1, cpu: "{CPU}", memory: 1Gi}}
+  resources: {{cpu: "{CPU}", memory: 1Gi}}
 """
+# No GPU: the node advertises GPUs it does not have, and a server given one it cannot see stops (issue 23).
     kubectl = subprocess.run(["bash", str(KUBECTL), "kubectl"], capture_output=True, text=True, check=True).stdout
     subprocess.run([kubectl.strip(), "apply", "-f", "-"], input=manifest, text=True, check=True,
                    capture_output=True, env={**os.environ, "KUBECONFIG": str(node.kubeconfig)})
