@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -80,7 +80,7 @@ def serve(
                                                show_default=False)] = None,
     host: Annotated[str, typer.Option(help="bind address (0.0.0.0 inside a pod)")] = defaults.MODEL_SERVER_HOST,
     port: Annotated[int, typer.Option(help="port")] = defaults.MODEL_SERVER_PORT,
-    engine: Annotated[str, typer.Option(envvar=Env.ENGINE, help="auto | transformers (format hf) | torch "
+    engine: Annotated[str, typer.Option(envvar=Env.ENGINE, help="auto | transformers or vllm (format hf) | torch "
                                                                 "(torch.export, TorchScript)")] = defaults.ENGINE,
     gpus: Annotated[int | None, typer.Option(envvar=Env.GPUS, min=0, show_default=False,
                                              help="GPUs to serve on (0: the CPU) [default: every visible one]")]
@@ -111,12 +111,30 @@ def serve(
     max_model_len: Annotated[int | None, typer.Option(envvar=Env.MAX_MODEL_LEN, min=1, show_default=False,
                                                       help="language models: the longest sequence (prompt + "
                                                            "completion) [default: its context]")] = None,
+    gpu_memory_utilization: Annotated[float | None, typer.Option(
+        envvar=Env.VLLM_GPU_MEMORY_UTILIZATION, min=0.05, max=1.0, show_default=False,
+        help="vllm: the share of each GPU's memory it may take [default: vLLM's]")] = None,
+    max_num_seqs: Annotated[int | None, typer.Option(envvar=Env.VLLM_MAX_NUM_SEQS, min=1, show_default=False,
+                                                     help="vllm: sequences scheduled at once [default: vLLM's]")]
+    = None,
+    prefix_caching: Annotated[bool | None, typer.Option("--prefix-caching/--no-prefix-caching", show_default=False,
+                                                        help="vllm: reuse the KV cache of shared prefixes")] = None,
+    cpu_kv_cache_gib: Annotated[int | None, typer.Option(
+        envvar=Env.VLLM_CPU_KV_CACHE_GIB, min=1, show_default=False,
+        help=f"vllm on CPU: the KV cache in GiB [default: {defaults.VLLM_CPU_KV_CACHE_GIB}]")] = None,
+    tool_call_parser: Annotated[str | None, typer.Option(
+        envvar=Env.VLLM_TOOL_CALL_PARSER, show_default=False,
+        help=f"vllm: read tool calls with this parser ({', '.join(defaults.VLLM_TOOL_CALL_PARSERS)})")] = None,
+    compact_json: Annotated[bool | None, typer.Option(
+        "--compact-json/--no-compact-json", show_default=False,
+        help="vllm: structured output without whitespace between JSON tokens (xgrammar)")] = None,
     registry: RegistryOption = defaults.REGISTRY_URL,
     token: TokenOption = None,
 ) -> None:
     """Fetch what serves the version (its Bento, or its artifact when it has none), verify it, and serve it
     with its engine's server."""
-    from modelyard.bentos.pod.settings import IGNORED_BY, CommonSettings, ServingSettings
+    from modelyard.bentos.pod.failure import ModelLoadError, tell_kubernetes
+    from modelyard.bentos.pod.settings import CommonSettings, ServingSettings, ignored
     from modelyard.bentos.runtime import (
         BentoRefused, default_cache, describe, fetch, serve_command, serving_engine, supervise,
     )
@@ -124,30 +142,44 @@ def serve(
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if engine not in defaults.ENGINES:
         raise typer.BadParameter(f"{engine!r} is not one of {', '.join(defaults.ENGINES)}", param_hint="--engine")
-    sections = {"tensor": {"max_batch_size": max_batch_size, "max_latency_ms": max_latency_ms,
+    if tool_call_parser is not None and tool_call_parser not in defaults.VLLM_TOOL_CALL_PARSERS:
+        raise typer.BadParameter(f"{tool_call_parser!r} is not one of {', '.join(defaults.VLLM_TOOL_CALL_PARSERS)}",
+                                 param_hint="--tool-call-parser")
+    sections: dict[str, dict[str, Any]] = {"tensor": {"max_batch_size": max_batch_size, "max_latency_ms": max_latency_ms,
                            "batching": batching, "workers": workers},
                 "llm": {"max_running": max_running, "max_waiting": max_waiting, "prefill_tokens": prefill_tokens,
-                        "max_model_len": max_model_len}}
+                        "max_model_len": max_model_len},
+                "vllm": {"gpu_memory_utilization": gpu_memory_utilization, "max_num_seqs": max_num_seqs,
+                         "enable_prefix_caching": prefix_caching, "cpu_kv_cache_gib": cpu_kv_cache_gib,
+                         "tool_call_parser": tool_call_parser, "compact_json": compact_json}}
+    options = {"batching": "--batching/--no-batching", "enable_prefix_caching": "--prefix-caching/--no-prefix-caching",
+               "compact_json": "--compact-json/--no-compact-json"}
+    settings = ServingSettings(engine=engine, common=CommonSettings(max_request_bytes=max_request_bytes, gpus=gpus))
+    for section, values in sections.items():
+        settings = settings.with_values(section, **values)
     cache = (cache or default_cache()).expanduser()
     with client(registry, token) as registry_client:
         fetched = fetch(registry_client, ref, cache)
     try:
-        chosen = serving_engine(fetched.version, engine)
+        chosen = serving_engine(fetched.version, engine, gpus=gpus)
     except BentoRefused as exc:
         raise typer.BadParameter(str(exc), param_hint="--engine") from None
-    ignored = sections.get(IGNORED_BY.get(chosen or "", ""), {})
-    given = ["--batching/--no-batching" if name == "batching" else f"--{name.replace('_', '-')}"
-             for name, value in ignored.items() if value is not None]
+    given = [options.get(name.split(".")[1], f"--{name.split('.')[1].replace('_', '-')}")
+             for name in (ignored(settings, chosen) if chosen else [])]
     if given:
         raise typer.BadParameter(f"{', '.join(given)}: the {chosen} engine that serves {fetched.version.model}:"
                                  f"{fetched.version.version} does not read {'it' if len(given) == 1 else 'them'}")
-    settings = ServingSettings(engine=engine, common=CommonSettings(max_request_bytes=max_request_bytes, gpus=gpus))
-    for section, values in sections.items():
-        settings = settings.with_values(section, **values)
-    argv, env = serve_command(fetched, host, port, settings, cache)
+    settings = ServingSettings(engine=chosen or engine, common=settings.common, tensor=settings.tensor,
+                               llm=settings.llm, vllm=settings.vllm)
+    label = f"{fetched.version.model}:{fetched.version.version}"
+    try:
+        argv, env = serve_command(fetched, host, port, settings, cache)
+    except ModelLoadError as exc:  # vLLM's checks, before it starts: the pod says why, as a failed load does
+        console.print(f"error: {tell_kubernetes(label, str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     console.print(f"serving {describe(fetched)} on http://{host}:{port}", highlight=False, soft_wrap=True)
     failure_file = cache / f"failure-{os.getpid()}.txt"
-    raise typer.Exit(supervise(argv, env, failure_file))
+    raise typer.Exit(supervise(argv, env, failure_file, label=label))
 
 
 bentos_app = typer.Typer(help="Package and serve registry versions.", no_args_is_help=True, add_completion=False)

@@ -21,22 +21,27 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelyard.bentos.pod.settings import LLM_ENGINE, ServingSettings, engine_for
-from modelyard.bentos.pod.failure import FAILURE_FILE_ENV
+from modelyard.bentos.pod.settings import LLM_ENGINE, VLLM_ENGINE, ServingSettings, engine_for, gpus_to_use
+from modelyard.bentos.pod.failure import FAILURE_FILE_ENV, TERMINATION_LOG, tell_kubernetes
 from modelyard.bentos.pod.manifest import MANIFEST_FILE, write_manifest
 from modelyard.bentos.packager import FILE_SUFFIX, SERVABLE_FORMATS
 from modelyard.bentos.pod.spec import MODEL_DIR, SPEC_FILE, ModelSpec
+from modelyard.bentos.llm.loading import check_files, max_model_len
+from modelyard.bentos.vllm.launch import VllmBuild, vllm_command
 from modelyard.registry.kernel import schemas
 from modelyard.registry.model.bento_source import source_mismatch
 from modelyard.registry.client import RegistryClient
@@ -218,16 +223,39 @@ def verify_source(fetched: FetchedBento) -> None:
         raise BentoRefused(f"{label}'s Bento {why}: refusing to serve it")
 
 
-def serving_engine(version: schemas.Version, engine: str) -> str | None:
-    """The engine that serves ``version`` (``serving.engine``, or by its format for ``auto``); None for
-    a version in format ``bento``, which is its own service.  ``BentoRefused`` when the engine asked
-    for does not serve the version's format."""
+def serving_engine(version: schemas.Version, engine: str, *, gpus: int | None = None) -> str | None:
+    """The engine that serves ``version`` (``serving.engine``, or for ``auto`` by its format, and for a
+    model directory by whether vLLM is installed here and the server has GPUs); None for a version in
+    format ``bento``, which is its own service.  ``BentoRefused`` when the engine asked for does not
+    serve the version's format."""
     if version.format == schemas.ArtifactFormat.bento:
         return None
+    fmt = version.format.value if version.format else None
+    vllm_here = engine == "auto" and fmt == "hf" and VllmBuild.installed().version is not None
     try:
-        return engine_for(version.format.value if version.format else None, engine)
+        return engine_for(fmt, engine, gpus=(visible_gpus() if gpus is None else gpus) if vllm_here else 0,
+                          vllm_available=vllm_here)
     except ValueError as exc:
         raise BentoRefused(f"{version.model}:{version.version}: {exc}") from None
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def vllm_serve_command(fetched: FetchedBento, host: str, port: int, settings: ServingSettings,
+                       cache: Path) -> tuple[list[str], dict[str, str]]:
+    """vLLM's server on the version's model directory, checked as our own engine checks it first
+    (manifest, safety rules); ``ModelLoadError`` when it cannot serve it here."""
+    spec = ModelSpec.read(fetched.src)
+    facts = check_files(spec, fetched.src)
+    gpus = gpus_to_use(settings.common.gpus, visible_gpus())
+    argv, env = vllm_command(fetched.src / spec.file, model=spec.model, facts=facts,
+                             max_model_len=max_model_len(facts, settings.llm.max_model_len), gpus=gpus,
+                             settings=settings, host=host, port=port, cache=cache, build=VllmBuild.installed())
+    return argv, {**os.environ, **env}
 
 
 def serve_command(fetched: FetchedBento, host: str, port: int, settings: ServingSettings,
@@ -240,9 +268,11 @@ def serve_command(fetched: FetchedBento, host: str, port: int, settings: Serving
     # Empty: the Bento is served from its directory, not a store.  One per port: BentoML keeps its
     # Prometheus files there and empties them when a server starts, so two servers sharing a cache
     # (the default one) would wipe each other's metrics, which the canary analysis reads.
+    engine = serving_engine(fetched.version, settings.engine, gpus=settings.common.gpus)
+    if engine == VLLM_ENGINE:
+        return vllm_serve_command(fetched, host, port, settings, cache)
     home = cache / "bentoml-home" / str(port)
     home.mkdir(parents=True, exist_ok=True)
-    engine = serving_engine(fetched.version, settings.engine)
     env = {**os.environ, **settings.to_env(), "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true",
            Env.BENTO_DIR: str(fetched.src)}
     executable = Path(sys.executable).with_name("bentoml")
@@ -257,18 +287,47 @@ def serve_command(fetched: FetchedBento, host: str, port: int, settings: Serving
     return [*command, "serve", *target, "--host", host, "--port", str(port)], env
 
 
-def supervise(argv: list[str], env: dict[str, str], failure_file: Path, poll: float = 0.2) -> int:
-    """Run the BentoML server as a child and return the exit status to exit with.
+ERROR_LINE = re.compile(r"\b((?:[A-Za-z_][\w.]*)?(?:Error|Exception)): (.+)$")
+GENERIC_ERRORS = ("See root cause above", "EngineCore encountered an issue", "Engine core initialization failed",
+                  "Traceback (most recent call last)")
+"""Lines that only say an error happened elsewhere: the root cause is an earlier line."""
+
+
+def failure_reason(lines: Iterable[str], limit: int = 1000) -> str | None:
+    """The root cause a server printed before it exited: its last ``SomeError: message`` line that is not a
+    wrapper pointing at another one (vLLM prints the cause, then "Engine core initialization failed")."""
+    found = None
+    for line in lines:
+        match = ERROR_LINE.search(line)
+        if match and not any(generic in line for generic in GENERIC_ERRORS):
+            found = f"{match.group(1)}: {match.group(2).strip()}"
+    return found[:limit] if found else None
+
+
+def supervise(argv: list[str], env: dict[str, str], failure_file: Path, poll: float = 0.2, *,
+              label: str = "the model", termination_log: Path = TERMINATION_LOG) -> int:
+    """Run the server as a child and return the exit status to exit with.
 
     BentoML restarts a worker whose model failed to load, forever; a pod must
     instead fail (and say why) so that Kubernetes reports it and the operator can
     roll back.  The service writes the reason to ``failure_file``; this stops the
-    server and returns 1.  SIGTERM/SIGINT are passed on for a graceful shutdown.
+    server and returns 1.  A server that exits on its own with an error (vLLM, on an
+    architecture it does not support or too little memory for its KV cache) is a failure
+    too, its reason the last error it printed.  Either reason becomes the container's
+    termination message (``failure.tell_kubernetes``).  The child's output passes through
+    unchanged.  SIGTERM/SIGINT are passed on for a graceful shutdown.
     """
     failure_file.unlink(missing_ok=True)
-    child = subprocess.Popen(argv, env={**env, FAILURE_FILE_ENV: str(failure_file)})
+    child = subprocess.Popen(argv, env={**env, FAILURE_FILE_ENV: str(failure_file)}, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
+    tail: deque[str] = deque(maxlen=400)
+    copier = threading.Thread(target=_copy_output, args=(child, tail), daemon=True)
+    copier.start()
+    stopping = False
 
     def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         if child.poll() is None:
             child.send_signal(signum)
 
@@ -277,16 +336,36 @@ def supervise(argv: list[str], env: dict[str, str], failure_file: Path, poll: fl
         while True:
             try:
                 code = child.wait(timeout=poll)
-                return code if code >= 0 else 128 - code
             except subprocess.TimeoutExpired:
-                pass
+                code = None
+            if code is not None:
+                copier.join(timeout=5)  # what the child printed last, unless a grandchild keeps the pipe open
+                if code != 0 and not stopping:
+                    reason = failure_reason(list(tail)) or f"the server exited with status {code}"
+                    log.error("%s", tell_kubernetes(label, reason, termination_log))
+                return code if code >= 0 else 128 - code
             if failure_file.exists():
-                log.error("model failed to load: %s", failure_file.read_text().strip())
+                reason = failure_file.read_text().strip()
+                log.error("model failed to load: %s", reason)
                 stop_process(child, timeout=30)
+                tell_kubernetes(label, reason, termination_log)
                 return 1
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _copy_output(child: subprocess.Popen[bytes], tail: deque[str]) -> None:
+    """The child's output to ours as it comes, its last lines kept for ``failure_reason``."""
+    assert child.stdout is not None
+    out = sys.stdout.buffer
+    for line in iter(child.stdout.readline, b""):
+        try:
+            out.write(line)
+            out.flush()
+        except (OSError, ValueError):
+            pass
+        tail.append(line.decode(errors="replace").rstrip())
 
 
 def describe(fetched: FetchedBento) -> str:

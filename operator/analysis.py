@@ -36,14 +36,14 @@ INF = "+Inf"
 
 def read_exposition(text: str, track: str) -> PodCounts:
     """A pod's Prometheus text → its model requests by status and its latency buckets, summed over
-    routes.  Modelyard's families when the server exports them (for the language-model server the
-    latency is time to first token), else BentoML's (a user's own Bento); ``ValueError`` when the
+    routes.  Modelyard's families when the server exports them (for a language model the latency is
+    time to first token: ours, or vLLM's), else BentoML's (a user's own Bento); ``ValueError`` when the
     text is not Prometheus' format."""
     families = {family.name: family for family in text_string_to_metric_families(_request_lines(text))}
     requests_family: Metric | None
     if contract.REQUESTS in families:
         requests_family, latency = families[contract.REQUESTS], families.get(contract.DURATION)
-        ttft = families.get(contract.TIME_TO_FIRST_TOKEN)
+        ttft = families.get(contract.TIME_TO_FIRST_TOKEN) or families.get(contract.VLLM_TIME_TO_FIRST_TOKEN)
         if ttft is not None:
             latency = ttft
         skip: tuple[str, ...] = ()
@@ -68,7 +68,8 @@ def _request_lines(text: str) -> str:
     """Only the lines of the families read here (a server's page is mostly others: process, BentoML's
     per-endpoint histograms); parsing is what the analysis spends its CPU on."""
     ours = f"\n{contract.REQUESTS}_total" in text or text.startswith(f"{contract.REQUESTS}_total")
-    wanted = ("modelyard_",) if ours else (contract.BENTOML_REQUESTS + "_total", contract.BENTOML_DURATION)
+    wanted = (("modelyard_", contract.VLLM_TIME_TO_FIRST_TOKEN) if ours
+              else (contract.BENTOML_REQUESTS + "_total", contract.BENTOML_DURATION))
     kept = [line for line in text.splitlines()
             if line.startswith(wanted) or (line.startswith(("# TYPE ", "# HELP ")) and line[7:].startswith(wanted))]
     return "\n".join(kept) + "\n"

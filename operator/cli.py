@@ -30,8 +30,13 @@ def run(
     token_secret: Annotated[str, typer.Option("--token-secret", envvar=Env.TOKEN_SECRET,
                                               help="Secret model pods read the registry token from")]
     = defaults.TOKEN_SECRET,
-    runtime_image: Annotated[str, typer.Option("--runtime-image", envvar=Env.RUNTIME_IMAGE)]
+    runtime_image: Annotated[str, typer.Option("--runtime-image", envvar=Env.RUNTIME_IMAGE,
+                                               help="the model pods' image (engines transformers and torch)")]
     = defaults.RUNTIME_IMAGE,
+    vllm_runtime_image: Annotated[str, typer.Option("--vllm-runtime-image", envvar=Env.VLLM_RUNTIME_IMAGE,
+                                                    help="the model pods' image for engine vllm (empty: none, and "
+                                                         "that engine is refused)")]
+    = defaults.VLLM_RUNTIME_IMAGE,
     namespace: Annotated[list[str] | None, typer.Option("--namespace", "-n", show_default=False,
                                                         help="watch this namespace (repeatable)")] = None,
     all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A",
@@ -88,7 +93,7 @@ def run(
         raise typer.BadParameter(f"--log-format must be plain, full or json, not {log_format!r}")
     run_operator(OperatorConfig(
         registry_url=registry, token=token, pull_token=pull_token, token_secret=token_secret,
-        runtime_image=runtime_image, namespaces=tuple(namespace or ()),
+        runtime_image=runtime_image, vllm_runtime_image=vllm_runtime_image, namespaces=tuple(namespace or ()),
         kubeconfig=kubeconfig, peering=None if standalone else peering, log_format=log_format,
         metrics_host=metrics_host, metrics_port=metrics_port, health_host=health_host, health_port=health_port,
         fallback_resolve_seconds=fallback_resolve_seconds, failure_retry_seconds=failure_retry_seconds,

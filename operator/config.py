@@ -19,6 +19,8 @@ class OperatorConfig:
     the user's to create.  The operator's own token is never copied."""
     token_secret: str = defaults.TOKEN_SECRET
     runtime_image: str = defaults.RUNTIME_IMAGE
+    vllm_runtime_image: str = defaults.VLLM_RUNTIME_IMAGE
+    """The runtime image with vLLM, for ``engine: vllm`` (and ``auto`` on GPUs); empty: none."""
     namespaces: tuple[str, ...] = ()
     """Watched namespaces; empty means all of them (cluster-wide)."""
     kubeconfig: str | None = None
@@ -48,4 +50,5 @@ class OperatorConfig:
     @property
     def defaults(self) -> OperatorDefaults:
         return OperatorDefaults(registry_url=self.registry_url, token_secret=self.token_secret,
-                                runtime_image=self.runtime_image, network_policy=self.network_policy)
+                                runtime_image=self.runtime_image, vllm_runtime_image=self.vllm_runtime_image,
+                                network_policy=self.network_policy)

@@ -14,6 +14,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from modelyard.operator.rollout import PodFailure, pod_failure
 from modelyard.operator.status import to_time
 
 GROUP, VERSION, PLURAL, KIND = "modelyard.io", "v1alpha1", "modeldeployments", "ModelDeployment"
@@ -113,6 +114,23 @@ class Kube:
             if port is not None:
                 found.append(PodTarget(pod.metadata.name, (pod.metadata.labels or {}).get(TRACK_LABEL, "stable"),
                                        pod.status.pod_ip, int(port)))
+        return found
+
+    def release_pod_failures(self, namespace: str, release: str) -> list[PodFailure]:
+        """The release's pods whose model server said it cannot serve (its container's termination message,
+        now or from its last run: a crash-looping pod is waiting to restart)."""
+        answer = self.core.list_namespaced_pod(
+            namespace, label_selector=f"{RELEASE_SELECTOR},app.kubernetes.io/instance={release}")
+        found = []
+        for pod in answer.items:
+            for container in pod.status.container_statuses or []:
+                for state in (container.state, container.last_state):
+                    terminated = state.terminated if state is not None else None
+                    failure = pod_failure(pod.metadata.name, pod.metadata.labels or {},
+                                          terminated.message if terminated is not None else None)
+                    if failure is not None:
+                        found.append(failure)
+                        break
         return found
 
     def secret_value(self, namespace: str, name: str, key: str) -> str | None:

@@ -291,9 +291,11 @@ class Reconciler:
             return  # reconcile reports it
         status = DeploymentStatus.parse(md.get("status"))
         tracks = [track_of(d) for d in await self.io(self.kube.release_deployments, namespace, name)]
+        failures = (tuple(await self.io(self.kube.release_pod_failures, namespace, name))
+                    if status.rollout.in_flight else ())
         inputs = CheckInputs(spec=spec, status=status, tracks=tracks,
                              generation=int(md["metadata"].get("generation") or 1), now=self.clock(),
-                             defaults=self.config.defaults)
+                             defaults=self.config.defaults, failures=failures)
         if reading_needed(inputs):
             pods = await self.io(self.kube.release_pods, namespace, name)
             inputs = replace(inputs, reading=await read_pods(self._scraper(), pods), now=self.clock())

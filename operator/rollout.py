@@ -4,7 +4,7 @@ status (``status.RolloutRecord``), the Helm release and the Deployments' reporte
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 from modelyard.operator.spec import DeploymentSpec, Strategy
 from modelyard.operator.status import AnalysisState, RolloutRecord, RolloutState, VersionFacts, from_time
 from modelyard.operator.values import OperatorDefaults, ResolvedVersion, memory_warnings, model_server_values
+from modelyard.registry.kernel import defaults
 
 
 def same_values(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
@@ -131,6 +132,28 @@ def track_of(deployment: Mapping[str, Any]) -> Track:
     )
 
 
+@dataclass(frozen=True)
+class PodFailure:
+    """A pod of the release whose server said it cannot serve its version (its termination message, which
+    starts with ``defaults.SERVER_FAILURE_PREFIX``)."""
+
+    pod: str
+    track: str
+    version: int | None
+    reason: str
+    """The message without the prefix: "NAME:VERSION: why"."""
+
+
+def pod_failure(pod: str, labels: Mapping[str, str], message: str | None) -> PodFailure | None:
+    """A terminated model-server container's message → a ``PodFailure``, or None when it is not ours."""
+    if not message or not message.startswith(defaults.SERVER_FAILURE_PREFIX):
+        return None
+    version = labels.get("modelyard.io/version", "")
+    return PodFailure(pod=pod, track=labels.get("modelyard.io/track", "stable"),
+                      version=int(version) if version.isdigit() else None,
+                      reason=message.removeprefix(defaults.SERVER_FAILURE_PREFIX).strip())
+
+
 class VerdictAction(StrEnum):
     WAIT = "wait"
     COMPLETE = "complete"
@@ -140,6 +163,8 @@ class VerdictAction(StrEnum):
     """Read the pods' counters and judge the interval that just ended."""
     ANALYSIS_FAILED = "analysis-failed"
     DEADLINE = "deadline"
+    SERVER_FAILED = "server-failed"
+    """A pod of the new version said its server cannot serve it: give up now, with its reason."""
 
 
 @dataclass(frozen=True)
@@ -151,8 +176,14 @@ class Verdict:
     message: str = ""
 
 
-def judge(rollout: RolloutRecord, tracks: list[Track], spec: DeploymentSpec, now: float) -> Verdict:
-    """The rollout's next step from its Deployments' status.
+def judge(rollout: RolloutRecord, tracks: list[Track], spec: DeploymentSpec, now: float,
+          failures: Sequence[PodFailure] = ()) -> Verdict:
+    """The rollout's next step from its Deployments' status (and its pods' failures, when read).
+
+    A pod of the version being rolled out whose server said it cannot serve it (``failures``) ends the
+    rollout at once with that reason: the model cannot load, or vLLM refused it, and waiting for the
+    deadline would only restart it.  Until the new version is ready the check comes back every
+    ``POD_FAILURE_CHECK_SECONDS`` to look.
 
     The deadline is Kubernetes' own: a rollout fails when the Deployment controller reports
     no progress for ``progressDeadlineSeconds`` (the chart gives the Deployments the spec's
@@ -181,6 +212,10 @@ def judge(rollout: RolloutRecord, tracks: list[Track], spec: DeploymentSpec, now
         return Verdict(VerdictAction.COMPLETE)
     watched = canary if rollout.state == RolloutState.CANARY else stable
     waiting = [t for t in watched if not t.rolled_out]
+    failed = [f for f in failures if f.version == rollout.version
+              and f.track == ("canary" if rollout.state == RolloutState.CANARY else "stable")]
+    if failed:
+        return Verdict(VerdictAction.SERVER_FAILED, message=f"could not be served: {failed[0].reason}")
     stalled = [t for t in waiting if t.current and t.stalled]
     unseen = not watched or any(not t.current for t in waiting)
     if stalled or (unseen and now >= deadline):
@@ -189,7 +224,8 @@ def judge(rollout: RolloutRecord, tracks: list[Track], spec: DeploymentSpec, now
         why = (f"made no progress for {limit} s" if stalled
                else f"not taken up by the Deployment controller within {limit} s")
         return Verdict(VerdictAction.DEADLINE, message=f"{why} ({detail or 'no Deployment found'})")
-    return Verdict(VerdictAction.WAIT, recheck_at=deadline if unseen else None)
+    look = now + defaults.POD_FAILURE_CHECK_SECONDS  # for pods that say they cannot serve (Deployments do not)
+    return Verdict(VerdictAction.WAIT, recheck_at=min(deadline, look) if unseen else look)
 
 
 def _judge_analysis(rollout: RolloutRecord, ready_since: float | None, now: float, interval: int) -> Verdict:

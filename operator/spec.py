@@ -88,6 +88,17 @@ class LlmServing(_Part):
     prefill_tokens: int | None = None
 
 
+class VllmServing(_Part):
+    """vLLM's settings (``serving.vllm``); unset: vLLM's defaults."""
+
+    gpu_memory_utilization: float | None = None
+    max_num_seqs: int | None = None
+    enable_prefix_caching: bool | None = None
+    cpu_kv_cache_gib: int | None = Field(None, alias="cpuKvCacheGiB")
+    tool_call_parser: str | None = None
+    compact_json: bool | None = None
+
+
 class Serving(_Part):
     """``spec.serving``.  The tensor server's fields and the language-model server's (``llm``,
     ``maxModelLen``) have no schema default: a field is set only when the user set it, so the
@@ -101,6 +112,7 @@ class Serving(_Part):
     engine: str = defaults.ENGINE
     max_model_len: int | None = None
     llm: LlmServing = LlmServing()
+    vllm: VllmServing = VllmServing()
 
 
 class CanaryAnalysis(_Part):

@@ -79,6 +79,9 @@ class Reason(StrEnum):
     ROLLOUT_COMPLETE = "RolloutComplete"
     ROLLED_BACK = "RolledBack"
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    MODEL_SERVER_FAILED = "ModelServerFailed"
+    """The version's server said it cannot serve it (its pods' termination message), and nothing earlier was
+    ready to return to."""
     CANARY_FAILED = "CanaryFailed"
     EVIDENCE_RECORDED = "EvidenceRecorded"
     EVIDENCE_NOT_RECORDED = "EvidenceNotRecorded"

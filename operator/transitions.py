@@ -25,8 +25,8 @@ from typing import Any
 from modelyard.operator import conditions as cond
 from modelyard.operator.analysis import Reading, advance, begin, summary
 from modelyard.operator.resolve import RegistryUnreachable, ResolveFailure
-from modelyard.operator.rollout import (ReleasePlan, Track, VerdictAction, judge, pinned, plan_release, remembered,
-                                        replica_counts)
+from modelyard.operator.rollout import (PodFailure, ReleasePlan, Track, VerdictAction, judge, pinned, plan_release,
+                                        remembered, replica_counts)
 from modelyard.operator.spec import DeploymentSpec, SpecError
 from modelyard.operator.status import (
     AnalysisRecord,
@@ -299,13 +299,15 @@ class CheckInputs:
     defaults: OperatorDefaults = field(default_factory=OperatorDefaults)
     reading: Reading | None = None
     """The release's pods' request counters, read now (``reading_needed``): a canary under analysis."""
+    failures: tuple[PodFailure, ...] = ()
+    """The release's pods whose server said it cannot serve (read while a rollout is in flight)."""
 
 
 def reading_needed(inputs: CheckInputs) -> bool:
     """Whether this check judges a canary by its numbers, so the reconciler must read the pods first."""
     if not inputs.spec.rollout.canary.analysis.enabled:
         return False
-    action = judge(inputs.status.rollout, inputs.tracks, inputs.spec, inputs.now).action
+    action = judge(inputs.status.rollout, inputs.tracks, inputs.spec, inputs.now, inputs.failures).action
     return action in (VerdictAction.CANARY_READY, VerdictAction.ANALYZE)
 
 
@@ -316,7 +318,7 @@ def check_step(inputs: CheckInputs, helm_result: int | None = None) -> Step:
     status = i.status.model_copy(deep=True)
     rollout = status.rollout
     now = to_time(i.now)
-    verdict = judge(rollout, i.tracks, i.spec, i.now)
+    verdict = judge(rollout, i.tracks, i.spec, i.now, i.failures)
     events: list[Event] = []
     counted: dict[str, Any] = {}
     settings = i.spec.rollout.canary.analysis
@@ -327,7 +329,7 @@ def check_step(inputs: CheckInputs, helm_result: int | None = None) -> Step:
         moved = advance(rollout.analysis, i.reading, i.now, settings, i.spec.rollout.progress_deadline_seconds)
         rollout = status.rollout = rollout.model_copy(update={"analysis": moved.record})
         events.append(_interval_event(moved.record, moved.interval))
-        verdict = judge(rollout, i.tracks, i.spec, i.now)  # promote, fail, or wait for the next interval
+        verdict = judge(rollout, i.tracks, i.spec, i.now, i.failures)  # promote, fail, or wait for the next interval
 
     if verdict.action == VerdictAction.COMPLETE:
         status.rollout = rollout.model_copy(update={
@@ -371,18 +373,20 @@ def check_step(inputs: CheckInputs, helm_result: int | None = None) -> Step:
         judged = f": {rollout.analysis.message}" if rollout.analysis is not None and settings.enabled else ""
         events.append(Event("Normal", "CanaryPromoted",
                             f"version {rollout.version} promoted (Helm revision {helm_result}){judged}"))
-    elif verdict.action in (VerdictAction.DEADLINE, VerdictAction.ANALYSIS_FAILED):
+    elif verdict.action in (VerdictAction.DEADLINE, VerdictAction.ANALYSIS_FAILED, VerdictAction.SERVER_FAILED):
         action = _give_up_action(i, rollout)
         if action is not None and helm_result is None:
             return Step(status, tuple(events), helm=action)
-        why = verdict.message if verdict.action == VerdictAction.DEADLINE else f"failed its analysis: {verdict.message}"
-        event, counted = _give_up(i, rollout, status, action, why, helm_result, now)
+        why = (f"failed its analysis: {verdict.message}" if verdict.action == VerdictAction.ANALYSIS_FAILED
+               else verdict.message)
+        event, counted = _give_up(i, rollout, status, action, why, helm_result, now,
+                                  server_failed=verdict.action == VerdictAction.SERVER_FAILED)
         events.append(event)
 
     desired, ready = replica_counts(i.tracks)
     state = status.rollout.state
     ready_now = bool(i.tracks) and all(t.rolled_out for t in i.tracks if t.track == "stable") and ready >= desired
-    if i.tracks or state:
+    if (i.tracks or state) and status.phase != Phase.FAILED:  # a Failed phase's Ready condition says why
         status.conditions = cond.set_condition(
             status.conditions, C.READY, ready_now,
             Reason.MINIMUM_REPLICAS_AVAILABLE if ready_now else (
@@ -425,8 +429,10 @@ def _give_up_action(i: CheckInputs, rollout: RolloutRecord) -> HelmAction | None
 
 
 def _give_up(i: CheckInputs, rollout: RolloutRecord, status: DeploymentStatus, action: HelmAction | None, why: str,
-             revision: int | None, now: str) -> tuple[Event, dict[str, Any]]:
-    """The status after giving up on ``rollout`` with ``action`` (``revision``: what it made)."""
+             revision: int | None, now: str, *, server_failed: bool = False) -> tuple[Event, dict[str, Any]]:
+    """The status after giving up on ``rollout`` with ``action`` (``revision``: what it made).  With nothing to
+    return to, a version whose server said it cannot serve it is ``Failed`` (ModelServerFailed): no pod of
+    this spec will ever serve, unlike a rollout that was only slow."""
     failed_version, failed_revision = rollout.version, rollout.revision
     record = rollout.model_copy(update={"failed_version": failed_version, "failed_generation": i.generation,
                                         "ready_since": None})
@@ -452,12 +458,15 @@ def _give_up(i: CheckInputs, rollout: RolloutRecord, status: DeploymentStatus, a
                                                   rollout))
         status.helm = (status.helm or HelmStatus()).model_copy(update={"revision": revision})
     else:
-        reason, message = Reason.PROGRESS_DEADLINE_EXCEEDED, f"version {failed_version} {why}" + (
+        reason = Reason.MODEL_SERVER_FAILED if server_failed else Reason.PROGRESS_DEADLINE_EXCEEDED
+        message = f"version {failed_version} {why}" + (
             "" if rollout.last_ready_revision else "; no earlier ready revision to roll back to")
         record = record.model_copy(update={"state": RolloutState.FAILED})
     status.rollout = record
     status.history = cond.finish_history(status.history, failed_revision, reason, why, now)
-    status.phase = Phase.DEGRADED
+    status.phase = Phase.FAILED if reason == Reason.MODEL_SERVER_FAILED else Phase.DEGRADED
+    if reason == Reason.MODEL_SERVER_FAILED:
+        status.conditions = cond.set_condition(status.conditions, C.READY, False, reason, message, now)
     status.conditions = cond.set_condition(status.conditions, C.PROGRESSING, False, reason, message, now)
     status.conditions = cond.set_condition(status.conditions, C.DEGRADED, True, reason, message, now)
     return Event("Warning", reason, message), {"rollout": "failed", "failure": reason}

@@ -45,6 +45,8 @@ class OperatorDefaults:
     registry_url: str = defaults.IN_CLUSTER_REGISTRY_URL
     token_secret: str = defaults.TOKEN_SECRET
     runtime_image: str = defaults.RUNTIME_IMAGE
+    vllm_runtime_image: str = defaults.VLLM_RUNTIME_IMAGE
+    """The runtime image with vLLM (``engine: vllm``); empty: none, and that engine is refused."""
     network_policy: ModelNetworkPolicy | None = None
     """Give each release a NetworkPolicy (None: none, and the values carry no ``networkPolicy`` key, so
     releases made before this setting existed are not upgraded for it)."""
@@ -140,16 +142,19 @@ def model_server_values(spec: DeploymentSpec, resolved: ResolvedVersion,
     resources, serving, rollout = spec.resources, spec.serving, spec.rollout
     cpu = quantity(resources.cpu)
     memory = quantity(resources.memory)
+    engine = check_engine(serving, resources, resolved, vllm_image=operator.vllm_runtime_image,
+                          own_image=bool(spec.image))
+    image = spec.image or (operator.vllm_runtime_image if engine == defaults.VLLM_ENGINE else operator.runtime_image)
 
     values: dict[str, Any] = {
         "model": _model(resolved),
         "registry": {"url": access.url, "tokenSecretRef": access.pod_token_ref},
-        "image": {**image_values(spec.image or operator.runtime_image), "pullPolicy": "IfNotPresent"},
+        "image": {**image_values(image), "pullPolicy": "IfNotPresent"},
         "replicas": spec.replicas,
         "autoscaling": _autoscaling(spec.autoscaling),
         "resources": {"gpu": resources.gpu, "gpuType": resources.gpu_type,
                       "cpu": cpu, "memory": memory, "cpuLimit": cpu, "memoryLimit": memory},
-        "serving": serving_values(serving, resources, resolved),
+        "serving": serving_values(serving, resources, resolved, engine),
         "rollout": {"strategy": rollout.strategy.value,
                     "progressDeadlineSeconds": rollout.progress_deadline_seconds},
         "canary": {"enabled": False, "model": {"version": resolved.version, "digest": resolved.digest},
@@ -177,21 +182,30 @@ def model_server_values(spec: DeploymentSpec, resolved: ResolvedVersion,
     return values
 
 
-TENSOR_FIELDS = {"maxBatchSize": "max_batch_size", "maxLatencyMs": "max_latency_ms", "workers": "workers",
-                 "batching": "batching"}
-"""``spec.serving`` fields only the tensor server reads (camelCase → ``Serving`` attribute)."""
-LLM_FIELDS = {"maxModelLen": "max_model_len", "llm.maxRunning": "llm.max_running", "llm.maxWaiting": "llm.max_waiting",
-              "llm.prefillTokens": "llm.prefill_tokens"}
-"""``spec.serving`` fields only the language-model server reads."""
-ENGINE_FIELDS = {defaults.TENSOR_ENGINE: TENSOR_FIELDS, defaults.LLM_ENGINE: LLM_FIELDS}
-SERVER_NAMES = {defaults.TENSOR_ENGINE: "the tensor server (torch.export, TorchScript)",
-                defaults.LLM_ENGINE: "the language-model server (format hf)"}
+TENSOR, LLM, VLLM = defaults.TENSOR_ENGINE, defaults.LLM_ENGINE, defaults.VLLM_ENGINE
+SERVING_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    # spec.serving field → (its ``Serving`` attribute, the engines that read it)
+    "maxBatchSize": ("max_batch_size", (TENSOR,)), "maxLatencyMs": ("max_latency_ms", (TENSOR,)),
+    "workers": ("workers", (TENSOR,)), "batching": ("batching", (TENSOR,)),
+    "maxModelLen": ("max_model_len", (LLM, VLLM)),
+    "llm.maxRunning": ("llm.max_running", (LLM,)), "llm.maxWaiting": ("llm.max_waiting", (LLM,)),
+    "llm.prefillTokens": ("llm.prefill_tokens", (LLM,)),
+    "vllm.gpuMemoryUtilization": ("vllm.gpu_memory_utilization", (VLLM,)),
+    "vllm.maxNumSeqs": ("vllm.max_num_seqs", (VLLM,)),
+    "vllm.enablePrefixCaching": ("vllm.enable_prefix_caching", (VLLM,)),
+    "vllm.cpuKvCacheGiB": ("vllm.cpu_kv_cache_gib", (VLLM,)),
+    "vllm.toolCallParser": ("vllm.tool_call_parser", (VLLM,)),
+    "vllm.compactJson": ("vllm.compact_json", (VLLM,)),
+}
+"""The engine-specific fields of ``spec.serving``: a field set for a version another engine serves is refused."""
+SERVER_NAMES = {TENSOR: "the tensor server (torch.export, TorchScript)",
+                LLM: "the language-model server (engine transformers)", VLLM: "vLLM (engine vllm)"}
 
 
-def _given(serving: Serving, fields: Mapping[str, str]) -> dict[str, Any]:
-    """The fields of ``fields`` the spec sets, by their name in the resource."""
+def _given(serving: Serving) -> dict[str, Any]:
+    """The engine-specific fields the spec sets, by their name in the resource."""
     found = {}
-    for name, attribute in fields.items():
+    for name, (attribute, _) in SERVING_FIELDS.items():
         value: Any = serving
         for part in attribute.split("."):
             value = getattr(value, part)
@@ -200,52 +214,81 @@ def _given(serving: Serving, fields: Mapping[str, str]) -> dict[str, Any]:
     return found
 
 
-def serving_values(serving: Serving, resources: Resources, resolved: ResolvedVersion) -> dict[str, Any]:
-    """The chart's ``serving`` values: the engine that serves ``resolved`` and the settings of that
-    engine's server only (with its defaults), or SpecError(InvalidServing) naming a field that server
-    would ignore.  A version that is its own Bento gets what the spec sets, for its service to read."""
-    engine = check_engine(serving, resources, resolved)
+def serving_values(serving: Serving, resources: Resources, resolved: ResolvedVersion,
+                   engine: str | None) -> dict[str, Any]:
+    """The chart's ``serving`` values: the engine that serves ``resolved`` (``check_engine``) and the
+    settings of that engine only (with its defaults), or SpecError(InvalidServing) naming a field that
+    engine would ignore or that does not apply where it runs.  A version that is its own Bento gets what
+    the spec sets for the tensor and language-model servers, for its service to read."""
     label = f"{resolved.name}:{resolved.version} (format {resolved.format})"
     values: dict[str, Any] = {"engine": engine or defaults.ENGINE, "maxRequestBytes": serving.max_request_bytes}
-    given_for = {server: _given(serving, fields) for server, fields in ENGINE_FIELDS.items()}
-    for server, given in given_for.items():
-        if given and engine is not None and engine != server and resolved.format:
-            first = next(iter(given))
-            others = ", ".join(f"serving.{name}" for name in ENGINE_FIELDS.get(engine, {}))
-            raise SpecError(Reason.INVALID_SERVING,
-                            f"serving.{first} is read only by {SERVER_NAMES[server]}; {label} is served by "
-                            f"{SERVER_NAMES[engine]}, which would ignore it: remove it"
-                            + (f" (that server's settings are {others})" if others else ""))
-    # A version that is its own Bento (format bento) runs the user's service, which may read any of these
-    # (bentos/examples/embedding reads the tensor server's): what the spec sets is passed on, nothing more.
+    given = _given(serving)
     own_service = engine is None
-    tensor, llm = given_for[defaults.TENSOR_ENGINE], given_for[defaults.LLM_ENGINE]
-    if engine == defaults.TENSOR_ENGINE:
+    for name in given:
+        readers = SERVING_FIELDS[name][1]
+        if engine in readers or (own_service and VLLM not in readers) or (engine is not None and not resolved.format):
+            continue
+        mine = ", ".join(f"serving.{field}" for field, (_, by) in SERVING_FIELDS.items() if engine in by)
+        served = f"{SERVER_NAMES[engine]}" if engine else "its own service (format bento)"
+        raise SpecError(Reason.INVALID_SERVING,
+                        f"serving.{name} is read only by {' and '.join(SERVER_NAMES[r] for r in readers)}; {label} is "
+                        f"served by {served}, which would ignore it: remove it"
+                        + (f" (that server's settings are {mine})" if mine else ""))
+    if engine == VLLM:
+        if "vllm.gpuMemoryUtilization" in given and not resources.gpu:
+            raise SpecError(Reason.INVALID_SERVING, "serving.vllm.gpuMemoryUtilization applies to GPUs and "
+                            "resources.gpu is 0: remove it (on the CPU, serving.vllm.cpuKvCacheGiB sizes the KV cache)")
+        if "vllm.cpuKvCacheGiB" in given and resources.gpu:
+            raise SpecError(Reason.INVALID_SERVING, "serving.vllm.cpuKvCacheGiB applies on the CPU and "
+                            f"resources.gpu is {resources.gpu}: remove it (serving.vllm.gpuMemoryUtilization sizes "
+                            "GPU memory)")
+    tensor = {name: value for name, value in given.items() if TENSOR in SERVING_FIELDS[name][1]}
+    llm = {name: value for name, value in given.items() if LLM in SERVING_FIELDS[name][1]}
+    if engine == TENSOR:
         tensor = {"maxBatchSize": defaults.MAX_BATCH_SIZE, "maxLatencyMs": defaults.MAX_LATENCY_MS,
                   "workers": defaults.SERVE_WORKERS, "batching": defaults.BATCHING, **tensor}
-    if engine == defaults.LLM_ENGINE:
+    if engine == LLM:
         llm = {"llm.maxRunning": defaults.LLM_MAX_RUNNING, "llm.maxWaiting": defaults.LLM_MAX_WAITING,
                "llm.prefillTokens": defaults.LLM_PREFILL_TOKENS, **llm}
-    if tensor and (engine == defaults.TENSOR_ENGINE or own_service):
+    if tensor and engine in (TENSOR, None):
         values["tensor"] = tensor
-    if llm and (engine == defaults.LLM_ENGINE or own_service):
+    if llm and engine in (LLM, VLLM, None):
         values["llm"] = {name.removeprefix("llm."): value for name, value in llm.items()}
+    vllm = {name.removeprefix("vllm."): value for name, value in given.items() if name.startswith("vllm.")}
+    if vllm and engine == VLLM:
+        values["vllm"] = vllm
     return values
 
 
-def check_engine(serving: Serving, resources: Resources, resolved: ResolvedVersion) -> str | None:
+def check_engine(serving: Serving, resources: Resources, resolved: ResolvedVersion, *,
+                 vllm_image: str = "", own_image: bool = False) -> str | None:
     """The engine that serves ``resolved`` (None: a version in format ``bento``, its own service, or one
     whose format is not known), or SpecError(InvalidServing) when the spec asks for what it cannot
-    do: an engine that does not serve the version's format, a ``maxModelLen`` longer than the model's
-    context, or several GPUs for one replica of a model program (only a model directory is sharded
-    across GPUs)."""
+    do: an engine that does not serve the version's format, vLLM without a vLLM runtime image
+    (``vllm_image``, the operator's; or the spec's own image, ``own_image``), a ``maxModelLen`` longer than the
+    model's context, or several GPUs for one replica of a model program (only a model directory is
+    sharded across GPUs).  ``auto`` picks vLLM for a model directory on GPUs where there is a vLLM
+    image (``bentos.pod.settings.auto_engine`` decides the same in the pod)."""
     fmt = resolved.format
-    by_format = defaults.ENGINE_OF_FORMAT.get(fmt)
-    engine = serving.engine if serving.engine != "auto" else by_format
-    if serving.engine != "auto" and fmt and by_format != serving.engine:
+    served_by = defaults.ENGINES_OF_FORMAT.get(fmt)
+    if serving.engine != "auto" and fmt and (served_by is None or serving.engine not in served_by):
         raise SpecError(Reason.INVALID_SERVING, f"serving.engine {serving.engine} does not serve {resolved.name}:"
                         f"{resolved.version} (format {fmt}); leave it out (auto)"
-                        + (f" or pick {by_format}" if by_format else ""))
+                        + (f" or pick {' or '.join(served_by)}" if served_by else ""))
+    if serving.engine != "auto":
+        engine: str | None = serving.engine
+    elif fmt == "hf" and vllm_image and (resources.gpu > 0 or defaults.VLLM_ON_CPU):
+        engine = VLLM
+    else:
+        engine = defaults.ENGINE_OF_FORMAT.get(fmt)
+    if engine == VLLM and not (vllm_image or own_image):
+        raise SpecError(Reason.INVALID_SERVING, "serving.engine vllm needs a runtime image with vLLM, and this "
+                        "operator has none: set the chart's operator.runtimeImages.vllm (the operator's "
+                        "--vllm-runtime-image), or spec.image, or use engine transformers")
+    if engine == VLLM and resolved.facts.get("task") not in (None, "generate"):
+        raise SpecError(Reason.INVALID_SERVING, f"{resolved.name}:{resolved.version} is a "
+                        f"{resolved.facts.get('architecture') or 'model'} ({resolved.facts.get('task')}): engine vllm "
+                        "serves causal language models here; use engine transformers (or auto)")
     context = resolved.facts.get("context_length")
     if serving.max_model_len is not None and isinstance(context, int) and serving.max_model_len > context:
         raise SpecError(Reason.INVALID_SERVING, f"serving.maxModelLen {serving.max_model_len} is longer than "

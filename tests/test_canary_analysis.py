@@ -64,6 +64,26 @@ def test_a_language_models_latency_is_its_time_to_first_token() -> None:
     assert numbers(read).p99_ms is not None and numbers(read).p99_ms <= 50
 
 
+def test_a_vllm_pod_is_read_from_the_guards_counts_and_vllms_time_to_first_token() -> None:
+    """Engine vllm: the guard in vLLM's process counts requests in our families; time to first token is vLLM's
+    own histogram (its buckets and labels, as vLLM 0.32 writes them), and vLLM's other families are left out."""
+    ours = exposition({200: 6, 400: 3, 503: 1}, [2.0] * 10, route="/v1/chat/completions")
+    vllm = "\n".join([
+        "# HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.",
+        "# TYPE vllm:time_to_first_token_seconds histogram",
+        *(f'vllm:time_to_first_token_seconds_bucket{{engine="0",le="{le}",model_name="chat-lm"}} {n}'
+          for le, n in (("0.01", 3.0), ("0.02", 4.0), ("0.04", 6.0), ("0.1", 6.0), ("0.25", 7.0), ("+Inf", 7.0))),
+        'vllm:time_to_first_token_seconds_count{engine="0",model_name="chat-lm"} 7.0',
+        "# TYPE vllm:e2e_request_latency_seconds histogram",
+        'vllm:e2e_request_latency_seconds_bucket{engine="0",le="+Inf",model_name="chat-lm"} 7.0',
+        'http_requests_total{handler="/v1/chat/completions",method="POST",status="2xx"} 6.0', ""])
+    read = read_exposition(ours + vllm, "canary")
+    assert read.requests == {"200": 6, "400": 3, "503": 1}
+    assert read.buckets == {"0.01": 3, "0.02": 4, "0.04": 6, "0.1": 6, "0.25": 7, "+Inf": 7}
+    track = numbers(read)
+    assert track.errors == 1 and track.p99_ms is not None and 100 < track.p99_ms <= 250
+
+
 def test_a_users_own_bento_is_read_from_bentomls_families_without_its_probes() -> None:
     text = "\n".join([
         "# TYPE bentoml_service_request_total counter",

@@ -43,6 +43,10 @@ MATRIX = {
     "service-monitor": values(serviceMonitor={"enabled": True, "interval": "15s", "labels": {"release": "prom"}}),
     "network-policy": values(networkPolicy={"enabled": True, "operatorNamespace": "platform",
                                             "clientNamespaceSelector": {"team": "ml"}}),
+    "vllm-2-gpus": values(resources={"gpu": 2, "cpu": "8", "memory": "64Gi"},
+                          serving={"engine": "vllm", "llm": {"maxModelLen": 8192},
+                                   "vllm": {"gpuMemoryUtilization": 0.85, "enablePrefixCaching": True,
+                                            "toolCallParser": "hermes", "compactJson": True}}),
 }
 
 
@@ -65,9 +69,10 @@ def test_model_server_renders_valid_kubernetes_objects(case: str) -> None:
     # The init container pulls exactly the resolved version into the cache; the server serves it.
     assert init["command"][:3] == ["modelyard", "pull", "digits-cnn:7"] and "/cache" in init["command"]
     assert main["command"][:3] == ["modelyard", "serve", "digits-cnn:7"]
-    assert main["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert main["livenessProbe"]["httpGet"]["path"] == "/livez"
-    assert main["readinessProbe"] != main["livenessProbe"]
+    vllm = MATRIX[case].get("serving", {}).get("engine") == "vllm"  # vLLM's /health is both
+    assert main["readinessProbe"]["httpGet"]["path"] == ("/health" if vllm else "/readyz")
+    assert main["livenessProbe"]["httpGet"]["path"] == ("/health" if vllm else "/livez")
+    assert vllm or main["readinessProbe"] != main["livenessProbe"]
     # Probes wait out the slowest accepted request body's parse (they share the server's event loop).
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert main[probe]["timeoutSeconds"] >= 5
@@ -349,3 +354,29 @@ def test_a_pod_gets_only_the_serving_settings_its_values_carry() -> None:
     assert not any(k.startswith("MODELYARD_LLM_") for k in tensor)
     own = env_of({"engine": "auto", "tensor": {"maxBatchSize": 16}})  # a user's Bento: only what was set
     assert own["MODELYARD_MAX_BATCH_SIZE"] == "16" and "MODELYARD_MAX_LATENCY_MS" not in own
+
+
+def test_a_vllm_pod_gets_its_settings_probes_on_health_and_shared_memory() -> None:
+    def pod_of(serving: dict[str, Any]) -> dict[str, Any]:
+        return one(render(MODEL_SERVER, values(serving=serving)), "Deployment")["spec"]["template"]["spec"]
+
+    pod = pod_of({"engine": "vllm", "shmSize": "2Gi", "llm": {"maxModelLen": 4096},
+                  "vllm": {"maxNumSeqs": 64, "cpuKvCacheGiB": 4, "enablePrefixCaching": False,
+                           "toolCallParser": "llama3_json", "compactJson": True}})
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"] if e["name"].startswith("MODELYARD_")}
+    assert {k: v for k, v in env.items() if k.startswith("MODELYARD_VLLM_")} == {
+        "MODELYARD_VLLM_MAX_NUM_SEQS": "64", "MODELYARD_VLLM_CPU_KV_CACHE_GIB": "4",
+        "MODELYARD_VLLM_PREFIX_CACHING": "off", "MODELYARD_VLLM_TOOL_CALL_PARSER": "llama3_json",
+        "MODELYARD_VLLM_COMPACT_JSON": "on"}
+    assert (env["MODELYARD_ENGINE"], env["MODELYARD_MAX_MODEL_LEN"]) == ("vllm", "4096")
+    assert {container[probe]["httpGet"]["path"] for probe in ("startupProbe", "readinessProbe", "livenessProbe")} == {
+        "/health"}
+    (shm,) = [v for v in pod["volumes"] if v["name"] == "shm"]
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "2Gi"}
+    assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+
+    ours = pod_of({"engine": "transformers"})
+    assert ours["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert not [v for v in ours["volumes"] if v["name"] == "shm"]
+    assert not any(e["name"].startswith("MODELYARD_VLLM_") for e in ours["containers"][0]["env"])

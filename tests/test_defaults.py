@@ -32,7 +32,8 @@ def load_yaml(path: Path) -> Any:
 def test_the_model_server_charts_values_are_the_defaults() -> None:
     values = load_yaml(CHARTS / "model-server" / "values.yaml")
     assert values["serving"] == {"maxRequestBytes": defaults.MAX_REQUEST_BYTES, "engine": defaults.ENGINE,
-                                 "tensor": {}, "llm": {}}  # each server's own defaults unless the operator sets them
+                                 "tensor": {}, "llm": {}, "vllm": {},  # each server's own defaults unless set
+                                 "shmSize": defaults.VLLM_SHM_SIZE}
     assert values["registry"] == {"url": defaults.IN_CLUSTER_REGISTRY_URL,
                                   "tokenSecretRef": {"name": "", "key": defaults.TOKEN_SECRET_KEY}}
     assert values["replicas"] == defaults.REPLICAS

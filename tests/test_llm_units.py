@@ -24,7 +24,9 @@ from modelyard.bentos.pod.failure import ModelLoadError
 from modelyard.bentos.runtime import BentoRefused, extract
 from modelyard.operator.spec import DeploymentSpec, SpecError
 from modelyard.operator.status import Reason
-from modelyard.operator.values import ResolvedVersion, memory_bytes, memory_warnings, model_server_values
+from modelyard.operator.values import (
+    OperatorDefaults, ResolvedVersion, memory_bytes, memory_warnings, model_server_values,
+)
 from modelyard.registry.model.formats import UnsupportedArtifact, hf_archive_facts, sniff_format
 from modelyard.registry.model.hf_archive import DirectoryArchive
 from modelyard.registry.model.hf_model import HfFacts, UnsafeModelDirectory, directory_tree, inspect
@@ -446,6 +448,59 @@ def test_serving_that_cannot_work_is_refused_with_a_reason(spec: dict, resolved:
     with pytest.raises(SpecError, match=message) as raised:
         values(spec, resolved)
     assert raised.value.reason == Reason.INVALID_SERVING
+
+
+VLLM_IMAGE = OperatorDefaults(vllm_runtime_image="registry.local/modelyard-runtime-vllm:1")
+
+
+def test_vllm_gets_its_image_its_settings_and_maxmodellen_only() -> None:
+    spec = {"serving": {"engine": "vllm", "maxModelLen": 2048, "vllm": {
+        "maxNumSeqs": 64, "enablePrefixCaching": True, "toolCallParser": "hermes", "compactJson": True}}}
+    rendered = model_server_values(DeploymentSpec.parse({"model": {"name": "llm", "version": 3}, **spec}), LLM,
+                                   VLLM_IMAGE)
+    assert rendered["image"]["repository"] == "registry.local/modelyard-runtime-vllm"
+    assert rendered["serving"] == {"engine": "vllm", "maxRequestBytes": 32 << 20, "llm": {"maxModelLen": 2048},
+                                   "vllm": {"maxNumSeqs": 64, "enablePrefixCaching": True,
+                                            "toolCallParser": "hermes", "compactJson": True}}
+    gpus = {"model": {"name": "llm", "version": 3}, "resources": {"gpu": 2},
+            "serving": {"vllm": {"gpuMemoryUtilization": 0.85}}}
+    auto = model_server_values(DeploymentSpec.parse(gpus), LLM, VLLM_IMAGE)  # auto: vLLM on GPUs where there is one
+    assert auto["serving"]["engine"] == "vllm" and auto["serving"]["vllm"] == {"gpuMemoryUtilization": 0.85}
+    on_cpu = model_server_values(DeploymentSpec.parse({"model": {"name": "llm", "version": 3}}), LLM, VLLM_IMAGE)
+    assert on_cpu["serving"]["engine"] == "transformers"  # defaults.VLLM_ON_CPU
+    assert on_cpu["image"]["repository"] == "ghcr.io/modelyard/modelyard-runtime"
+    no_image = model_server_values(DeploymentSpec.parse(gpus | {"serving": {}}), LLM)
+    assert no_image["serving"]["engine"] == "transformers"  # no vLLM image: auto keeps our engine
+    own = {"model": {"name": "llm", "version": 3}, "image": "mine/vllm:2", "serving": {"engine": "vllm"}}
+    assert model_server_values(DeploymentSpec.parse(own), LLM)["image"] == {  # the spec's own image may carry it
+        "repository": "mine/vllm", "tag": "2", "pullPolicy": "IfNotPresent"}
+
+
+@pytest.mark.parametrize("spec, resolved, message", [
+    ({"serving": {"engine": "vllm"}}, PROGRAM, "serving.engine vllm does not serve digits:1 \\(format torch-export\\)"),
+    ({"serving": {"engine": "vllm", "llm": {"maxRunning": 4}}}, LLM,
+     "serving.llm.maxRunning is read only by the language-model server .* served by vLLM"),
+    ({"serving": {"engine": "vllm", "maxBatchSize": 4}}, LLM, "serving.maxBatchSize is read only by the tensor server"),
+    ({"serving": {"engine": "transformers", "vllm": {"maxNumSeqs": 8}}}, LLM,
+     "serving.vllm.maxNumSeqs is read only by vLLM .* served by the language-model server"),
+    ({"serving": {"vllm": {"toolCallParser": "hermes"}}}, PROGRAM, "serving.vllm.toolCallParser is read only by vLLM"),
+    ({"serving": {"engine": "vllm", "vllm": {"gpuMemoryUtilization": 0.5}}}, LLM, "applies to GPUs and resources.gpu"),
+    ({"serving": {"engine": "vllm", "vllm": {"cpuKvCacheGiB": 2}}, "resources": {"gpu": 1}}, LLM,
+     "applies on the CPU and resources.gpu is 1"),
+    ({"serving": {"engine": "vllm"}}, ResolvedVersion("enc", 2, "sha256:" + "d" * 64, format="hf",
+                                                      facts={"task": "embed", "architecture": "BertModel"}),
+     "enc:2 is a BertModel \\(embed\\): engine vllm serves causal language models"),
+])
+def test_vllm_settings_that_cannot_work_are_refused(spec: dict, resolved: ResolvedVersion, message: str) -> None:
+    with pytest.raises(SpecError, match=message) as raised:
+        model_server_values(DeploymentSpec.parse({"model": {"name": resolved.name, "version": resolved.version},
+                                                  **spec}), resolved, VLLM_IMAGE)
+    assert raised.value.reason == Reason.INVALID_SERVING
+
+
+def test_vllm_without_an_image_for_it_is_refused() -> None:
+    with pytest.raises(SpecError, match="needs a runtime image with vLLM, and this operator has none"):
+        values({"serving": {"engine": "vllm"}}, LLM)
 
 
 def test_the_cache_volume_holds_a_large_model_twice() -> None:

@@ -12,7 +12,7 @@ from modelyard.operator.follower import RegistryFollower
 from modelyard.operator.resolve import RegistryUnreachable, ResolveFailure, resolve
 from modelyard.operator.rollout import judge as judge_record
 from modelyard.operator.rollout import plan_release as plan_record
-from modelyard.operator.rollout import replica_counts, track_of
+from modelyard.operator.rollout import PodFailure, pod_failure, replica_counts, track_of
 from modelyard.operator.spec import DeploymentSpec, ModelSelector
 from modelyard.operator.status import Condition, ConditionType, HistoryEntry, RolloutRecord, from_time, to_time
 from modelyard.operator.values import OperatorDefaults, ResolvedVersion
@@ -34,8 +34,10 @@ def plan_release(spec: dict[str, Any], resolved: ResolvedVersion, rollout: dict[
     return plan_record(DeploymentSpec.parse(spec), resolved, RolloutRecord.model_validate(rollout), *args)
 
 
-def judge(rollout: dict[str, Any], tracks: list[Any], spec: dict[str, Any], now: float) -> Any:
-    return judge_record(RolloutRecord.model_validate(rollout), tracks, DeploymentSpec.parse(spec or SPEC), now)
+def judge(rollout: dict[str, Any], tracks: list[Any], spec: dict[str, Any], now: float,
+          failures: list[PodFailure] | None = None) -> Any:
+    return judge_record(RolloutRecord.model_validate(rollout), tracks, DeploymentSpec.parse(spec or SPEC), now,
+                        failures or ())
 
 
 def test_unchanged_inputs_plan_no_upgrade() -> None:
@@ -120,7 +122,8 @@ def test_judge_completes_waits_and_gives_up_when_the_controller_reports_no_progr
     stalled = [track_of(deployment("d", desired=2, ready=1, stalled=True))]
     assert judge(rollout, ready, spec, T0 + 5).action == "complete"
     verdict = judge(rollout, waiting, spec, T0 + 5)
-    assert verdict.action == "wait" and verdict.recheck_at is None  # the Deployment's events wake the check
+    # The Deployment's events wake the check; the pods are looked at every 10 s for a server that cannot serve
+    assert verdict.action == "wait" and verdict.recheck_at == T0 + 15
     late = judge(rollout, stalled, spec, T0 + 100)
     assert late.action == "deadline" and "made no progress for 100 s (d: 1/2 ready" in late.message
     assert judge({"state": COMPLETE}, stalled, spec, T0 + 1000).action == "wait"
@@ -138,12 +141,34 @@ def test_a_rollout_that_keeps_progressing_is_not_cut_short_by_the_clock() -> Non
 def test_the_operators_clock_decides_only_without_a_deployment_to_judge_by() -> None:
     rollout = {"state": PROGRESSING, "startedAt": to_time(T0)}
     spec = {**SPEC, "rollout": {"progressDeadlineSeconds": 100}}
-    assert judge(rollout, [], spec, T0 + 5).recheck_at == T0 + 100
+    assert judge(rollout, [], spec, T0 + 5).recheck_at == T0 + 15  # the pods, every 10 s; at most the deadline
+    assert judge(rollout, [], spec, T0 + 95).recheck_at == T0 + 100
     gone = judge(rollout, [], spec, T0 + 100)
     assert gone.action == "deadline" and "no Deployment found" in gone.message
     unseen = [track_of(deployment("d", desired=2, ready=2, generation=3, observed=2, stalled=True))]
     assert judge(rollout, unseen, spec, T0 + 50).action == "wait"  # an old stall, not this rollout's
     assert judge(rollout, unseen, spec, T0 + 100).action == "deadline"
+
+
+def test_a_pod_that_says_it_cannot_serve_ends_the_rollout_at_once_with_its_reason() -> None:
+    rollout = {"state": PROGRESSING, "startedAt": to_time(T0), "version": 7}
+    spec = {**SPEC, "rollout": {"progressDeadlineSeconds": 600}}
+    waiting = [track_of(deployment("d", desired=1, ready=0))]
+    message = "modelyard: cannot serve llm:7: ValueError: Model architectures ['FooForCausalLM'] are not supported"
+    failure = pod_failure("d-abc", {"modelyard.io/version": "7", "modelyard.io/track": "stable"}, message)
+    assert failure == PodFailure("d-abc", "stable", 7, "llm:7: ValueError: Model architectures ['FooForCausalLM'] "
+                                                       "are not supported")
+    verdict = judge(rollout, waiting, spec, T0 + 20, [failure])
+    assert verdict.action == "server-failed" and verdict.message == f"could not be served: {failure.reason}"
+    # Not ours (an OOM kill, a message another program wrote), another version's pod, or the canary's track
+    # while the stable one rolls out: the rollout goes on.
+    assert pod_failure("x", {}, "OOMKilled") is None and pod_failure("x", {}, None) is None
+    older = PodFailure("d-old", "stable", 6, "llm:6: no")
+    canary = PodFailure("d-canary-x", "canary", 7, "llm:7: no")
+    assert judge(rollout, waiting, spec, T0 + 20, [older, canary]).action == "wait"
+    # Once the version is ready, an old termination message of one of its pods changes nothing.
+    ready = [track_of(deployment("d", desired=1, ready=1))]
+    assert judge(rollout, ready, spec, T0 + 20, [failure]).action == "complete"
 
 
 def test_judge_steps_a_canary_then_promotes() -> None:

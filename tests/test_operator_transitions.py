@@ -12,7 +12,7 @@ import pytest
 
 from modelyard.operator.canary_report import told
 from modelyard.operator.resolve import RegistryUnreachable, ResolveFailure
-from modelyard.operator.rollout import Track
+from modelyard.operator.rollout import PodFailure, Track
 from modelyard.operator.spec import DeploymentSpec, SpecError
 from modelyard.operator.status import DeploymentStatus, Phase, Reason, RolloutState, to_patch, to_time
 from modelyard.operator.transitions import (CheckInputs, FeedHealth, HelmFailure, HelmVerb, Outcome, ReconcileInputs,
@@ -41,9 +41,9 @@ def reconcile(resolution: Any, *, spec: DeploymentSpec | None = SPEC, status: De
 
 
 def check(status: DeploymentStatus, tracks: list[Track], *, spec: DeploymentSpec = SPEC, now: float = T0 + 10,
-          helm: int | None = None, generation: int = 1) -> Step:
+          helm: int | None = None, generation: int = 1, failures: tuple[PodFailure, ...] = ()) -> Step:
     return check_step(CheckInputs(spec=spec, status=status, tracks=tracks, generation=generation, now=now,
-                                  defaults=DEFAULTS), helm)
+                                  defaults=DEFAULTS, failures=failures), helm)
 
 
 def track(*, ready: int, desired: int = 2, stalled: bool = False, name: str = "md", kind: str = "stable") -> Track:
@@ -250,6 +250,32 @@ def test_a_stalled_rollout_without_rollback_reports_the_deadline(why: str) -> No
     assert condition(step, "Degraded") == ("True", Reason.PROGRESS_DEADLINE_EXCEEDED)
 
 
+CANNOT_SERVE = PodFailure("md-x", "stable", 8, "digits-cnn:8: ValueError: Model architectures ['Foo'] are not "
+                                               "supported")
+
+
+def test_a_version_whose_server_cannot_serve_it_is_rolled_back_at_once_with_the_reason() -> None:
+    status = moved_to_v8()
+    starting = [track(ready=1)]  # not stalled: the deadline is far
+    first = check(status, starting, failures=(CANNOT_SERVE,))
+    assert first.helm is not None and first.helm.verb == HelmVerb.ROLLBACK and first.helm.revision == 1
+    step = check(status, starting, helm=3, failures=(CANNOT_SERVE,))
+    assert condition(step, "Degraded") == ("True", Reason.ROLLED_BACK) and step.status.model.version == 7
+    assert "version 8 could not be served: digits-cnn:8: ValueError: Model architectures ['Foo']" in (
+        step.status.condition("Degraded").message)
+
+
+def test_a_first_version_whose_server_cannot_serve_it_fails_the_resource() -> None:
+    status = upgraded(V8, revision=1).status
+    step = check(status, [track(ready=0)], failures=(CANNOT_SERVE,))
+    assert step.helm is None and step.status.phase == Phase.FAILED
+    assert condition(step, "Ready") == ("False", Reason.MODEL_SERVER_FAILED)
+    assert "ValueError: Model architectures ['Foo'] are not supported" in step.status.condition("Ready").message
+    assert step.failure == Reason.MODEL_SERVER_FAILED
+    later = check(step.status, [track(ready=0)], now=T0 + 60)  # a later check keeps the reason
+    assert later.status.phase == Phase.FAILED and condition(later, "Ready") == ("False", Reason.MODEL_SERVER_FAILED)
+
+
 def test_pods_of_a_finished_rollout_that_stop_being_ready_degrade_it() -> None:
     step = check(ready(), [track(ready=1)])
     assert step.status.phase == Phase.DEGRADED and step.helm is None
@@ -344,6 +370,8 @@ SCENARIOS: dict[str, Callable[[], Step]] = {
     Reason.HELM_ERROR: lambda: reconcile(V7, helm=HelmFailure("forbidden")),
     Reason.ROLLED_BACK: lambda: check(moved_to_v8(), [track(ready=1, stalled=True)], helm=3),
     Reason.PROGRESS_DEADLINE_EXCEEDED: lambda: check(upgraded(V8).status, [track(ready=1, stalled=True)]),
+    Reason.MODEL_SERVER_FAILED: lambda: check(upgraded(V8, revision=1).status, [track(ready=0)],
+                                              failures=(CANNOT_SERVE,)),
     Reason.CANARY_FAILED: lambda: check(canary_of_v8(), [track(ready=1, desired=1), track(
         ready=0, desired=1, name="md-canary", kind="canary", stalled=True)], spec=CANARY_SPEC, helm=3),
     Reason.ROLLOUT_FAILED: lambda: reconcile(V8, status=check(moved_to_v8(), [track(ready=1, stalled=True)],

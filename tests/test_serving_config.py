@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from modelyard.bentos.pod.settings import (
-    IGNORED_BY, CommonSettings, ServingSettings, cpu_limit, engine_for, served_settings, torch_threads,
+    CommonSettings, ServingSettings, VllmSettings, cpu_limit, engine_for, ignored, served_settings, torch_threads,
 )
 from modelyard.bentos.packager import bento_tag
 from modelyard.bentos.tensor.signature import InputSpec, coerce, read_npy
@@ -37,20 +37,48 @@ def test_settings_from_env_and_back() -> None:
                          ({"MODELYARD_GPUS": "two"}, "not an integer"),
                          ({"MODELYARD_BATCHING": "maybe"}, "not on or off"),
                          ({"MODELYARD_LLM_MAX_RUNNING": "0"}, "MODELYARD_LLM_MAX_RUNNING"),
-                         ({"MODELYARD_ENGINE": "vllm"}, "not one of")]:
+                         ({"MODELYARD_ENGINE": "tensorrt"}, "not one of"),
+                         ({"MODELYARD_VLLM_GPU_MEMORY_UTILIZATION": "1.5"}, "at most 1"),
+                         ({"MODELYARD_VLLM_GPU_MEMORY_UTILIZATION": "nan"}, "at least"),
+                         ({"MODELYARD_VLLM_GPU_MEMORY_UTILIZATION": "most"}, "not a number"),
+                         ({"MODELYARD_VLLM_TOOL_CALL_PARSER": "--trust-remote-code"}, "not one of"),
+                         ({"MODELYARD_VLLM_CPU_KV_CACHE_GIB": "0"}, "at least 1")]:
         with pytest.raises(ValueError, match=message):
             ServingSettings.from_env(env)
+
+
+def test_vllm_settings_round_trip_through_the_environment() -> None:
+    settings = ServingSettings(engine="vllm", vllm=VllmSettings(gpu_memory_utilization=0.85, max_num_seqs=64,
+                                                                enable_prefix_caching=False, cpu_kv_cache_gib=2,
+                                                                tool_call_parser="hermes"))
+    assert settings.to_env()["MODELYARD_VLLM_GPU_MEMORY_UTILIZATION"] == "0.85"
+    assert ServingSettings.from_env(settings.to_env()) == settings
 
 
 def test_each_engine_reads_its_own_section() -> None:
     assert engine_for("hf", "auto") == "transformers" and engine_for("torchscript", "auto") == "torch"
     assert engine_for("torch-export", "torch") == "torch"
+    assert engine_for("hf", "vllm") == "vllm"
     with pytest.raises(ValueError, match="engine transformers does not serve format torchscript"):
         engine_for("torchscript", "transformers")
-    assert IGNORED_BY == {"torch": "llm", "transformers": "tensor"}
+    with pytest.raises(ValueError, match="engine vllm does not serve format torch-export: use torch"):
+        engine_for("torch-export", "vllm")
     shown = served_settings(ServingSettings(), "transformers")
     assert set(shown) == {"engine", "common", "llm"} and shown["llm"]["max_running"] == 32
     assert set(served_settings(ServingSettings(), "torch")) == {"engine", "common", "tensor"}
+    shown = served_settings(ServingSettings(), "vllm")
+    assert set(shown) == {"engine", "common", "vllm", "llm"} and set(shown["llm"]) == {"max_model_len"}
+    tuned = ServingSettings().with_values("llm", max_running=4, max_model_len=64).with_values("tensor", workers=2)
+    assert ignored(tuned, "vllm") == ["tensor.workers", "llm.max_running"]  # maxModelLen: vLLM reads it
+    assert ignored(tuned, "transformers") == ["tensor.workers"]
+    assert ignored(ServingSettings().with_values("vllm", max_num_seqs=8), "transformers") == ["vllm.max_num_seqs"]
+
+
+def test_auto_picks_vllm_on_gpus_where_it_is_available() -> None:
+    assert engine_for("hf", "auto", gpus=1, vllm_available=True) == "vllm"
+    assert engine_for("hf", "auto", gpus=0, vllm_available=True) == "transformers"  # defaults.VLLM_ON_CPU
+    assert engine_for("hf", "auto", gpus=2, vllm_available=False) == "transformers"
+    assert engine_for("torchscript", "auto", gpus=1, vllm_available=True) == "torch"
     changed = ServingSettings().with_values("llm", max_running=4, max_waiting=None)
     assert (changed.llm.max_running, changed.llm.max_waiting) == (4, ServingSettings().llm.max_waiting)
 

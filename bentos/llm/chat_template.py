@@ -44,9 +44,11 @@ START_SECONDS = 120.0
 class ChatTemplateRenderer:
     """Renders and tokenizes chats in ``workers`` child processes with time and memory bounds."""
 
-    def __init__(self, root: str, *, trust_remote_code: bool, workers: int = WORKERS,
-                 seconds: float = RENDER_SECONDS, memory_bytes: int = RENDER_MEMORY_BYTES) -> None:
-        self.root, self.trust_remote_code = root, trust_remote_code
+    def __init__(self, root: str, *, trust_remote_code: bool, workers: int = WORKERS, seconds: float = RENDER_SECONDS,
+                 memory_bytes: int = RENDER_MEMORY_BYTES, sanitize: bool = True) -> None:
+        """``sanitize``: encode control tokens written in messages as text (transformers 5.20 and newer);
+        off where the caller only bounds the rendering (vLLM's guard, on the transformers vLLM pins)."""
+        self.root, self.trust_remote_code, self.sanitize = root, trust_remote_code, sanitize
         self.seconds, self.memory_bytes = seconds, memory_bytes
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="chat-template")
@@ -84,7 +86,7 @@ class ChatTemplateRenderer:
 
     def _start(self) -> _Worker:
         command = [sys.executable, "-m", __name__, self.root, "1" if self.trust_remote_code else "0",
-                   str(self.memory_bytes)]
+                   str(self.memory_bytes), "1" if self.sanitize else "0"]
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
                                    env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
         return _Worker(process)
@@ -140,7 +142,7 @@ class _Worker:
                 stream.close()
 
 
-def main(root: str, trust_remote_code: bool, memory_bytes: int) -> None:
+def main(root: str, trust_remote_code: bool, memory_bytes: int, sanitize: bool = True) -> None:
     """The child: load the tokenizer, cap the memory it may still take, then render on request."""
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # whatever a library prints goes to stderr, not into the protocol
@@ -160,8 +162,9 @@ def main(root: str, trust_remote_code: bool, memory_bytes: int) -> None:
     for line in sys.stdin.buffer:
         try:
             messages = json.loads(line)
+            options: dict[str, Any] = {"sanitize_control_tokens": True} if sanitize else {}
             ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                sanitize_control_tokens=True, return_dict=False)
+                                                return_dict=False, **options)
             say("ids", list(ids))
         except MemoryError:
             say("memory", None)
@@ -180,4 +183,4 @@ def _limit_memory(extra: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]))
+    main(sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), sys.argv[4:5] != ["0"])

