@@ -167,6 +167,8 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=64, help="tokens generated per request")
     parser.add_argument("--rounds", type=int, default=3, help="requests per client (in-process: batches)")
     parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="the weights' dtype (vLLM computes a float32 model in bfloat16 on CPU; ours in the saved one)")
     parser.add_argument("--engines", default="transformers", help="transformers, vllm, or both (comma-separated)")
     parser.add_argument("--vllm-python", default=None,
                         help="an interpreter with vLLM and this checkout (default: benchmarks/vllm_env.sh makes one)")
@@ -181,8 +183,9 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="llm-bench-") as scratch:
         work = Path(scratch)
-        model_dir = make_tiny_lm(work / "model", hidden=args.hidden, layers=args.layers, context=1024)
-        print(f"device: {device_name()}; model: Llama, hidden {args.hidden}, {args.layers} layers, "
+        model_dir = make_tiny_lm(work / "model", hidden=args.hidden, layers=args.layers, context=1024,
+                                 dtype=args.dtype)
+        print(f"device: {device_name()}; model: Llama, hidden {args.hidden}, {args.layers} layers, {args.dtype}, "
               f"{args.tokens} tokens per request, {args.rounds} rounds", flush=True)
         raw = {level: in_process(model_dir, level, args.tokens, args.rounds) for level in levels}
         registry = RegistryProcess.on(f"sqlite:///{work / 'r.db'}", work / "artifacts")

@@ -277,7 +277,8 @@ def check_engine(serving: Serving, resources: Resources, resolved: ResolvedVersi
                         + (f" or pick {' or '.join(served_by)}" if served_by else ""))
     if serving.engine != "auto":
         engine: str | None = serving.engine
-    elif fmt == "hf" and vllm_image and (resources.gpu > 0 or defaults.VLLM_ON_CPU):
+    elif (fmt == "hf" and vllm_image and (resources.gpu > 0 or defaults.VLLM_ON_CPU)
+          and resolved.facts.get("task", "generate") == "generate"):
         engine = VLLM
     else:
         engine = defaults.ENGINE_OF_FORMAT.get(fmt)

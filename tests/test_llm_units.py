@@ -469,6 +469,9 @@ def test_vllm_gets_its_image_its_settings_and_maxmodellen_only() -> None:
     on_cpu = model_server_values(DeploymentSpec.parse({"model": {"name": "llm", "version": 3}}), LLM, VLLM_IMAGE)
     assert on_cpu["serving"]["engine"] == "transformers"  # defaults.VLLM_ON_CPU
     assert on_cpu["image"]["repository"] == "ghcr.io/modelyard/modelyard-runtime"
+    encoder = ResolvedVersion("enc", 2, "sha256:" + "d" * 64, format="hf", facts={"task": "embed"})
+    assert model_server_values(DeploymentSpec.parse({**gpus, "model": {"name": "enc", "version": 2}, "serving": {}}),
+                               encoder, VLLM_IMAGE)["serving"]["engine"] == "transformers"  # encoders stay on ours
     no_image = model_server_values(DeploymentSpec.parse(gpus | {"serving": {}}), LLM)
     assert no_image["serving"]["engine"] == "transformers"  # no vLLM image: auto keeps our engine
     own = {"model": {"name": "llm", "version": 3}, "image": "mine/vllm:2", "serving": {"engine": "vllm"}}

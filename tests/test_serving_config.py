@@ -79,6 +79,7 @@ def test_auto_picks_vllm_on_gpus_where_it_is_available() -> None:
     assert engine_for("hf", "auto", gpus=0, vllm_available=True) == "transformers"  # defaults.VLLM_ON_CPU
     assert engine_for("hf", "auto", gpus=2, vllm_available=False) == "transformers"
     assert engine_for("torchscript", "auto", gpus=1, vllm_available=True) == "torch"
+    assert engine_for("hf", "auto", gpus=1, vllm_available=True, task="embed") == "transformers"  # encoders: ours
     changed = ServingSettings().with_values("llm", max_running=4, max_waiting=None)
     assert (changed.llm.max_running, changed.llm.max_waiting) == (4, ServingSettings().llm.max_waiting)
 

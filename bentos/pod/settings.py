@@ -213,7 +213,8 @@ def ignored(settings: ServingSettings, engine: str) -> list[str]:
             and getattr(getattr(settings, row.section), row.name) != getattr(getattr(defaults_, row.section), row.name)]
 
 
-def engine_for(fmt: str | None, engine: str, *, gpus: int = 0, vllm_available: bool = False) -> str:
+def engine_for(fmt: str | None, engine: str, *, gpus: int = 0, vllm_available: bool = False,
+               task: str | None = None) -> str:
     """The engine that serves a version of format ``fmt``: the one asked for, or for ``auto`` by format
     (for ``hf``, vLLM where it is available and the server has GPUs: ``auto_engine``).  ``ValueError``
     when the engine asked for does not serve the format."""
@@ -221,16 +222,16 @@ def engine_for(fmt: str | None, engine: str, *, gpus: int = 0, vllm_available: b
     if engine == "auto":
         if served_by is None:
             raise ValueError(f"no engine serves format {fmt!r}")
-        return auto_engine(fmt or "", gpus=gpus, vllm_available=vllm_available)
+        return auto_engine(fmt or "", gpus=gpus, vllm_available=vllm_available, task=task)
     if served_by is not None and engine not in served_by:
         raise ValueError(f"engine {engine} does not serve format {fmt}: use {' or '.join(served_by)} (or auto)")
     return engine
 
 
-def auto_engine(fmt: str, *, gpus: int, vllm_available: bool) -> str:
-    """What ``auto`` picks: vLLM for a model directory on GPUs where vLLM is available (on CPU only where
-    ``defaults.VLLM_ON_CPU`` says so), else the format's own server."""
-    if fmt == "hf" and vllm_available and (gpus > 0 or defaults.VLLM_ON_CPU):
+def auto_engine(fmt: str, *, gpus: int, vllm_available: bool, task: str | None = None) -> str:
+    """What ``auto`` picks: vLLM for a causal language model (``task`` generate, or not known) on GPUs where
+    vLLM is available (on CPU only where ``defaults.VLLM_ON_CPU`` says so), else the format's own server."""
+    if fmt == "hf" and vllm_available and (gpus > 0 or defaults.VLLM_ON_CPU) and task in (None, "generate"):
         return VLLM_ENGINE
     return defaults.ENGINE_OF_FORMAT[fmt]
 

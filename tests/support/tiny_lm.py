@@ -39,8 +39,8 @@ def train_tokenizer(vocab_size: int = 384):
 
 
 def make_tiny_lm(directory: Path, *, hidden: int = 64, layers: int = 2, context: int = 256, seed: int = 0,
-                 chat_template: bool = True) -> Path:
-    """Save a tiny Llama (random weights, seeded) with its tokenizer under ``directory``."""
+                 chat_template: bool = True, dtype: str = "float32") -> Path:
+    """Save a tiny Llama (random weights, seeded) with its tokenizer under ``directory``, in ``dtype``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -53,7 +53,7 @@ def make_tiny_lm(directory: Path, *, hidden: int = 64, layers: int = 2, context:
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          tie_word_embeddings=False)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
+    model = LlamaForCausalLM(config).eval().to(getattr(torch, dtype))
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
