@@ -233,7 +233,8 @@ def serving_engine(version: schemas.Version, engine: str, *, gpus: int | None = 
     fmt = version.format.value if version.format else None
     vllm_here = engine == "auto" and fmt == "hf" and VllmBuild.installed().version is not None
     try:
-        hf = version.metadata.get("hf") if isinstance(version.metadata.get("hf"), dict) else {}
+        recorded = version.metadata.get("hf")
+        hf: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
         return engine_for(fmt, engine, gpus=(visible_gpus() if gpus is None else gpus) if vllm_here else 0,
                           vllm_available=vllm_here, task=hf.get("task"))
     except ValueError as exc:
