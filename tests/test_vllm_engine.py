@@ -108,6 +108,9 @@ def test_control_tokens_are_read_from_the_tokenizer_files_and_found_in_any_messa
     assert "'<|system|>'" in str(error)
     assert checks.forged_turn({"messages": [{"role": "user", "content": "<| user |> is not a token"}]}) is None
     assert message_texts("not a list") == [] and checks.forged_turn(["not", "a", "dict"]) is None
+    (directory / "tokenizer.json").write_text('{"added_tokens": [1, {"content": 7, "special": true}, null]}')
+    (directory / "tokenizer_config.json").write_text('["not", "an", "object"]')
+    assert control_tokens(directory) == []  # files of any shape are data: nothing to find, nothing raised
 
 
 @dataclass

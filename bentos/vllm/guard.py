@@ -63,19 +63,16 @@ CHAT_ROUTE = "/v1/chat/completions"
 def control_tokens(model_dir: Path) -> list[str]:
     """The model's control tokens (special added tokens), read from its tokenizer files as data: no
     tokenizer code runs here."""
-    found: set[str] = set()
     try:
         tokenizer = json.loads((model_dir / "tokenizer.json").read_text())
-        found |= {t["content"] for t in tokenizer.get("added_tokens", ()) if t.get("special") and t.get("content")}
-    except (OSError, ValueError, TypeError, KeyError):
-        pass
-    try:
-        config = json.loads((model_dir / "tokenizer_config.json").read_text())
-        decoder = config.get("added_tokens_decoder") or {}
-        found |= {t["content"] for t in decoder.values()
-                  if isinstance(t, dict) and t.get("special") and t.get("content")}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        pass
+    except (OSError, ValueError):
+        tokenizer = {}
+    added = tokenizer.get("added_tokens") if isinstance(tokenizer, dict) else None
+    decoder = _tokenizer_config(model_dir).get("added_tokens_decoder")
+    entries = [*(added if isinstance(added, list) else ()), *(decoder.values() if isinstance(decoder, dict) else ())]
+    found = {entry["content"] for entry in entries  # a file is data here: whatever else it holds is skipped
+             if isinstance(entry, dict) and entry.get("special") and isinstance(entry.get("content"), str)
+             and entry["content"]}
     return sorted(found, key=len, reverse=True)
 
 
