@@ -53,7 +53,7 @@ def page(round_: int, seed: int) -> bytes:
     bento_seconds = Histogram("bentoml_service_request_duration_seconds", "b", [
         "endpoint", "http_response_code", "runner_name", "service_name", "service_version"], registry=registry)
     served = 100 * round_ + seed
-    for route in ("/predict", "/predict_batch", "/v2/predict"):
+    for route in ("/predict", "/predict_batch", "/v2/models/{model}/infer"):
         requests.labels(route, "200").inc(served)
         requests.labels(route, "500").inc(round_)
         requests.labels(route, "400").inc(1)

@@ -93,12 +93,15 @@ def serve(
     = None,
     max_latency_ms: Annotated[int | None, typer.Option(
         envvar=Env.MAX_LATENCY_MS, min=1, show_default=False,
-        help=f"tensor server: BentoML sheds (503) requests it cannot serve within this [default: "
+        help=f"tensor server: requests that wait longer than this for the model get a 503 [default: "
              f"{defaults.MAX_LATENCY_MS}]")] = None,
     batching: Annotated[bool | None, typer.Option("--batching/--no-batching", show_default=False,
-                                                  help="tensor server: adaptive batching [default: on]")] = None,
+                                                  help="tensor server: micro-batching [default: on]")] = None,
     workers: Annotated[int | None, typer.Option(envvar=Env.SERVE_WORKERS, min=1, show_default=False,
                                                 help=f"tensor server [default: {defaults.SERVE_WORKERS}]")] = None,
+    grpc_port: Annotated[int | None, typer.Option(envvar=Env.GRPC_PORT, min=1, max=65535, show_default=False,
+                                                  help="tensor server: also serve the Open Inference Protocol over "
+                                                       "gRPC on this port [default: off]")] = None,
     max_running: Annotated[int | None, typer.Option(
         envvar=Env.LLM_MAX_RUNNING, min=1, show_default=False,
         help=f"language models: sequences generated for at once [default: {defaults.LLM_MAX_RUNNING}]")] = None,
@@ -146,7 +149,7 @@ def serve(
         raise typer.BadParameter(f"{tool_call_parser!r} is not one of {', '.join(defaults.VLLM_TOOL_CALL_PARSERS)}",
                                  param_hint="--tool-call-parser")
     sections: dict[str, dict[str, Any]] = {"tensor": {"max_batch_size": max_batch_size, "max_latency_ms": max_latency_ms,
-                           "batching": batching, "workers": workers},
+                           "batching": batching, "workers": workers, "grpc_port": grpc_port},
                 "llm": {"max_running": max_running, "max_waiting": max_waiting, "prefill_tokens": prefill_tokens,
                         "max_model_len": max_model_len},
                 "vllm": {"gpu_memory_utilization": gpu_memory_utilization, "max_num_seqs": max_num_seqs,

@@ -55,7 +55,7 @@ from modelyard.registry.settings import modelyard_home
 log = logging.getLogger("modelyard.bentos")
 READY_MARKER = ".modelyard-verified"
 TENSOR_SERVICE = "modelyard.bentos.tensor.service:ModelService"
-"""Serves torch.export and TorchScript programs behind ``/predict`` and ``/v2/predict``."""
+"""Serves torch.export and TorchScript programs behind ``/predict`` and the Open Inference Protocol."""
 LLM_SERVICE = "modelyard.bentos.llm.service:LLMService"
 """Serves format ``hf`` (language and embedding models) behind OpenAI's API."""
 EXPANSION_LIMIT = 20
@@ -276,7 +276,7 @@ def serve_command(fetched: FetchedBento, host: str, port: int, settings: Serving
     home = cache / "bentoml-home" / str(port)
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **settings.to_env(), "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true",
-           Env.BENTO_DIR: str(fetched.src)}
+           Env.BENTO_DIR: str(fetched.src), Env.SERVE_HOST: host}
     executable = Path(sys.executable).with_name("bentoml")
     command = [str(executable)] if executable.exists() else [sys.executable, "-m", "bentoml"]
     if engine is None:

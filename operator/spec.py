@@ -108,6 +108,8 @@ class Serving(_Part):
     max_latency_ms: int | None = None
     workers: int | None = None
     batching: bool | None = None
+    grpc: bool | None = None
+    """The Open Inference Protocol's gRPC port (``defaults.GRPC_PORT``) on the pods and the Service."""
     max_request_bytes: int = defaults.MAX_REQUEST_BYTES
     engine: str = defaults.ENGINE
     max_model_len: int | None = None

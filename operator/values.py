@@ -186,7 +186,7 @@ TENSOR, LLM, VLLM = defaults.TENSOR_ENGINE, defaults.LLM_ENGINE, defaults.VLLM_E
 SERVING_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     # spec.serving field → (its ``Serving`` attribute, the engines that read it)
     "maxBatchSize": ("max_batch_size", (TENSOR,)), "maxLatencyMs": ("max_latency_ms", (TENSOR,)),
-    "workers": ("workers", (TENSOR,)), "batching": ("batching", (TENSOR,)),
+    "workers": ("workers", (TENSOR,)), "batching": ("batching", (TENSOR,)), "grpc": ("grpc", (TENSOR,)),
     "maxModelLen": ("max_model_len", (LLM, VLLM)),
     "llm.maxRunning": ("llm.max_running", (LLM,)), "llm.maxWaiting": ("llm.max_waiting", (LLM,)),
     "llm.prefillTokens": ("llm.prefill_tokens", (LLM,)),

@@ -35,10 +35,10 @@ def exposition(statuses: dict[int, int], latencies: list[float], *, route: str =
         requests.labels(route, str(status)).inc(count)
     for seconds in latencies:
         duration.labels(route).observe(seconds)
-    for status, count in (also or {}).items():  # a second route of the same server (the lean one)
-        requests.labels("/v2/predict", str(status)).inc(count)
+    for status, count in (also or {}).items():  # a second route of the same server (the protocol's infer)
+        requests.labels("/v2/models/{model}/infer", str(status)).inc(count)
     for seconds in also_latency:
-        duration.labels("/v2/predict").observe(seconds)
+        duration.labels("/v2/models/{model}/infer").observe(seconds)
     if ttft is not None:
         first = Histogram(contract.TIME_TO_FIRST_TOKEN, "t", buckets=contract.BUCKETS, registry=registry)
         for seconds in ttft:

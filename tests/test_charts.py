@@ -43,6 +43,8 @@ MATRIX = {
     "service-monitor": values(serviceMonitor={"enabled": True, "interval": "15s", "labels": {"release": "prom"}}),
     "network-policy": values(networkPolicy={"enabled": True, "operatorNamespace": "platform",
                                             "clientNamespaceSelector": {"team": "ml"}}),
+    "grpc": values(serving={"engine": "torch", "tensor": {"grpc": True}},
+                   networkPolicy={"enabled": True, "operatorNamespace": "modelyard", "clientNamespaceSelector": {}}),
     "vllm-2-gpus": values(resources={"gpu": 2, "cpu": "8", "memory": "64Gi"},
                           serving={"engine": "vllm", "llm": {"maxModelLen": 8192},
                                    "vllm": {"gpuMemoryUtilization": 0.85, "enablePrefixCaching": True,
@@ -331,6 +333,23 @@ def test_modelyard_values_schema_rejects_nonsense() -> None:
 def test_crds_ship_in_the_crds_folder() -> None:
     names = sorted(c["name"] for c in load(MODELYARD).crds)
     assert names == ["crds/kopf-peerings.kopf.dev.yaml", "crds/modeldeployments.modelyard.io.yaml"], names
+
+
+def test_grpc_opens_a_port_on_the_pods_the_service_and_the_policy_only_when_on() -> None:
+    objects = render(MODEL_SERVER, MATRIX["grpc"])
+    container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "grpc", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
+    assert {"name": "MODELYARD_GRPC_PORT", "value": "8081"} in container["env"]
+    service_ports = one(objects, "Service")["spec"]["ports"]
+    assert [(p["name"], p["port"], p["targetPort"]) for p in service_ports] == [("http", 3000, "http"),
+                                                                               ("grpc", 8081, "grpc")]
+    assert one(objects, "NetworkPolicy")["spec"]["ingress"][0]["ports"] == [{"port": "http", "protocol": "TCP"},
+                                                                           {"port": "grpc", "protocol": "TCP"}]
+    plain = render(MODEL_SERVER, values(serving={"engine": "torch", "tensor": {"grpc": False}}))
+    assert [p["name"] for p in one(plain, "Service")["spec"]["ports"]] == ["http"]
+    pod = one(plain, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert [p["name"] for p in pod["ports"]] == ["http"]
+    assert "MODELYARD_GRPC_PORT" not in {e["name"] for e in pod["env"]}
 
 
 def test_a_pod_gets_only_the_serving_settings_its_values_carry() -> None:

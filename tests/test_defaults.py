@@ -44,6 +44,10 @@ def test_the_model_server_charts_values_are_the_defaults() -> None:
     assert values["rollout"] == {"strategy": defaults.ROLLOUT_STRATEGY,
                                  "progressDeadlineSeconds": defaults.PROGRESS_DEADLINE_SECONDS}
     assert values["service"]["port"] == defaults.MODEL_SERVER_PORT
+    assert values["service"]["grpcPort"] == defaults.GRPC_PORT
+    helpers = (CHARTS / "model-server" / "templates" / "_helpers.tpl").read_text()  # the pod's gRPC port
+    assert f'{{name: MODELYARD_GRPC_PORT, value: "{defaults.GRPC_PORT}"}}' in helpers
+    assert f"{{name: grpc, containerPort: {defaults.GRPC_PORT}, protocol: TCP}}" in helpers
     repository, tag = split_image(defaults.RUNTIME_IMAGE)
     assert values["image"]["repository"] == repository
     assert load_yaml(CHARTS / "model-server" / "Chart.yaml")["appVersion"] == tag  # the chart's default tag
@@ -103,6 +107,7 @@ def test_the_crds_documented_server_defaults_are_the_servers() -> None:
     settings = ServingSettings()
     assert documented == {"maxBatchSize": settings.tensor.max_batch_size, "maxLatencyMs": settings.tensor.max_latency_ms,
                           "workers": settings.tensor.workers, "batching": settings.tensor.batching,
+                          "grpc": settings.tensor.grpc_port is not None,
                           "maxRunning": settings.llm.max_running, "maxWaiting": settings.llm.max_waiting,
                           "prefillTokens": settings.llm.prefill_tokens}
 

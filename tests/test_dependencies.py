@@ -97,6 +97,7 @@ LAYERS: dict[str, list[tuple[set[str], bool]]] = {
         ({"runtime", "packager"}, False),  # fetch, verify and start a server; build Bentos
         ({"vllm"}, False),  # vLLM as an engine: its command line, and the guard in its process (our server's parts)
         ({"tensor", "llm", "examples"}, True),  # the servers: never the runtime, never each other
+        ({"oip"}, False),  # the Open Inference Protocol (REST and gRPC) the servers speak
         ({"pod"}, False),  # the pod's file contract, failure reporting, limits, the shared batcher
     ],
     "operator": [
@@ -114,7 +115,7 @@ LAYERS: dict[str, list[tuple[set[str], bool]]] = {
 REGISTRY_ROOMS_FOR = {
     # what the pod's servers may load of the registry: no client, no store, no server
     "bentos": {"tensor": {"kernel", "model"}, "llm": {"kernel", "model"}, "pod": {"kernel", "model"},
-               "examples": {"kernel", "model"}, "vllm": {"kernel", "model"}},
+               "examples": {"kernel", "model"}, "vllm": {"kernel", "model"}, "oip": {"kernel", "model"}},
 }
 
 

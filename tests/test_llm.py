@@ -217,6 +217,21 @@ def test_models_lists_the_served_version(bed: Bed) -> None:
     assert models[0].model_extra is not None and models[0].model_extra["max_model_len"] == 256
 
 
+def test_the_open_inference_protocols_health_and_metadata_routes_answer_for_a_language_model(bed: Bed) -> None:
+    import tritonclient.http as triton_http
+    from tritonclient.utils import InferenceServerException
+
+    client = triton_http.InferenceServerClient(bed.lm.url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("tiny", "1")
+    assert not client.is_model_ready("minilm")
+    assert client.get_model_metadata("tiny") == {"name": "tiny", "versions": ["1"], "platform": "hf",
+                                                 "inputs": [], "outputs": []}
+    infer = httpx.post(f"{bed.lm.url}/v2/models/tiny/infer", json={"inputs": []}, timeout=30)
+    assert infer.status_code == 400 and "/v1/chat/completions" in infer.json()["error"]
+    with pytest.raises(InferenceServerException):
+        client.get_model_metadata("tiny", "2")
+
+
 def test_greedy_chat_and_completions_equal_generate_token_for_token(bed: Bed, local: tuple[object, object]) -> None:
     _, tokenizer = local
     client = bed.lm.openai

@@ -423,6 +423,8 @@ def test_each_engine_gets_only_its_own_settings_in_the_chart() -> None:
     program = values({"serving": {"maxBatchSize": 8, "batching": False}}, PROGRAM)["serving"]
     assert program == {"engine": "torch", "maxRequestBytes": 32 << 20, "tensor": {
         "maxBatchSize": 8, "maxLatencyMs": 1000, "workers": 1, "batching": False}}
+    with_grpc = values({"serving": {"grpc": True}}, PROGRAM)["serving"]["tensor"]
+    assert with_grpc["grpc"] is True  # the chart opens the gRPC port for it
     own = ResolvedVersion("own", 1, "sha256:" + "c" * 64, format="bento")
     assert values({}, own)["serving"] == {"engine": "auto", "maxRequestBytes": 32 << 20}
     # A user's own service may read any of them (bentos/examples/embedding reads the tensor server's):
@@ -441,6 +443,7 @@ def test_each_engine_gets_only_its_own_settings_in_the_chart() -> None:
                                              "\\(format hf\\) is served by the language-model server"),
     ({"serving": {"workers": 2}}, LLM, "serving.workers is read only by the tensor server"),
     ({"serving": {"batching": True}}, LLM, "serving.batching is read only by the tensor server"),
+    ({"serving": {"grpc": True}}, LLM, "serving.grpc is read only by the tensor server"),
     ({"resources": {"gpu": 2}}, PROGRAM, "runs on one GPU"),
 ])
 def test_serving_that_cannot_work_is_refused_with_a_reason(spec: dict, resolved: ResolvedVersion,

@@ -86,7 +86,7 @@ def test_a_model_deployment_pulls_by_digest_and_serves_through_its_service(platf
     platform.custom.create_namespaced_custom_object(GROUP, API_VERSION, ML, PLURAL, {
         "apiVersion": f"{GROUP}/{API_VERSION}", "kind": "ModelDeployment", "metadata": {"name": "digits"},
         "spec": {"model": {"name": MODEL, "alias": "production"}, "replicas": 1,
-                 "resources": {"cpu": "250m", "memory": "1Gi"},
+                 "resources": {"cpu": "250m", "memory": "1Gi"}, "serving": {"grpc": True},
                  "rollout": {"progressDeadlineSeconds": 90, "autoRollback": True}}})
     status = platform.wait_status("digits", lambda s: s.get("phase") == "Ready", "phase Ready", timeout=240)
     assert status["model"] == {"name": MODEL, "version": v1, "alias": "production", "digest": digest}
@@ -100,6 +100,19 @@ def test_a_model_deployment_pulls_by_digest_and_serves_through_its_service(platf
     assert f"{MODEL}:{v1}" in platform.core.read_namespaced_pod_log(pod.metadata.name, ML, container="pull")
     url = platform.service_url("digits")
     np.testing.assert_allclose(platform.predict(url), platform.versions[v1].expected, rtol=1e-4, atol=1e-5)
+    # The Open Inference Protocol through the Service, with its own unmodified client: REST, and gRPC on its port.
+    import tritonclient.grpc as triton_grpc
+    import tritonclient.http as triton_http
+
+    service = platform.core.read_namespaced_service("digits", ML)
+    assert [(p.name, p.port) for p in service.spec.ports] == [("http", 3000), ("grpc", 8081)]
+    for module, address in ((triton_http, url.removeprefix("http://")), (triton_grpc, f"{service.spec.cluster_ip}:8081")):
+        client = module.InferenceServerClient(address)
+        assert client.is_server_ready() and client.is_model_ready(MODEL, str(v1))
+        images = module.InferInput("input", list(platform.images.shape), "FP32")
+        images.set_data_from_numpy(platform.images)
+        np.testing.assert_allclose(client.infer(MODEL, [images]).as_numpy("output"), platform.versions[v1].expected,
+                                   rtol=1e-4, atol=1e-5)
     assert status["url"] == f"http://digits.{ML}.svc.cluster.local:3000"
     assert status["helm"] == {"release": "digits", "revision": 1, "chart": "model-server-0.1.0"}
     assert status["observedGeneration"] == 1

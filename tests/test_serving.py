@@ -110,10 +110,12 @@ def test_a_model_that_raises_is_a_500_on_every_route_and_counted_for_canary_anal
         before = read_exposition(httpx.get(f"{url}/metrics", timeout=30).text, "canary")
         assert before.requests == {"200": 0} and before.buckets["+Inf"] == 0  # ours from the start, at zero
         body = {"inputs": served.images.tolist()}
-        for route in ("/predict", "/v2/predict", "/v2/predict"):
-            answer = httpx.post(f"{url}{route}", json=body, timeout=30)
+        oip = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(served.images.shape),
+                           "data": served.images.ravel().tolist()}]}
+        for route, payload in (("/predict", body), ("/predict_batch", body), ("/v2/models/faulty/infer", oip)):
+            answer = httpx.post(f"{url}{route}", json=payload, timeout=30)
             assert answer.status_code == 500 and "error" in answer.json(), (route, answer.text)
-        assert httpx.post(f"{url}/v2/predict", json={"inputs": [[1.0]]}, timeout=30).status_code == 400
+        assert httpx.post(f"{url}/predict", json={"inputs": [[1.0]]}, timeout=30).status_code == 400
         counted = read_exposition(httpx.get(f"{url}/metrics", timeout=30).text, "canary")
         assert {code: n for code, n in counted.requests.items() if n} == {"500": 3, "400": 1}
         assert counted.buckets["+Inf"] == 4
@@ -145,25 +147,15 @@ def test_served_predictions_match_the_model_and_bad_input_is_a_400(served: Serve
         assert wrong_shape.status_code == 400 and "[-1, 1, 8, 8]" in wrong_shape.text
         not_numbers = httpx.post(f"{url}/predict", json={"inputs": [[["x"] * 8] * 8]}, timeout=30)
         assert not_numbers.status_code == 400
-        lean = httpx.post(f"{url}/v2/predict", json={"inputs": served.images.tolist()}, timeout=30)
-        assert lean.status_code == 200, lean.text
-        np.testing.assert_allclose(np.array(lean.json()["outputs"]), served.expected, rtol=1e-4, atol=1e-5)
-        buffer = io.BytesIO()
-        np.save(buffer, served.images)
-        binary = httpx.post(f"{url}/v2/predict", content=buffer.getvalue(),
-                            headers={"Content-Type": "application/x-npy"}, timeout=30)
-        assert binary.status_code == 200 and binary.headers["content-type"] == "application/x-npy"
-        np.testing.assert_allclose(np.load(io.BytesIO(binary.content)), served.expected, rtol=1e-4, atol=1e-5)
-        lean_bad = httpx.post(f"{url}/v2/predict", json={"inputs": [[1.0] * 64]}, timeout=30)
-        assert lean_bad.status_code == 400 and "[-1, 1, 8, 8]" in lean_bad.json()["error"]
-        assert httpx.post(f"{url}/v2/predict", content=b"{oops", timeout=30).status_code == 400
-        many = np.concatenate([served.images] * 8)  # 40 examples: more than max_batch_size (16), run directly
-        buffer = io.BytesIO()
-        np.save(buffer, many)
-        big = httpx.post(f"{url}/v2/predict", content=buffer.getvalue(), headers={"Content-Type": "application/x-npy"},
-                         timeout=30)
-        assert big.status_code == 200, big.text
-        np.testing.assert_allclose(np.load(io.BytesIO(big.content)), np.concatenate([served.expected] * 8),
+        batch = httpx.post(f"{url}/predict_batch", json={"inputs": np.concatenate([served.images] * 8).tolist()},
+                           timeout=30)  # 40 examples: more than max_batch_size (16), run directly
+        assert batch.status_code == 200, batch.text
+        np.testing.assert_allclose(np.array(batch.json()), np.concatenate([served.expected] * 8), rtol=1e-4, atol=1e-5)
+        assert httpx.post(f"{url}/predict", content=b"{oops", timeout=30).status_code == 400
+        oip = httpx.post(f"{url}/v2/models/digits/infer", timeout=30, json={"inputs": [
+            {"name": "input", "datatype": "FP32", "shape": [5, 1, 8, 8], "data": served.images.ravel().tolist()}]})
+        assert oip.status_code == 200, oip.text
+        np.testing.assert_allclose(np.array(oip.json()["outputs"][0]["data"]).reshape(5, 10), served.expected,
                                    rtol=1e-4, atol=1e-5)
         about = httpx.post(f"{url}/model", json={}, timeout=30).json()
         assert (about["model"], about["version"], about["device"]) == ("digits", 1, "cpu")
@@ -172,9 +164,11 @@ def test_served_predictions_match_the_model_and_bad_input_is_a_400(served: Serve
         too_many = httpx.post(f"{url}/predict", json={"inputs": np.concatenate([served.images] * 4).tolist()},
                               timeout=30)  # 20 examples: past /predict's batch of 16
         assert too_many.status_code == 400 and "more than max_batch_size (16)" in too_many.text
-        metrics = httpx.get(f"{url}/metrics", timeout=30).text  # the lean route counts itself
-        assert ('modelyard_requests_total{route="/v2/predict",status="200"} 3.0') in metrics
-        assert ('modelyard_requests_total{route="/v2/predict",status="400"} 2.0') in metrics
+        metrics = httpx.get(f"{url}/metrics", timeout=30).text  # the fast routes count themselves
+        assert ('modelyard_requests_total{route="/predict",status="200"} 1.0') in metrics
+        assert ('modelyard_requests_total{route="/predict",status="400"} 4.0') in metrics
+        assert ('modelyard_requests_total{route="/predict_batch",status="200"} 1.0') in metrics
+        assert ('modelyard_requests_total{route="/v2/models/{model}/infer",status="200"} 1.0') in metrics
     finally:
         stop(process)
     text = log.read_text()
@@ -366,42 +360,42 @@ def test_bad_and_oversized_requests_are_4xx_and_the_probes_keep_answering(served
         def post(path: str, **kwargs) -> httpx.Response:  # noqa: ANN003
             return httpx.post(f"{url}{path}", timeout=60, **kwargs)
 
-        def as_npy(array: np.ndarray) -> bytes:
-            buffer = io.BytesIO()
-            np.save(buffer, array)
-            return buffer.getvalue()
-
         def nested(value: object) -> list:
             return [[[[value] * 8] * 8]]
 
-        npy = {"Content-Type": "application/x-npy"}
+        def oip(data: object) -> dict:
+            return {"json": {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": data}]}}
+
+        def oip_binary(array: np.ndarray, shape: list[int] | None = None) -> dict:
+            head = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": shape or list(array.shape),
+                                           "parameters": {"binary_data_size": array.nbytes}}]}).encode()
+            return {"content": head + array.tobytes(), "headers": {"Inference-Header-Content-Length": str(len(head))}}
+
+        infer = "/v2/models/digits/infer"
         refused = {
             "an object where a number goes": ("/predict", {"json": {"inputs": nested({})}}),
-            "booleans": ("/v2/predict", {"json": {"inputs": nested(True)}}),
-            "strings": ("/v2/predict", {"json": {"inputs": nested("1.5")}}),
-            "nulls": ("/v2/predict", {"json": {"inputs": nested(None)}}),
+            "booleans": (infer, oip(nested(True))),
+            "strings": (infer, oip(nested("1.5"))),
+            "nulls": ("/predict", {"json": {"inputs": nested(None)}}),
             "a number beyond float32": ("/predict", {"json": {"inputs": nested(1e39)}}),
             "NaN on /predict": ("/predict", {"content": b'{"inputs": [[[' + b"[NaN, 0, 0, 0, 0, 0, 0, 0], " * 7
                                              + b"[0, 0, 0, 0, 0, 0, 0, 0]]]]}",
                                              "headers": {"Content-Type": "application/json"}}),
-            "Infinity in .npy": ("/v2/predict", {"content": as_npy(np.full((1, 1, 8, 8), np.inf, np.float32)),
-                                                  "headers": npy}),
-            "int64 beyond float32's exact range in .npy": (
-                "/v2/predict", {"content": as_npy(np.full((1, 1, 8, 8), 2 ** 40 + 1, np.int64)), "headers": npy}),
-            "uint64 2**64-1 in .npy on /predict_batch": (
+            "Infinity in binary": (infer, oip_binary(np.full((1, 1, 8, 8), np.inf, np.float32))),
+            "an integer beyond float32's exact range": (infer, oip(nested(2 ** 40 + 1))),
+            "uint64 2**64-1 on /predict_batch": (
                 "/predict_batch", {"content": b'{"inputs": ' + str(np.full((1, 1, 8, 8), 2 ** 64 - 1).tolist()).encode()
                                    + b"}", "headers": {"Content-Type": "application/json"}}),
-            "complex numbers": ("/v2/predict", {"content": as_npy(one.astype(np.complex64)), "headers": npy}),
-            "a .npy header that lies about its size": (
-                "/v2/predict", {"content": as_npy(one).replace(b"(1, 1, 8, 8)", b"(99999999, 1, 8, 8)"),
-                                "headers": npy}),
+            "FP64 binary for an FP32 input": (infer, {**oip_binary(one.astype(np.float64)), "content": (
+                oip_binary(one.astype(np.float64))["content"].replace(b'"FP32"', b'"FP64"'))}),
+            "a shape that lies about the binary size": (infer, oip_binary(one, [99999999, 1, 8, 8])),
             "more rows than max_batch_size on /predict": (
                 "/predict", {"json": {"inputs": np.concatenate([served.images] * 8).tolist()}}),
         }
         for what, (path, request) in refused.items():
             answer = post(path, **request)
             assert answer.status_code == 400, (what, answer.status_code, answer.text)
-        assert post("/v2/predict", content=as_npy(served.images.astype(np.float64)), headers=npy).status_code == 200
+        assert post(infer, **oip_binary(served.images)).status_code == 200
         too_big = b'{"inputs": [' + b"0.5, " * (limit // 4) + b"0.5]}"
         assert post("/predict", content=too_big, headers={"Content-Type": "application/json"}).status_code == 413
 
@@ -409,7 +403,7 @@ def test_bad_and_oversized_requests_are_4xx_and_the_probes_keep_answering(served
             for start in range(0, len(too_big), 65536):
                 yield too_big[start:start + 65536]
 
-        assert post("/v2/predict", content=chunked(), headers={"Content-Type": "application/json"}).status_code == 413
+        assert post(infer, content=chunked(), headers={"Content-Type": "application/json"}).status_code == 413
 
         tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
         rss_before = sum(p.memory_info().rss for p in tree)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from modelyard.bentos.pod.settings import (
     CommonSettings, ServingSettings, VllmSettings, cpu_limit, engine_for, ignored, served_settings, torch_threads,
 )
 from modelyard.bentos.packager import bento_tag
-from modelyard.bentos.tensor.signature import InputSpec, coerce, read_npy
+from modelyard.bentos.pod.signature import InputSpec, coerce
 from modelyard.registry.kernel.schemas import BENTO_TAG_PATTERN
 
 
@@ -154,23 +153,6 @@ def test_inputs_that_convert_without_loss_pass() -> None:
     assert coerce(np.ones((2, 3), np.int32), "float32").dtype == np.float32
     assert coerce([[2 ** 24, 2 ** 40, -(2 ** 63)]], "float64").tolist() == [[2 ** 24, 2 ** 40, -(2 ** 63)]]
     assert coerce(np.array([2 ** 40], np.int64), "float32").tolist() == [2 ** 40]  # exact: a power of two
-
-
-def test_npy_bodies_are_checked_against_their_header() -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, np.arange(6, dtype=np.float32).reshape(2, 3))
-    body = buffer.getvalue()
-    np.testing.assert_array_equal(read_npy(body), np.arange(6, dtype=np.float32).reshape(2, 3))
-    with pytest.raises(ValueError, match="declares shape"):
-        read_npy(body.replace(b"(2, 3)", b"(9999999999, 3)"))
-    with pytest.raises(ValueError, match="declares shape"):
-        read_npy(body[:-4])
-    with pytest.raises(ValueError, match="not a .npy body"):
-        read_npy(b"not numpy")
-    objects = io.BytesIO()
-    np.save(objects, np.array([{}, 1], dtype=object), allow_pickle=True)
-    with pytest.raises(ValueError, match="unpickling"):
-        read_npy(objects.getvalue())
 
 
 def test_a_program_runs_where_the_pod_says() -> None:

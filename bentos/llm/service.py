@@ -10,6 +10,7 @@ passes among all requests, which a second copy of the weights would not.
 
 # No `from __future__ import annotations`: BentoML reads these annotations at runtime.
 
+import importlib.metadata
 import logging
 import os
 from pathlib import Path
@@ -20,8 +21,11 @@ import bentoml
 from modelyard.bentos.pod.settings import LLM_ENGINE, ServingSettings, served_settings, torch_threads
 from modelyard.bentos.pod.limits import BodyLimit
 from modelyard.bentos.pod.request_metrics import RequestMetrics, declare
+from modelyard.bentos.pod.timeouts import cancel_request_timers
 from modelyard.bentos.llm.api.common import Served
 from modelyard.bentos.llm.api.server import build_llm_app
+from modelyard.bentos.oip.rest import Dispatch, oip_router
+from modelyard.bentos.oip.tensors import ModelMeta
 from modelyard.bentos.pod.spec import ModelSpec
 from modelyard.registry.kernel.defaults import Env
 
@@ -30,6 +34,7 @@ log = logging.getLogger("bentoml.modelyard")
 BENTO_DIR = Path(os.environ.get(Env.BENTO_DIR) or Path.cwd())
 SPEC = ModelSpec.read(BENTO_DIR)
 SETTINGS = ServingSettings.from_env()
+cancel_request_timers()
 
 _SERVED: list[Served] = []
 
@@ -41,6 +46,29 @@ def _served() -> "Served | None":
 OPENAI_APP = build_llm_app(_served)
 MODEL_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 OPENAI_APP.add_middleware(BodyLimit, max_bytes=SETTINGS.common.max_request_bytes)
+
+
+class _ProtocolView:
+    """The language model as the Open Inference Protocol's health and metadata routes show it: it has
+    no tensor interface, so infer says where its API is."""
+
+    check: Any = None
+
+    def __init__(self) -> None:
+        self.meta = ModelMeta(name=SPEC.model, version=str(SPEC.version), platform="hf", inputs=(), outputs=())
+
+    def ready(self) -> bool:
+        return bool(_SERVED)
+
+    async def infer(self, array: Any) -> Any:
+        raise NotImplementedError
+
+
+_PROTOCOL_VIEW = _ProtocolView()
+PROTOCOL_ROUTES = oip_router(lambda: _PROTOCOL_VIEW, server="modelyard",
+                             server_version=importlib.metadata.version("modelyard"),
+                             infer_note="a language model is served by OpenAI's API: POST /v1/chat/completions, "
+                                        "/v1/completions or /v1/embeddings")
 
 
 @bentoml.asgi_app(OPENAI_APP, path="/v1")
@@ -89,3 +117,4 @@ class LLMService:
 
 # BentoML's service decorator adds the method at run time; its stubs do not show it.
 LLMService.add_asgi_middleware(RequestMetrics, routes=MODEL_ROUTES)  # type: ignore[attr-defined]
+LLMService.add_asgi_middleware(Dispatch, routes=PROTOCOL_ROUTES)  # type: ignore[attr-defined]

@@ -1,17 +1,18 @@
 """The model requests a server answered, counted on BentoML's own ``/metrics`` in the families of
 ``registry.kernel.serving_metrics`` (what the operator's canary analysis reads).
 
-One ASGI middleware counts every model route of a server alike (BentoML's routes, the tensor
-server's lean route, the OpenAI routes), by the status code the client got and with its latency
+One ASGI middleware counts every model route of a server alike (the tensor server's routes, the
+Open Inference Protocol's infer, the OpenAI routes; gRPC infer is counted by its service), by the status code the client got and with its latency
 up to the last byte of the answer; a handler that raises is counted as the 500 the client sees.
-BentoML's own middleware skips the lean route, and its labels differ per route kind, which is
-why the servers count themselves.  prometheus_client is imported on first use: BentoML points it
+BentoML's own middleware skips the tensor server's fast routes, and its labels differ per route
+kind, which is why the servers count themselves.  prometheus_client is imported on first use: BentoML points it
 at its multiprocess directory only after the service module is imported.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -59,15 +60,20 @@ def observe(route: str, status: int, seconds: float) -> None:
 
 
 class RequestMetrics:
-    """ASGI middleware: counts requests to ``routes`` (exact paths); others pass untouched."""
+    """ASGI middleware: counts requests to ``routes`` (exact paths), or those ``label`` names a route
+    for (paths that carry a client's words, such as a model name, are counted under one label);
+    others pass untouched."""
 
-    def __init__(self, app: ASGIApp, routes: tuple[str, ...]) -> None:
+    def __init__(self, app: ASGIApp, routes: tuple[str, ...] = (),
+                 label: Callable[[str], str | None] | None = None) -> None:
         self.app = app
         self.routes = frozenset(routes)
+        self.label = label
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path not in self.routes:
+        route = path if path in self.routes else self.label(path) if self.label is not None else None
+        if scope["type"] != "http" or route is None:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -82,4 +88,4 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, tracked_send)
         finally:
-            observe(path, status, time.perf_counter() - started)
+            observe(route, status, time.perf_counter() - started)

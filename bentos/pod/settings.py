@@ -45,13 +45,15 @@ class CommonSettings:
 
 @dataclass(frozen=True)
 class TensorSettings:
-    """What the tensor server (torch.export, TorchScript) reads: BentoML's adaptive batching."""
+    """What the tensor server (torch.export, TorchScript) reads: its micro-batching, workers and gRPC port."""
 
     max_batch_size: int = defaults.MAX_BATCH_SIZE
     max_latency_ms: int = defaults.MAX_LATENCY_MS
     """A load-shedding bound, not a batching window (see ``defaults.MAX_LATENCY_MS``)."""
     batching: bool = defaults.BATCHING
     workers: int = defaults.SERVE_WORKERS
+    grpc_port: int | None = None
+    """The Open Inference Protocol's gRPC port; None: no gRPC server."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,7 @@ FIELDS: tuple[_Field, ...] = (
     _Field("tensor", "max_latency_ms", Env.MAX_LATENCY_MS, int, 1),
     _Field("tensor", "batching", Env.BATCHING, bool),
     _Field("tensor", "workers", Env.SERVE_WORKERS, int, 1),
+    _Field("tensor", "grpc_port", Env.GRPC_PORT, int, 1, 65535),
     _Field("llm", "max_running", Env.LLM_MAX_RUNNING, int, 1),
     _Field("llm", "max_waiting", Env.LLM_MAX_WAITING, int, 0),
     _Field("llm", "max_model_len", Env.MAX_MODEL_LEN, int, 1),

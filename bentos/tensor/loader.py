@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelyard.bentos.tensor.signature import InputSpec
+import numpy as np
+
+from modelyard.bentos.pod.signature import InputSpec
 from modelyard.bentos.pod.spec import ModelSpec
 from modelyard.bentos.pod.failure import ModelLoadError
 from modelyard.bentos.pod.settings import gpus_to_use
@@ -45,8 +48,17 @@ def check_safe_to_load(path: Path, spec: ModelSpec) -> None:
         raise ModelLoadError(f"{spec.model}:{spec.version}'s program is {kind}, not {spec.format}: refusing to load it")
 
 
-def load_program(spec: ModelSpec, root: Path, device: str, threads: int) -> Any:
-    """The callable module, on ``device``, verified and warmed up with one example batch."""
+@dataclass(frozen=True)
+class LoadedProgram:
+    module: Any
+    """The callable module, on its device."""
+    example_output: np.ndarray | None
+    """What it answered to one example of its declared input (None: the version declares none), which
+    tells the protocol's metadata the output's datatype and shape."""
+
+
+def load_program(spec: ModelSpec, root: Path, device: str, threads: int) -> LoadedProgram:
+    """The program, on ``device``, verified and warmed up with one example batch."""
     import torch
 
     torch.set_num_threads(threads)
@@ -68,13 +80,14 @@ def load_program(spec: ModelSpec, root: Path, device: str, threads: int) -> Any:
     except Exception as exc:  # noqa: BLE001 - any loader failure is reported with its reason
         raise ModelLoadError(f"cannot load {spec.model}:{spec.version} ({spec.format}): {exc}") from exc
     input_spec = InputSpec.from_metadata(spec.metadata)
+    example_output = None
     if input_spec is not None:
         try:
             with torch.inference_mode():
-                module(torch.from_numpy(input_spec.example(1)).to(device))
+                example_output = module(torch.from_numpy(input_spec.example(1)).to(device)).detach().cpu().numpy()
         except Exception as exc:  # noqa: BLE001
             raise ModelLoadError(f"{spec.model}:{spec.version} fails on an example input of shape "
                                  f"{list(input_spec.shape)}: {exc}") from exc
     log.info("serving %s:%s %s on %s (%s, %d threads)", spec.model, spec.version, spec.digest, device,
              spec.format, threads)
-    return module
+    return LoadedProgram(module, example_output)

@@ -5,11 +5,14 @@ is the code, imported by the Bento's two-line ``service.py``.  Settings come
 from the environment (``modelyard.bentos.pod.settings``) because the operator sets
 them per deployment on the pod.  Requests are validated against the input
 spec in the version's metadata: a wrong shape or dtype is a 400 that says what
-was expected.
+was expected.  The model routes (``/predict``, ``/predict_batch`` and the Open Inference
+Protocol, over HTTP and gRPC) are answered by ``tensor.fastpath``; BentoML declares the first
+two, serves the probes, ``/metrics`` and ``/model``, and runs the worker processes.
 """
 
 # No `from __future__ import annotations`: BentoML reads these annotations at runtime.
 
+import importlib.metadata
 import logging
 import os
 from pathlib import Path
@@ -21,10 +24,12 @@ from bentoml.validators import DType
 from pydantic import AfterValidator, BeforeValidator
 
 from modelyard.bentos.pod.settings import TENSOR_ENGINE, ServingSettings, served_settings, torch_threads
-from modelyard.bentos.tensor.fastpath import build_app
+from modelyard.bentos.oip.rest import Dispatch
+from modelyard.bentos.tensor.fastpath import TensorEndpoint, build_app, is_fast_path, metrics_route, model_meta
 from modelyard.bentos.pod.limits import BodyLimit, quiet_bad_requests
 from modelyard.bentos.pod.request_metrics import RequestMetrics, declare
-from modelyard.bentos.tensor.signature import InputSpec, coerce
+from modelyard.bentos.pod.timeouts import cancel_request_timers
+from modelyard.bentos.pod.signature import InputSpec, coerce
 from modelyard.bentos.pod.spec import ModelSpec
 from modelyard.registry.kernel.defaults import Env
 from modelyard.registry.kernel.processes.tuning import tune_for_serving
@@ -50,7 +55,7 @@ def _inputs(values: Any) -> np.ndarray:
 def _at_most_one_batch(array: np.ndarray) -> np.ndarray:
     if len(array) > TENSOR.max_batch_size:
         raise ValueError(f"{len(array)} examples are more than max_batch_size ({TENSOR.max_batch_size}) for "
-                         "/predict: send them to /predict_batch (or /v2/predict), which take any number")
+                         "/predict: send them to /predict_batch, which takes any number")
     return array
 
 
@@ -58,29 +63,32 @@ def _at_most_one_batch(array: np.ndarray) -> np.ndarray:
 Inputs = Annotated[np.ndarray, DType(DTYPE), BeforeValidator(_inputs)]
 SmallBatch = Annotated[Inputs, AfterValidator(_at_most_one_batch)]
 quiet_bad_requests()
+cancel_request_timers()
 
 
-_LOADED: list["ModelService"] = []  # the instance in this worker process, for the lean route
+_ENDPOINT: list[TensorEndpoint] = []  # the loaded model in this worker process, for the fast routes
 
 
-def _loaded() -> "ModelService | None":
-    return _LOADED[0] if _LOADED else None
+def _endpoint() -> TensorEndpoint | None:
+    return _ENDPOINT[0] if _ENDPOINT else None
 
 
-MODEL_ROUTES = ("/predict", "/predict_batch", "/v2/predict")
-FAST_APP = build_app(_loaded, INPUT.check if INPUT is not None else None, DTYPE, TENSOR.max_batch_size)
+SERVER_VERSION = importlib.metadata.version("modelyard")
+FAST_APP = build_app(_endpoint, server_version=SERVER_VERSION)
+COUNTED_ROUTES = ("/predict", "/predict_batch", "/v2/models/{model}/infer",
+                  *(("/inference.GRPCInferenceService/ModelInfer",) if TENSOR.grpc_port else ()))
 
 
-@bentoml.asgi_app(FAST_APP, path="/v2")
 @bentoml.service(
     name="modelyard-model",
     workers=TENSOR.workers,
     resources=SETTINGS.bentoml_resources(),
     traffic={"timeout": 60},
-    # A log line per request costs as much CPU as a small model's forward pass; on demand.
-    # The lean route skips BentoML's tracing and per-request metrics middleware too.
-    logging={"access": {"enabled": SETTINGS.common.access_log, "skip_paths": ["/v2/predict"]}},
-    tracing={"excluded_urls": ["/v2/predict"]},
+    # A log line per request costs as much CPU as a small model's forward pass; on demand.  The
+    # fast routes skip BentoML's tracing and per-request metrics middleware (prefixes; regexes).
+    logging={"access": {"enabled": SETTINGS.common.access_log,
+                        "skip_paths": [] if SETTINGS.common.access_log else ["/predict", "/v2"]}},
+    tracing={"excluded_urls": ["/predict(_batch)?$", "/v2(/|$)"]},
 )
 class ModelService:
     """Serves one model version: ``POST /predict {"inputs": [...]}`` → ``[...]`` (model outputs)."""
@@ -91,19 +99,42 @@ class ModelService:
 
         try:
             self.device = pick_device(SETTINGS.common.gpus)
-            self.module = load_program(SPEC, BENTO_DIR, self.device, torch_threads(SETTINGS.common, TENSOR.workers))
+            program = load_program(SPEC, BENTO_DIR, self.device, torch_threads(SETTINGS.common, TENSOR.workers))
         except Exception as exc:
             report_failure(exc)  # BentoML would restart the worker forever; the runtime stops instead
             raise
-        self.spec = SPEC
-        _LOADED.append(self)
-        declare(MODEL_ROUTES)
+        self.module, self.spec = program.module, SPEC
+        example = program.example_output if program.example_output is not None else np.zeros((1,), np.float32)
+        meta = model_meta(model=SPEC.model, version=SPEC.version, platform=SPEC.format,
+                          input_shape=INPUT.shape if INPUT is not None else None, input_dtype=DTYPE,
+                          example_output=example)
+        _ENDPOINT.append(TensorEndpoint(meta=meta, check=INPUT.check if INPUT is not None else None,
+                                        forward=self._forward, forward_chunked=self._forward_chunked,
+                                        max_batch=TENSOR.max_batch_size, batching=TENSOR.batching,
+                                        max_queue_s=TENSOR.max_latency_ms / 1000))
+        self._grpc: Any = None
+        declare(COUNTED_ROUTES)
         tune_for_serving()  # after the load: torch's objects are then frozen out of the GC
 
-    @bentoml.api(batchable=TENSOR.batching, max_batch_size=TENSOR.max_batch_size,
-                 max_latency_ms=TENSOR.max_latency_ms)
+    @bentoml.on_startup
+    async def _start_grpc(self) -> None:
+        """The protocol's gRPC service on this worker's event loop, where it shares the batcher."""
+        if TENSOR.grpc_port:
+            from modelyard.bentos.oip.grpc_service import InferenceService, start_server
+
+            service = InferenceService(_endpoint, server="modelyard", server_version=SERVER_VERSION)
+            self._grpc = await start_server(service, TENSOR.grpc_port, host=os.environ.get(Env.SERVE_HOST, "127.0.0.1"),
+                                            max_message_bytes=SETTINGS.common.max_request_bytes)
+
+    @bentoml.on_shutdown
+    async def _stop_grpc(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop(grace=5)
+
+    # The two routes' contract as BentoML shows it (OpenAPI, its clients); tensor.fastpath answers them.
+    @bentoml.api
     def predict(self, inputs: SmallBatch) -> np.ndarray:
-        """For many small requests: BentoML gathers them into batches of up to
+        """For many small requests: concurrent requests are gathered into batches of up to
         ``max_batch_size`` examples (a request larger than that is refused)."""
         return self._forward(inputs)
 
@@ -133,4 +164,5 @@ class ModelService:
 
 # BentoML's service decorator adds the method at run time; its stubs do not show it.
 ModelService.add_asgi_middleware(BodyLimit, max_bytes=SETTINGS.common.max_request_bytes)  # type: ignore[attr-defined]
-ModelService.add_asgi_middleware(RequestMetrics, routes=MODEL_ROUTES)  # type: ignore[attr-defined]
+ModelService.add_asgi_middleware(RequestMetrics, label=metrics_route)  # type: ignore[attr-defined]
+ModelService.add_asgi_middleware(Dispatch, routes=FAST_APP, owns=is_fast_path)  # type: ignore[attr-defined]

@@ -47,6 +47,9 @@ class Env:
     MAX_LATENCY_MS: Final = "MODELYARD_MAX_LATENCY_MS"
     BATCHING: Final = "MODELYARD_BATCHING"
     SERVE_WORKERS: Final = "MODELYARD_SERVE_WORKERS"
+    GRPC_PORT: Final = "MODELYARD_GRPC_PORT"
+    SERVE_HOST: Final = "MODELYARD_SERVE_HOST"
+    """The address ``modelyard serve`` binds, set by it for the server: gRPC listens where HTTP does."""
     GPUS: Final = "MODELYARD_GPUS"
     TORCH_THREADS: Final = "MODELYARD_TORCH_THREADS"
     ACCESS_LOG: Final = "MODELYARD_ACCESS_LOG"
@@ -110,9 +113,12 @@ MODEL_SERVER_HOST: Final = "127.0.0.1"
 MODEL_SERVER_PORT: Final = 3000
 MAX_BATCH_SIZE: Final = 32
 MAX_LATENCY_MS: Final = 1000
-"""BentoML answers 503 ("overloaded") to requests it cannot serve within this, so it is a
-load-shedding bound, not a batching window: 10 ms shed 80% of single requests at concurrency 32
-on 2 cores (benchmarks/serving_bench.py), 1000 ms none."""
+"""A request that waited longer than this for its forward pass is answered 503 ("overloaded"), so it
+is a load-shedding bound, not a batching window: at 10 ms, BentoML's batcher (which the tensor server
+used before its own) shed 80% of single requests at concurrency 32 on 2 cores, at 1000 ms none."""
+GRPC_PORT: Final = 8081
+"""The model server's Open Inference Protocol gRPC port in a pod, where ``serving.grpc`` turns it on
+(a local ``modelyard serve`` listens for gRPC only with ``--grpc-port``)."""
 BATCHING: Final = True
 SERVE_WORKERS: Final = 1
 MAX_REQUEST_BYTES: Final = 32 << 20

@@ -183,6 +183,9 @@ spec:
             {{- if hasKey . "batching" }}
             - {name: MODELYARD_BATCHING, value: {{ ternary "on" "off" .batching | quote }}}
             {{- end }}
+            {{- if .grpc }}
+            - {name: MODELYARD_GRPC_PORT, value: "8081"}
+            {{- end }}
             {{- end }}
             {{- with $v.serving.llm }}
             {{- if hasKey . "maxRunning" }}
@@ -220,6 +223,9 @@ spec:
             {{- end }}
           ports:
             - {name: http, containerPort: 3000, protocol: TCP}
+            {{- if ($v.serving.tensor | default dict).grpc }}
+            - {name: grpc, containerPort: 8081, protocol: TCP}
+            {{- end }}
           # BentoML answers /readyz only once the model is loaded (and warmed up);
           # /livez only says the server process is alive, so a slow load is not a restart.
           # vLLM listens only once its engine is up, and its /health fails when the engine died.

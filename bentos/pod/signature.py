@@ -11,8 +11,6 @@ says what was expected (a 400 on both routes).
 
 from __future__ import annotations
 
-import io
-import math
 from itertools import chain
 from dataclasses import dataclass
 from typing import Any
@@ -96,7 +94,7 @@ def _exact_integers(array: np.ndarray, converted: np.ndarray, dtype: str) -> Non
 
 
 def _finite(array: np.ndarray) -> np.ndarray:
-    """NaN and infinities are refused on every route (JSON, .npy, /predict and /v2/predict alike):
+    """NaN and infinities are refused on every route (JSON and binary, /predict and the Open Inference Protocol alike):
     a model fed them answers NaN, which JSON cannot even carry."""
     if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
         raise ValueError("inputs must be finite numbers: NaN and Infinity are refused")
@@ -121,27 +119,3 @@ def _check_leaf_types(values: Any, *, boolean: bool) -> None:
         other = sorted("null" if kind is type(None) else kind.__name__ for kind in found - allowed)
         raise ValueError(f"inputs must be {'booleans' if boolean else 'numbers'}, got {', '.join(other)}")
 
-
-def read_npy(body: bytes) -> np.ndarray:
-    """A ``.npy`` body as an array, never unpickled: the header's shape and dtype must account
-    for exactly the bytes that follow it (else ValueError), so nothing is allocated for a lie."""
-    stream = io.BytesIO(body)
-    try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            raise ValueError(f"unsupported .npy version {version}")
-    except (ValueError, OSError, EOFError) as exc:
-        raise ValueError(f"not a .npy body ({exc})") from None
-    if dtype.hasobject:
-        raise ValueError("a .npy body of Python objects is refused (it would need unpickling)")
-    count = math.prod(shape)
-    declared, carried = count * dtype.itemsize, len(body) - stream.tell()
-    if declared != carried:
-        raise ValueError(f"the .npy header declares shape {list(shape)} of {dtype} ({declared} bytes) but the "
-                         f"body carries {carried} bytes")
-    array = np.frombuffer(body, dtype=dtype, count=count, offset=stream.tell())
-    return array.reshape(shape, order="F" if fortran else "C")
