@@ -251,6 +251,9 @@ async def bench_backend(label: str, db_url: str, args: argparse.Namespace) -> tu
             phases.append(await run_fixed(session, "200 filtered searches (c=16)", [
                 ("GET", f"{api}/models", {"params": {"prefix": "model-0", "tag": f"team=t{i % 10}", "limit": "50"}})
                 for i in range(200)], 16))
+            phases.append(await run_fixed(session, "search versions (c=16)", [
+                ("GET", f"{api}/models/{names[i % n_models]}/versions", {"params": {"limit": "50"}})
+                for i in range(200)], 16))
             phases += await many_versions(session, api, args)
             facts["rss_after_load_MiB"] = server.rss() / MiB
             phases += await big_artifact(session, server, api, args.artifact_mib * MiB)
@@ -298,6 +301,19 @@ def print_table(results: dict[str, tuple[list[Phase], dict[str, float]]]) -> Non
     print()
 
 
+def run_peer(python: str, label: str, backend_uri: str, workdir: Path,
+             results: dict[str, tuple[list[Phase], dict[str, float]]], args: argparse.Namespace) -> list[str]:
+    """MLflow's registry on the same backend, its shared phases beside ours."""
+    import mlflow_peer
+
+    server = mlflow_peer.MlflowServer(python, backend_uri, workdir)
+    try:
+        theirs = asyncio.run(mlflow_peer.bench(server.url, args.models, args.duration, run_fixed, run_get))
+    finally:
+        server.stop()
+    return mlflow_peer.rows(label, results[label][0], theirs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, help="seconds per timed phase [20]")
@@ -307,6 +323,8 @@ def main() -> None:
     parser.add_argument("--postgres", action="store_true", help="also run on a throwaway PostgreSQL cluster")
     parser.add_argument("--pg-dsn", help="also run on this (empty) PostgreSQL database")
     parser.add_argument("--quick", action="store_true", help="2 s phases, 40 models, 500 versions, 64 MiB artifact")
+    parser.add_argument("--peer", choices=["mlflow"], help="also run MLflow's registry on each backend, side by side "
+                        "(benchmarks/mlflow_env.sh makes its virtualenv)")
     args = parser.parse_args()
     defaults = (2.0, 40, 500, 64) if args.quick else (20.0, 200, 10_000, 1024)
     for name, default in zip(("duration", "models", "versions", "artifact_mib"), defaults, strict=True):
@@ -320,8 +338,17 @@ def main() -> None:
         pass
     print(f"registry benchmark · {os.cpu_count()} CPUs · load generator in this process (aiohttp)")
     results: dict[str, tuple[list[Phase], dict[str, float]]] = {}
+    peer_rows: list[str] = []
+    peer_python = None
+    if args.peer:
+        import subprocess
+
+        peer_python = subprocess.run(["bash", str(ROOT / "benchmarks/mlflow_env.sh")], check=True,
+                                     capture_output=True, text=True).stdout.strip().splitlines()[-1]
     with tempfile.TemporaryDirectory() as tmp:
         results["sqlite"] = asyncio.run(bench_backend("sqlite", f"sqlite:///{tmp}/registry.db", args))
+        if peer_python:
+            peer_rows += run_peer(peer_python, "sqlite", f"sqlite:///{tmp}/mlflow.db", Path(tmp), results, args)
     cluster = None
     if args.postgres and not args.pg_dsn:
         from tests.support.postgres import PostgresCluster, find_pg_bin
@@ -336,10 +363,17 @@ def main() -> None:
     try:
         if args.pg_dsn:
             results["postgres"] = asyncio.run(bench_backend("postgres", args.pg_dsn, args))
+            if peer_python:
+                if cluster is None:
+                    sys.exit("--peer with --pg-dsn: give --postgres instead (MLflow needs a database of its own)")
+                with tempfile.TemporaryDirectory() as tmp:
+                    dsn = cluster.create_database()
+                    peer_rows += run_peer(peer_python, "postgres", dsn, Path(tmp), results, args)
     finally:
         if cluster:
             cluster.destroy()
     print_table(results)
+    print("\n".join(peer_rows))
     failed = [f"{label}: {p.name} ({p.errors})" for label, (phases, _) in results.items() for p in phases if p.errors]
     if failed:
         sys.exit("requests failed in: " + "; ".join(failed))
