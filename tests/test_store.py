@@ -8,6 +8,8 @@ import pytest
 
 from modelyard.registry.kernel import schemas
 from modelyard.registry.kernel.errors import BadRequest, Conflict, NotFound
+from modelyard.registry.db.engine import create_db_engine
+from modelyard.registry.db.migrate import upgrade
 from modelyard.registry.store import RegistryStore, TokenIdentity
 
 HEX = "ab" * 32
@@ -227,3 +229,28 @@ def test_racing_alias_set_and_version_delete_stay_consistent(store: RegistryStor
         alias = store.get_alias("m", "prod") if "aliased" in outcomes else None
         if alias is not None:
             assert store.get_version("m", alias.version).version == version
+
+
+@pytest.mark.postgres
+def test_reads_on_postgresql_open_no_transaction_and_writes_still_do(pg_cluster) -> None:  # noqa: ANN001
+    """Under READ COMMITTED each statement has its own snapshot even inside a transaction, so a read's
+    BEGIN and the ROLLBACK on its return were two round trips for nothing: reads run in autocommit."""
+    import psycopg
+    from sqlalchemy import text
+
+    engine = create_db_engine(pg_cluster.create_database())
+    try:
+        upgrade(engine)
+        store = RegistryStore(engine)
+        with store.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+            status = connection.connection.dbapi_connection.info.transaction_status  # type: ignore[union-attr]
+            assert status == psycopg.pq.TransactionStatus.IDLE
+        with store._write_engine.connect() as connection, connection.begin():
+            connection.execute(text("SELECT 1"))
+            status = connection.connection.dbapi_connection.info.transaction_status  # type: ignore[union-attr]
+            assert status == psycopg.pq.TransactionStatus.INTRANS
+        store.create_model("m")  # and a write after a read on the same pooled connection commits
+        assert store.get_model("m").name == "m"
+    finally:
+        engine.dispose()
