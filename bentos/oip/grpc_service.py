@@ -18,16 +18,15 @@ from typing import Any
 import grpc
 import numpy as np
 
+from modelyard.bentos.oip import GRPC_INFER_ROUTE
 from modelyard.bentos.oip import inference_pb2 as pb
 from modelyard.bentos.oip import inference_pb2_grpc as pb_grpc
-from modelyard.bentos.oip.rest import EXTENSIONS, InferenceModel
+from modelyard.bentos.oip.rest import EXTENSIONS, InferenceModel, targeted
 from modelyard.bentos.oip.tensors import (InferenceError, TensorMeta, check_outputs, datatype_of,
                                           little_endian_bytes, read_input)
 from modelyard.bentos.pod.request_metrics import observe
 
 log = logging.getLogger("modelyard.serving")
-INFER_ROUTE = "/inference.GRPCInferenceService/ModelInfer"
-"""The metrics label of gRPC infer requests: the method's own path."""
 CONTENTS_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
                   "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
                   "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
@@ -36,7 +35,6 @@ CONTENTS_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int
 STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
                 413: grpc.StatusCode.RESOURCE_EXHAUSTED, 500: grpc.StatusCode.INTERNAL,
                 503: grpc.StatusCode.UNAVAILABLE}
-HTTP_STATUS = {code: status for status, code in STATUS_CODES.items()} | {grpc.StatusCode.OK: 200}
 
 
 def read_infer_request(request: Any, model: InferenceModel) -> np.ndarray:
@@ -75,11 +73,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self.model_ref, self.server, self.server_version = model_ref, server, server_version
 
     def _model(self, name: str, version: str) -> InferenceModel:
-        model = self.model_ref()
-        if model is None or not model.ready():
-            raise InferenceError("the model is still loading", 503)
-        model.meta.check_target(name, version)
-        return model
+        return targeted(self.model_ref, name, version)
 
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.ServerLiveResponse(live=True)
@@ -123,7 +117,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             status = exc.status
             await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL), str(exc))
         finally:
-            observe(INFER_ROUTE, status, time.perf_counter() - started)
+            observe(GRPC_INFER_ROUTE, status, time.perf_counter() - started)
 
 
 async def start_server(service: InferenceService, port: int, *, host: str, max_message_bytes: int) -> grpc.aio.Server:

@@ -46,6 +46,16 @@ class InferenceModel(Protocol):
     async def infer(self, array: np.ndarray) -> np.ndarray: ...
 
 
+def targeted(model_ref: Callable[[], InferenceModel | None], name: str, version: str | None) -> InferenceModel:
+    """The model a request names (and version, if it names one), loaded: else InferenceError 503 or 404.
+    Both transports ask this first."""
+    model = model_ref()
+    if model is None or not model.ready():
+        raise InferenceError("the model is still loading", 503)
+    model.meta.check_target(name, version)
+    return model
+
+
 def error(status: int, message: str) -> Response:
     return Response(orjson.dumps({"error": message}), status_code=status, media_type="application/json")
 
@@ -63,11 +73,7 @@ def oip_router(model_ref: Callable[[], InferenceModel | None], *, server: str, s
     """
 
     def loaded(request: Request) -> InferenceModel:
-        model = model_ref()
-        if model is None or not model.ready():
-            raise InferenceError("the model is still loading", 503)
-        model.meta.check_target(request.path_params["name"], request.path_params.get("version"))
-        return model
+        return targeted(model_ref, request.path_params["name"], request.path_params.get("version"))
 
     async def live(request: Request) -> Response:
         return json_response({"live": True})

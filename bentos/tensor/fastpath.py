@@ -30,6 +30,8 @@ from modelyard.bentos.pod.batcher import MicroBatcher, Overloaded
 from modelyard.bentos.pod.signature import coerce
 
 log = logging.getLogger("modelyard.serving")
+PLAIN_ROUTES = ("/predict", "/predict_batch")
+"""The JSON routes BentoML declares and this path answers."""
 OIP_INFER_ROUTE = "/v2/models/{model}/infer"
 """The metrics label of every OIP infer path (model names are the client's to choose)."""
 
@@ -114,12 +116,12 @@ def build_app(endpoint_ref: Callable[[], TensorEndpoint | None], *, server_versi
 
 
 def is_fast_path(path: str) -> bool:
-    return path in ("/predict", "/predict_batch") or is_protocol_path(path)
+    return path in PLAIN_ROUTES or is_protocol_path(path)
 
 
 def metrics_route(path: str) -> str | None:
     """The ``route`` label a request is counted under (OIP infer paths under one label), or None."""
-    if path in ("/predict", "/predict_batch"):
+    if path in PLAIN_ROUTES:
         return path
     if path.startswith("/v2/models/") and path.endswith("/infer"):
         return OIP_INFER_ROUTE

@@ -24,8 +24,10 @@ from bentoml.validators import DType
 from pydantic import AfterValidator, BeforeValidator
 
 from modelyard.bentos.pod.settings import TENSOR_ENGINE, ServingSettings, served_settings, torch_threads
+from modelyard.bentos.oip import GRPC_INFER_ROUTE
 from modelyard.bentos.oip.rest import Dispatch
-from modelyard.bentos.tensor.fastpath import TensorEndpoint, build_app, is_fast_path, metrics_route, model_meta
+from modelyard.bentos.tensor.fastpath import (OIP_INFER_ROUTE, PLAIN_ROUTES, TensorEndpoint, build_app,
+                                              is_fast_path, metrics_route, model_meta)
 from modelyard.bentos.pod.limits import BodyLimit, quiet_bad_requests
 from modelyard.bentos.pod.request_metrics import RequestMetrics, declare
 from modelyard.bentos.pod.timeouts import cancel_request_timers
@@ -75,8 +77,7 @@ def _endpoint() -> TensorEndpoint | None:
 
 SERVER_VERSION = importlib.metadata.version("modelyard")
 FAST_APP = build_app(_endpoint, server_version=SERVER_VERSION)
-COUNTED_ROUTES = ("/predict", "/predict_batch", "/v2/models/{model}/infer",
-                  *(("/inference.GRPCInferenceService/ModelInfer",) if TENSOR.grpc_port else ()))
+COUNTED_ROUTES = (*PLAIN_ROUTES, OIP_INFER_ROUTE, *((GRPC_INFER_ROUTE,) if TENSOR.grpc_port else ()))
 
 
 @bentoml.service(
