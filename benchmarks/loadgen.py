@@ -9,6 +9,10 @@ from typing import Any
 
 import aiohttp
 
+WARM_UP_REQUESTS = 200
+"""Unmeasured requests a benchmark sends each server before its first phase (the same to every peer):
+a first phase then measures its work, not a worker's imports and connection pools."""
+
 
 def percentile(values: list[float], q: float) -> float:
     """The ``q`` quantile (nearest rank below); nan for no values."""

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from loadgen import Phase, run_timed  # noqa: E402
+from loadgen import WARM_UP_REQUESTS, Phase, run_timed  # noqa: E402
 MiB = 1 << 20
 
 
@@ -227,6 +227,8 @@ async def bench_backend(label: str, db_url: str, args: argparse.Namespace) -> tu
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
             names = [f"model-{i:04d}" for i in range(n_models)]
+            await run_fixed(session, "warm-up", [("GET", f"{api}/models", {"params": {"limit": "1"}})]
+                            * WARM_UP_REQUESTS, 16)  # as the MLflow peer is warmed up (unmeasured)
             phases.append(await run_fixed(session, f"create {n_models} models (c=16)", [
                 ("POST", f"{api}/models", {"json": {"name": n, "tags": {"team": f"t{i % 10}"}}})
                 for i, n in enumerate(names)], 16))
@@ -257,10 +259,92 @@ async def bench_backend(label: str, db_url: str, args: argparse.Namespace) -> tu
             phases += await many_versions(session, api, args)
             facts["rss_after_load_MiB"] = server.rss() / MiB
             phases += await big_artifact(session, server, api, args.artifact_mib * MiB)
+            if label == "postgres":  # after the shared phases, which the table lines up by position
+                replicas, coherence_facts = await two_replicas(session, server, db_url, workdir, names, args)
+                facts.update(coherence_facts)
+                phases += replicas
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return phases, facts
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def postgres_processes(db_url: str) -> list[psutil.Process]:
+    """The PostgreSQL server's processes (the postmaster and its backends) listening on the URL's port."""
+    from sqlalchemy.engine import make_url
+
+    port = make_url(db_url).port or 5432
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] == "postgres":
+            try:
+                if any(c.laddr.port == port and c.status == psutil.CONN_LISTEN for c in process.net_connections()):
+                    return [process, *process.children()]
+            except (psutil.AccessDenied, psutil.NoSuchProcess):
+                continue
+    return []
+
+
+async def two_replicas(session: aiohttp.ClientSession, first: Server, db_url: str, workdir: Path, names: list[str],
+                       args: argparse.Namespace) -> tuple[list[Phase], dict[str, float]]:
+    """A second replica on the same PostgreSQL: read throughput with one and with two (all three share
+    the machine's cores, the database's CPU per request beside it), then the coherence bound: how long
+    after an alias move returns on one replica the other answers with it."""
+    second = Server(db_url, workdir / "second")
+    phases: list[Phase] = []
+    facts: dict[str, float] = {}
+    try:
+        alias_urls = [f"{api}/models/{n}/aliases/production" for api in (f"{first.url}/api/v1",) for n in names]
+        both = [url for n in names for url in (f"{first.url}/api/v1/models/{n}/aliases/production",
+                                               f"{second.url}/api/v1/models/{n}/aliases/production")]
+        database = postgres_processes(db_url)
+        for label, urls, servers in (("1 replica", alias_urls, [first]), ("2 replicas", both, [first, second])):
+            before = cpu_seconds(database), cpu_seconds([s.ps for s in servers])
+            phase = await run_get(session, f"resolve alias, {label} (c=64)", urls, 64, args.duration)
+            after = cpu_seconds(database), cpu_seconds([s.ps for s in servers])
+            phase.extra["db_cpu_ms_per_req"] = (after[0] - before[0]) * 1000 / max(phase.ops, 1)
+            phase.extra["registry_cpu_ms_per_req"] = (after[1] - before[1]) * 1000 / max(phase.ops, 1)
+            phases.append(phase)
+        facts["second_rss_MiB"] = second.rss() / MiB
+        facts.update(await coherence(session, first.url, second.url, names[0]))
+    finally:
+        second.stop()
+    return phases, facts
+
+
+async def coherence(session: aiohttp.ClientSession, writer: str, reader: str, model: str,
+                    moves: int = 200) -> dict[str, float]:
+    """Move an alias back and forth on ``writer``; after each move returns, read it on ``reader`` until
+    it shows the move.  The delay from the write's response to the first such answer, in ms."""
+    api = f"/api/v1/models/{model}"
+    payload = b"".join(program_chunks(b"small-model-weights", 1))
+    async with session.put(f"{writer}{api}/versions/4/artifact", data=payload,
+                           headers={"Content-Digest": digest_header(payload)}) as response:
+        assert response.status in (200, 201, 409), await response.text()
+    delays: list[float] = []
+    for i in range(moves):
+        target = 4 + i % 2
+        async with session.put(f"{writer}{api}/aliases/coherence", json={"version": target}) as response:
+            assert response.status == 200, await response.text()
+        written = time.perf_counter()
+        for _ in range(100_000):
+            async with session.get(f"{reader}{api}/aliases/coherence") as response:
+                if response.status == 200 and (await response.json())["version"] == target:
+                    break
+        delays.append(time.perf_counter() - written)
+    delays.sort()
+    return {"coherence_p50_ms": delays[len(delays) // 2] * 1000, "coherence_p99_ms": delays[int(len(delays) * .99)] * 1000,
+            "coherence_max_ms": delays[-1] * 1000}
 
 
 def print_table(results: dict[str, tuple[list[Phase], dict[str, float]]]) -> None:
@@ -298,6 +382,14 @@ def print_table(results: dict[str, tuple[list[Phase], dict[str, float]]]) -> Non
               f"RSS growth during upload {upload.extra['rss_growth_MiB']:.1f} MiB")
         print(f"[{lab}] resolve alias at c=64: {resolve.rate:.0f} ops/s = {resolve.rate / floor:.2f}x "
               f"the framework floor ({floor:.0f} req/s on /healthz), p99 {resolve.pct(.99):.1f} ms")
+        for phase in phases:
+            if "db_cpu_ms_per_req" in phase.extra:
+                print(f"[{lab}] {phase.name}: {phase.rate:.0f} ops/s, CPU per request: PostgreSQL "
+                      f"{phase.extra['db_cpu_ms_per_req']:.3f} ms, registries {phase.extra['registry_cpu_ms_per_req']:.3f} ms")
+        if "coherence_p50_ms" in facts:
+            print(f"[{lab}] second replica RSS {facts['second_rss_MiB']:.0f} MiB · an alias moved on one replica is "
+                  f"read on the other after p50 {facts['coherence_p50_ms']:.1f} ms, p99 {facts['coherence_p99_ms']:.1f} ms,"
+                  f" max {facts['coherence_max_ms']:.1f} ms (from the write's response)")
     print()
 
 

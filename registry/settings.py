@@ -85,10 +85,6 @@ class RegistrySettings:
     # only when the registry is reached through such a proxy alone (anyone can send the header).
     trust_forwarded_proto: bool = field(default_factory=lambda: _env_flag(Env.TRUST_FORWARDED_PROTO) or False)
 
-    # How long a server trusts an authentication lookup (constructor settings: tests set them to 0).
-    token_cache_seconds: float = defaults.TOKEN_CACHE_SECONDS
-    open_mode_cache_seconds: float = defaults.OPEN_MODE_CACHE_SECONDS
-
     def to_env(self) -> dict[str, str]:
         """The same settings as environment variables, for worker processes."""
         env = {Env.DB_URL: self.db_url, Env.ARTIFACTS: self.artifacts_url,

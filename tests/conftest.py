@@ -66,8 +66,7 @@ def registry(registry_settings: RegistrySettings) -> Iterator[ThreadedRegistry]:
 def sqlite_registry(tmp_path: Path) -> Iterator[ThreadedRegistry]:
     """A real registry on the embedded defaults only (tests of HTTP behaviour, not of the database)."""
     settings = RegistrySettings(db_url=f"sqlite:///{tmp_path / 'registry.db'}",
-                                artifacts_url=str(tmp_path / "artifacts"), migrate_on_start=True,
-                                open_mode_cache_seconds=0.0)  # auth switched by the CLI shows at once
+                                artifacts_url=str(tmp_path / "artifacts"), migrate_on_start=True)
     with ThreadedRegistry(settings) as server:
         yield server
 

@@ -18,7 +18,6 @@ from modelyard.operator.spec import DeploymentSpec
 from modelyard.operator.values import split_image
 from modelyard.registry.kernel import defaults
 from modelyard.registry.kernel.defaults import Env
-from modelyard.registry.settings import RegistrySettings
 
 ROOT = Path(__file__).resolve().parents[1]
 CHARTS = ROOT / "charts"
@@ -126,9 +125,6 @@ def test_typed_configurations_start_from_the_defaults() -> None:
             operator.failure_retry_seconds) == (defaults.REGISTRY_URL, defaults.TOKEN_SECRET, defaults.RUNTIME_IMAGE,
                                                 defaults.FALLBACK_RESOLVE_SECONDS, defaults.FAILURE_RETRY_SECONDS)
     assert OperatorConfig().defaults.registry_url == defaults.REGISTRY_URL
-    settings = RegistrySettings(db_url="sqlite://", artifacts_url="/x")
-    assert (settings.token_cache_seconds, settings.open_mode_cache_seconds) == (
-        defaults.TOKEN_CACHE_SECONDS, defaults.OPEN_MODE_CACHE_SECONDS)
 
 
 def python_files() -> list[Path]:

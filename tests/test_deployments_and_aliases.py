@@ -63,7 +63,7 @@ class Registry:
 def registry(tmp_path: Path) -> Iterator[Registry]:
     settings = RegistrySettings(db_url=f"sqlite:///{tmp_path / 'r.db'}", artifacts_url=str(tmp_path / "a"),
                                 migrate_on_start=True, deployment_stale_seconds=STALE_SECONDS,
-                                token_cache_seconds=0.0, open_mode_cache_seconds=0.0)
+                                )
     with ThreadedRegistry(settings) as server:
         yield Registry(server)
 

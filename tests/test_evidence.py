@@ -23,7 +23,7 @@ from tests.test_deployments_and_aliases import Registry
 def registry(db_url: str, tmp_path: Path) -> Iterator[Registry]:
     """On each database backend: the evidence queries (newest per source, prefix matches) run on both."""
     settings = RegistrySettings(db_url=db_url, artifacts_url=str(tmp_path / "a"), migrate_on_start=True,
-                                token_cache_seconds=0.0, open_mode_cache_seconds=0.0)
+                                )
     with ThreadedRegistry(settings) as server:
         found = Registry(server)
         found.tokens["evaluate"] = server.store.create_token("nightly-eval", "evaluate")[0]

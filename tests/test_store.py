@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -254,3 +255,38 @@ def test_reads_on_postgresql_open_no_transaction_and_writes_still_do(pg_cluster)
         assert store.get_model("m").name == "m"
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_follower_of_the_event_feed_skips_no_event_while_writers_race(pg_cluster) -> None:  # noqa: ANN001
+    """Ids are drawn in one order and transactions commit in another; a follower reading
+    ``events_after(last seen)`` would then pass over an event that commits late.  The event lock
+    (taken by the statement that appends the event) makes events commit in id order."""
+    store = RegistryStore.open(pg_cluster.create_database(), migrate_on_start=True)
+    try:
+        for n in range(8):
+            store.create_model(f"m{n}")
+        seen: list[int] = []
+        done = threading.Event()
+
+        def follow() -> None:
+            while True:
+                finished = done.is_set()  # read before the last poll: it must see everything
+                events = store.events_after(seen[-1] if seen else 0, 1000)
+                seen.extend(e.id for e in events)
+                if finished and not events:
+                    return
+
+        def write(n: int) -> None:
+            for _ in range(30):
+                store.create_version(f"m{n}")
+
+        follower = threading.Thread(target=follow)
+        follower.start()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(write, range(8)))
+        done.set()
+        follower.join(timeout=60)
+        assert seen == [e.id for e in store.events_after(0, 1000)]
+    finally:
+        store.engine.dispose()

@@ -32,7 +32,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Threade
     """A registry with authentication on, a few models, a protected alias and reported deployments."""
     tmp = tmp_path_factory.mktemp("ui")
     settings = RegistrySettings(db_url=f"sqlite:///{tmp / 'r.db'}", artifacts_url=str(tmp / "a"),
-                                migrate_on_start=True, token_cache_seconds=0.0, open_mode_cache_seconds=0.0)
+                                migrate_on_start=True)
     with ThreadedRegistry(settings) as server:
         store = server.store
         tokens = {scope: store.create_token(f"{scope}-person", scope)[0] for scope in ("read", "write", "admin")}
@@ -255,7 +255,7 @@ def test_a_page_on_another_site_cannot_move_an_alias_or_sign_a_visitor_in(  # no
     visitor (the other site is on the same host, so a SameSite cookie alone would not stop it)."""
     site, pages = attacker_site
     open_settings = RegistrySettings(db_url=f"sqlite:///{tmp_path / 'r.db'}", artifacts_url=str(tmp_path / "a"),
-                                     migrate_on_start=True, token_cache_seconds=0.0, open_mode_cache_seconds=0.0)
+                                     migrate_on_start=True)
     with ThreadedRegistry(open_settings) as open_server:
         server, tokens = (open_server, {}) if auth == "open registry" else registry
         store = server.store

@@ -133,7 +133,8 @@ def token_revoke(token_id: Annotated[int, typer.Argument(help="token id (see `to
                  last_admin: Annotated[bool, typer.Option(
                      "--last-admin", help="allow revoking the last live admin token")] = False,
                  db: DbOption = None) -> None:
-    """Revoke a token (servers stop accepting it within seconds).  Authentication stays on."""
+    """Revoke a token: servers refuse it at once (SQLite), or as soon as each PostgreSQL replica hears of
+    it (milliseconds).  Authentication stays on."""
     with reported_errors():
         _store(db).revoke_token(token_id, last_admin=last_admin)
     console.print(f"revoked token {token_id}")

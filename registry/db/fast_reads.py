@@ -45,6 +45,15 @@ class SqliteFastReader:
             self._compiled[key] = compiled
         return compiled
 
+    def data_changed(self) -> bool:
+        """Whether any connection committed to the database since this thread last asked (SQLite's
+        ``data_version``: microseconds, and it sees other processes' commits too)."""
+        version = self._connection().execute("PRAGMA data_version").fetchone()[0]
+        if getattr(self._local, "data_version", None) == version:
+            return False
+        self._local.data_version = version
+        return True
+
     def one(self, statement: Select[Unpack[tuple[Any, ...]]], params: dict[str, Any]) -> tuple[Any, ...] | None:
         sql, order = self._sql(statement)
         return self._connection().execute(sql, tuple(params[name] for name in order)).fetchone()

@@ -93,10 +93,17 @@ EVENT_RETENTION_DAYS: Final = 30.0
 EVENT_RETENTION_COUNT: Final = 1_000_000
 """The event feed keeps events this young and at most this many (pruned by the periodic sweep);
 a follower that falls further behind is told so (``truncated``) and re-lists."""
-TOKEN_CACHE_SECONDS: Final = 5.0
-"""How long a server trusts a token lookup: a revoked token stops working within this."""
-OPEN_MODE_CACHE_SECONDS: Final = 1.0
-"""How long a server trusts its answer to "does any token exist?" (auth on or off)."""
+READ_CACHE_ENTRIES: Final = 20_000
+"""The hot answers (alias, version, token, auth mode) a registry process keeps until a change to them
+commits (SQLite: any commit, asked of the database; PostgreSQL: heard from every replica through
+``LISTEN/NOTIFY``); past this many it starts again empty."""
+DB_THREADS: Final = 4
+"""On PostgreSQL, how many reads, and how many write transactions, one registry process runs at once
+(the others wait on its event loop): more threads only hand the GIL to each other more often
+(``server.calls``)."""
+CHANGE_PING_SECONDS: Final = 1.0
+"""How often a quiet change listener checks that its PostgreSQL session is alive: the longest a
+silently lost session can go unnoticed (the read cache stops serving when it is)."""
 DEPLOYMENT_REPORT_SECONDS: Final = 30.0
 """How often an operator reports each deployment again when nothing changed (a heartbeat)."""
 DEPLOYMENT_STALE_SECONDS: Final = 3 * DEPLOYMENT_REPORT_SECONDS

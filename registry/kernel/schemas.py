@@ -8,7 +8,8 @@ from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, ValidationError,
+                      model_validator)
 
 from modelyard.registry.kernel.errors import Invalid
 from modelyard.registry.kernel.names import NAME_PATTERN, RESOURCE_NAME_PATTERN, check_tag_key
@@ -193,6 +194,13 @@ class Version(BaseModel):
     evaluations: list[EvaluationRef] = Field(default=[], description="evidence measured on it: the newest "
                                              "evaluation of each kind and source (at most 10, newest first); "
                                              "all of them under …/evaluations")
+    _json: bytes | None = PrivateAttr(default=None)
+
+    def json_bytes(self) -> bytes:
+        """Its JSON, made once: a registry's read cache hands the same answer to many requests."""
+        if self._json is None:
+            self._json = self.model_dump_json().encode()
+        return self._json
 
 
 EVALUATION_KINDS = ("canary", "offline")

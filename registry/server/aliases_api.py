@@ -32,7 +32,7 @@ async def get_alias(name: ModelPath, alias: AliasPath, request: Request, _: Read
     """The operator's hot path: serialized straight from the store's answer, which is
     already a validated ``Alias`` (FastAPI would otherwise validate it a second time)."""
     store = request.app.state.store
-    found = await run_read(store, store.get_alias, name, alias)
+    found = store.cached_alias(name, alias) or await run_read(store, store.get_alias, name, alias)
     return Response(found.model_dump_json(), media_type="application/json")
 
 

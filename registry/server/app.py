@@ -66,7 +66,9 @@ def build_api(settings: RegistrySettings) -> FastAPI:
     notifier = EventNotifier()
     metrics = RegistryMetrics()
     store.event_listeners.append(notifier.notify)
+    store.change_listeners.append(notifier.notify)  # other replicas' events wake long-polls too
     store.event_listeners.append(metrics.events.inc)
+    metrics.watch_read_cache(store.cache)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -76,7 +78,9 @@ def build_api(settings: RegistrySettings) -> FastAPI:
                  artifacts.describe())
         sweeper = (asyncio.get_running_loop().create_task(sweep_periodically(store, artifacts, settings))
                    if settings.gc_interval_seconds > 0 else None)
+        store.listen_for_changes()  # PostgreSQL: the hot reads' cache, coherent across replicas
         yield
+        await anyio.to_thread.run_sync(store.stop_listening)
         if sweeper is not None:
             sweeper.cancel()
         store.engine.dispose()
@@ -92,8 +96,7 @@ def build_api(settings: RegistrySettings) -> FastAPI:
     app.state.artifacts = artifacts
     app.state.notifier = notifier
     app.state.metrics = metrics
-    app.state.auth = Authenticator(store, settings.anonymous_read, settings.token_cache_seconds,
-                                   settings.open_mode_cache_seconds)
+    app.state.auth = Authenticator(store, settings.anonymous_read)
     install_problem_handlers(app)
     # The operator's hot path (alias lookups) first: routes are matched in order.
     for module in (aliases_api, versions_api, events_api, models_api, artifacts_api, deployments_api,

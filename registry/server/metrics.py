@@ -4,11 +4,16 @@ path, which would let clients create unbounded label values)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from modelyard.registry.store.read_cache import ReadCache
 
 
 class RegistryMetrics:
@@ -24,8 +29,27 @@ class RegistryMetrics:
         self.events = Counter("modelyard_registry_events_total", "Change events committed by this process",
                               registry=self.registry)
 
+    def watch_read_cache(self, cache: ReadCache) -> None:
+        self.registry.register(_ReadCacheCollector(cache))
+
     def render(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class _ReadCacheCollector(Collector):
+    """The read cache's figures, read when scraped (nothing to update on the hot path)."""
+
+    def __init__(self, cache: ReadCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterable[Any]:
+        yield GaugeMetricFamily("modelyard_registry_read_cache_live", "1 while this replica hears every replica's "
+                                "changes and serves hot reads from its cache (PostgreSQL)", value=int(self.cache.live))
+        yield GaugeMetricFamily("modelyard_registry_read_cache_entries", "Answers held", value=len(self.cache))
+        yield CounterMetricFamily("modelyard_registry_read_cache_hits", "Reads answered by the cache",
+                                  value=self.cache.hits)
+        yield CounterMetricFamily("modelyard_registry_read_cache_misses", "Reads the cache could have answered "
+                                  "and did not (not held, or expired)", value=self.cache.misses)
 
 
 class MetricsMiddleware:

@@ -2,7 +2,9 @@
 
 Writes commit in worker threads, so they signal through the event loop's
 thread-safe entry point.  Events committed by other processes (more workers,
-more replicas) are picked up by the long-poll's short re-check interval.
+more replicas) wake it too on PostgreSQL, as soon as the change listener hears
+them (``store.listen_for_changes``); on SQLite the long-poll's short re-check
+interval picks them up.
 """
 
 from __future__ import annotations

@@ -43,10 +43,10 @@ async def list_versions(
 
 @router.get("/{version}", response_model=None, responses={200: {"model": schemas.Version}})
 async def get_version(name: ModelPath, version: VersionPath, request: Request, _: Reader) -> Response:
-    """Hot for the operator and the pod runtime; serialized once, like ``get_alias``."""
+    """Hot for the operator and the pod runtime; serialized once per answer the read cache holds."""
     store = request.app.state.store
-    found = await run_read(store, store.get_version, name, version)
-    return Response(found.model_dump_json(), media_type="application/json")
+    found = store.cached_version(name, version) or await run_read(store, store.get_version, name, version)
+    return Response(found.json_bytes(), media_type="application/json")
 
 
 @router.patch("/{version}", response_model=schemas.Version)

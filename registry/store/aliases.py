@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any, NoReturn, cast
 
-from sqlalchemy import CursorResult, delete, select
-from sqlalchemy.orm import Session
+from sqlalchemy import CursorResult, Table, and_, bindparam, delete, insert, select, update
+from sqlalchemy.orm import Session, aliased
 
 from modelyard.registry.alias_rules import Rule, evidence_read_by, failures, read_by
 from modelyard.registry.db import models as db
@@ -15,7 +15,28 @@ from modelyard.registry.kernel import schemas
 from modelyard.registry.kernel.cursors import decode_number_cursor, encode_cursor
 from modelyard.registry.kernel.errors import Conflict, Forbidden, Invalid, NotFound
 from modelyard.registry.store.base import _SELECT_ALIAS, _SELECT_MODEL_ID
+
+_CURRENT = aliased(db.ModelVersion)
+_SELECT_MOVE = (
+    select(db.RegisteredModel.id.label("model_id"), db.ModelVersion.id.label("target_id"), db.ModelVersion.status,
+           db.ModelVersion.digest, db.Alias.id.label("alias_id"), db.Alias.version_id.label("current_id"),
+           _CURRENT.version.label("current_version"), db.AliasRule.id.label("rule_id"))
+    .select_from(db.RegisteredModel)
+    .outerjoin(db.ModelVersion, and_(db.ModelVersion.model_id == db.RegisteredModel.id,
+                                     db.ModelVersion.version == bindparam("number")))
+    .outerjoin(db.Alias, and_(db.Alias.model_id == db.RegisteredModel.id, db.Alias.alias == bindparam("alias_name")))
+    .outerjoin(_CURRENT, _CURRENT.id == db.Alias.version_id)
+    .outerjoin(db.AliasRule, and_(db.AliasRule.model_id == db.RegisteredModel.id,
+                                  db.AliasRule.alias == bindparam("alias_name")))
+    .where(db.RegisteredModel.id == bindparam("model_id"))
+)
+_LOCK_MODEL = _SELECT_MODEL_ID.with_for_update()
+_INSERT_ALIAS = insert(cast(Table, db.Alias.__table__))
+_MOVE_ALIAS = (update(cast(Table, db.Alias.__table__)).where(db.Alias.__table__.c.id == bindparam("alias_id"))
+               .values(version_id=bindparam("version_id"), updated_at=bindparam("updated_at")))
+_INSERT_MOVE = insert(cast(Table, db.AliasMove.__table__))
 from modelyard.registry.store.evaluations import EvaluationRecords
+from modelyard.registry.store.read_cache import model_scope
 
 
 class AliasRecords(EvaluationRecords):
@@ -30,31 +51,52 @@ class AliasRecords(EvaluationRecords):
         ``operator_cluster``: the caller is that cluster's operator (a report token), which moves an
         alias on evidence only (``_operator_move``)."""
         with self._write() as session:
-            model = self._model_row(session, name, lock=True)
-            target = self._version_row(session, model, version)
-            if target.status != schemas.VersionStatus.ready.value:
-                raise Conflict(f"version {version} of model {name!r} is {target.status}: "
+            self._changes(session, name)
+            connection = session.connection()
+            # The model's row lock first (moves and deletes of its versions queue behind it), then,
+            # in a statement of its own, so that its snapshot is taken once the lock is held (a
+            # locking join re-reads only the locked row after a wait): the target, the alias and
+            # whether a rule protects it.
+            model_id = connection.execute(_LOCK_MODEL, {"model_name": name}).scalar()
+            if model_id is None:
+                raise NotFound(f"model {name!r} does not exist")
+            found = connection.execute(_SELECT_MOVE, {"model_id": model_id, "number": version,
+                                                      "alias_name": alias}).one()
+            if found.target_id is None:
+                raise NotFound(f"version {version} of model {name!r} does not exist")
+            if found.status != schemas.VersionStatus.ready.value:
+                raise Conflict(f"version {version} of model {name!r} is {found.status}: "
                                "only a version whose artifact is uploaded can be aliased")
-            row = session.scalars(
-                select(db.Alias).where(db.Alias.model_id == model.id, db.Alias.alias == alias)
-            ).one_or_none()
-            if row is not None and row.version_id == target.id:
-                return schemas.Alias(model=name, alias=alias, version=version, digest=target.digest)
-            judged: dict[str, Any] | None
-            if operator_cluster is not None:
-                judged = self._operator_move(session, model, alias, row, target, operator_cluster)
+            answer = schemas.Alias(model=name, alias=alias, version=version, digest=found.digest)
+            if found.alias_id is not None and found.current_id == found.target_id:
+                return answer
+            judged: dict[str, Any] | None = None
+            if operator_cluster is not None or (not admin and found.rule_id is not None):
+                judged = self._judge_move(session, found.model_id, found.target_id, found.alias_id, alias,
+                                          operator_cluster, admin)
+            now = db.utcnow()
+            if found.alias_id is None:
+                connection.execute(_INSERT_ALIAS, {"model_id": found.model_id, "alias": alias,
+                                                   "version_id": found.target_id, "updated_at": now})
             else:
-                judged = self._check_protection(session, model, alias, target, admin)
-            if row is None:
-                session.add(db.Alias(model_id=model.id, alias=alias, version_id=target.id))
-                previous = None
-            else:
-                previous = session.scalar(select(db.ModelVersion.version).where(db.ModelVersion.id == row.version_id))
-                row.version_id, row.updated_at = target.id, db.utcnow()
-            session.add(db.AliasMove(model_id=model.id, model=name, alias=alias, from_version=previous,
-                                     to_version=version, actor=actor, judged=judged))
+                connection.execute(_MOVE_ALIAS, {"alias_id": found.alias_id, "version_id": found.target_id,
+                                                 "updated_at": now})
+            connection.execute(_INSERT_MOVE, {"model_id": found.model_id, "model": name, "alias": alias,
+                                              "from_version": found.current_version, "to_version": version,
+                                              "actor": actor, "judged": judged, "time": now})
             self._emit(session, "alias.set", name, version, alias)
-            return schemas.Alias(model=name, alias=alias, version=version, digest=target.digest)
+            return answer
+
+    def _judge_move(self, session: Session, model_id: int, target_id: int, alias_id: int | None, alias: str,
+                    operator_cluster: str | None, admin: bool) -> dict[str, Any] | None:
+        """A governed move (an operator's, or of a protected alias by a non-admin): what it is judged
+        on, or ``Forbidden``.  The model is already locked; the rules read more."""
+        model = session.get_one(db.RegisteredModel, model_id)
+        target = session.get_one(db.ModelVersion, target_id)
+        if operator_cluster is not None:
+            row = session.get(db.Alias, alias_id) if alias_id is not None else None
+            return self._operator_move(session, model, alias, row, target, operator_cluster)
+        return self._check_protection(session, model, alias, target, admin)
 
     def _check_protection(self, session: Session, model: db.RegisteredModel, alias: str,
                           target: db.ModelVersion | None, admin: bool) -> dict[str, Any] | None:
@@ -122,6 +164,7 @@ class AliasRecords(EvaluationRecords):
     def protect_alias(self, name: str, alias: str, protection: schemas.AliasProtection) -> schemas.AliasProtection:
         """Protect ``alias`` (it need not exist yet): see :meth:`set_alias`.  Replaces earlier rules."""
         with self._write() as session:
+            self._changes(session, name)
             model = self._model_row(session, name, lock=True)
             row = session.scalars(select(db.AliasRule).where(db.AliasRule.model_id == model.id,
                                                              db.AliasRule.alias == alias)).one_or_none()
@@ -140,6 +183,7 @@ class AliasRecords(EvaluationRecords):
     def unprotect_alias(self, name: str, alias: str) -> None:
         """Anyone with write scope may move it again.  Raises ``NotFound`` when it is not protected."""
         with self._write() as session:
+            self._changes(session, name)
             model = self._model_row(session, name, lock=True)
             deleted = cast("CursorResult[Any]", session.execute(delete(db.AliasRule).where(db.AliasRule.model_id == model.id,
                                                                  db.AliasRule.alias == alias))).rowcount
@@ -175,8 +219,16 @@ class AliasRecords(EvaluationRecords):
                    for r in rows],
             next_cursor=encode_cursor(rows[-1].id) if more else None)
 
+    def cached_alias(self, name: str, alias: str) -> schemas.Alias | None:
+        """The answer of ``get_alias`` if the read cache holds it (no I/O, for the event loop)."""
+        return self.cache.get(model_scope(name), alias)
+
     def get_alias(self, name: str, alias: str) -> schemas.Alias:
-        """The operator's hot path: one prepared, indexed join."""
+        """The operator's hot path: one prepared, indexed join (or the read cache)."""
+        scope = model_scope(name)
+        if (cached := self.cache.get(scope, alias)) is not None:
+            return cached
+        ticket = self.cache.ticket(scope, alias)
         params = {"model_name": name, "alias_name": alias}
         if self._fast is not None:
             found = self._fast.one(_SELECT_ALIAS, params)
@@ -186,7 +238,7 @@ class AliasRecords(EvaluationRecords):
         if found is None:
             self._raise_missing_alias(name, alias)
         version, digest = found
-        return schemas.Alias(model=name, alias=alias, version=version, digest=digest)
+        return self.cache.put(ticket, schemas.Alias(model=name, alias=alias, version=version, digest=digest))
 
     def _raise_missing_alias(self, name: str, alias: str) -> NoReturn:
         with self.engine.connect() as connection:

@@ -15,16 +15,19 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, Self, cast
 
-from sqlalchemy import Connection, Engine, Row, Table, bindparam, insert, select, text, update
+from sqlalchemy import Connection, Engine, Integer, Row, String, Table, bindparam, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelyard.registry.db import models as db
+from modelyard.registry.db.change_listener import CHANNEL, ChangeListener
 from modelyard.registry.db.engine import WRITE_OPTION
 from modelyard.registry.db.fast_reads import SqliteFastReader
 from modelyard.registry.db.file_guard import DatabaseFileGuard, sqlite_file
 from modelyard.registry.db.prepare import prepare_database
 from modelyard.registry.kernel import defaults, schemas
 from modelyard.registry.kernel.errors import NotFound, Unavailable
+from modelyard.registry.store.read_cache import (EVERYTHING, NOTHING_CACHED, ReadCache, model_scope, payload,
+                                                 scopes_of)
 
 EVENT_LOCK_KEY = 0x6D6F64656C  # "model": any constant shared by all registry replicas
 
@@ -58,6 +61,10 @@ _SELECT_VERSION = (
 _SELECT_VERSION_ALIASES = (
     select(db.Alias.alias).where(db.Alias.version_id == bindparam("version_id")).order_by(db.Alias.alias)
 )
+_SELECT_ALIASES_OF_VERSIONS = (
+    select(db.Alias.version_id, db.Alias.alias)
+    .where(db.Alias.version_id.in_(bindparam("version_ids", expanding=True))).order_by(db.Alias.alias)
+)
 _ALLOCATE_VERSION = (
     update(db.RegisteredModel)
     .where(db.RegisteredModel.name == bindparam("model_name"))
@@ -68,6 +75,19 @@ _ALLOCATE_VERSION = (
 _INSERT_MODEL = insert(cast(Table, db.RegisteredModel.__table__))
 _INSERT_VERSION = insert(cast(Table, db.ModelVersion.__table__))
 _INSERT_EVENT = insert(cast(Table, db.Event.__table__))
+_NOTIFY_CHANGES = text(f"SELECT pg_notify('{CHANNEL}', :scopes)")
+# A transaction's last statement before COMMIT when it appended events (PostgreSQL): it takes the
+# event lock, announces the change and appends the event in one round trip.  The lock then serializes
+# only this statement and the COMMIT of every writer, not their whole work; the row the INSERT
+# numbers comes out of the CTEs, so the lock is held before its id is drawn.
+_FINISH_WITH_EVENT = text(
+    "WITH locked AS (SELECT pg_advisory_xact_lock(:key)), "
+    f"announced AS (SELECT pg_notify('{CHANNEL}', :scopes)) "
+    "INSERT INTO events (type, model, version, alias, time) "
+    "SELECT :type, :model, :version, :alias, :time FROM locked, announced"
+).bindparams(bindparam("scopes", type_=String()), bindparam("type", type_=String()),
+             bindparam("model", type_=String()), bindparam("version", type_=Integer()),
+             bindparam("alias", type_=String()), bindparam("time", type_=db.UTCDateTime()))
 
 
 TagFilter = Mapping[str, str] | Sequence[tuple[str, str]] | None
@@ -116,6 +136,9 @@ class StoreBase:
         """A deployment not reported for this long is stale (``store.deployments``)."""
         self.event_listeners: list[Callable[[], None]] = []
         """Called (from the writing thread) after a transaction that appended events commits."""
+        self.change_listeners: list[Callable[[], None]] = []
+        """Called (from the change listener's thread) when a change committed by any process, this
+        one included, is heard (PostgreSQL, ``listen_for_changes``)."""
         self._write_engine = engine.execution_options(**{WRITE_OPTION: True})
         self._reader = sessionmaker(self.engine, expire_on_commit=False)
         self._writer = sessionmaker(self._write_engine, expire_on_commit=False)
@@ -134,6 +157,30 @@ class StoreBase:
         self._file_guard = DatabaseFileGuard(path) if path is not None and path.exists() else None
         self.damage: str | None = None
         """What the start-up integrity check found wrong with the database, if anything."""
+        self.cache = ReadCache(defaults.READ_CACHE_ENTRIES,
+                               unannounced=self._fast.data_changed if self._fast is not None else None)
+        """Hot answers: on SQLite while nothing was committed since (asked before each lookup); on
+        PostgreSQL while every replica's changes are heard (``listen_for_changes``)."""
+        self.cache.live = self._fast is not None
+        self._listener: ChangeListener | None = None
+
+    def listen_for_changes(self, ping_seconds: float = defaults.CHANGE_PING_SECONDS) -> None:
+        """Start serving hot reads from ``cache`` on PostgreSQL (SQLite's serves from the start): a
+        thread hears every replica's committed changes and drops what they touched."""
+        if self._ordered_events and self._listener is None:
+            self._listener = ChangeListener(self._write_engine.engine.url, self._heard, self.cache.set_live,
+                                            ping_seconds=ping_seconds)
+            self._listener.start()
+
+    def stop_listening(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
+
+    def _heard(self, changed: str) -> None:
+        self.cache.invalidate(scopes_of(changed))
+        for listener in self.change_listeners:
+            listener()
 
     @classmethod
     def open(cls, db_url: str, migrate_on_start: bool | None = None, *,
@@ -171,21 +218,54 @@ class StoreBase:
         with self._write_lock, self._writer() as session:
             with session.begin():
                 yield session
-        if session.info.get("emitted"):
-            self._notify()
+                session.flush()  # the rows first, so that the event lock is held for the append only
+                changed, emitted = self._finish(session)
+        self._committed(changed, emitted)
 
     @contextmanager
     def _write_core(self) -> Iterator[Connection]:
         """A Core write transaction, for the frequent writes (no unit-of-work overhead)."""
         self._check_writable()
-        emitted = False
         with self._write_lock, self._write_engine.connect() as connection:
-            connection.info.pop("emitted", None)
+            connection.info.pop("events", None)
+            connection.info.pop("changed", None)
             with connection.begin():
                 yield connection
-            emitted = bool(connection.info.pop("emitted", False))
+                changed, emitted = self._finish(connection)
+        self._committed(changed, emitted)
+
+    def _finish(self, session: Session | Connection) -> tuple[list[str], bool]:
+        """The end of a write transaction, before its COMMIT: tell every replica what it changed
+        (``store.read_cache``: the scopes it declared with ``_changes``, everything when it declared
+        none), and append its events, on PostgreSQL under the event lock so that events commit in id
+        order (see the module's docstring).  Returns the scopes, and whether events were appended."""
+        declared = session.info.pop("changed", None) or {EVERYTHING}
+        changed = sorted(declared - {NOTHING_CACHED})
+        events = session.info.pop("events", None) or []
+        rest = events
+        if self._ordered_events:
+            if events:
+                session.execute(_FINISH_WITH_EVENT, {"key": EVENT_LOCK_KEY, "scopes": payload(changed), **events[0]})
+                rest = events[1:]
+            elif changed:
+                session.execute(_NOTIFY_CHANGES, {"scopes": payload(changed)})
+        for event in rest:
+            session.execute(_INSERT_EVENT, event)
+        return changed, bool(events)
+
+    def _committed(self, changed: list[str], emitted: bool) -> None:
+        # Dropped here too, before the write returns: a client reads its own write on this replica
+        # whatever the notification's delay.
+        self.cache.invalidate(changed)
         if emitted:
             self._notify()
+
+    @staticmethod
+    def _changes(session: Session | Connection, model: str | None) -> None:
+        """Declare that this write transaction changes what is read about ``model`` (and nothing
+        outside it, unless declared too); "" is anything, None nothing a cached read answers."""
+        scope = NOTHING_CACHED if model is None else model_scope(model) if model else EVERYTHING
+        session.info.setdefault("changed", set()).add(scope)
 
     def _notify(self) -> None:
         for listener in self.event_listeners:
@@ -200,12 +280,11 @@ class StoreBase:
 
     def _emit(self, session: Session | Connection, type_: str, model: str, version: int | None = None,
               alias: str | None = None) -> None:
-        """Append an event inside the caller's write transaction (ORM session or Core connection)."""
-        if self._ordered_events:
-            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": EVENT_LOCK_KEY})
-        session.info["emitted"] = True
-        session.execute(_INSERT_EVENT, {"type": type_, "model": model, "version": version, "alias": alias,
-                                        "time": db.utcnow()})
+        """Append an event to the caller's write transaction (ORM session or Core connection), as its
+        last statement (``_finish``)."""
+        session.info.setdefault("events", []).append(
+            {"type": type_, "model": model, "version": version, "alias": alias, "time": db.utcnow()})
+        self._changes(session, model)
 
     @staticmethod
     def _model_row(session: Session, name: str, *, lock: bool = False) -> db.RegisteredModel:
@@ -241,14 +320,10 @@ class StoreBase:
         return {alias: version for alias, version in rows}
 
     @staticmethod
-    def _aliases_by_version(session: Session, version_ids: Sequence[int]) -> dict[int, list[str]]:
+    def _aliases_by_version(session: Session | Connection, version_ids: Sequence[int]) -> dict[int, list[str]]:
         result: dict[int, list[str]] = {vid: [] for vid in version_ids}
         if version_ids:
-            rows = session.execute(
-                select(db.Alias.version_id, db.Alias.alias)
-                .where(db.Alias.version_id.in_(version_ids))
-                .order_by(db.Alias.alias)
-            )
+            rows = session.execute(_SELECT_ALIASES_OF_VERSIONS, {"version_ids": list(version_ids)})
             for version_id, alias in rows:
                 result[version_id].append(alias)
         return result

@@ -60,12 +60,14 @@ class BlobRecords(StoreBase):
         leaves the blob alone, even when no version refers to it yet.
         """
         with self._write_core() as connection:
+            self._changes(connection, None)
             self._lock_blobs(connection)
             return int(connection.execute(_INSERT_CLAIM, {"digest": digest, "started_at": db.utcnow()}).scalar_one())
 
     def end_upload(self, claim: int) -> None:
         """Release an upload's claim (a no-op once it was consumed)."""
         with self._write_core() as connection:
+            self._changes(connection, None)
             connection.execute(delete(db.PendingBlob).where(db.PendingBlob.id == claim))
 
     def collect_blobs(self, digests: Iterable[str], delete_blob: Callable[[str], None]) -> list[str]:
@@ -78,6 +80,7 @@ class BlobRecords(StoreBase):
         deleted = []
         for digest in sorted(set(digests)):
             with self._write_core() as connection:
+                self._changes(connection, None)
                 self._lock_blobs(connection)
                 in_use = connection.scalar(_BLOB_IN_USE, {"digest": digest,
                                                           "since": db.utcnow() - PENDING_UPLOAD_TTL})
@@ -104,6 +107,7 @@ class BlobRecords(StoreBase):
     def prune_claims(self) -> int:
         """Forget claims older than ``PENDING_UPLOAD_TTL`` (uploads that died with their server)."""
         with self._write_core() as connection:
+            self._changes(connection, None)
             return connection.execute(delete(db.PendingBlob).where(
                 db.PendingBlob.started_at <= db.utcnow() - PENDING_UPLOAD_TTL)).rowcount or 0
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import and_, delete, select
+from sqlalchemy import Integer, and_, bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 
 from modelyard.registry.db import models as db
@@ -30,6 +30,16 @@ from modelyard.registry.store.base import (
 from modelyard.registry.store.blobs import BlobRecords
 from modelyard.registry.store.deployments import DeploymentRecords
 from modelyard.registry.store.evaluations import EvaluationRecords
+from modelyard.registry.store.read_cache import model_scope
+
+
+_LIST_VERSIONS = {
+    descending: select(*_VERSION_COLUMNS).where(db.ModelVersion.model_id == bindparam("model_id"))
+    .order_by(db.ModelVersion.version.desc() if descending else db.ModelVersion.version.asc())
+    .limit(bindparam("limit", type_=Integer()))
+    for descending in (False, True)
+}
+"""A model's versions in either order, a page (``limit``) at a time: filters are added to a copy."""
 
 
 class CatalogRecords(BlobRecords, DeploymentRecords, EvaluationRecords):
@@ -98,6 +108,7 @@ class CatalogRecords(BlobRecords, DeploymentRecords, EvaluationRecords):
         body = schemas.validated(schemas.ModelUpdate, description=description,
                                  tags=None if tags is None else dict(tags))
         with self._write() as session:
+            self._changes(session, name)
             row = self._model_row(session, name, lock=True)
             if body.description is not None:
                 row.description = body.description
@@ -163,7 +174,15 @@ class CatalogRecords(BlobRecords, DeploymentRecords, EvaluationRecords):
             self._emit(connection, "version.created", name, number)
         return schemas.Version(model=name, version=number, aliases=[], **values)
 
+    def cached_version(self, name: str, version: int) -> schemas.Version | None:
+        """The answer of ``get_version`` if the read cache holds it (no I/O, for the event loop)."""
+        return self.cache.get(model_scope(name), version)
+
     def get_version(self, name: str, version: int) -> schemas.Version:
+        scope = model_scope(name)
+        if (cached := self.cache.get(scope, version)) is not None:
+            return cached
+        ticket = self.cache.ticket(scope, version)
         with self.engine.connect() as connection:
             row = connection.execute(_SELECT_VERSION, {"model_name": name, "number": version}).first()
             if row is None:
@@ -173,7 +192,10 @@ class CatalogRecords(BlobRecords, DeploymentRecords, EvaluationRecords):
             aliases = list(connection.scalars(_SELECT_VERSION_ALIASES, {"version_id": row.id}))
             deployments = self._deployments_of(connection, name, [version])[version]
             evaluations = self._evaluations_of(connection, [row.id])[row.id]
-        return version_from_row(name, row, aliases, deployments, evaluations)
+        answer = version_from_row(name, row, aliases, deployments, evaluations)
+        if deployments.fresh_until is None:
+            return self.cache.put(ticket, answer)
+        return self.cache.put(ticket, answer, expires_in=(deployments.fresh_until - self._now()).total_seconds())
 
     def list_versions(self, name: str, *, order: str = "asc", status: str | None = None,
                       tags: TagFilter = None, limit: int = 100,
@@ -181,11 +203,15 @@ class CatalogRecords(BlobRecords, DeploymentRecords, EvaluationRecords):
         """See ``RegistryOperations.list_versions``; ``tags`` may also be (key, value) pairs."""
         descending = order == "desc"
         number = db.ModelVersion.version
-        with self._read() as session:
-            model = self._model_row(session, name)
-            # The same columns as a single version's answer (one converter), without ORM entity loading.
-            query = (select(*_VERSION_COLUMNS).where(db.ModelVersion.model_id == model.id)
-                     .order_by(number.desc() if descending else number.asc()).limit(limit + 1))
+        with self.engine.connect() as session:  # Core: the ORM's per-statement work was most of a page's time
+            model_id = session.execute(_SELECT_MODEL_ID, {"model_name": name}).scalar()
+            if model_id is None:
+                raise NotFound(f"model {name!r} does not exist")
+            # The same columns as a single version's answer (one converter), without ORM entity loading;
+            # the plain listing's statement is built once (building one costs about as much as running it).
+            query = _LIST_VERSIONS[descending]
+            if status or tags or cursor:
+                query = query.where()  # a copy to add to
             if status:
                 query = query.where(db.ModelVersion.status == status)
             for key, value in _tag_pairs(tags):
@@ -193,7 +219,7 @@ class CatalogRecords(BlobRecords, DeploymentRecords, EvaluationRecords):
             if cursor:
                 after = decode_number_cursor(cursor, digits=10, maximum=schemas.MAX_VERSION)
                 query = query.where(number < after if descending else number > after)
-            rows = list(session.execute(query))
+            rows = list(session.execute(query, {"model_id": model_id, "limit": limit + 1}))
             more = len(rows) > limit
             rows = rows[:limit]
             aliases = self._aliases_by_version(session, [row.id for row in rows])
@@ -212,6 +238,7 @@ class CatalogRecords(BlobRecords, DeploymentRecords, EvaluationRecords):
         body = schemas.validated(schemas.VersionUpdate, description=description,
                           metrics=None if metrics is None else dict(metrics), tags=None if tags is None else dict(tags))
         with self._write() as session:
+            self._changes(session, name)
             row = self._version_row(session, self._model_row(session, name, lock=True), version)
             if body.description is not None:
                 row.description = body.description

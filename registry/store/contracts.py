@@ -180,8 +180,39 @@ class StoreHealth(Protocol):
         ...
 
 
+class ReadCaching(Protocol):
+    """Hot answers held in the process (``store.read_cache``) and read without I/O, so that a server
+    answers them on its event loop; each is what the uncached read (``get_alias``...) would answer,
+    as of the last change this process heard of."""
+
+    def listen_for_changes(self, ping_seconds: float = ...) -> None:
+        """PostgreSQL: start hearing every replica's committed changes, and serve from the cache while
+        heard (SQLite's cache serves from the start)."""
+        ...
+
+    def stop_listening(self) -> None:
+        """Stop hearing changes; the cache stops serving."""
+        ...
+
+    def cached_alias(self, name: str, alias: str) -> schemas.Alias | None:
+        """``get_alias``'s answer if held, else None."""
+        ...
+
+    def cached_version(self, name: str, version: int) -> schemas.Version | None:
+        """``get_version``'s answer if held, else None."""
+        ...
+
+    def cached_token_identity(self, token: str) -> tuple[TokenIdentity | None] | None:
+        """``(token_identity(token),)`` if held, else None."""
+        ...
+
+    def cached_auth_enabled(self) -> bool | None:
+        """``auth_enabled()`` if held, else None."""
+        ...
+
+
 STORE_CONTRACTS: tuple[type, ...] = (CatalogAdmin, AliasGovernance, BlobKeeping, EventFeed, TokenKeeping,
-                                     EvidenceKeeping, StoreHealth)
+                                     EvidenceKeeping, StoreHealth, ReadCaching)
 
 
 if TYPE_CHECKING:  # checked by mypy (tests/test_contract.py); never run
@@ -206,4 +237,7 @@ if TYPE_CHECKING:  # checked by mypy (tests/test_contract.py); never run
         return store
 
     def _the_store_reports_its_health(store: RegistryStore) -> StoreHealth:
+        return store
+
+    def _the_store_caches_hot_reads(store: RegistryStore) -> ReadCaching:
         return store

@@ -46,6 +46,7 @@ _MATCHED = _of_its_version(
     select(db.Deployment.version, db.Deployment.cluster, db.Deployment.namespace, db.Deployment.name,
            db.Deployment.phase, db.Deployment.ready_replicas, db.Deployment.desired_replicas,
            (db.Deployment.reported_at < bindparam("stale_before", type_=db.UTCDateTime())).label("stale"),
+           db.Deployment.reported_at,
            func.row_number().over(partition_by=db.Deployment.version, order_by=_ORDER).label("rank"),
            func.count().over(partition_by=db.Deployment.version).label("total"))
 ).where(db.Deployment.model == bindparam("model"),
@@ -72,6 +73,10 @@ class DeploymentRecords(StoreBase):
                 with self._write() as session:
                     values["digest"] = self._reported_digest(session, report)
                     row = session.scalars(select(db.Deployment).where(*_is(where)).with_for_update()).one_or_none()
+                    # Even a heartbeat changes what the versions' answers say (it keeps them from going stale).
+                    self._changes(session, report.model)
+                    if row is not None:
+                        self._changes(session, row.model)
                     news = row is None or any(getattr(row, f) != values[f] for f in _REPORTED)
                     if row is None:
                         row = db.Deployment(cluster=where.cluster, namespace=where.namespace, name=where.name)
@@ -167,7 +172,11 @@ class DeploymentRecords(StoreBase):
         rows = connection.execute(_SELECT_REFS, {"model": model, "versions": list(found),
                                                   "stale_before": self._now() - self.stale_after})
         for row in rows:
-            found[row.version].total = row.total
+            refs = found[row.version]
+            refs.total = row.total
+            if not row.stale:
+                turns_stale = row.reported_at + self.stale_after
+                refs.fresh_until = turns_stale if refs.fresh_until is None else min(refs.fresh_until, turns_stale)
             found[row.version].append({  # plain: the Version answer builds them (in pydantic's core, fast)
                 "cluster": row.cluster, "namespace": row.namespace, "name": row.name, "phase": row.phase,
                 "ready_replicas": row.ready_replicas, "desired_replicas": row.desired_replicas,
@@ -192,6 +201,8 @@ class DeploymentRefs(list[dict[str, Any]]):
     """The deployments listed in a version's answer, and how many there are in all."""
 
     total: int = 0
+    fresh_until: datetime | None = None
+    """When the first of them turns stale: until then the answer listing them holds (a read cache's limit)."""
 
 
 class _Where(schemas._Strict):

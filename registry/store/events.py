@@ -32,6 +32,7 @@ class EventRecords(StoreBase):
         newest ``keep``.  Records the last id dropped, so a follower asking for events after an
         older id is told it fell behind (``events_truncated``) and re-lists.  Returns how many went."""
         with self._write() as session:
+            self._changes(session, None)
             newest = session.scalar(select(func.coalesce(func.max(db.Event.id), 0))) or 0
             by_age = session.scalar(select(func.max(db.Event.id)).where(db.Event.time < db.utcnow() - older_than)) or 0
             through = max(by_age, newest - keep)

@@ -17,6 +17,7 @@ from modelyard.registry.db import models as db
 from modelyard.registry.kernel import schemas
 from modelyard.registry.kernel.errors import BadRequest, Conflict, NotFound
 from modelyard.registry.store.base import StoreBase
+from modelyard.registry.store.read_cache import AUTH
 
 SCOPES = ("read", "evaluate", "report", "write", "admin")
 """Each scope includes the ones before it for what the API guards by scope; ``evaluate`` is an evaluator's
@@ -37,6 +38,7 @@ def hash_token(token: str) -> str:
 _SELECT_TOKEN = select(db.ApiToken.name, db.ApiToken.scope, db.ApiToken.cluster).where(
     db.ApiToken.token_hash == bindparam("token_hash"), db.ApiToken.revoked_at.is_(None))
 _SELECT_AUTH_STATE = select(db.RegistryState.value).where(db.RegistryState.key == AUTH_KEY)
+_AUTH_ENABLED = ("auth-enabled",)  # a read-cache key no token hash (a hex string) can equal
 
 
 @dataclass(frozen=True)
@@ -130,19 +132,35 @@ class TokenRecords(StoreBase):
         except IntegrityError:
             return False  # another replica added it first
 
+    def cached_token_identity(self, token: str) -> tuple[TokenIdentity | None] | None:
+        """``(token_identity(token),)`` if the read cache holds it, else None (no I/O)."""
+        return self.cache.get(AUTH, hash_token(token))
+
     def token_identity(self, token: str) -> TokenIdentity | None:
         """What a valid, unrevoked token is, else None."""
+        token_hash = hash_token(token)
+        if (cached := self.cache.get(AUTH, token_hash)) is not None:
+            return cached[0]
+        ticket = self.cache.ticket(AUTH, token_hash)
         with self.engine.connect() as connection:
-            found = connection.execute(_SELECT_TOKEN, {"token_hash": hash_token(token)}).first()
-        return None if found is None else TokenIdentity(found.name, found.scope, found.cluster)
+            found = connection.execute(_SELECT_TOKEN, {"token_hash": token_hash}).first()
+        identity = None if found is None else TokenIdentity(found.name, found.scope, found.cluster)
+        return self.cache.put(ticket, (identity,))[0]
 
     # -- authentication mode ---------------------------------------------------------------
+
+    def cached_auth_enabled(self) -> bool | None:
+        """``auth_enabled()`` if the read cache holds it, else None (no I/O)."""
+        return self.cache.get(AUTH, _AUTH_ENABLED)
 
     def auth_enabled(self) -> bool:
         """Whether clients need a token.  Off only on a registry that never had a token, or
         that an administrator opened explicitly: revoking tokens never turns it off."""
+        if (cached := self.cache.get(AUTH, _AUTH_ENABLED)) is not None:
+            return bool(cached)
+        ticket = self.cache.ticket(AUTH, _AUTH_ENABLED)
         with self.engine.connect() as connection:
-            return connection.scalar(_SELECT_AUTH_STATE) == AUTH_ON
+            return self.cache.put(ticket, connection.scalar(_SELECT_AUTH_STATE) == AUTH_ON)
 
     def _set_auth(self, session: Session, value: str) -> None:
         row = session.get(db.RegistryState, AUTH_KEY)
