@@ -20,10 +20,8 @@ async def run_read(store: RegistryStore, function: Callable[..., T], *args: Any)
     (``defaults.DB_THREADS``, see ``run_write``)."""
     if store.inline_reads:
         return function(*args)
-    limiter = _read_limiters.get(store)
-    if limiter is None:
-        limiter = _read_limiters[store] = anyio.CapacityLimiter(defaults.DB_THREADS)
-    return await anyio.to_thread.run_sync(function, *args, limiter=limiter)
+    return await anyio.to_thread.run_sync(function, *args,
+                                          limiter=_limiter(_read_limiters, store, defaults.DB_THREADS))
 
 
 _read_limiters: weakref.WeakKeyDictionary[RegistryStore, anyio.CapacityLimiter] = weakref.WeakKeyDictionary()
@@ -46,8 +44,14 @@ async def run_write(store: RegistryStore, function: Callable[..., T], *args: Any
     """
     if store.inline_writes:
         return function(*args)
-    limiter = _write_limiters.get(store)
+    threads = 1 if store.inline_reads else defaults.DB_THREADS
+    return await anyio.to_thread.run_sync(function, *args, limiter=_limiter(_write_limiters, store, threads))
+
+
+def _limiter(limiters: weakref.WeakKeyDictionary[RegistryStore, anyio.CapacityLimiter], store: RegistryStore,
+             threads: int) -> anyio.CapacityLimiter:
+    """The store's limiter in ``limiters``, made on first use (it must be made inside the event loop)."""
+    limiter = limiters.get(store)
     if limiter is None:
-        limiter = _write_limiters[store] = anyio.CapacityLimiter(1 if store.inline_reads else
-                                                                 defaults.DB_THREADS)
-    return await anyio.to_thread.run_sync(function, *args, limiter=limiter)
+        limiter = limiters[store] = anyio.CapacityLimiter(threads)
+    return limiter

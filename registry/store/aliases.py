@@ -15,6 +15,8 @@ from modelyard.registry.kernel import schemas
 from modelyard.registry.kernel.cursors import decode_number_cursor, encode_cursor
 from modelyard.registry.kernel.errors import Conflict, Forbidden, Invalid, NotFound
 from modelyard.registry.store.base import _SELECT_ALIAS, _SELECT_MODEL_ID
+from modelyard.registry.store.evaluations import EvaluationRecords
+from modelyard.registry.store.read_cache import model_scope
 
 _CURRENT = aliased(db.ModelVersion)
 _SELECT_MOVE = (
@@ -35,8 +37,6 @@ _INSERT_ALIAS = insert(cast(Table, db.Alias.__table__))
 _MOVE_ALIAS = (update(cast(Table, db.Alias.__table__)).where(db.Alias.__table__.c.id == bindparam("alias_id"))
                .values(version_id=bindparam("version_id"), updated_at=bindparam("updated_at")))
 _INSERT_MOVE = insert(cast(Table, db.AliasMove.__table__))
-from modelyard.registry.store.evaluations import EvaluationRecords
-from modelyard.registry.store.read_cache import model_scope
 
 
 class AliasRecords(EvaluationRecords):

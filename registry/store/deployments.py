@@ -177,7 +177,7 @@ class DeploymentRecords(StoreBase):
             if not row.stale:
                 turns_stale = row.reported_at + self.stale_after
                 refs.fresh_until = turns_stale if refs.fresh_until is None else min(refs.fresh_until, turns_stale)
-            found[row.version].append({  # plain: the Version answer builds them (in pydantic's core, fast)
+            refs.append({  # plain: the Version answer builds them (in pydantic's core, fast)
                 "cluster": row.cluster, "namespace": row.namespace, "name": row.name, "phase": row.phase,
                 "ready_replicas": row.ready_replicas, "desired_replicas": row.desired_replicas,
                 "stale": bool(row.stale)})
