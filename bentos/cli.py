@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -17,6 +17,10 @@ from modelyard.registry.kernel.defaults import Env
 from modelyard.registry.kernel.names import parse_model_ref
 from modelyard.registry.cli.client_cmds import pull_artifact
 from modelyard.registry.cli.common import RegistryOption, TokenOption, client, console
+
+if TYPE_CHECKING:
+    from modelyard.bentos.runtime import FetchedBento
+    from modelyard.registry.client import RegistryClient
 
 
 def package(
@@ -52,6 +56,20 @@ def package(
                   f"{bento.digest} ({bento.size} bytes)", highlight=False)
 
 
+def fetch_or_tell(registry_client: RegistryClient, ref: str, cache: Path) -> FetchedBento:
+    """``runtime.fetch``; a refused signature becomes the container's termination message too (the operator
+    reads its reason from the pod), then the usual one-line error."""
+    from modelyard.bentos.pod.failure import tell_kubernetes
+    from modelyard.bentos.provenance import SignatureNotAccepted
+    from modelyard.bentos.runtime import fetch
+
+    try:
+        return fetch(registry_client, parse_model_ref(ref), cache)
+    except SignatureNotAccepted as exc:
+        tell_kubernetes(ref, str(exc))
+        raise
+
+
 def pull(
     ref: Annotated[str, typer.Argument(help="NAME@ALIAS or NAME:VERSION")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write the artifact to this file")] = None,
@@ -61,7 +79,7 @@ def pull(
     token: TokenOption = None,
 ) -> None:
     """Download a version's artifact (-o FILE) or its Bento (--to DIR), verifying the sha256."""
-    from modelyard.bentos.runtime import describe, fetch
+    from modelyard.bentos.runtime import describe
 
     if (output is None) == (to is None):
         raise typer.BadParameter("give exactly one of --output FILE or --to DIR")
@@ -70,7 +88,7 @@ def pull(
             pull_artifact(registry_client, ref, output)
             return
         assert to is not None
-        fetched = fetch(registry_client, parse_model_ref(ref), to.expanduser())
+        fetched = fetch_or_tell(registry_client, ref, to.expanduser())
         console.print(f"pulled {describe(fetched)} → {fetched.directory}", highlight=False, soft_wrap=True)
 
 
@@ -139,7 +157,7 @@ def serve(
     from modelyard.bentos.pod.failure import ModelLoadError, tell_kubernetes
     from modelyard.bentos.pod.settings import CommonSettings, ServingSettings, ignored
     from modelyard.bentos.runtime import (
-        BentoRefused, default_cache, describe, fetch, serve_command, serving_engine, supervise,
+        BentoRefused, default_cache, describe, serve_command, serving_engine, supervise,
     )
 
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -162,7 +180,7 @@ def serve(
         settings = settings.with_values(section, **values)
     cache = (cache or default_cache()).expanduser()
     with client(registry, token) as registry_client:
-        fetched = fetch(registry_client, ref, cache)
+        fetched = fetch_or_tell(registry_client, ref, cache)
     try:
         chosen = serving_engine(fetched.version, engine, gpus=gpus)
     except BentoRefused as exc:

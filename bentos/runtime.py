@@ -18,6 +18,7 @@ Bento must be the version's artifact itself.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -38,12 +39,14 @@ from typing import Any
 from modelyard.bentos.pod.settings import LLM_ENGINE, VLLM_ENGINE, ServingSettings, engine_for, gpus_to_use
 from modelyard.bentos.pod.failure import FAILURE_FILE_ENV, TERMINATION_LOG, tell_kubernetes
 from modelyard.bentos.pod.manifest import MANIFEST_FILE, write_manifest
+from modelyard.bentos.provenance import SignaturePolicy, check_signature
 from modelyard.bentos.packager import FILE_SUFFIX, SERVABLE_FORMATS
 from modelyard.bentos.pod.spec import MODEL_DIR, SPEC_FILE, ModelSpec
 from modelyard.bentos.llm.loading import check_files, max_model_len
 from modelyard.bentos.vllm.launch import VllmBuild, vllm_command
 from modelyard.registry.kernel import schemas
 from modelyard.registry.model.bento_source import source_mismatch
+from modelyard.registry.signing.bundles import TrustRoot
 from modelyard.registry.client import RegistryClient
 from modelyard.registry.kernel.errors import NotFound
 from modelyard.registry.model.hf_model import UnsafeModelDirectory, unique_member_name
@@ -73,6 +76,8 @@ class FetchedBento:
     version: schemas.Version
     directory: Path  # the extracted Bento
     downloaded: bool  # False: served from the cache
+    signer: TrustRoot | None = None
+    """The signer whose signature this process verified, where the deployment requires one."""
 
     @property
     def src(self) -> Path:
@@ -85,7 +90,8 @@ def default_cache() -> Path:
 
 def fetch(client: RegistryClient, ref: str | ModelRef, cache: Path) -> FetchedBento:
     """What serves the version, verified by digest, under ``cache``: its Bento when the registry
-    records one, otherwise its artifact.
+    records one, otherwise its artifact.  Where the deployment requires a signature
+    (``provenance``), one is verified too, or ``SignatureNotAccepted``.
 
     A model version needs no Bento to be served (the installed generic service reads the
     program and its record), so a pod never packages and never writes to the registry: its
@@ -131,6 +137,11 @@ def fetch(client: RegistryClient, ref: str | ModelRef, cache: Path) -> FetchedBe
         log.info("fetched %s:%s %s (%s) into %s", version.model, version.version, what, digest, directory)
         fetched = FetchedBento(version, directory, downloaded=True)
     verify_source(fetched)
+    policy = SignaturePolicy.from_env()
+    if policy.required:
+        model_directory = version.bento is None and version.format == schemas.ArtifactFormat.hf
+        signer = check_signature(client, version, fetched.src / MANIFEST_FILE if model_directory else None, policy)
+        fetched = dataclasses.replace(fetched, signer=signer)
     return fetched
 
 
@@ -375,4 +386,6 @@ def describe(fetched: FetchedBento) -> str:
     what = f"{spec.format} program {spec.digest}" if spec else "user service"
     version, bento = fetched.version, fetched.version.bento
     source = f"{bento.tag} ({bento.digest}; {what})" if bento else f"its artifact ({what})"
-    return f"{version.model}:{version.version} as {source}{'' if fetched.downloaded else ' from the cache'}"
+    signed = (f"; signed by {fetched.signer.name} ({fetched.signer.method}), verified here"
+              if fetched.signer is not None else "")
+    return f"{version.model}:{version.version} as {source}{'' if fetched.downloaded else ' from the cache'}{signed}"

@@ -24,7 +24,8 @@ log = logging.getLogger("modelyard.operator.follower")
 Key = tuple[str, str]  # (namespace, name)
 Wake = Callable[[list[Key], str], Awaitable[None]]
 
-WAKES_ON_ANY_CHANGE = ("model.created", "version.ready", "version.packaged", "version.deleted", "model.deleted")
+WAKES_ON_ANY_CHANGE = ("model.created", "version.ready", "version.packaged", "version.signed", "version.deleted",
+                       "model.deleted")
 
 
 class RegistryFollower:

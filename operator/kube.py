@@ -117,13 +117,14 @@ class Kube:
         return found
 
     def release_pod_failures(self, namespace: str, release: str) -> list[PodFailure]:
-        """The release's pods whose model server said it cannot serve (its container's termination message,
-        now or from its last run: a crash-looping pod is waiting to restart)."""
+        """The release's pods whose model server (or its init container) said it cannot serve (the container's
+        termination message, now or from its last run: a crash-looping pod is waiting to restart)."""
         answer = self.core.list_namespaced_pod(
             namespace, label_selector=f"{RELEASE_SELECTOR},app.kubernetes.io/instance={release}")
         found = []
         for pod in answer.items:
-            for container in pod.status.container_statuses or []:
+            # The init container too: it fetches and verifies the version (a refused signature ends there).
+            for container in [*(pod.status.init_container_statuses or []), *(pod.status.container_statuses or [])]:
                 for state in (container.state, container.last_state):
                     terminated = state.terminated if state is not None else None
                     failure = pod_failure(pod.metadata.name, pod.metadata.labels or {},

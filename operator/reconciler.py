@@ -233,7 +233,7 @@ class Reconciler:
         follower.subscribe(key, spec.model.name, spec.model.alias or "")
         feed = FeedHealth(follower.healthy, follower.error, self.config.fallback_resolve_seconds)
         try:
-            resolution: Resolution = await self.io(resolve, client, spec.model)
+            resolution: Resolution = await self.io(resolve, client, spec.model, spec.verify)
         except (RegistryUnreachable, ResolveFailure) as failure:
             resolution = failure
         release, current = None, None

@@ -8,7 +8,7 @@ the reason, retried slowly and healed by the registry's events).
 
 from __future__ import annotations
 
-from modelyard.operator.spec import ModelSelector
+from modelyard.operator.spec import ModelSelector, VerifySpec
 from modelyard.operator.status import Reason
 from modelyard.operator.values import ResolvedVersion
 from modelyard.registry.client import RegistryClient
@@ -30,7 +30,9 @@ class RegistryUnreachable(Exception):
     """The registry did not answer (network, 5xx, credentials)."""
 
 
-def resolve(client: RegistryClient, model: ModelSelector) -> ResolvedVersion:
+def resolve(client: RegistryClient, model: ModelSelector, verify: VerifySpec | None = None) -> ResolvedVersion:
+    """The version ``model`` names, ready, and where ``verify`` requires it, signed by a required signer the
+    registry's trust store still vouches for (else ``SignatureRequired``: no pod is started for it)."""
     name, alias = model.name, model.alias
     try:
         if alias:
@@ -58,6 +60,15 @@ def resolve(client: RegistryClient, model: ModelSelector) -> ResolvedVersion:
     if version.status != "ready" or not version.digest:
         raise ResolveFailure(VERSION_NOT_READY, f"{name}:{number} is {version.status} (its artifact is not "
                                                 f"uploaded and verified yet)")
+    if verify is not None and verify.required:
+        signed = {s.signer for s in version.signatures if s.trusted}
+        wanted = set(verify.signers) or signed
+        if not signed & wanted:
+            whom = " or ".join(sorted(verify.signers)) if verify.signers else "a trusted signer"
+            raise ResolveFailure(Reason.SIGNATURE_REQUIRED,
+                                 f"{name}:{number} carries no signature from {whom} that the registry's trust store "
+                                 f"vouches for (spec.verify); sign it: modelyard versions sign {name}:{number} PATH "
+                                 "--sign-key KEY")
     facts = version.metadata.get("hf")
     return ResolvedVersion(name=name, version=number, digest=version.digest, alias=alias or "",
                            format=version.format.value if version.format else "",

@@ -143,6 +143,14 @@ class PodFailure:
     reason: str
     """The message without the prefix: "NAME:VERSION: why"."""
 
+    @property
+    def kind(self) -> str:
+        """The condition reason it stands for: the pod's own (``SignatureRequired``, ``SignatureInvalid``) when
+        its reason starts with one, else ``ModelServerFailed``."""
+        why = self.reason.partition(": ")[2]
+        head = why.partition(":")[0]
+        return head if head in (defaults.SIGNATURE_REQUIRED, defaults.SIGNATURE_INVALID) else "ModelServerFailed"
+
 
 def pod_failure(pod: str, labels: Mapping[str, str], message: str | None) -> PodFailure | None:
     """A terminated model-server container's message → a ``PodFailure``, or None when it is not ours."""
@@ -174,6 +182,8 @@ class Verdict:
     action: VerdictAction
     recheck_at: float | None = None
     message: str = ""
+    failure: str = ""
+    """SERVER_FAILED: the condition reason the pod's failure stands for (``PodFailure.kind``)."""
 
 
 def judge(rollout: RolloutRecord, tracks: list[Track], spec: DeploymentSpec, now: float,
@@ -215,7 +225,8 @@ def judge(rollout: RolloutRecord, tracks: list[Track], spec: DeploymentSpec, now
     failed = [f for f in failures if f.version == rollout.version
               and f.track == ("canary" if rollout.state == RolloutState.CANARY else "stable")]
     if failed:
-        return Verdict(VerdictAction.SERVER_FAILED, message=f"could not be served: {failed[0].reason}")
+        return Verdict(VerdictAction.SERVER_FAILED, message=f"could not be served: {failed[0].reason}",
+                       failure=failed[0].kind)
     stalled = [t for t in waiting if t.current and t.stalled]
     unseen = not watched or any(not t.current for t in waiting)
     if stalled or (unseen and now >= deadline):

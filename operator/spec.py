@@ -175,9 +175,22 @@ class RolloutSpec(_Part):
     auto_rollback: bool = defaults.AUTO_ROLLBACK
 
 
+class VerifySpec(_Part):
+    """``spec.verify``: serve only versions signed by the registry's trusted signers (``signers``: one of these)."""
+
+    require_signature: bool = False
+    signers: list[str] = []
+    trust_secret: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.require_signature or bool(self.signers)
+
+
 class DeploymentSpec(_Part):
     model: ModelSelector
     registry: RegistrySpec = RegistrySpec()
+    verify: VerifySpec = VerifySpec()
     image: str | None = None
     replicas: int = defaults.REPLICAS
     autoscaling: Autoscaling | None = None

@@ -82,6 +82,10 @@ class Reason(StrEnum):
     MODEL_SERVER_FAILED = "ModelServerFailed"
     """The version's server said it cannot serve it (its pods' termination message), and nothing earlier was
     ready to return to."""
+    SIGNATURE_REQUIRED = "SignatureRequired"  # defaults.SIGNATURE_REQUIRED, which the pod writes
+    """``spec.verify`` asks for a signature the version does not carry (found when resolving, or by its pods)."""
+    SIGNATURE_INVALID = "SignatureInvalid"  # defaults.SIGNATURE_INVALID
+    """The version's signatures do not verify in its pods against the trust roots they were given."""
     CANARY_FAILED = "CanaryFailed"
     EVIDENCE_RECORDED = "EvidenceRecorded"
     EVIDENCE_NOT_RECORDED = "EvidenceNotRecorded"

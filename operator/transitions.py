@@ -380,7 +380,7 @@ def check_step(inputs: CheckInputs, helm_result: int | None = None) -> Step:
         why = (f"failed its analysis: {verdict.message}" if verdict.action == VerdictAction.ANALYSIS_FAILED
                else verdict.message)
         event, counted = _give_up(i, rollout, status, action, why, helm_result, now,
-                                  server_failed=verdict.action == VerdictAction.SERVER_FAILED)
+                                  failure=verdict.failure if verdict.action == VerdictAction.SERVER_FAILED else None)
         events.append(event)
 
     desired, ready = replica_counts(i.tracks)
@@ -428,11 +428,16 @@ def _give_up_action(i: CheckInputs, rollout: RolloutRecord) -> HelmAction | None
     return None
 
 
+SERVER_FAILURES = (Reason.MODEL_SERVER_FAILED, Reason.SIGNATURE_REQUIRED, Reason.SIGNATURE_INVALID)
+"""Reasons a version's own pods gave for not serving it: waiting longer would not change them."""
+
+
 def _give_up(i: CheckInputs, rollout: RolloutRecord, status: DeploymentStatus, action: HelmAction | None, why: str,
-             revision: int | None, now: str, *, server_failed: bool = False) -> tuple[Event, dict[str, Any]]:
+             revision: int | None, now: str, *, failure: str | None = None) -> tuple[Event, dict[str, Any]]:
     """The status after giving up on ``rollout`` with ``action`` (``revision``: what it made).  With nothing to
-    return to, a version whose server said it cannot serve it is ``Failed`` (ModelServerFailed): no pod of
-    this spec will ever serve, unlike a rollout that was only slow."""
+    return to, a version whose server said it cannot serve it (``failure``: the reason its pod gave,
+    ModelServerFailed or a signature's) is ``Failed``: no pod of this spec will ever serve, unlike a rollout
+    that was only slow."""
     failed_version, failed_revision = rollout.version, rollout.revision
     record = rollout.model_copy(update={"failed_version": failed_version, "failed_generation": i.generation,
                                         "ready_since": None})
@@ -458,14 +463,14 @@ def _give_up(i: CheckInputs, rollout: RolloutRecord, status: DeploymentStatus, a
                                                   rollout))
         status.helm = (status.helm or HelmStatus()).model_copy(update={"revision": revision})
     else:
-        reason = Reason.MODEL_SERVER_FAILED if server_failed else Reason.PROGRESS_DEADLINE_EXCEEDED
+        reason = Reason(failure) if failure else Reason.PROGRESS_DEADLINE_EXCEEDED
         message = f"version {failed_version} {why}" + (
             "" if rollout.last_ready_revision else "; no earlier ready revision to roll back to")
         record = record.model_copy(update={"state": RolloutState.FAILED})
     status.rollout = record
     status.history = cond.finish_history(status.history, failed_revision, reason, why, now)
-    status.phase = Phase.FAILED if reason == Reason.MODEL_SERVER_FAILED else Phase.DEGRADED
-    if reason == Reason.MODEL_SERVER_FAILED:
+    status.phase = Phase.FAILED if reason in SERVER_FAILURES else Phase.DEGRADED
+    if reason in SERVER_FAILURES:
         status.conditions = cond.set_condition(status.conditions, C.READY, False, reason, message, now)
     status.conditions = cond.set_condition(status.conditions, C.PROGRESSING, False, reason, message, now)
     status.conditions = cond.set_condition(status.conditions, C.DEGRADED, True, reason, message, now)

@@ -149,6 +149,8 @@ def model_server_values(spec: DeploymentSpec, resolved: ResolvedVersion,
     values: dict[str, Any] = {
         "model": _model(resolved),
         "registry": {"url": access.url, "tokenSecretRef": access.pod_token_ref},
+        "verify": {"requireSignature": spec.verify.required, "signers": list(spec.verify.signers),
+                   "trustSecret": spec.verify.trust_secret},
         "image": {**image_values(image), "pullPolicy": "IfNotPresent"},
         "replicas": spec.replicas,
         "autoscaling": _autoscaling(spec.autoscaling),

@@ -8,6 +8,9 @@ Three things, in rooms:
 - ``model/``: what a model file is and whether it is safe to serve: formats, model directories
   (``hf``) and their archives, pickle and torch.export checks, chat templates, Bento sources and
   input signatures.  Read by the registry on upload and by the pod's servers before loading.
+- ``signing/``: OpenSSF model signatures: what a push signs, what a trust root holds, and the check
+  of a bundle against trust roots and against the bytes (the registry's on upload, the pod's runtime
+  before it serves).
 - the registry service: ``operations`` is the contract both ``store`` (over ``db``, one module per
   concern, each under a contract in ``store.contracts``) and ``client`` (over HTTP) satisfy, as in
   MLflow's registry; ``artifacts`` hold the bytes; ``server`` speaks HTTP over the store; ``ui`` is

@@ -2,8 +2,9 @@
 
 A rule reads a number from a source: the version's own metrics (frozen once it is ready), or the
 evidence measured on it: the latest passing ``offline`` evaluation, or the latest passing
-``canary`` evaluation (of any cluster, or of ``canary@CLUSTER``).  Pure: parsing and checking only
-(the store reads the evidence and applies the rules inside ``set_alias``).
+``canary`` evaluation (of any cluster, or of ``canary@CLUSTER``).  ``signed-by:NAME`` asks for a
+signature that the trust store's NAME verified and still vouches for.  Pure: parsing and checking
+only (the store reads the evidence and the signers and applies the rules inside ``set_alias``).
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from __future__ import annotations
 import math
 import operator
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from modelyard.registry.kernel.names import NAME_PATTERN
-from modelyard.registry.kernel.schemas import RULE_PATTERN
+from modelyard.registry.kernel.schemas import RULE_PATTERN, SIGNED_BY_PATTERN
 
 _COMPARE: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq}
@@ -90,17 +91,55 @@ class Rule:
         return None
 
 
-def failures(rules: Sequence[str], metrics: Mapping[str, float],
-             evidence: Mapping[str, Any] | None = None) -> list[str]:
-    """The rules the numbers break, each saying why; empty when every one holds."""
-    return [why for text in rules if (why := Rule.parse(text).failure(metrics, evidence)) is not None]
+@dataclass(frozen=True)
+class SignedBy:
+    """``signed-by:NAME``: a signature verified by the trust store's NAME, which still vouches for it."""
+
+    signer: str
+
+    def __str__(self) -> str:
+        return f"signed-by:{self.signer}"
+
+    def failure(self, signers: Collection[str]) -> str | None:
+        """Why a version whose trusted signers are ``signers`` breaks the rule, or None."""
+        if self.signer in signers:
+            return None
+        return f"{self} (the version carries no signature that {self.signer} in the trust store vouches for)"
+
+
+def parse(text: str) -> Rule | SignedBy:
+    """A rule of either kind; ValueError for anything else."""
+    match = re.match(SIGNED_BY_PATTERN, text)
+    return SignedBy(match.group(1)) if match else Rule.parse(text)
+
+
+def failures(rules: Sequence[str], metrics: Mapping[str, float], evidence: Mapping[str, Any] | None = None,
+             signers: Collection[str] = ()) -> list[str]:
+    """The rules the numbers (and the version's trusted ``signers``) break, each saying why; empty when
+    every one holds."""
+    broken = []
+    for text in rules:
+        rule = parse(text)
+        why = rule.failure(signers) if isinstance(rule, SignedBy) else rule.failure(metrics, evidence)
+        if why is not None:
+            broken.append(why)
+    return broken
+
+
+def _number_rules(rules: Sequence[str]) -> list[Rule]:
+    return [rule for text in rules if isinstance(rule := parse(text), Rule)]
 
 
 def read_by(rules: Sequence[str]) -> set[str]:
     """The names of the version's own metrics that ``rules`` read."""
-    return {rule.metric for text in rules if (rule := Rule.parse(text)).kind == OWN}
+    return {rule.metric for rule in _number_rules(rules) if rule.kind == OWN}
 
 
 def evidence_read_by(rules: Sequence[str]) -> set[tuple[str, str | None]]:
     """The evidence sources ``rules`` read: (kind, cluster or None)."""
-    return {(rule.kind, rule.cluster) for text in rules if (rule := Rule.parse(text)).kind != OWN}
+    return {(rule.kind, rule.cluster) for rule in _number_rules(rules) if rule.kind != OWN}
+
+
+def signers_read_by(rules: Sequence[str]) -> list[str]:
+    """The signers ``signed-by`` rules ask for."""
+    return [rule.signer for text in rules if isinstance(rule := parse(text), SignedBy)]

@@ -24,6 +24,7 @@ from modelyard.registry.kernel.digests import Progress, file_sha256, format_cont
 from modelyard.registry.model.hf_archive import DirectoryArchive
 from modelyard.registry.kernel.errors import Conflict, DigestMismatch, NotFound, RegistryError, Unavailable, error_from_problem
 from modelyard.registry.kernel.names import ModelRef, parse_model_ref
+from modelyard.registry.signing.sign import SigningKey, sign
 
 CHUNK = 1 << 20
 """Called with the number of bytes just moved."""
@@ -337,6 +338,40 @@ class RegistryClient:
         except NotFound:
             return None
         return schemas.AliasProtection.model_validate_json(answer.content)
+
+    # -- signatures -------------------------------------------------------------------
+
+    def upload_signature(self, name: str, version: int, bundle: bytes) -> schemas.Version:
+        """Upload an OpenSSF model signature bundle; the registry records it under each trusted signer
+        that verifies it against the version's bytes (``Invalid`` saying why otherwise)."""
+        answer = self._request("PUT", f"/models/{name}/versions/{version}/signature", content=bundle,
+                               headers={"Content-Digest": format_content_digest(hashlib.sha256(bundle).hexdigest()),
+                                        "Content-Type": "application/json"})
+        return schemas.Version.model_validate_json(answer.content)
+
+    def sign_version(self, name: str, version: int, path: Path | str, key: SigningKey) -> schemas.Version:
+        """Sign the file or model directory pushed as the version (``signing.sign``) and upload the signature."""
+        return self.upload_signature(name, version, sign(Path(path), key))
+
+    def signature_bundle(self, name: str, version: int, signer: str, *, digest: str | None = None) -> bytes:
+        """The bundle ``signer`` verified on the version; ``DigestMismatch`` unless its sha256 is ``digest``
+        (the ``bundle_digest`` the version's answer lists), when given."""
+        answer = self._request("GET", f"/models/{name}/versions/{version}/signatures/{signer}")
+        if digest is not None and f"sha256:{hashlib.sha256(answer.content).hexdigest()}" != digest:
+            raise DigestMismatch(f"{signer}'s signature of {name}:{version} is not {digest}")
+        return answer.content
+
+    def list_trust(self) -> list[schemas.TrustRoot]:
+        answer = self._request("GET", "/trust")
+        return [schemas.TrustRoot.model_validate(item) for item in answer.json()]
+
+    def add_trust(self, signer: str, body: schemas.TrustRootCreate) -> schemas.TrustRoot:
+        """Trust a signer's key or CA (admin token)."""
+        answer = self._request("PUT", f"/trust/{signer}", json=body.model_dump())
+        return schemas.TrustRoot.model_validate_json(answer.content)
+
+    def remove_trust(self, signer: str) -> None:
+        self._request("DELETE", f"/trust/{signer}")
 
     # -- deployments ------------------------------------------------------------------
 

@@ -37,6 +37,14 @@ def test_llm_benchmark_runs_and_reports_every_concurrency() -> None:
     assert all(float(row[3]) > 0 for row in rows), answer.stdout  # a ratio for each
 
 
+def test_signing_benchmark_runs_and_reports_every_stage() -> None:
+    answer = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "signing_bench.py"), "--size-mib", "8",
+                             "--files", "2"], capture_output=True, text=True, timeout=300)
+    assert answer.returncode == 0, answer.stderr[-3000:]
+    for stage in ("hash once", "push:", "upload:", "pod start:", "x hash once"):
+        assert stage in answer.stdout, answer.stdout
+
+
 def test_analysis_benchmark_runs_and_judges_every_canary() -> None:
     answer = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "analysis_bench.py"), "--canaries", "3", "--rounds", "2"],

@@ -45,6 +45,8 @@ MATRIX = {
                                             "clientNamespaceSelector": {"team": "ml"}}),
     "grpc": values(serving={"engine": "torch", "tensor": {"grpc": True}},
                    networkPolicy={"enabled": True, "operatorNamespace": "modelyard", "clientNamespaceSelector": {}}),
+    "signed-only": values(verify={"requireSignature": True, "signers": ["team-cv", "team-nlp"],
+                                  "trustSecret": "model-signers"}),
     "vllm-2-gpus": values(resources={"gpu": 2, "cpu": "8", "memory": "64Gi"},
                           serving={"engine": "vllm", "llm": {"maxModelLen": 8192},
                                    "vllm": {"gpuMemoryUtilization": 0.85, "enablePrefixCaching": True,
@@ -350,6 +352,20 @@ def test_grpc_opens_a_port_on_the_pods_the_service_and_the_policy_only_when_on()
     pod = one(plain, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert [p["name"] for p in pod["ports"]] == ["http"]
     assert "MODELYARD_GRPC_PORT" not in {e["name"] for e in pod["env"]}
+
+
+def test_verify_reaches_both_containers_with_the_trust_secret_mounted_read_only() -> None:
+    pod = one(render(MODEL_SERVER, MATRIX["signed-only"]), "Deployment")["spec"]["template"]["spec"]
+    for container in (pod["initContainers"][0], pod["containers"][0]):  # the pull verifies, then serve again
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert (env["MODELYARD_REQUIRE_SIGNATURE"], env["MODELYARD_SIGNERS"], env["MODELYARD_TRUST_DIR"]) == (
+            "true", "team-cv,team-nlp", "/etc/modelyard/trust")
+        assert {"name": "trust", "mountPath": "/etc/modelyard/trust", "readOnly": True} in container["volumeMounts"]
+    assert {"name": "trust", "secret": {"secretName": "model-signers"}} in pod["volumes"]
+    plain = one(render(MODEL_SERVER, values()), "Deployment")["spec"]["template"]["spec"]
+    assert not {e["name"] for e in plain["containers"][0]["env"]} & {
+        "MODELYARD_REQUIRE_SIGNATURE", "MODELYARD_SIGNERS", "MODELYARD_TRUST_DIR"}
+    assert all(v["name"] != "trust" for v in plain["volumes"])
 
 
 def test_a_pod_gets_only_the_serving_settings_its_values_carry() -> None:

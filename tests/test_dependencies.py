@@ -88,13 +88,14 @@ LAYERS: dict[str, list[tuple[set[str], bool]]] = {
         ({"server"}, False),  # the REST API
         ({"operations", "garbage"}, False),  # the shared contract (store and client), the blob sweep
         ({"store", "client", "artifacts", "settings"}, True),  # the service's parts, each on its own
-        ({"db", "alias_rules"}, False),  # tables and migrations; the protected-alias rules
+        ({"db", "alias_rules", "signing"}, False),  # tables and migrations; alias rules; signing and verifying
         ({"model"}, False),  # what a model file is and whether it is safe
         ({"kernel"}, False),  # defaults, names, errors, schemas: what everything shares
     ],
     "bentos": [
         ({"cli", "quickstart"}, False),
         ({"runtime", "packager"}, False),  # fetch, verify and start a server; build Bentos
+        ({"provenance"}, False),  # the pod's signature check, with its own trust roots
         ({"vllm"}, False),  # vLLM as an engine: its command line, and the guard in its process (our server's parts)
         ({"tensor", "llm", "examples"}, True),  # the servers: never the runtime, never each other
         ({"oip"}, False),  # the Open Inference Protocol (REST and gRPC) the servers speak

@@ -31,11 +31,13 @@ from kubernetes import client
 
 from modelyard.registry.client import RegistryClient
 from modelyard.registry.kernel.errors import Forbidden
-from modelyard.registry.kernel.schemas import AliasProtection
+from modelyard.registry.kernel.schemas import AliasProtection, TrustRootCreate
+from modelyard.registry.signing.sign import SigningKey
 
 from tests.helpers import condition, eventually
 from tests.support import behaviours
 from tests.support.node import Image, Node
+from tests.support.signing import make_key_pair
 from tests.support.tiny_lm import make_tiny_lm
 from tests.support.platform import (
     API_VERSION,
@@ -307,6 +309,50 @@ def test_a_pod_given_a_gpu_it_cannot_see_stops_and_says_so(platform: Platform) -
     platform.custom.delete_namespaced_custom_object(GROUP, API_VERSION, ML, PLURAL, "gpu")
     eventually(lambda: not platform.status("gpu") and not platform.serving("gpu"), timeout=120, interval=1,
                what="resource and pods gone")
+
+
+def test_signed_only_deployments_serve_a_signed_version_and_refuse_the_others(platform: Platform,
+                                                                            tmp_path: Path) -> None:
+    """``spec.verify``: a signed version is served, its pod having verified the signature itself; an unsigned
+    one is Failed/SignatureRequired and no pod is started for it; and a pod whose own trust roots (a Secret)
+    do not hold the signer's key refuses to serve: Failed/SignatureInvalid, from its init container."""
+    keys = make_key_pair(tmp_path / "keys", "team-cv")
+    signed, unsigned = push(platform, platform.candidates[0], package=False), push(platform, platform.candidates[1],
+                                                                                  package=False)
+    with platform.registry() as registry:  # the platform's admin token
+        registry.add_trust("team-cv", TrustRootCreate(method="key", pem=keys.public.read_text()))
+        registry.sign_version(MODEL, signed, platform.versions[signed].program, SigningKey(keys.private))
+    base = {"replicas": 1, "resources": {"cpu": "250m", "memory": "1Gi"}, "rollout": {"progressDeadlineSeconds": 120}}
+    platform.create("signed", {**base, "model": {"name": MODEL, "version": signed}, "verify": {"signers": ["team-cv"]}})
+    platform.create("unsigned", {**base, "model": {"name": MODEL, "version": unsigned},
+                                 "verify": {"requireSignature": True}})
+    other = make_key_pair(tmp_path / "other", "rotated")
+    platform.core.create_namespaced_secret(ML, client.V1Secret(metadata=client.V1ObjectMeta(name="stale-signers"),
+                                                               string_data={"team-cv.pub": other.public.read_text()}))
+    platform.create("forged", {**base, "model": {"name": MODEL, "version": signed},
+                               "verify": {"signers": ["team-cv"], "trustSecret": "stale-signers"}})
+
+    refused = platform.wait_status("unsigned", lambda s: s.get("phase") == "Failed", "phase Failed", timeout=120)
+    ready = condition(refused, "Ready")
+    assert ready["reason"] == "SignatureRequired" and f"{MODEL}:{unsigned} carries no signature" in ready["message"]
+    assert platform.serving("unsigned") == [] and not platform.core.list_namespaced_secret(
+        ML, label_selector="owner=helm,name=unsigned").items  # no release, no pod: nothing loaded it
+
+    status = platform.wait_status("signed", lambda s: s.get("phase") == "Ready", "phase Ready", timeout=240)
+    assert status["model"]["version"] == signed
+    (pod,) = platform.serving("signed")
+    pulled = platform.core.read_namespaced_pod_log(pod.metadata.name, ML, container="pull")
+    assert "signed by team-cv (key), verified here" in pulled, pulled
+    assert predictions_match(platform, platform.service_url("signed"), signed)
+
+    forged = platform.wait_status("forged", lambda s: s.get("phase") == "Failed", "phase Failed", timeout=240)
+    ready = condition(forged, "Ready")
+    assert ready["reason"] == "SignatureInvalid" and "team-cv" in ready["message"], ready
+    for name in ("signed", "unsigned", "forged"):
+        platform.custom.delete_namespaced_custom_object(GROUP, API_VERSION, ML, PLURAL, name)
+    eventually(lambda: not any(platform.status(n) or platform.serving(n) for n in ("signed", "unsigned", "forged")),
+               timeout=120, interval=1, what="resources and pods gone")
+    platform.core.delete_namespaced_secret("stale-signers", ML)
 
 
 def test_a_language_model_is_served_behind_the_openai_api_in_a_pod(platform: Platform, tmp_path: Path) -> None:

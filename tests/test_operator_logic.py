@@ -3,6 +3,7 @@ against a real registry server (no Kubernetes needed)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -250,6 +251,33 @@ def test_resolve_sorts_registry_answers_into_reasons(sqlite_registry: Any) -> No
     with RegistryClient("http://127.0.0.1:9", "", retries=0, timeout=2) as unreachable:
         with pytest.raises(RegistryUnreachable, match="cannot reach the registry"):
             resolve(unreachable, ModelSelector(name="digits-cnn", alias="production"))
+
+
+def test_resolve_with_verify_takes_only_a_version_a_required_signer_vouches_for(sqlite_registry: Any,
+                                                                                 tmp_path: Path) -> None:
+    from modelyard.operator.spec import VerifySpec
+    from modelyard.registry.kernel import schemas
+    from modelyard.registry.signing.sign import SigningKey, sign
+    from tests.support.signing import make_key_pair
+
+    keys = make_key_pair(tmp_path / "keys", "team-cv")
+    with RegistryClient(sqlite_registry.url, "") as client:
+        (v1,) = push_versions(client, "digits-cnn", 1)
+        selector, verify = ModelSelector(name="digits-cnn", version=v1), VerifySpec(signers=["team-cv"])
+        assert resolve(client, selector, VerifySpec()).version == v1  # nothing required
+        with pytest.raises(ResolveFailure) as failure:
+            resolve(client, selector, verify)
+        assert failure.value.reason == "SignatureRequired" and "no signature from team-cv" in str(failure.value)
+        client.add_trust("team-cv", schemas.TrustRootCreate(method="key", pem=keys.public.read_text()))
+        client.download_artifact("digits-cnn", v1, tmp_path / "model.pt2")
+        client.sign_version("digits-cnn", v1, tmp_path / "model.pt2", SigningKey(keys.private))
+        assert resolve(client, selector, verify).version == v1
+        with pytest.raises(ResolveFailure):  # another signer's signature does not count
+            resolve(client, selector, VerifySpec(signers=["team-nlp"]))
+        assert resolve(client, selector, VerifySpec(require_signature=True)).version == v1
+        client.remove_trust("team-cv")  # no longer vouched for
+        with pytest.raises(ResolveFailure):
+            resolve(client, selector, verify)
 
 
 def test_push_versions_helper_uploads_verified_bytes(sqlite_registry: Any) -> None:

@@ -276,6 +276,25 @@ def test_a_first_version_whose_server_cannot_serve_it_fails_the_resource() -> No
     assert later.status.phase == Phase.FAILED and condition(later, "Ready") == ("False", Reason.MODEL_SERVER_FAILED)
 
 
+BAD_SIGNATURE = PodFailure("md-x", "stable", 8, "digits-cnn:8: SignatureInvalid: no signature of digits-cnn:8 from "
+                                                "team-cv verifies here (team-cv: …)")
+
+
+def test_a_pod_that_refuses_the_versions_signature_fails_the_resource_with_its_reason() -> None:
+    status = upgraded(V8, revision=1).status
+    step = check(status, [track(ready=0)], failures=(BAD_SIGNATURE,))
+    assert step.helm is None and step.status.phase == Phase.FAILED
+    assert condition(step, "Ready") == ("False", Reason.SIGNATURE_INVALID)
+    assert "no signature of digits-cnn:8 from team-cv verifies here" in step.status.condition("Ready").message
+    assert PodFailure("p", "stable", 8, "digits-cnn:8: ValueError: SignatureInvalid: x").kind == "ModelServerFailed"
+
+
+def test_a_version_without_the_required_signature_is_never_rolled_out() -> None:
+    step = reconcile(ResolveFailure(Reason.SIGNATURE_REQUIRED, "digits-cnn:8 carries no signature from team-cv"))
+    assert step.status.phase == Phase.FAILED and step.helm is None
+    assert condition(step, "Ready") == ("False", Reason.SIGNATURE_REQUIRED)
+
+
 def test_pods_of_a_finished_rollout_that_stop_being_ready_degrade_it() -> None:
     step = check(ready(), [track(ready=1)])
     assert step.status.phase == Phase.DEGRADED and step.helm is None
@@ -372,6 +391,9 @@ SCENARIOS: dict[str, Callable[[], Step]] = {
     Reason.PROGRESS_DEADLINE_EXCEEDED: lambda: check(upgraded(V8).status, [track(ready=1, stalled=True)]),
     Reason.MODEL_SERVER_FAILED: lambda: check(upgraded(V8, revision=1).status, [track(ready=0)],
                                               failures=(CANNOT_SERVE,)),
+    Reason.SIGNATURE_REQUIRED: lambda: reconcile(ResolveFailure(Reason.SIGNATURE_REQUIRED, "x")),
+    Reason.SIGNATURE_INVALID: lambda: check(upgraded(V8, revision=1).status, [track(ready=0)],
+                                            failures=(BAD_SIGNATURE,)),
     Reason.CANARY_FAILED: lambda: check(canary_of_v8(), [track(ready=1, desired=1), track(
         ready=0, desired=1, name="md-canary", kind="canary", stalled=True)], spec=CANARY_SPEC, helm=3),
     Reason.ROLLOUT_FAILED: lambda: reconcile(V8, status=check(moved_to_v8(), [track(ready=1, stalled=True)],

@@ -17,7 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from modelyard.registry.kernel import schemas
+from modelyard.registry.signing.bundles import TrustRoot
 from modelyard.registry.settings import RegistrySettings
 from tests.helpers import eventually
 from tests.support.servers import ThreadedRegistry
@@ -46,6 +50,15 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Threade
         store.set_alias("digits-cnn", "production", 2, actor="token:release-bot")
         store.set_alias("digits-cnn", "staging", 3, actor="token:ci")
         store.protect_alias("digits-cnn", "production", schemas.AliasProtection(require=["accuracy>=0.95"]))
+        for name in ("team-cv", "team-old"):  # team-old is removed: what it signed shows as no longer trusted
+            pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+            root = store.add_trust_root(name, schemas.TrustRootCreate(method="key", pem=pem), created_by="token:admin")
+            store.record_signature("digits-cnn", 2, digest="sha256:" + hashlib.sha256(bytes([2])).hexdigest(),
+                                   signers=[TrustRoot(name, "key", pem, root.fingerprint)], bundle=b"{}",
+                                   bundle_digest="sha256:" + hashlib.sha256(b"{}").hexdigest(),
+                                   uploaded_by="token:ci")
+        store.remove_trust_root("team-old")
         for cluster, ready in (("eu-1", 2), ("us-1", 1)):
             store.report_deployment(cluster, "ml", "digits", schemas.DeploymentReport(
                 model="digits-cnn", version=2, phase="Ready" if ready == 2 else "Degraded", ready_replicas=ready,
@@ -126,6 +139,8 @@ def test_pages_render_and_search_finds_models(browser, registry) -> None:  # noq
     assert "0.97" in versions and "token:ci" in versions and "24.0 KiB" in versions
     assert "eu-1/ml/digits: Ready 2/2" in browser.find_element(By.ID, "v2").text
     assert "us-1/ml/digits: Degraded 1/2" in browser.find_element(By.ID, "v2").text
+    signed = browser.find_element(By.CSS_SELECTOR, "#v2 td.signatures").text
+    assert "team-cv" in signed and "team-old (no longer trusted)" in signed and "team-cv (" not in signed
     aliases = browser.find_element(By.ID, "aliases").text
     assert "accuracy>=0.95" in aliases and "token:release-bot" in aliases
     screenshot(browser, "model")

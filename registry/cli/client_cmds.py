@@ -12,7 +12,7 @@ from rich.table import Table
 
 from modelyard.registry.kernel import defaults, schemas
 from modelyard.registry.model import hf_model
-from modelyard.registry.alias_rules import Rule
+from modelyard.registry.alias_rules import parse as parse_rule
 from modelyard.registry.cli.common import (
     JsonOption, RegistryOption, TokenOption, bytes_progress, client, console, parse_metrics, parse_pairs,
     print_json,
@@ -23,6 +23,7 @@ from modelyard.registry.kernel.errors import RegistryError, Unavailable
 from modelyard.registry.model.formats import sniff_format
 from modelyard.registry.model.hf_archive import DirectoryArchive
 from modelyard.registry.model.signature import signature_metadata
+from modelyard.registry.signing.sign import SigningKey, sign
 from modelyard.registry.kernel.units import human_size
 from modelyard.registry.kernel.names import check_alias, check_model_name, parse_model_ref
 
@@ -50,10 +51,17 @@ def push(
     labels: Annotated[str | None, typer.Option("--labels", help="comma-separated output class labels")] = None,
     description: Annotated[str, typer.Option("--description", "-d")] = "",
     source: Annotated[str | None, typer.Option("--source", help="lineage: commit, run id, dataset …")] = None,
+    sign_key: SignKeyOption = None,
+    sign_cert: SignCertOption = None,
+    sign_chain: SignChainOption = None,
     registry: RegistryOption = defaults.REGISTRY_URL,
     token: TokenOption = None,
 ) -> None:
     """Upload FILE as a new version of MODEL (streamed, digest-checked) and print it.
+
+    With --sign-key (and for certificate signing --sign-cert and --sign-chain) the file or
+    directory is signed with OpenSSF model signing before anything is created, and the
+    signature is uploaded after it; the registry verifies it against its trust store.
 
     FILE must be a self-contained program: a torch.export archive (.pt2), TorchScript or
     an exported .bento; a torch.save pickle is refused (it needs your code to load).  A
@@ -67,6 +75,8 @@ def push(
         if alias:
             check_alias(alias)
         upload = inspect_upload(file, format, allow_code, input_shape, input_dtype, labels)
+        signing_key = signing_key_of(sign_key, sign_cert, sign_chain)
+        bundle = sign(file, signing_key) if signing_key is not None else None
         with bytes_progress() as progress:
             task = progress.add_task("hashing", total=upload.size)
             digest = upload.sha256(lambda n: progress.advance(task, n))
@@ -90,9 +100,43 @@ def push(
                       highlight=False)
         if isinstance(facts := version.metadata.get("hf"), dict):
             console.print(describe_hf(facts), highlight=False)
+        if bundle is not None:
+            try:
+                version = registry_client.upload_signature(model, version.version, bundle)
+            except RegistryError as exc:
+                raise RegistryError(f"{model}:{version.version} is pushed but unsigned: {exc}. Sign it again with "
+                                    f"`modelyard versions sign {model}:{version.version} {file}`") from None
+            print_signatures(version)
         if alias:
             registry_client.set_alias(model, alias, version.version)
             console.print(f"alias [bold]{model}@{alias}[/bold] → {version.version}", highlight=False)
+
+
+SignKeyOption = Annotated[Path | None, typer.Option(
+    "--sign-key", exists=True, dir_okay=False, help="sign with this elliptic-curve private key (PEM; an encrypted "
+    "one's password from MODELYARD_SIGN_KEY_PASSWORD)")]
+SignCertOption = Annotated[Path | None, typer.Option(
+    "--sign-cert", exists=True, dir_okay=False, help="the signing certificate of --sign-key (certificate signing)")]
+SignChainOption = Annotated[list[Path] | None, typer.Option(
+    "--sign-chain", exists=True, dir_okay=False, help="intermediate certificates up to the CA (repeatable)")]
+
+
+def signing_key_of(key: Path | None, certificate: Path | None, chain: list[Path] | None) -> SigningKey | None:
+    if key is None:
+        if certificate or chain:
+            raise ValueError("--sign-cert and --sign-chain need --sign-key (the certificate's private key)")
+        return None
+    signing_key = SigningKey(key, certificate, tuple(chain or ()))
+    signing_key.check()
+    return signing_key
+
+
+def print_signatures(version: schemas.Version) -> None:
+    for signature in version.signatures:
+        state = "trusted" if signature.trusted else "[red]no longer trusted[/red]"
+        who = f" ({signature.identity})" if signature.identity else ""
+        console.print(f"  signed by [bold]{signature.signer}[/bold]{who} with a {signature.method}, {state}",
+                      highlight=False)
 
 
 @dataclass(frozen=True)
@@ -213,11 +257,13 @@ def versions_ls(
     if as_json:
         print_json([v.model_dump(mode="json") for v in found])
         return
-    table = Table("VERSION", "STATUS", "DIGEST", "SIZE", "FORMAT", "ALIASES", "METRICS", "CREATED", box=None)
+    table = Table("VERSION", "STATUS", "DIGEST", "SIZE", "FORMAT", "ALIASES", "METRICS", "SIGNED BY", "CREATED",
+                  box=None)
     for v in found:
         table.add_row(str(v.version), v.status.value, (v.digest or "-")[:19], human_size(v.size),
                       v.format.value if v.format else "-", ", ".join(v.aliases) or "-",
                       ", ".join(f"{k}={val:g}" for k, val in v.metrics.items()) or "-",
+                      ", ".join(s.signer if s.trusted else f"{s.signer} (untrusted)" for s in v.signatures) or "-",
                       v.created_at.strftime("%Y-%m-%d %H:%M"))
     console.print(table)
 
@@ -231,6 +277,31 @@ def versions_show(
     """Print one version as JSON."""
     with client(registry, token) as registry_client:
         print_json(registry_client.resolve(parse_model_ref(ref)).model_dump(mode="json"))
+
+
+@versions_app.command("sign")
+def versions_sign(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION")],
+    path: Annotated[Path, typer.Argument(exists=True, readable=True, help="the file or model directory that was "
+                                                                        "pushed as the version")],
+    sign_key: Annotated[Path, typer.Option("--sign-key", exists=True, dir_okay=False,
+                                           help="elliptic-curve private key (PEM)")],
+    sign_cert: SignCertOption = None,
+    sign_chain: SignChainOption = None,
+    registry: RegistryOption = defaults.REGISTRY_URL,
+    token: TokenOption = None,
+) -> None:
+    """Sign PATH (what was pushed as NAME:VERSION) and upload the signature; the registry records it only
+    if a trusted signer verifies it and it covers exactly the version's bytes."""
+    with client(registry, token) as registry_client:
+        parsed = parse_model_ref(ref)
+        if parsed.version is None:
+            raise ValueError(f"{ref}: name the version (NAME:VERSION): a signature is of fixed bytes")
+        signing_key = signing_key_of(sign_key, sign_cert, sign_chain)
+        assert signing_key is not None
+        version = registry_client.sign_version(parsed.name, parsed.version, path, signing_key)
+        console.print(f"signed [bold]{version.model}:{version.version}[/bold] {version.digest}", highlight=False)
+        print_signatures(version)
 
 
 @alias_app.command("set")
@@ -279,13 +350,14 @@ def alias_protect(
     name: ModelArgument,
     alias: AliasArgument,
     require: Annotated[list[str] | None, typer.Option(
-        "--require", help="METRIC OP NUMBER, e.g. accuracy>=0.95; repeatable (none: admins only)")] = None,
+        "--require", help="[SOURCE.]METRIC OP NUMBER (accuracy>=0.95, canary@staging.p99_ms<=120) or "
+                          "signed-by:NAME; repeatable (none: admins only)")] = None,
     registry: RegistryOption = defaults.REGISTRY_URL,
     token: TokenOption = None,
 ) -> None:
     """Protect ALIAS (admin token): it then moves only for admins, or to versions meeting every rule."""
     for rule in require or []:
-        Rule.parse(rule)  # a clear message before anything is sent
+        parse_rule(rule)  # a clear message before anything is sent
     with client(registry, token) as registry_client:
         registry_client.protect_alias(name, alias, schemas.validated(schemas.AliasProtection, require=require or []))
     rules = ", ".join(require or []) or "admin tokens only"

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from modelyard.registry.cli.common import console, errors, reported_errors
-from modelyard.registry.kernel import defaults
+from modelyard.registry.cli.common import (
+    JsonOption, RegistryOption, TokenOption, client, console, errors, print_json, reported_errors,
+)
+from modelyard.registry.kernel import defaults, schemas
+from modelyard.registry.kernel.names import check_model_name as check_name
 from modelyard.registry.kernel.defaults import Env
 from modelyard.registry.settings import RegistrySettings, default_db_url, proxy_options
 
@@ -166,3 +170,60 @@ def auth_open(yes: Annotated[bool, typer.Option("--yes", help="confirm: anyone w
     with reported_errors():
         changed = _store(db).open_registry()
     console.print("authentication: off" + ("" if changed else " (it already was)"), highlight=False)
+
+
+trust_app = typer.Typer(help="Signers whose OpenSSF model signatures the registry trusts (admin token to change).",
+                        no_args_is_help=True)
+registry_app.add_typer(trust_app, name="trust")
+
+
+@trust_app.command("add")
+def trust_add(
+    name: Annotated[str, typer.Argument(help="the signer's name, as signed-by:NAME rules and specs name it")],
+    public_key: Annotated[Path | None, typer.Option("--public-key", exists=True, dir_okay=False,
+                                                    help="its elliptic-curve public key (PEM)")] = None,
+    ca_cert: Annotated[Path | None, typer.Option("--ca-cert", exists=True, dir_okay=False,
+                                                 help="the CA certificate(s) that issue its signing certificates")] = None,
+    identity: Annotated[str | None, typer.Option("--identity", help="with --ca-cert: the email, URI, DNS name or "
+                                                                    "common name its certificates must carry")] = None,
+    registry: RegistryOption = defaults.REGISTRY_URL,
+    token: TokenOption = None,
+) -> None:
+    """Trust NAME's key or CA: signatures it verifies are recorded on versions."""
+    with client(registry, token) as registry_client:
+        check_name(name)
+        if (public_key is None) == (ca_cert is None):
+            raise ValueError("give exactly one of --public-key and --ca-cert")
+        if identity is not None and ca_cert is None:
+            raise ValueError("--identity pins a CA's signers: it needs --ca-cert")
+        method, path = ("key", public_key) if public_key is not None else ("certificate", ca_cert)
+        assert path is not None
+        added = registry_client.add_trust(name, schemas.TrustRootCreate(method=method, pem=path.read_text(),
+                                                                        identity=identity))
+    console.print(f"trusted [bold]{added.name}[/bold] ({added.method} {added.fingerprint[:16]}…"
+                  f"{', identity ' + added.identity if added.identity else ''})", highlight=False)
+
+
+@trust_app.command("ls")
+def trust_ls(as_json: JsonOption = False, registry: RegistryOption = defaults.REGISTRY_URL,
+             token: TokenOption = None) -> None:
+    """List the trusted signers."""
+    with client(registry, token) as registry_client:
+        roots = registry_client.list_trust()
+    if as_json:
+        print_json([root.model_dump(mode="json") for root in roots])
+        return
+    table = Table("NAME", "METHOD", "FINGERPRINT", "IDENTITY", "ADDED BY", "ADDED", box=None)
+    for root in roots:
+        table.add_row(root.name, root.method, root.fingerprint[:16] + "…", root.identity or "-", root.created_by,
+                      root.created_at.strftime("%Y-%m-%d %H:%M"))
+    console.print(table)
+
+
+@trust_app.command("rm")
+def trust_rm(name: Annotated[str, typer.Argument(help="signer name")],
+             registry: RegistryOption = defaults.REGISTRY_URL, token: TokenOption = None) -> None:
+    """Stop trusting NAME: its signatures stay listed, untrusted, and signed-by:NAME rules refuse them."""
+    with client(registry, token) as registry_client:
+        registry_client.remove_trust(name)
+    console.print(f"removed [bold]{name}[/bold] from the trust store", highlight=False)

@@ -9,7 +9,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text,
+                        UniqueConstraint)
 from sqlalchemy.types import TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -241,3 +242,38 @@ class AliasMove(Base):
     """{"require": [...], "metrics": {...}}: the rules a protected alias checked and the values it read
     (None: the alias was not protected, or an admin moved it past its rules)."""
     time: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TrustRoot(Base):
+    """A signer the registry trusts: its public key, or the CA that issues its signing certificates
+    (``identity``: the one name its certificates must carry).  Public material only."""
+
+    __tablename__ = "trust_roots"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    method: Mapped[str] = mapped_column(String(16))
+    material: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    identity: Mapped[str | None] = mapped_column(String(256), default=None)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Signature(Base):
+    """A verified OpenSSF model signature of a version, one per signer.  ``fingerprint`` is the trust
+    material that verified it: the signature counts only while the signer's entry still holds it."""
+
+    __tablename__ = "signatures"
+    __table_args__ = (UniqueConstraint("version_id", "signer", name="uq_signatures_version_signer"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    signer: Mapped[str] = mapped_column(String(63))
+    method: Mapped[str] = mapped_column(String(16))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    identity: Mapped[str | None] = mapped_column(String(256), default=None)
+    bundle: Mapped[bytes] = mapped_column(LargeBinary)
+    bundle_digest: Mapped[str] = mapped_column(String(71))
+    uploaded_by: Mapped[str] = mapped_column(String(128))
+    verified_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -42,7 +42,16 @@ class Env:
     # clients (CLI, model server, operator)
     REGISTRY_URL: Final = "MODELYARD_REGISTRY_URL"
     TOKEN: Final = "MODELYARD_TOKEN"
+    SIGN_KEY_PASSWORD: Final = "MODELYARD_SIGN_KEY_PASSWORD"
+    """The password of an encrypted ``--sign-key``."""
     # model server
+    REQUIRE_SIGNATURE: Final = "MODELYARD_REQUIRE_SIGNATURE"
+    """``true``: serve a version only with a valid signature (from one of ``MODELYARD_SIGNERS`` when set)."""
+    SIGNERS: Final = "MODELYARD_SIGNERS"
+    """Comma-separated trust store names whose signature a served version must carry (implies the above)."""
+    TRUST_DIR: Final = "MODELYARD_TRUST_DIR"
+    """Where the pod reads its trust roots (``NAME.pub`` keys, ``NAME.ca.pem`` authorities, from a Secret)
+    instead of asking the registry's trust store."""
     MAX_BATCH_SIZE: Final = "MODELYARD_MAX_BATCH_SIZE"
     MAX_LATENCY_MS: Final = "MODELYARD_MAX_LATENCY_MS"
     BATCHING: Final = "MODELYARD_BATCHING"
@@ -115,6 +124,15 @@ DEPLOYMENTS_PER_VERSION: Final = 20
 them all and ``GET /deployments?model=…&version=…`` pages through them."""
 """A deployment not reported for this long is shown as stale: three missed heartbeats."""
 
+SIGNATURE_MAX_BYTES: Final = 1 << 20
+"""The largest signature bundle the registry accepts (413 beyond): an OpenSSF model signature lists
+each file's digest, about 200 bytes a file, so this is room for some 5,000 files."""
+TRUST_ROOTS_MAX: Final = 256
+"""How many signers a registry's trust store holds at most: a signature is tried against each
+certificate authority in it."""
+TRUST_MATERIAL_MAX_BYTES: Final = 64 << 10
+"""The largest public key or CA bundle ``trust add`` accepts."""
+
 # -- the model server (bentos; the operator passes a spec's values through the chart) ---------
 MODEL_SERVER_HOST: Final = "127.0.0.1"
 MODEL_SERVER_PORT: Final = 3000
@@ -154,6 +172,11 @@ VLLM_ON_CPU: Final = False
 tokens per second on 2 cores: it took 55-61 s to become ready against 7 s, held about 2.8 GB for a 1.5 MB
 model (more than the default 2Gi of memory), and compiles with g++ at start (benchmarks/llm_bench.py
 --engines transformers,vllm; README "On vLLM").  ``engine: vllm`` asks for it on CPU."""
+SIGNATURE_REQUIRED: Final = "SignatureRequired"
+"""Why a version is not served where a signature is required: it carries none from a required signer (the
+operator's condition reason, and how the pod's reason starts: "NAME:VERSION: SignatureRequired: …")."""
+SIGNATURE_INVALID: Final = "SignatureInvalid"
+"""Why a version is not served where a signature is required: its signatures do not verify in the pod."""
 SERVER_FAILURE_PREFIX: Final = "modelyard: cannot serve "
 """How a model pod's termination message (``/dev/termination-log``) starts when its server could not serve the
 version: the runtime writes it (``bentos.pod.failure``), the operator reads it from the pod's status and fails

@@ -70,6 +70,10 @@ class DigestMismatch(Invalid):
     code = "digest-mismatch"
 
 
+class PayloadTooLarge(RegistryError):
+    status, code, title = 413, "payload-too-large", "Content Too Large"
+
+
 class Unavailable(RegistryError):
     status, code, title = 503, "unavailable", "Service Unavailable"
 
@@ -91,7 +95,7 @@ class HttpProblem(RegistryError):
 _BY_STATUS: dict[int, type[RegistryError]] = {
     cls.status: cls
     for cls in (BadRequest, Unauthorized, Forbidden, NotFound, Conflict, PreconditionFailed,
-                RangeNotSatisfiable, Invalid, Unavailable, InsufficientStorage)
+                RangeNotSatisfiable, Invalid, PayloadTooLarge, Unavailable, InsufficientStorage)
 }
 _BY_CODE: dict[str, type[RegistryError]] = {DigestMismatch.code: DigestMismatch}
 

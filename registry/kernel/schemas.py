@@ -169,6 +169,18 @@ class EvaluationRef(BaseModel):
     time: datetime
 
 
+class SignatureRef(BaseModel):
+    """A verified signature of a version, as its answer lists it (the bundle: ``…/signatures/{signer}``)."""
+
+    signer: str = Field(description="the trust store entry that verified it")
+    method: str = Field(description='"key" or "certificate"')
+    identity: str | None = Field(default=None, description="the certificate identity the signer is pinned to")
+    verified_at: datetime
+    bundle_digest: str = Field(description='"sha256:<hex>" of the bundle')
+    trusted: bool = Field(description="the signer is still in the trust store with the same key or CA; false once "
+                          "it is removed or replaced")
+
+
 class Version(BaseModel):
     model: str
     version: int
@@ -194,6 +206,8 @@ class Version(BaseModel):
     evaluations: list[EvaluationRef] = Field(default=[], description="evidence measured on it: the newest "
                                              "evaluation of each kind and source (at most 10, newest first); "
                                              "all of them under …/evaluations")
+    signatures: list[SignatureRef] = Field(default=[], description="verified OpenSSF model signatures, one per "
+                                           "signer")
     _json: bytes | None = PrivateAttr(default=None)
 
     def json_bytes(self) -> bytes:
@@ -265,21 +279,45 @@ class Evaluation(BaseModel):
     time: datetime
 
 
+class TrustRootCreate(_Strict):
+    """A signer to trust (``PUT /trust/{name}``): an elliptic-curve public key (``method: key``) or the CA
+    certificates that issue its signing certificates (``method: certificate``, optionally pinned to one
+    ``identity``: an email, URI or DNS name, or common name, its certificates must carry)."""
+
+    method: Annotated[str, StringConstraints(pattern=r"^(key|certificate)$")]
+    pem: Annotated[str, StringConstraints(min_length=1, max_length=65536)]
+    identity: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+
+
+class TrustRoot(BaseModel):
+    name: str
+    method: str
+    pem: str = Field(description="the public key or CA certificates (public material)")
+    fingerprint: str = Field(description="sha256 of the key's PEM (model_signing's key hint) or of the CA "
+                             "certificates' DER")
+    identity: str | None
+    created_by: str
+    created_at: datetime
+
+
 class AliasSet(_Strict):
     version: VersionNumber
 
 
 RULE_PATTERN = r"^\s*([A-Za-z0-9_.:/@-]{1,140})\s*(>=|<=|==|>|<)\s*(-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?)\s*$"
-Rule = Annotated[str, StringConstraints(pattern=RULE_PATTERN, max_length=128)]
+SIGNED_BY_PATTERN = r"^\s*signed-by:([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)\s*$"
+"""``signed-by:NAME``: the version carries a signature that the trust store's NAME still vouches for."""
+Rule = Annotated[str, StringConstraints(pattern=f"(?:{SIGNED_BY_PATTERN})|(?:{RULE_PATTERN})", max_length=128)]
 
 
 class AliasProtection(_Strict):
-    """``require``: every rule (``[SOURCE.]METRIC OP NUMBER``) must hold for a version before a non-admin
+    """``require``: every rule (``[SOURCE.]METRIC OP NUMBER``, or ``signed-by:NAME``) must hold for a version before a non-admin
     caller may point the alias at it; an empty list: admin only.  SOURCE says where the number comes
     from: none (or ``metrics.``) the version's own metrics, frozen once ready (``accuracy>=0.95``);
     ``offline.`` the latest passing offline evaluation's (``offline.accuracy>=0.95``); ``canary.`` the
     latest passing canary evaluation's, from any cluster or ``canary@CLUSTER.`` from one
-    (``canary@staging.error_rate<=0.01``, ``canary.requests>=500``)."""
+    (``canary@staging.error_rate<=0.01``, ``canary.requests>=500``).  ``signed-by:team-cv``: the version
+    carries a signature verified by the trust store's ``team-cv``, which still vouches for it."""
 
     require: Annotated[list[Rule], Field(max_length=16)] = []
 
@@ -341,8 +379,8 @@ class Deployment(DeploymentReport):
 
 EVENT_TYPES = (
     "model.created", "model.deleted", "version.created", "version.ready", "version.packaged",
-    "version.unpackaged", "version.evaluated", "version.deleted", "alias.set", "alias.deleted", "auth.enabled", "auth.opened",
-    "deployment.updated", "deployment.removed",
+    "version.unpackaged", "version.evaluated", "version.signed", "version.deleted", "alias.set", "alias.deleted",
+    "auth.enabled", "auth.opened", "trust.added", "trust.removed", "deployment.updated", "deployment.removed",
 )
 
 

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from modelyard.registry import garbage
 from modelyard.registry.artifacts import ArtifactStore, open_artifact_store
 from modelyard.registry.server import (aliases_api, artifacts_api, deployments_api, evaluations_api, events_api,
-                                       health_api, models_api, versions_api)
+                                       health_api, models_api, signatures_api, versions_api)
 from modelyard.registry.server.auth import Authenticator
 from modelyard.registry.server.metrics import MetricsMiddleware, RegistryMetrics
 from modelyard.registry.server.notify import EventNotifier
@@ -100,7 +100,7 @@ def build_api(settings: RegistrySettings) -> FastAPI:
     install_problem_handlers(app)
     # The operator's hot path (alias lookups) first: routes are matched in order.
     for module in (aliases_api, versions_api, events_api, models_api, artifacts_api, deployments_api,
-                   evaluations_api):
+                   evaluations_api, signatures_api):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health_api.router)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

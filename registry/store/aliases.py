@@ -9,13 +9,14 @@ from typing import Any, NoReturn, cast
 from sqlalchemy import CursorResult, Table, and_, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session, aliased
 
-from modelyard.registry.alias_rules import Rule, evidence_read_by, failures, read_by
+from modelyard.registry.alias_rules import evidence_read_by, failures, parse, read_by, signers_read_by
 from modelyard.registry.db import models as db
 from modelyard.registry.kernel import schemas
 from modelyard.registry.kernel.cursors import decode_number_cursor, encode_cursor
 from modelyard.registry.kernel.errors import Conflict, Forbidden, Invalid, NotFound
 from modelyard.registry.store.base import _SELECT_ALIAS, _SELECT_MODEL_ID
 from modelyard.registry.store.evaluations import EvaluationRecords
+from modelyard.registry.store.signatures import SignatureRecords
 from modelyard.registry.store.read_cache import model_scope
 
 _CURRENT = aliased(db.ModelVersion)
@@ -39,7 +40,7 @@ _MOVE_ALIAS = (update(cast(Table, db.Alias.__table__)).where(db.Alias.__table__.
 _INSERT_MOVE = insert(cast(Table, db.AliasMove.__table__))
 
 
-class AliasRecords(EvaluationRecords):
+class AliasRecords(EvaluationRecords, SignatureRecords):
     """See the module's docstring; its contract is ``contracts.AliasGovernance``."""
 
     def set_alias(self, name: str, alias: str, version: int, *, actor: str = "anonymous",
@@ -114,7 +115,9 @@ class AliasRecords(EvaluationRecords):
             raise Forbidden(f"alias {alias!r} of model {model.name!r} is protected: only an admin token may "
                             + ("delete it" if target is None else "move it"))
         evidence = self._evidence(session, target.id, evidence_read_by(required))
-        broken = failures(required, target.metrics, evidence)
+        wanted = signers_read_by(required)
+        signers = self._trusted_signers(session, target.id) if wanted else {}
+        broken = failures(required, target.metrics, evidence, signers)
         if broken:
             raise Forbidden(f"alias {alias!r} of model {model.name!r} is protected: version {target.version} "
                             f"does not meet {'; '.join(broken)}", extra={"failed": broken})
@@ -122,6 +125,8 @@ class AliasRecords(EvaluationRecords):
                                   "metrics": {name: target.metrics[name] for name in sorted(read_by(required))}}
         if evidence:
             judged["evidence"] = evidence
+        if wanted:
+            judged["signatures"] = {name: signers[name] for name in wanted}
         return judged
 
     def _operator_move(self, session: Session, model: db.RegisteredModel, alias: str, row: db.Alias | None,
@@ -170,7 +175,7 @@ class AliasRecords(EvaluationRecords):
                                                              db.AliasRule.alias == alias)).one_or_none()
             for text in protection.require:  # an unknown source of numbers is refused when the rule is set
                 try:
-                    Rule.parse(text)
+                    parse(text)
                 except ValueError as exc:
                     raise Invalid(str(exc)) from None
             rules = {"require": list(protection.require)}

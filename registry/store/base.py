@@ -106,7 +106,8 @@ def _bento(row: Any) -> schemas.Bento | None:
 
 def version_from_row(model_name: str, row: Row[Any] | db.ModelVersion, aliases: list[str],
                      deployments: list[dict[str, Any]] | None = None,
-                     evaluations: list[dict[str, Any]] | None = None) -> schemas.Version:
+                     evaluations: list[dict[str, Any]] | None = None, *,
+                     signatures: list[dict[str, Any]] | None = None) -> schemas.Version:
     """The API's Version from a row of ``_VERSION_COLUMNS`` or an ORM ModelVersion: one converter, so
     a new column is added in one place."""
     total = getattr(deployments, "total", len(deployments or ()))
@@ -117,7 +118,7 @@ def version_from_row(model_name: str, row: Row[Any] | db.ModelVersion, aliases: 
         created_at=row.created_at, updated_at=row.updated_at, deployments=deployments or [],
         deployments_total=total, deployments_link=(
             f"/api/v1/deployments?model={model_name}&version={row.version}" if total > len(deployments or ()) else None),
-        evaluations=evaluations or [],
+        evaluations=evaluations or [], signatures=signatures or [],
     )
 
 

@@ -30,6 +30,7 @@ from modelyard.registry.store.base import (
 from modelyard.registry.store.blobs import BlobRecords
 from modelyard.registry.store.deployments import DeploymentRecords
 from modelyard.registry.store.evaluations import EvaluationRecords
+from modelyard.registry.store.signatures import SignatureRecords
 from modelyard.registry.store.read_cache import model_scope
 
 
@@ -42,7 +43,7 @@ _LIST_VERSIONS = {
 """A model's versions in either order, a page (``limit``) at a time: filters are added to a copy."""
 
 
-class CatalogRecords(BlobRecords, DeploymentRecords, EvaluationRecords):
+class CatalogRecords(BlobRecords, DeploymentRecords, EvaluationRecords, SignatureRecords):
     """Models and versions; a deletion consults the deployments and frees blobs. Contracts:
     ``operations.RegistryOperations`` and ``contracts.CatalogAdmin``."""
 
@@ -192,7 +193,8 @@ class CatalogRecords(BlobRecords, DeploymentRecords, EvaluationRecords):
             aliases = list(connection.scalars(_SELECT_VERSION_ALIASES, {"version_id": row.id}))
             deployments = self._deployments_of(connection, name, [version])[version]
             evaluations = self._evaluations_of(connection, [row.id])[row.id]
-        answer = version_from_row(name, row, aliases, deployments, evaluations)
+            signatures = self._signatures_of(connection, [row.id])[row.id]
+        answer = version_from_row(name, row, aliases, deployments, evaluations, signatures=signatures)
         if deployments.fresh_until is None:
             return self.cache.put(ticket, answer)
         return self.cache.put(ticket, answer, expires_in=(deployments.fresh_until - self._now()).total_seconds())
@@ -225,8 +227,9 @@ class CatalogRecords(BlobRecords, DeploymentRecords, EvaluationRecords):
             aliases = self._aliases_by_version(session, [row.id for row in rows])
             served = self._deployments_of(session, name, [row.version for row in rows])
             measured = self._evaluations_of(session, [row.id for row in rows])
-            items = [version_from_row(name, row, aliases[row.id], served[row.version], measured[row.id])
-                     for row in rows]
+            signed = self._signatures_of(session, [row.id for row in rows])
+            items = [version_from_row(name, row, aliases[row.id], served[row.version], measured[row.id],
+                                      signatures=signed[row.id]) for row in rows]
         return schemas.VersionPage(
             items=items, next_cursor=encode_cursor(rows[-1].version) if more else None
         )

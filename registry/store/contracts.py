@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from modelyard.registry.kernel import schemas
 
 if TYPE_CHECKING:
+    from modelyard.registry.signing.bundles import TrustRoot
     from modelyard.registry.store.tokens import TokenIdentity, TokenInfo
 
 
@@ -168,6 +169,37 @@ class EvidenceKeeping(Protocol):
         ...
 
 
+class SignatureKeeping(Protocol):
+    """The trust store and the verified signatures of versions (``store.signatures``); the server verifies a
+    bundle (``signing.bundles``) before it records it."""
+
+    def add_trust_root(self, name: str, body: schemas.TrustRootCreate, *, created_by: str) -> schemas.TrustRoot:
+        """Trust a signer's key or CA (``trust.added``).  Raises ``Invalid`` or ``Conflict`` (name taken, store full)."""
+        ...
+
+    def remove_trust_root(self, name: str) -> None:
+        """Stop trusting a signer (``trust.removed``); its signatures stay, untrusted.  Raises ``NotFound``."""
+        ...
+
+    def list_trust_roots(self) -> list[schemas.TrustRoot]:
+        """The trusted signers, by name, with their public material."""
+        ...
+
+    def trust_roots(self) -> list[TrustRoot]:
+        """The trust store as ``signing.bundles.verify_bundle`` takes it."""
+        ...
+
+    def record_signature(self, name: str, version: int, *, digest: str, signers: Sequence[TrustRoot], bundle: bytes,
+                         bundle_digest: str, uploaded_by: str) -> schemas.Version:
+        """Record a verified bundle, one row per signer (``version.signed``).  Raises ``Conflict`` when a
+        signer's material or the version's bytes changed meanwhile."""
+        ...
+
+    def signature_bundle(self, name: str, version: int, signer: str) -> bytes:
+        """A signer's bundle as uploaded.  Raises ``NotFound``."""
+        ...
+
+
 class StoreHealth(Protocol):
     """Whether the database can answer and may be written."""
 
@@ -212,7 +244,7 @@ class ReadCaching(Protocol):
 
 
 STORE_CONTRACTS: tuple[type, ...] = (CatalogAdmin, AliasGovernance, BlobKeeping, EventFeed, TokenKeeping,
-                                     EvidenceKeeping, StoreHealth, ReadCaching)
+                                     EvidenceKeeping, SignatureKeeping, StoreHealth, ReadCaching)
 
 
 if TYPE_CHECKING:  # checked by mypy (tests/test_contract.py); never run
@@ -234,6 +266,9 @@ if TYPE_CHECKING:  # checked by mypy (tests/test_contract.py); never run
         return store
 
     def _the_store_keeps_evidence(store: RegistryStore) -> EvidenceKeeping:
+        return store
+
+    def _the_store_keeps_signatures(store: RegistryStore) -> SignatureKeeping:
         return store
 
     def _the_store_reports_its_health(store: RegistryStore) -> StoreHealth:

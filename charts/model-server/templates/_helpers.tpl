@@ -158,6 +158,9 @@ spec:
           volumeMounts:
             - {name: cache, mountPath: /cache}
             - {name: tmp, mountPath: /tmp}
+            {{- if $v.verify.trustSecret }}
+            - {name: trust, mountPath: /etc/modelyard/trust, readOnly: true}
+            {{- end }}
       containers:
         - name: model-server
           image: {{ include "model-server.image" $root | quote }}
@@ -271,6 +274,9 @@ spec:
             {{- if $vllm }}
             - {name: shm, mountPath: /dev/shm}
             {{- end }}
+            {{- if $v.verify.trustSecret }}
+            - {name: trust, mountPath: /etc/modelyard/trust, readOnly: true}
+            {{- end }}
       volumes:
         - name: cache
           {{- if $v.cache.persistentVolumeClaim.enabled }}
@@ -285,6 +291,11 @@ spec:
         - name: tmp
           emptyDir:
             sizeLimit: 1Gi
+        {{- if $v.verify.trustSecret }}
+        - name: trust
+          secret:
+            secretName: {{ $v.verify.trustSecret | quote }}
+        {{- end }}
         {{- if $vllm }}
         - name: shm
           emptyDir:
@@ -338,4 +349,15 @@ capabilities:
 - {name: HOME, value: /tmp}
 - {name: MODELYARD_HOME, value: /cache}
 - {name: BENTOML_DO_NOT_TRACK, value: "true"}
+{{- with .Values.verify }}
+{{- if or .requireSignature .signers }}
+- {name: MODELYARD_REQUIRE_SIGNATURE, value: "true"}
+{{- end }}
+{{- with .signers }}
+- {name: MODELYARD_SIGNERS, value: {{ join "," . | quote }}}
+{{- end }}
+{{- if .trustSecret }}
+- {name: MODELYARD_TRUST_DIR, value: /etc/modelyard/trust}
+{{- end }}
+{{- end }}
 {{- end -}}
