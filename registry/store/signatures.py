@@ -10,9 +10,9 @@ leaves its signatures listed, untrusted, and ``signed-by`` rules stop counting t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, and_, bindparam, delete, func, select
+from sqlalchemy import Connection, CursorResult, and_, bindparam, delete, func, select
 from sqlalchemy.orm import Session
 
 from modelyard.registry.db import models as db
@@ -69,7 +69,8 @@ class SignatureRecords(StoreBase):
     def remove_trust_root(self, name: str) -> None:
         """Stop trusting ``name`` (``trust.removed``): its signatures stay listed, untrusted."""
         with self._write() as session:
-            if not session.execute(delete(db.TrustRoot).where(db.TrustRoot.name == name)).rowcount:
+            removed = cast("CursorResult[Any]", session.execute(delete(db.TrustRoot).where(db.TrustRoot.name == name)))
+            if not removed.rowcount:
                 raise NotFound(f"{name!r} is not in the trust store")
             self._emit(session, "trust.removed", "")
 
