@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.modelyard-installed
 PYTEST_ARGS ?=
 
-.PHONY: quickstart test system-deps cluster venv bench clean
+.PHONY: quickstart local-cluster test system-deps cluster venv bench clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,11 @@ $(STAMP): pyproject.toml
 
 quickstart: $(STAMP)
 	$(VENV)/bin/modelyard quickstart
+
+# From a checkout to a served prediction on kind, minikube or k3d (docker or podman): builds and loads
+# both images, installs the chart, pushes the quickstart's model, waits for Ready, prints a curl.
+local-cluster: $(STAMP)
+	$(VENV)/bin/modelyard local-cluster
 
 system-deps:
 	bash scripts/system-deps.sh

@@ -135,6 +135,11 @@ spec:
 def _print_deployment(version: int) -> None:
     console.print("\nTo run it on a cluster, point a ModelDeployment at the alias:\n")
     console.print(deployment_yaml(version), highlight=False, markup=False, soft_wrap=True)
-    console.print("""helm install modelyard charts/modelyard -n modelyard --create-namespace
-kubectl create namespace ml && kubectl apply -f digits.yaml
-kubectl get md -n ml""", highlight=False, markup=False, soft_wrap=True)
+    console.print("""No Modelyard image is published yet: the chart needs the two images built from this repository.
+On kind, minikube or k3d one command builds and loads them, installs the chart, pushes this model
+and serves it:
+
+make local-cluster
+
+(README: "Run it on a local cluster" has the same steps one by one, for any cluster.)""",
+                  highlight=False, markup=False, soft_wrap=True)

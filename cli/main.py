@@ -9,6 +9,7 @@ import typer
 
 from modelyard.bentos import cli as bento_cmds
 from modelyard.bentos.quickstart import quickstart
+from modelyard.cli.local_cluster import local_cluster
 from modelyard.operator.cli import operator_app
 from modelyard.registry.cli import client_cmds
 from modelyard.registry.cli.registry_cmds import registry_app
@@ -30,4 +31,5 @@ app.add_typer(client_cmds.deployments_app, name="deployments")
 app.command()(bento_cmds.package)
 app.command()(bento_cmds.serve)
 app.command()(quickstart)
+app.command("local-cluster")(local_cluster)
 app.add_typer(operator_app, name="operator")

@@ -12,7 +12,7 @@ from modelyard.registry.db.engine import create_db_engine
 from modelyard.registry.db.migrate import upgrade
 from modelyard.registry.settings import RegistrySettings
 from modelyard.registry.store import RegistryStore
-from tests.support.charts import MODELYARD
+from tests.support.charts import MODELYARD, with_images
 from tests.helpers import eventually
 from tests.support.kube import KubeApiServer, cached_binary_exists, crd_established, unique_namespace
 from tests.support.node import Image, Node, build_images
@@ -97,7 +97,7 @@ def kube_rbac(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeApiServe
 @pytest.fixture(scope="session")
 def modelyard_release(kube: KubeApiServer) -> dict:
     """charts/modelyard installed once (release "modelyard" in namespace "modelyard"): the CRDs."""
-    release = kube.helm("modelyard").install(MODELYARD, "modelyard", {}, namespace="modelyard",
+    release = kube.helm("modelyard").install(MODELYARD, "modelyard", with_images(), namespace="modelyard",
                                              create_namespace=True)
     with kube.api() as api:
         eventually(lambda: crd_established(api), what="CRD Established")

@@ -11,7 +11,9 @@ import helm_python as helm
 import pytest
 
 from modelyard.registry.kernel.defaults import MAX_REQUEST_BYTES as DEFAULT_MAX_REQUEST_BYTES
-from tests.support.charts import MODEL_SERVER, MODELYARD, by_kind, load, notes, one, render, validate_kubernetes
+from tests.support.charts import (
+    MODEL_SERVER, MODELYARD, by_kind, load, notes, one, render, validate_kubernetes, with_images,
+)
 
 DIGEST = "sha256:" + "ab" * 32
 BASE: dict[str, Any] = {"model": {"name": "digits-cnn", "version": 7, "digest": DIGEST, "alias": "production"},
@@ -224,13 +226,13 @@ def test_template_guards_explain_themselves() -> None:
     with pytest.raises(helm.HelmError, match="maxReplicas .* below"):
         render(MODEL_SERVER, values(autoscaling={"enabled": True, "minReplicas": 5, "maxReplicas": 2}))
     with pytest.raises(helm.HelmError, match="single-writer"):
-        render(MODELYARD, {"registry": {"replicas": 2}})
+        render(MODELYARD, with_images({"registry": {"replicas": 2}}))
 
 
 # -- charts/modelyard --------------------------------------------------------------
 
 def test_modelyard_chart_defaults() -> None:
-    objects = render(MODELYARD, name="modelyard", namespace="modelyard")
+    objects = render(MODELYARD, with_images(), name="modelyard", namespace="modelyard")
     assert validate_kubernetes(objects) >= 8
     registry = one(objects, "Deployment", "modelyard-registry")
     pod = registry["spec"]["template"]["spec"]
@@ -248,7 +250,8 @@ def test_modelyard_chart_defaults() -> None:
                                                                          "key": "pull-token"}
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     # Each install without the Secret generates fresh tokens (upgrades read them back with lookup).
-    again = one(render(MODELYARD, name="modelyard", namespace="modelyard"), "Secret", "modelyard-tokens")
+    again = one(render(MODELYARD, with_images(), name="modelyard", namespace="modelyard"), "Secret",
+                "modelyard-tokens")
     assert again["data"]["admin-token"] != secret["data"]["admin-token"]
     operator = one(objects, "Deployment", "modelyard-operator")
     container = operator["spec"]["template"]["spec"]["containers"][0]
@@ -265,7 +268,7 @@ def test_modelyard_chart_defaults() -> None:
 
 
 def test_modelyard_rbac_is_least_privilege() -> None:
-    objects = render(MODELYARD, name="modelyard", namespace="modelyard")
+    objects = render(MODELYARD, with_images(), name="modelyard", namespace="modelyard")
     cluster_wide = one(objects, "ClusterRole", "modelyard-operator-cluster")["rules"]
     # Cluster-wide: read CRDs, peer.  No Secrets, no workloads, no wildcards.
     assert {r for rule in cluster_wide for r in rule["resources"]} == {"customresourcedefinitions",
@@ -282,7 +285,7 @@ def test_modelyard_rbac_is_least_privilege() -> None:
     assert {"create", "delete", "list"} <= granted[("", "secrets")]  # Helm's release records
     assert granted[("", "pods")] == {"get", "list", "watch"}
 
-    scoped = render(MODELYARD, {"operator": {"watchNamespaces": ["ml", "prod"]}}, name="modelyard",
+    scoped = render(MODELYARD, with_images({"operator": {"watchNamespaces": ["ml", "prod"]}}), name="modelyard",
                     namespace="modelyard")
     validate_kubernetes(scoped)
     bindings = by_kind(scoped, "RoleBinding")
@@ -300,7 +303,7 @@ def test_modelyard_chart_production_settings() -> None:
                   "serviceMonitor": {"enabled": True}, "networkPolicy": {
                       "enabled": True, "registryClientNamespaceSelector": {"matchLabels": {"ml": "true"}},
                       "modelClientNamespaceLabels": {"team": "ml", "tier": "web"}}}
-    objects = render(MODELYARD, production, name="modelyard", namespace="modelyard")
+    objects = render(MODELYARD, with_images(production), name="modelyard", namespace="modelyard")
     validate_kubernetes(objects)
     registry = one(objects, "Deployment", "modelyard-registry")
     assert registry["spec"]["replicas"] == 3 and "strategy" not in registry["spec"]
@@ -321,7 +324,39 @@ def test_modelyard_chart_production_settings() -> None:
     assert (operator_env["MODELYARD_MODEL_NETWORK_POLICY"], operator_env["MODELYARD_OPERATOR_NAMESPACE"],
             operator_env["MODELYARD_MODEL_CLIENT_NAMESPACES"]) == ("true", "modelyard", "team=ml,tier=web")
     with pytest.raises(helm.HelmError, match="s3CredentialsSecret"):
-        render(MODELYARD, {"registry": {"artifacts": {"url": "s3://models/x"}}})
+        render(MODELYARD, with_images({"registry": {"artifacts": {"url": "s3://models/x"}}}))
+
+
+def test_modelyard_chart_refuses_to_render_without_images_and_says_how_to_make_them() -> None:
+    """No image is published: an install as printed would pull images that exist nowhere (ImagePullBackOff)."""
+    with pytest.raises(helm.HelmError, match=r"image.repository is not set: no Modelyard image is published yet.*"
+                                             r"make local-cluster"):
+        render(MODELYARD, name="modelyard", namespace="modelyard")
+    with pytest.raises(helm.HelmError, match=r"operator.runtimeImage.repository is not set.*make local-cluster"):
+        render(MODELYARD, {"image": {"repository": "modelyard", "tag": "dev"}}, name="modelyard", namespace="modelyard")
+    pod = one(render(MODELYARD, with_images(), name="modelyard", namespace="modelyard"), "Deployment",
+              "modelyard-operator")["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert pod["containers"][0]["image"] == "localhost/modelyard:test"
+    assert env["MODELYARD_RUNTIME_IMAGE"] == "localhost/modelyard-runtime:test"
+
+
+def test_the_registry_volume_can_be_given_to_its_user_by_an_init_container() -> None:
+    """A hostPath or pre-made volume is owned by whoever made it (root): fsGroup does not reach it."""
+    plain = one(render(MODELYARD, with_images(), name="modelyard", namespace="modelyard"), "Deployment",
+                "modelyard-registry")["spec"]["template"]["spec"]
+    assert "initContainers" not in plain and plain["securityContext"]["runAsUser"] == 10001
+    objects = render(MODELYARD, with_images({"registry": {"persistence": {"fixOwnership": True}}}), name="modelyard",
+                     namespace="modelyard")
+    validate_kubernetes(objects)
+    (fix,) = one(objects, "Deployment", "modelyard-registry")["spec"]["template"]["spec"]["initContainers"]
+    assert fix["command"] == ["chown", "-R", "10001:10001", "/data"]
+    assert fix["securityContext"]["runAsUser"] == 0 and fix["securityContext"]["capabilities"] == {
+        "drop": ["ALL"], "add": ["CHOWN", "FOWNER"]}
+    assert fix["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
+    external = render(MODELYARD, with_images({"registry": {"persistence": {"fixOwnership": True, "enabled": False}}}),
+                      name="modelyard", namespace="modelyard")  # an emptyDir is the pod's own: nothing to fix
+    assert "initContainers" not in one(external, "Deployment", "modelyard-registry")["spec"]["template"]["spec"]
 
 
 def test_modelyard_values_schema_rejects_nonsense() -> None:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.support.charts import MODEL_SERVER, MODELYARD
+from tests.support.charts import MODEL_SERVER, MODELYARD, with_images
 from tests.helpers import eventually
 from tests.support.kube import (KubeApiServer, crd_established, get_json, mark_deployment_ready, status_code,
                                 unique_namespace)
@@ -152,7 +152,7 @@ class TestOperatorRbac:
 
     @pytest.fixture(scope="class")
     def rbac_cluster(self, kube_rbac: KubeApiServer) -> KubeApiServer:
-        kube_rbac.helm("modelyard").install(MODELYARD, "modelyard", {}, namespace="modelyard",
+        kube_rbac.helm("modelyard").install(MODELYARD, "modelyard", with_images(), namespace="modelyard",
                                             create_namespace=True)
         with kube_rbac.api() as api:
             eventually(lambda: crd_established(api), what="CRD Established")
@@ -219,8 +219,8 @@ class TestOperatorRbac:
     def test_namespaced_mode_grants_exactly_the_watched_namespaces(self, rbac_cluster: KubeApiServer) -> None:
         with rbac_cluster.api() as admin:
             watched, other = unique_namespace(admin, "watched"), unique_namespace(admin, "other")
-        rbac_cluster.helm("modelyard").upgrade(MODELYARD, "modelyard", {"operator": {"watchNamespaces": [watched]}},
-                                               namespace="modelyard")
+        rbac_cluster.helm("modelyard").upgrade(
+            MODELYARD, "modelyard", with_images({"operator": {"watchNamespaces": [watched]}}), namespace="modelyard")
         try:
             with rbac_cluster.api(as_operator=True) as api:
                 apps = client.AppsV1Api(api)
@@ -228,4 +228,4 @@ class TestOperatorRbac:
                 assert status_code(lambda: apps.list_namespaced_deployment(other)) == 403
                 assert status_code(lambda: apps.list_deployment_for_all_namespaces()) == 403
         finally:
-            rbac_cluster.helm("modelyard").upgrade(MODELYARD, "modelyard", {}, namespace="modelyard")
+            rbac_cluster.helm("modelyard").upgrade(MODELYARD, "modelyard", with_images(), namespace="modelyard")

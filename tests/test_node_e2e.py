@@ -45,6 +45,7 @@ from tests.support.platform import (
     ML,
     MODEL,
     OPERATOR_PODS,
+    REGISTRY_PODS,
     PLURAL,
     Platform,
     RequestLoop,
@@ -78,6 +79,11 @@ def test_registry_and_operator_run_as_pods_with_the_charts_rbac(platform: Platfo
             user="system:serviceaccount:modelyard:modelyard-operator",
             resource_attributes=client.V1ResourceAttributes(verb="delete", resource="nodes"))))
     assert review.status.allowed is False
+    # The registry's hostPath volume was made by root; the chart's fixOwnership init container gave it to UID 10001
+    volume = platform.node.workdir / "volumes" / "registry"
+    assert volume.stat().st_uid == 10001 and (volume / "registry.db").stat().st_uid == 10001
+    (registry_pod,) = platform.core.list_namespaced_pod("modelyard", label_selector=REGISTRY_PODS).items
+    assert [c.name for c in registry_pod.spec.init_containers] == ["fix-ownership"]
 
 
 def test_a_model_deployment_pulls_by_digest_and_serves_through_its_service(platform: Platform) -> None:

@@ -23,7 +23,7 @@ def test_quickstart_trains_pushes_aliases_pulls_and_stops(tmp_path: Path) -> Non
     for step in ("registry ready", "trained a CNN", "exported with torch.export", "pushed digits-cnn:1",
                  "alias digits-cnn@production → 1", "packaged as BentoML service digits-cnn:v1-",
                  "serving digits-cnn@production", "served predictions", "served accuracy", "model server stopped",
-                 "registry stopped", "kind: ModelDeployment", "kubectl get md"):
+                 "registry stopped", "kind: ModelDeployment", "make local-cluster", "Run it on a local cluster"):
         assert step in answer.stdout, answer.stdout
     store = RegistryStore(create_db_engine(f"sqlite:///{home / 'registry.db'}"))
     version = store.get_version("digits-cnn", 1)

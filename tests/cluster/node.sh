@@ -10,6 +10,7 @@
 #   tests/cluster/node.sh start DIR      # cluster up, node Ready; writes DIR/kubeconfig
 #   tests/cluster/node.sh import DIR OCI_ARCHIVE...   # images into the node's containerd
 #   tests/cluster/node.sh stop DIR       # stops only what start recorded, restores the machine
+#   tests/cluster/node.sh python         # the interpreter start runs the DNS sync with (PYTHON, else .venv)
 #
 # Only one node runs per machine: it owns NODE_IP and the fixed ports below.
 set -euo pipefail
@@ -29,6 +30,19 @@ SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops 
          kernel.keys.root_maxbytes net.ipv4.ip_forward net.ipv4.conf.all.route_localnet
          net.bridge.bridge-nf-call-iptables)
 log() { echo "node.sh: $*" >&2; }
+
+# The interpreter for dns_sync.py, which needs the kubernetes client: PYTHON, else the project's
+# virtualenv (make venv), else python3 when it has the client.
+python_with_kubernetes() {
+  local candidate
+  for candidate in "${PYTHON:-}" "$HERE/../../.venv/bin/python" python3; do
+    [ -n "$candidate" ] || continue
+    if "$candidate" -c 'import kubernetes' 2>/dev/null; then echo "$candidate"; return; fi
+    if [ "$candidate" = "${PYTHON:-}" ]; then log "PYTHON=$PYTHON cannot import kubernetes; trying the others"; fi
+  done
+  log "no Python with the kubernetes client: run \`make venv\` (the project's .venv), or set PYTHON to an interpreter with \`pip install 'kubernetes<37'\`"
+  return 1
+}
 
 apt_deps() {
   local missing=() pkg
@@ -224,6 +238,7 @@ start() {
   DIR=$(mkdir -p "$1" && cd "$1" && pwd -P)
   [ -n "$(binary kubelet)" ] || build
   [ -f "$DIR/apiserver.pid" ] && { log "a node already runs from $DIR"; exit 1; }
+  local python; python=$(python_with_kubernetes) || exit 1   # checked before anything starts
   local started=$SECONDS
   trap 'status=$?; if [ $status -ne 0 ]; then log "start failed; stopping what started"; stop "$DIR"; fi' EXIT
   mkdir -p "$DIR/logs"
@@ -265,7 +280,7 @@ start() {
   start_recorded dnsmasq dnsmasq --keep-in-foreground --no-resolv --no-hosts --bind-interfaces \
     --listen-address="$NODE_IP" --except-interface=lo --hostsdir="$DIR/dns/hosts.d" --local=/cluster.local/ \
     --domain-needed --bogus-priv --no-poll --user=root --pid-file="$DIR/dns/dnsmasq.pid" --log-facility=-
-  start_recorded dns-sync "${PYTHON:-python3}" "$HERE/dns_sync.py" "$DIR/kubeconfig" "$DIR/dns/hosts.d/services"
+  start_recorded dns-sync "$python" "$HERE/dns_sync.py" "$DIR/kubeconfig" "$DIR/dns/hosts.d/services"
 
   export KUBECONFIG="$DIR/kubeconfig"
   local kubectl; kubectl=$(kubectl_binary)
@@ -366,5 +381,6 @@ case "${1:-}" in
   import) import "${2:?DIR}" "${@:3}" ;;
   stop) stop "${2:?DIR}" ;;
   kubectl) kubectl_binary ;;
-  *) echo "usage: $0 build | start DIR | import DIR OCI_ARCHIVE... | stop DIR | kubectl" >&2; exit 2 ;;
+  python) python_with_kubernetes ;;
+  *) echo "usage: $0 build | start DIR | import DIR OCI_ARCHIVE... | stop DIR | kubectl | python" >&2; exit 2 ;;
 esac

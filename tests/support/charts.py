@@ -18,6 +18,17 @@ KUBERNETES_VERSION = "1.37"  # the newest schemas kubernetes-validate ships
 NOT_IN_KUBERNETES = {"monitoring.coreos.com/v1", "kopf.dev/v1"}  # CRD kinds: checked by hand
 
 
+TEST_IMAGES = (("localhost/modelyard", "test"), ("localhost/modelyard-runtime", "test"))
+"""What charts/modelyard is given where no pod runs (it has no default image: none is published)."""
+
+
+def with_images(values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """charts/modelyard's ``values`` with the test images (``local_cluster.chart_values``, as users get them)."""
+    from modelyard.cli.local_cluster import chart_values
+
+    return chart_values(*TEST_IMAGES, **(values or {}))
+
+
 @cache
 def load(chart: Path) -> helm.Chart:
     return helm.Chart.load(chart)

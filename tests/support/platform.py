@@ -20,6 +20,7 @@ import torch
 from kubernetes import client
 from modelyard.bentos.examples import digits
 from modelyard.bentos.packager import package_version
+from modelyard.cli.local_cluster import chart_values
 from modelyard.operator.helm_driver import HelmDriver
 from modelyard.registry.client import RegistryClient
 
@@ -32,6 +33,7 @@ MODEL = "digits-cnn"
 ML = "ml"
 GROUP, API_VERSION, PLURAL = "modelyard.io", "v1alpha1", "modeldeployments"
 OPERATOR_PODS = "app.kubernetes.io/component=operator"
+REGISTRY_PODS = "app.kubernetes.io/component=registry"
 
 
 @dataclass
@@ -295,7 +297,8 @@ def make_registry_volume(api: client.ApiClient, node: Node) -> str:
     """The node has no storage provisioner: a hostPath PersistentVolume for the registry's claim."""
     path = node.workdir / "volumes" / "registry"
     path.mkdir(parents=True, exist_ok=True)
-    os.chown(path, 10001, 10001)  # the registry runs as UID 10001
+    os.chown(path, 0, 0)  # made by root, as a user makes one: the chart's registry.persistence.fixOwnership gives
+    path.chmod(0o755)     # it to UID 10001, the registry's user
     storage_class = "modelyard-node-local"
     client.CoreV1Api(api).create_persistent_volume(client.V1PersistentVolume(
         metadata=client.V1ObjectMeta(name="modelyard-registry-data"),
@@ -314,13 +317,12 @@ def install(node: Node, images: dict[str, Image], workdir: Path) -> Platform:
     api = node.api()
     core = client.CoreV1Api(api)
     server, runtime = images["modelyard"], images["modelyard-runtime"]
-    values = {
-        "image": {"repository": server.repository, "tag": server.tag, "pullPolicy": "Never"},
-        "registry": {"persistence": {"storageClassName": make_registry_volume(api, node), "size": "5Gi"},
-                     "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}}},
-        "operator": {"runtimeImage": {"repository": runtime.repository, "tag": runtime.tag}, "logFormat": "plain",
-                     "resources": {"requests": {"cpu": "50m", "memory": "192Mi"}}},
-    }
+    values = chart_values(  # what `modelyard local-cluster` installs with, on this node's storage and sizes
+        (server.repository, server.tag), (runtime.repository, runtime.tag), pull_policy="Never",
+        registry={"persistence": {"storageClassName": make_registry_volume(api, node), "size": "5Gi",
+                                  "fixOwnership": True},
+                  "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}}},
+        operator={"logFormat": "plain", "resources": {"requests": {"cpu": "50m", "memory": "192Mi"}}})
     if (vllm := images.get("modelyard-runtime-vllm")) is not None:
         values["operator"]["runtimeImages"] = {"vllm": {"repository": vllm.repository, "tag": vllm.tag}}
     node.helm("modelyard").install(MODELYARD, "modelyard", values, namespace="modelyard", create_namespace=True)

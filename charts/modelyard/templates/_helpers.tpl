@@ -32,7 +32,14 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- end -}}
 
 {{- define "modelyard.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- $repository := required "image.repository is not set: no Modelyard image is published yet. Build docker/modelyard.Dockerfile and docker/runtime.Dockerfile, load them into your cluster and set image.repository/tag and operator.runtimeImage.repository/tag; `make local-cluster` does it all on kind, minikube or k3d (README: Run it on a local cluster)" .Values.image.repository -}}
+{{- printf "%s:%s" $repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "modelyard.runtimeImage" -}}
+{{- $o := .Values.operator -}}
+{{- $repository := required "operator.runtimeImage.repository is not set: the model pods' image (docker/runtime.Dockerfile) is not published yet. Build it, load it into your cluster and set operator.runtimeImage.repository/tag; `make local-cluster` does it all on kind, minikube or k3d (README: Run it on a local cluster)" $o.runtimeImage.repository -}}
+{{- printf "%s:%s" $repository (default .Chart.AppVersion $o.runtimeImage.tag) -}}
 {{- end -}}
 
 {{- define "modelyard.registryUrl" -}}
