@@ -27,6 +27,7 @@ from typing import Annotated, Any
 import typer
 
 from modelyard.registry.cli.common import console, reported_errors
+from modelyard.registry.kernel.defaults import Env
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_TOOLS = ("kind", "minikube", "k3d")
@@ -83,9 +84,9 @@ def detect(which: Callable[[str], str | None], context: str | None, *, profiles:
         raise MissingTool(f"kubectl is not installed: {INSTALL_HINTS['kubectl']}")
     if container is not None:
         if container not in CONTAINER_TOOLS:
-            raise MissingTool(f"MODELYARD_CONTAINER_TOOL={container!r}: use docker or podman")
+            raise MissingTool(f"{Env.CONTAINER_TOOL}={container!r}: use docker or podman")
         if which(container) is None:
-            raise MissingTool(f"MODELYARD_CONTAINER_TOOL={container} is not installed: {INSTALL_HINTS[container]}")
+            raise MissingTool(f"{Env.CONTAINER_TOOL}={container} is not installed: {INSTALL_HINTS[container]}")
         builder = container
     else:
         found = [tool for tool in CONTAINER_TOOLS if which(tool) is not None]
@@ -281,7 +282,7 @@ def local_cluster(
     with reported_errors():
         try:
             tools = detect(shutil.which, current_context(), profiles=minikube_profiles(shutil.which),
-                           container=os.environ.get("MODELYARD_CONTAINER_TOOL") or None)
+                           container=os.environ.get(Env.CONTAINER_TOOL) or None)
         except MissingTool as exc:
             raise ValueError(str(exc)) from None
         console.print(f"using {tools.cluster} cluster {tools.name!r}"

@@ -43,6 +43,8 @@ class Env:
     REGISTRY_URL: Final = "MODELYARD_REGISTRY_URL"
     TOKEN: Final = "MODELYARD_TOKEN"
     SIGN_KEY_PASSWORD: Final = "MODELYARD_SIGN_KEY_PASSWORD"
+    CONTAINER_TOOL: Final = "MODELYARD_CONTAINER_TOOL"
+    """``modelyard local-cluster``: build the images with docker or podman (default: docker when installed)."""
     """The password of an encrypted ``--sign-key``."""
     # model server
     REQUIRE_SIGNATURE: Final = "MODELYARD_REQUIRE_SIGNATURE"
